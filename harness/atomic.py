@@ -1,0 +1,92 @@
+"""Atomic writes for every result file: write to a temp file beside the target, fsync, rename.
+
+A killed process leaves either the old file or the new one, never a truncated record.
+Used by every stage that writes into a run directory, a study or a report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def _clean(obj: Any) -> Any:
+    """JSON has no NaN/Infinity: store them as strings so the file stays standard JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(_clean(obj), indent=2, sort_keys=True, default=str) + "\n")
+
+
+def append_jsonl(path: str | Path, row: dict) -> None:
+    """Append one line. A line is written with a single write() call on an O_APPEND descriptor,
+    so a crash can at worst leave a last partial line, which read_jsonl skips and reports."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = (json.dumps(_clean(row), sort_keys=True, default=str) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    text = "".join(json.dumps(_clean(r), sort_keys=True, default=str) + "\n" for r in rows)
+    return write_text(path, text)
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a JSONL file; a truncated last line (from a killed writer) is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1 or (i == len(lines) - 2 and lines[-1] == ""):
+                continue  # partial last line of an interrupted append
+            raise
+    return rows

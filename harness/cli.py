@@ -1,0 +1,55 @@
+"""The `harness` command: one subcommand per stage, each implemented in the module named after it.
+
+    harness validate [overrides]            config check only (harness.config)
+    harness train [overrides]               one run (harness.train)
+    harness eval RUN_DIR|overrides          evaluation suites (harness.evaluate)
+    harness sweep sweeps/NAME.yaml          an Optuna study (harness.sweep)
+    harness status STUDY                    the trials of a study (harness.sweep)
+    harness report STUDY|RUN_DIR...         reports/<study>/ (harness.report)
+    harness human export|import|elo ...     human-evaluation round trips (harness.human)
+
+Heavy libraries are imported inside the subcommand modules, so `harness validate` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "validate": ("harness.validate", "check a config (overrides) without training; non-zero exit on errors"),
+    "train": ("harness.train", "train one run: harness train model=... method=... data=... [key=value ...]"),
+    "eval": ("harness.evaluate", "evaluate a run directory or a base model: harness eval RUN_DIR [eval=...]"),
+    "sweep": ("harness.sweep", "run (or resume) a study from sweeps/NAME.yaml"),
+    "status": ("harness.status", "list the trials of a study"),
+    "report": ("harness.report", "write reports/<study>/ from run records"),
+    "human": ("harness.human", "human evaluation: export sheets, import ratings, Elo rankings"),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if only is None or only == name:
+            importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in COMMANDS else None
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Where things live: the data root, the config directory, the model cache, run directories.
+
+One setting each, environment first:
+  HARNESS_DATA   data root for the ready-made data configs (default: ../shared/data beside the repo)
+  HARNESS_CACHE  converted models and other caches (default: ~/.cache/harness)
+  HARNESS_CONF   the Hydra config directory (default: conf/ in the repository)
+Run names are checked here so that no name can escape the output directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
+
+
+def data_root() -> Path:
+    env = os.environ.get("HARNESS_DATA")
+    if env:
+        return Path(env).expanduser()
+    return (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def cache_root() -> Path:
+    env = os.environ.get("HARNESS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
+
+
+def conf_dir() -> Path:
+    env = os.environ.get("HARNESS_CONF")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "conf"
+
+
+def resolve_data_path(path: str) -> Path:
+    """A data path in a config: absolute, ~, ./relative (to the working directory), or relative to
+    the data root (the default for the shipped configs, e.g. `alpaca/alpaca_en_demo.json`)."""
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return p
+    if path.startswith(("./", "../")):
+        return p.resolve()
+    return data_root() / p
+
+
+def check_name(name: str, what: str = "run name") -> str:
+    """Reject names that could escape the output directory or break a file system."""
+    if not isinstance(name, str) or not _SAFE_NAME.match(name) or ".." in name:
+        raise ValueError(
+            f"{what} {name!r} is not allowed: use 1-128 characters from letters, digits and ._+=- "
+            "starting with a letter or digit, no '..' and no '/'"
+        )
+    return name
+
+
+def safe_join(root: str | Path, *parts: str) -> Path:
+    """Join parts under root and make sure the result stays inside root."""
+    root = Path(root).resolve()
+    out = root.joinpath(*parts).resolve()
+    if out != root and root not in out.parents:
+        raise ValueError(f"path {out} escapes {root}")
+    return out

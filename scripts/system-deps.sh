@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs and starts what the browser and PostgreSQL tests need: Debian's chromium and a local
+# PostgreSQL server on 127.0.0.1. Used by `make test` (and so by .ci/run). Without root it only
+# says what is missing; the tests that need it are then skipped with a visible reason.
+set -uo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "system-deps: installing ${need[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}") >/tmp/harness-apt.log 2>&1 \
+      || { echo "system-deps: apt-get failed (see /tmp/harness-apt.log); browser/postgres tests will be skipped"; }
+  else
+    echo "system-deps: missing ${need[*]} and not root; the tests that need them will be skipped"
+  fi
+fi
+# PostgreSQL: a throwaway cluster owned by the 'postgres' user, listening on 127.0.0.1:54329.
+bash "$(dirname "$0")/start-postgres.sh" || echo "system-deps: PostgreSQL not started; postgres tests will be skipped"
+exit 0
