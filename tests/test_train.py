@@ -1,0 +1,192 @@
+"""The common trainer on tiny models: every method trains, adapters move and bases don't, QLoRA is
+really 4-bit, runs are deterministic, records are complete, failures are recorded, crashes resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from harness import config, records, train
+
+
+def _run(overrides, outcome=None):
+    cfg = config.compose(overrides)
+    return train.train(cfg, overrides, outcome=outcome)
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit", "qlora-fp4", "dora"])
+def test_every_method_trains_and_records(tiny_overrides, method):
+    status, run_dir = _run(tiny_overrides + [f"method={method}"])
+    assert status == "completed", records.read_summary(run_dir)
+    s = records.read_summary(run_dir)
+    for key in ("trainable_params", "total_params", "peak_memory_mb", "wall_time_s", "train_time_s",
+                "train_tokens", "tokens_per_s", "best_val_loss", "steps", "adapter_bytes"):
+        assert s.get(key) is not None, key
+    assert s["steps"] == 3 and s["train_tokens"] > 0 and math.isfinite(s["best_val_loss"])
+    weights = run_dir / ("model" if method == "full" else "adapter")
+    assert list(weights.glob("*.safetensors")), "weights saved as safetensors"
+    assert not list(run_dir.rglob("*.bin")), "no pickle weights"
+    if method == "full":
+        assert s["trainable_params"] == s["total_params"]
+    else:
+        assert 0 < s["trainable_params"] < s["total_params"]
+    m = json.loads((run_dir / "manifest.json").read_text())
+    for key in ("harness_version", "git", "packages", "python", "torch", "seeds", "data", "model"):
+        assert key in m, key
+    assert m["data"]["files"] and m["data"]["files"][0]["sha256"]
+    assert m["model"]["sha256"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"] == method
+    assert f"method={method}" in yaml.safe_load((run_dir / "overrides.yaml").read_text())
+    lines = records.read_metrics(run_dir)
+    assert [r["step"] for r in lines if "train_loss" in r] == [1, 2, 3]
+    assert any("val_loss" in r for r in lines)
+
+
+def _base_and_adapter(model):
+    base, adapter = {}, {}
+    for name, p in model.named_parameters():
+        (adapter if "lora_" in name else base)[name] = p.detach().clone()
+    return base, adapter
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, method):
+    from harness import methods, models
+
+    cfg = config.compose(tiny_overrides + [f"method={method}", "train.lr=1e-2"])
+    quant = methods.build_quant_config(cfg.method, torch.bfloat16)
+    ref, _ = models.load_model_and_tokenizer(cfg.model, quantization_config=quant)
+    ref_state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
+    outcome = train.Outcome()
+    status, _ = train.train(cfg, tiny_overrides, outcome=outcome)
+    assert status == "completed"
+    trained = outcome.model
+    moved = 0
+    for name, p in trained.named_parameters():
+        if "lora_B" in name:
+            moved += int(p.detach().abs().sum() > 0)  # B starts at zero: any non-zero means it trained
+    assert moved > 0
+    base_after = trained.get_base_model().state_dict()
+    compared = 0
+    for k, v in ref_state.items():
+        k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_after else k
+        if k2 in base_after and v.dtype == base_after[k2].dtype:
+            assert torch.equal(v, base_after[k2]), f"base weight {k} changed"
+            compared += 1
+    assert compared >= len(ref_state) // 2
+
+
+def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
+    import bitsandbytes as bnb
+
+    outcome = train.Outcome()
+    status, run_dir = _run(tiny_overrides + ["method=qlora"], outcome)
+    assert status == "completed"
+    layers = [m for m in outcome.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers, "no Linear4bit layers"
+    for layer in layers:
+        assert layer.weight.quant_state.quant_type == "nf4"
+        assert layer.weight.dtype == torch.bfloat16 or layer.weight.dtype == torch.uint8
+        assert layer.weight.quant_state.nested, "double quantization on"
+    # the 4-bit weights take half a byte per parameter, whatever the storage dtype
+    for layer in layers:
+        w = layer.weight
+        assert w.numel() * w.element_size() * 2 == layer.in_features * layer.out_features
+
+
+def test_same_seed_same_losses(tiny_overrides):
+    a = _run(tiny_overrides + ["method=lora", "run_id=a"])[1]
+    b = _run(tiny_overrides + ["method=lora", "run_id=b"])[1]
+    la = [r["train_loss"] for r in records.read_metrics(a) if "train_loss" in r]
+    lb = [r["train_loss"] for r in records.read_metrics(b) if "train_loss" in r]
+    assert la == lb and len(la) == 3
+    c = _run(tiny_overrides + ["method=lora", "run_id=c", "train.seed=1"])[1]
+    lc = [r["train_loss"] for r in records.read_metrics(c) if "train_loss" in r]
+    assert lc != la
+
+
+def test_loss_goes_down_on_a_memorisable_batch(tiny_overrides):
+    ov = tiny_overrides + ["method=full", "train.lr=3e-3", "train.max_steps=25", "data.max_rows=4",
+                           "data.val_size=0", "train.batch_size=4", "train.warmup_ratio=0", "train.scheduler=constant"]
+    status, run_dir = _run(ov)
+    assert status == "completed"
+    losses = [r["train_loss"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_divergence_is_recorded_not_raised(tiny_overrides):
+    status, run_dir = _run(tiny_overrides + ["method=full", "train.lr=1e30", "train.max_steps=6", "train.max_grad_norm=0"])
+    s = records.read_summary(run_dir)
+    assert status == "diverged" and s["status"] == "diverged", s
+    assert "loss" in s["reason"]
+
+
+def test_runtime_failure_is_recorded(tiny_overrides):
+    # a LoRA target that exists in no layer of the model: caught after load, recorded as failed
+    ov = [o for o in tiny_overrides if not o.startswith("model=")] + ["model=tiny-llama", "model.linear_modules=[]",
+                                                                      "method.target_modules=[nonexistent_proj]"]
+    status, run_dir = _run(ov)
+    s = records.read_summary(run_dir)
+    assert status == "failed" and "nonexistent_proj" in s["reason"]
+
+
+def test_completed_run_id_is_not_retrained(tiny_overrides):
+    status, run_dir = _run(tiny_overrides + ["run_id=done"])
+    before = (run_dir / "summary.json").read_text()
+    status2, run_dir2 = _run(tiny_overrides + ["run_id=done"])
+    assert status2 == "completed" and run_dir2 == run_dir
+    assert (run_dir / "summary.json").read_text() == before
+
+
+def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
+    ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
+        "train.max_steps=400", "train.save_every=5", "run_id=crash", "method=lora", "train.eval_every=0"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "train", *ov], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = records.run_dir_for(str(runs_dir), "tiny-llama-lora-alpaca-tiny", "crash")
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-1[05]")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((run_dir / "checkpoints").glob("checkpoint-*")), "a checkpoint was written before the kill"
+    assert records.read_summary(run_dir)["status"] == "running"  # killed: nothing could record more
+    ckpt = train.last_checkpoint(run_dir)
+    step = int(ckpt.name.split("-")[-1])
+    status, _ = _run(ov)
+    s = records.read_summary(run_dir)
+    assert status == "completed" and s["steps"] == 400 and s["resumed"] is True
+    steps = [r["step"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 400, "no duplicated steps after resume"
+    assert step < 400
+
+
+def test_wandb_offline_files_under_run_dir(tiny_overrides):
+    ov = [o for o in tiny_overrides if o != "tracker=none"] + ["tracker=wandb"]
+    status, run_dir = _run(ov)
+    assert status == "completed"
+    assert list((run_dir / "wandb").glob("offline-run-*")), "W&B offline run files"
+
+
+@pytest.mark.slow
+def test_real_smollm2_lora_trains(runs_dir):
+    ov = ["model=smollm2-135m", "method=qlora", "data=alpaca-demo", "tracker=none", "eval=none",
+          "train.max_steps=4", "train.batch_size=2", "train.max_length=128", "train.log_every=1",
+          "data.max_rows=40", f"output_dir={runs_dir}"]
+    status, run_dir = _run(ov)
+    s = records.read_summary(run_dir)
+    assert status == "completed", s
+    losses = [r["train_loss"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    assert len(losses) == 4 and all(math.isfinite(x) and 0 < x < 10 for x in losses)
+    assert 0 < s["trainable_share"] < 0.05
