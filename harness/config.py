@@ -397,6 +397,12 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     errors = _check_group_choices(overrides)
     if errors:
         raise ConfigError(errors)
+    # A dotted key that the schema knows (checked above) may be absent from the group's YAML
+    # (schema defaults fill it later): `++` sets it whether or not the YAML lists it.
+    overrides = [
+        f"++{ov}" if "=" in ov and "." in ov.split("=", 1)[0] and not ov.startswith(("+", "~")) else ov
+        for ov in overrides
+    ]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):

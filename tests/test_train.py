@@ -80,7 +80,8 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
     for k, v in ref_state.items():
         k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_after else k
         if k2 in base_after and v.dtype == base_after[k2].dtype:
-            assert torch.equal(v, base_after[k2]), f"base weight {k} changed"
+            bits = lambda t: t.detach().contiguous().view(torch.uint8)  # bitwise: packed 4-bit may look like NaN
+            assert torch.equal(bits(v), bits(base_after[k2])), f"base weight {k} changed"
             compared += 1
     assert compared >= len(ref_state) // 2
 
@@ -150,7 +151,7 @@ def test_completed_run_id_is_not_retrained(tiny_overrides):
 
 def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
-        "train.max_steps=400", "train.save_every=5", "run_id=crash", "method=lora", "train.eval_every=0"]
+        "train.max_steps=100", "train.save_every=5", "run_id=crash", "method=lora", "train.eval_every=0"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "harness", "train", *ov], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -166,10 +167,10 @@ def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     step = int(ckpt.name.split("-")[-1])
     status, _ = _run(ov)
     s = records.read_summary(run_dir)
-    assert status == "completed" and s["steps"] == 400 and s["resumed"] is True
+    assert status == "completed" and s["steps"] == 100 and s["resumed"] is True
     steps = [r["step"] for r in records.read_metrics(run_dir) if "train_loss" in r]
-    assert steps == sorted(set(steps)) and steps[-1] == 400, "no duplicated steps after resume"
-    assert step < 400
+    assert steps == sorted(set(steps)) and steps[-1] == 100, "no duplicated steps after resume"
+    assert step < 100
 
 
 def test_wandb_offline_files_under_run_dir(tiny_overrides):
