@@ -537,9 +537,17 @@ def validate(cfg: RunConfig) -> list[str]:
     for i, suite in enumerate(cfg.eval.perplexity):
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
+    from harness.metrics import METRICS  # numpy only: cheap at compose time
+
     for i, suite in enumerate(cfg.eval.generation):
         if suite.max_new_tokens < 1:
             errs.append(f"eval.generation[{i}].max_new_tokens={suite.max_new_tokens}: must be >= 1.")
+        for metric in suite.metrics:
+            if metric not in METRICS:
+                errs.append(
+                    f"eval.generation[{i}].metrics: unknown metric {metric!r}.{_did_you_mean(metric, METRICS)}"
+                    f" Known: {', '.join(sorted(METRICS))}"
+                )
     return errs
 
 

@@ -1,0 +1,221 @@
+"""Tests for harness/metrics.py: known values (sacrebleu's README, hand-computed cases), the
+multi-reference rules, exact match, final-number extraction, bootstrap intervals and the registry.
+
+    python -m pytest tests/test_metrics.py -x -q
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from harness import metrics as mt
+
+# sacrebleu README ("Using SacreBLEU from Python"): reference *streams* there, per-item lists here
+README_SYS = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
+README_STREAMS = [
+    ["The dog bit the man.", "It was not unexpected.", "The man bit him first."],
+    ["The dog had bit the man.", "No one was surprised.", "The man had bitten the dog."],
+]
+README_REFS = [list(r) for r in zip(*README_STREAMS)]
+
+
+# ------------------------------------------------------------------------------- sacrebleu
+def test_bleu_chrf_match_sacrebleu_readme():
+    bleu = mt.corpus_bleu(README_SYS, README_REFS)
+    chrf = mt.corpus_chrf(README_SYS, README_REFS)
+    assert round(bleu.score, 2) == 48.53  # README: BLEU = 48.53 82.4/50.0/45.5/37.5
+    assert round(chrf.score, 2) == 59.73  # README: chrF2 = 59.73
+    assert bleu.signature.startswith("nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert chrf.signature.startswith("nrefs:2|case:mixed|eff:yes|nc:6|nw:0|space:no|version:")
+
+
+def test_variable_references_match_sacrebleu_readme():
+    # README "Variable Number of References": the first item loses its first reference -> 29.44
+    refs = [["The dog had bit the man."], README_REFS[1], README_REFS[2]]
+    bleu = mt.corpus_bleu(README_SYS, refs)
+    assert round(bleu.score, 2) == 29.44
+    assert bleu.signature.startswith("nrefs:var|")
+
+
+def test_stats_path_equals_sacrebleu_corpus_score():
+    """Summing sacrebleu's per-item statistics must reproduce corpus_score exactly."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
+
+    for name, cls in (("bleu", BLEU), ("chrf", CHRF), ("ter", TER)):
+        ours = mt.sacrebleu_stats(name, README_SYS, README_REFS).score()
+        theirs = cls().corpus_score(README_SYS, README_STREAMS).score
+        assert ours == pytest.approx(theirs, abs=1e-9), name
+
+
+def test_bleu_by_hand():
+    assert mt.corpus_bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]).score == pytest.approx(100.0)
+    assert mt.corpus_bleu(["alpha beta gamma delta"], [["one two three four"]]).score == 0.0
+    # p1..p4 = 5/6, 3/5, 2/4, 1/3, brevity penalty 1 -> 100 * (1/12) ** (1/4)
+    got = mt.corpus_bleu(["the cat sat on the mat"], [["the cat sat on a mat"]]).score
+    assert got == pytest.approx(100 * (1 / 12) ** 0.25, abs=1e-9)
+
+
+def test_ter_by_hand():
+    assert mt.corpus_ter(["a b c d"], [["a b x d"]]).score == pytest.approx(25.0)  # 1 edit / 4 words
+    # best edits over references (1) / average reference length (4.5)
+    assert mt.corpus_ter(["a b c d"], [["a b x d", "a b c d e"]]).score == pytest.approx(100 / 4.5)
+
+
+def test_sentence_level_scores():
+    assert mt.sentence_bleu("the cat sat", ["the cat sat"]) == pytest.approx(100.0)
+    # effective order: a 2-word exact match is still 100, not 0
+    assert mt.sentence_bleu("the cat", ["the cat"]) == pytest.approx(100.0)
+    assert mt.sentence_bleu("xyz", ["the cat"]) == 0.0
+    assert mt.sentence_chrf("abc", ["abc"]) == pytest.approx(100.0)
+    # best reference counts
+    assert mt.sentence_chrf("the cat", ["a dog", "the cat"]) == pytest.approx(100.0)
+
+
+# ------------------------------------------------------------------------------------ ROUGE
+def test_rouge_by_hand():
+    got = mt.sentence_rouge("the cat sat on the mat", ["the cat was on the mat"])
+    # unigrams: 5 of 6 shared; LCS "the cat on the mat" = 5; bigrams: 3 of 5 shared
+    assert got["rouge1"] == pytest.approx(5 / 6)
+    assert got["rougeL"] == pytest.approx(5 / 6)
+    assert got["rouge2"] == pytest.approx(3 / 5)
+
+
+def test_rouge_multi_reference_is_max_and_corpus_is_mean():
+    pred = "the cat sat on the mat"
+    one = mt.sentence_rouge(pred, ["the cat was on the mat"])
+    both = mt.sentence_rouge(pred, ["completely different words here", "the cat was on the mat"])
+    assert both == pytest.approx(one)
+    corpus = mt.rouge([pred, "nothing shared"], [["the cat was on the mat"], ["totally other"]])
+    assert corpus["rouge1"] == pytest.approx((5 / 6 + 0.0) / 2)
+
+
+def test_rouge_uses_stemming():
+    assert mt.sentence_rouge("cats running", ["cat runs"])["rouge1"] == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------ exact match
+def test_exact_match_normalisation_and_multi_reference():
+    preds = ["  The   Answer\n", "paris", "no"]
+    refs = [["the answer"], ["London", "PARIS "], ["yes"]]
+    assert mt.exact_match_items(preds, refs) == [1.0, 1.0, 0.0]
+    assert mt.exact_match(preds, refs) == pytest.approx(2 / 3)
+    assert mt.normalize_text(" A \t B\n\nC ") == "a b c"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Natalia sold 48/2 = 24 clips.\n#### 72", "72"),
+        ("The answer is 1,200.50.", "1200.5"),
+        ("It costs $18 in total.", "18"),
+        ("first 3 then -4", "-4"),
+        ("#### 5 and later 9", "5"),
+        ("no number here", None),
+        ("3.0", "3"),
+        ("720", "720"),
+    ],
+)
+def test_extract_final_number(text, expected):
+    assert mt.extract_final_number(text) == expected
+
+
+def test_final_number_match():
+    preds = ["so we get 72.", "the answer is 10", "no idea"]
+    refs = [["... #### 72"], ["#### 11"], ["#### 3"]]
+    assert mt.final_number_items(preds, refs) == [1.0, 0.0, 0.0]
+
+
+# ------------------------------------------------------------------------------- bootstrap
+def _mean_stats(values):
+    return mt.CorpusStats(np.column_stack([np.asarray(values, float), np.ones(len(values))]), lambda s: s[0] / s[1])
+
+
+def test_bootstrap_contains_point_estimate_and_narrows_with_more_items():
+    rng = np.random.default_rng(1)
+    small = _mean_stats(rng.random(40))
+    large = _mean_stats(rng.random(4000))
+    lo_s, hi_s = mt.bootstrap_ci(small, 500, seed=0)
+    lo_l, hi_l = mt.bootstrap_ci(large, 500, seed=0)
+    assert lo_s <= small.score() <= hi_s
+    assert lo_l <= large.score() <= hi_l
+    assert (hi_l - lo_l) < (hi_s - lo_s) / 3  # ~ 1/sqrt(n): 10x narrower expected
+
+
+def test_bootstrap_matches_normal_theory_for_a_mean():
+    values = np.random.default_rng(2).random(2000)
+    lo, hi = mt.bootstrap_ci(_mean_stats(values), 2000, seed=0)
+    half = 1.96 * values.std() / math.sqrt(len(values))
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_bootstrap_deterministic_by_seed():
+    stats = mt.sacrebleu_stats("bleu", README_SYS * 5, README_REFS * 5)
+    a = mt.bootstrap_ci(stats, 200, seed=3)
+    b = mt.bootstrap_ci(stats, 200, seed=3)
+    c = mt.bootstrap_ci(stats, 200, seed=4)
+    assert a == b
+    assert a != c
+
+
+def test_bootstrap_resample_sums_equal_direct_rescoring():
+    """The sufficient-statistics shortcut gives the same score as re-scoring a resampled corpus."""
+    from sacrebleu.metrics import BLEU
+
+    sys_, refs = README_SYS * 3, README_REFS * 3
+    stats = mt.sacrebleu_stats("bleu", sys_, refs)
+    idx = [0, 0, 4, 8, 8, 8, 2, 5, 1]
+    direct = BLEU().corpus_score([sys_[i] for i in idx], mt.reference_streams([refs[i] for i in idx])).score
+    assert stats.aggregate(stats.stats[idx].sum(axis=0)) == pytest.approx(direct, abs=1e-9)
+
+
+def test_bootstrap_bleu_630_items_1000_resamples_is_fast():
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(60)]
+    preds = [" ".join(rng.choice(words, 12)) for _ in range(630)]
+    refs = [[" ".join(rng.choice(words, 12)) for _ in range(int(rng.integers(1, 8)))] for _ in range(630)]
+    stats = mt.sacrebleu_stats("bleu", preds, refs)
+    t0 = time.perf_counter()
+    lo, hi = mt.bootstrap_ci(stats, 1000, seed=0)
+    elapsed = time.perf_counter() - t0
+    assert lo <= stats.score() <= hi
+    assert elapsed < 5.0, f"bootstrap took {elapsed:.2f} s"
+
+
+# ------------------------------------------------------------------------ registry / compute
+def test_registry_and_did_you_mean():
+    assert {"bleu", "chrf", "ter", "rouge", "exact_match"} <= set(mt.METRICS)
+    with pytest.raises(mt.MetricError, match="Did you mean 'rouge'"):
+        mt.check_metric_names(["bleu", "rogue"])
+    with pytest.raises(mt.MetricError, match="register"):
+        mt.register_metric("bleu")(lambda p, r: {})
+
+
+def test_compute_report():
+    report = mt.compute(["bleu", "chrf", "ter", "rouge", "exact_match"], README_SYS, README_REFS, 200, seed=0)
+    assert set(report.metrics) == {"bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match"}
+    assert set(report.ci95) == set(report.metrics)
+    assert set(report.signatures) == {"bleu", "chrf", "ter"}
+    assert report.metrics["bleu"] == pytest.approx(48.5308, abs=1e-3)
+    assert report.metrics["exact_match"] == pytest.approx(1 / 3)
+    for name, (lo, hi) in report.ci95.items():
+        assert lo <= report.metrics[name] + 1e-9 and report.metrics[name] <= hi + 1e-9, name
+    assert mt.compute(["bleu"], README_SYS, README_REFS, bootstrap_samples=0).ci95 == {}
+
+
+@pytest.mark.parametrize(
+    "preds, refs, match",
+    [
+        (["a"], [], "1 predictions but 0"),
+        ([], [], "no items"),
+        (["a"], [[]], "item 0: no references"),
+        (["a"], ["a"], "single string"),
+        ([None], [["a"]], "prediction must be a string"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(preds, refs, match):
+    with pytest.raises(mt.MetricError, match=match):
+        mt.compute(["bleu"], preds, refs)
