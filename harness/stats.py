@@ -1,0 +1,194 @@
+"""Statistics for reports: pure functions, lists of numbers in, numbers out (no I/O, no torch).
+
+Used by `harness report` (harness/report.py) to put confidence intervals on leaderboard means,
+to test paired differences between configurations on the same evaluation items, to correct the
+p-values of all comparisons shown for multiplicity, and to find the quality/cost Pareto front.
+
+    mean_ci([0.41, 0.43, 0.40])                 # mean and 95% t interval over seeds
+    paired_bootstrap(bleu_a, bleu_b, n=1000)    # delta, (lo, hi), p  -- BLEU/chrF/ROUGE per item
+    mcnemar_exact(acc_a, acc_b)                 # exact two-sided p for paired 0/1 outcomes
+    paired_permutation(a, b)                    # delta, p  -- sign-flip test on paired differences
+    holm([0.01, 0.04, 0.03])                    # Holm-adjusted p-values, same order
+    pareto_front([(loss, mem), ...], ("min", "min"))   # indices of non-dominated points
+
+Every random procedure takes a seed, so the same inputs always give the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["mean_ci", "paired_bootstrap", "mcnemar_exact", "paired_permutation", "holm", "pareto_front"]
+
+
+def _finite(values: Sequence[float]) -> np.ndarray:
+    arr = np.asarray([float(v) for v in values], dtype=float)
+    return arr[np.isfinite(arr)]
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float, int]:
+    """Mean and two-sided t-distribution confidence interval: (mean, lo, hi, n).
+
+    Non-finite values are ignored (n counts the finite ones). With n < 2 the interval is
+    undefined and returned as (nan, nan); with n == 0 the mean is nan too.
+    """
+    from scipy.special import stdtrit  # Student-t quantile (scipy.special imports much faster than scipy.stats)
+
+    x = _finite(values)
+    n = int(x.size)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    m = float(x.mean())
+    if n < 2:
+        return m, math.nan, math.nan, n
+    sem = float(x.std(ddof=1)) / math.sqrt(n)
+    half = float(stdtrit(n - 1, 0.5 + confidence / 2.0)) * sem
+    return m, m - half, m + half, n
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> np.ndarray:
+    """a - b as an array; both must have the same length and be finite (a paired test cannot
+    silently drop one side of a pair)."""
+    xa = np.asarray([float(v) for v in a], dtype=float)
+    xb = np.asarray([float(v) for v in b], dtype=float)
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired samples need equal lengths, got {xa.size} and {xb.size}")
+    d = xa - xb
+    if not np.all(np.isfinite(d)):
+        bad = int(np.sum(~np.isfinite(d)))
+        raise ValueError(f"{bad} paired differences are not finite (nan/inf in the per-item scores); remove those items first")
+    return d
+
+
+def paired_bootstrap(
+    a: Sequence[float], b: Sequence[float], n: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, tuple[float, float], float]:
+    """Paired bootstrap of the difference in means, mean(a) - mean(b), over items.
+
+    Items are resampled with replacement (the same indices for a and b) `n` times. Returns
+    (delta, (lo, hi), p): the observed difference, its percentile confidence interval, and a
+    two-sided p-value for "no difference" from the bootstrap standard error (normal
+    approximation, p = erfc(|delta| / (se * sqrt 2))). Unlike the share of resamples crossing
+    zero, this p is not floored at 1/(n + 1), so it survives a multiplicity correction over many
+    comparisons. A zero-variance difference gives p = 1 if delta == 0 else 0.
+    """
+    d = _paired(a, b)
+    if d.size == 0:
+        return math.nan, (math.nan, math.nan), math.nan
+    delta = float(d.mean())
+    rng = np.random.default_rng(seed)
+    means = np.empty(n, dtype=float)
+    chunk = max(1, min(n, 2_000_000 // max(1, d.size)))  # bound memory for large item counts
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        idx = rng.integers(0, d.size, size=(k, d.size))
+        means[start : start + k] = d[idx].mean(axis=1)
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = (float(v) for v in np.quantile(means, [alpha, 1.0 - alpha]))
+    se = float(means.std(ddof=1)) if n > 1 else 0.0
+    if se == 0.0:
+        return delta, (lo, hi), 1.0 if delta == 0.0 else 0.0
+    p = math.erfc(abs(delta) / (se * math.sqrt(2.0)))
+    return delta, (lo, hi), float(min(1.0, p))
+
+
+def mcnemar_exact(a_correct: Sequence[int | bool], b_correct: Sequence[int | bool]) -> float:
+    """Exact (binomial) two-sided McNemar test for paired 0/1 outcomes.
+
+    Only discordant pairs count: b = a right and b wrong, c = a wrong and b right;
+    p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2). No discordant pairs: p = 1.
+    """
+    from scipy.special import bdtr  # binomial CDF
+
+    xa = np.asarray([int(v) for v in a_correct])
+    xb = np.asarray([int(v) for v in b_correct])
+    if xa.shape != xb.shape:
+        raise ValueError(f"paired outcomes need equal lengths, got {xa.size} and {xb.size}")
+    for name, x in (("a_correct", xa), ("b_correct", xb)):
+        if x.size and not np.all((x == 0) | (x == 1)):
+            raise ValueError(f"{name} must hold 0/1 (or booleans); got values {sorted(set(x.tolist()))[:5]}")
+    b = int(np.sum((xa == 1) & (xb == 0)))
+    c = int(np.sum((xa == 0) & (xb == 1)))
+    if b + c == 0:
+        return 1.0
+    return float(min(1.0, 2.0 * bdtr(min(b, c), b + c, 0.5)))
+
+
+def paired_permutation(
+    a: Sequence[float], b: Sequence[float], n: int = 10000, seed: int = 0
+) -> tuple[float, float]:
+    """Paired permutation (sign-flip) test of mean(a) - mean(b): returns (delta, two-sided p).
+
+    Under the null each paired difference is equally likely to have either sign. When 2**items
+    is at most `n` every sign pattern is enumerated (exact p); otherwise `n` random patterns are
+    drawn and p = (1 + count) / (n + 1).
+    """
+    d = _paired(a, b)
+    if d.size == 0:
+        return math.nan, math.nan
+    delta = float(d.mean())
+    observed = abs(delta) - 1e-12
+    if 2 ** d.size <= n:
+        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
+        stats = np.abs((signs * d).mean(axis=1))
+        return delta, float(np.mean(stats >= observed))
+    rng = np.random.default_rng(seed)
+    count = 0
+    chunk = max(1, min(n, 2_000_000 // max(1, d.size)))
+    for start in range(0, n, chunk):
+        k = min(chunk, n - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(k, d.size))
+        count += int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed))
+    return delta, float(min(1.0, (1 + count) / (n + 1)))
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni step-down adjusted p-values, in the order given.
+
+    Sorted ascending, the i-th smallest (0-based) is multiplied by (m - i), running maxima keep
+    the adjusted values monotone, and everything is capped at 1. NaN p-values (tests that could
+    not run) stay NaN and do not count towards m.
+    """
+    p = np.asarray([float(v) for v in pvalues], dtype=float)
+    out = np.full(p.shape, math.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out.tolist()
+    order = ok[np.argsort(p[ok], kind="stable")]
+    running = 0.0
+    for i, idx in enumerate(order):
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        out[idx] = running
+    return out.tolist()
+
+
+def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
+    """Indices (ascending) of the points no other point dominates.
+
+    `directions` gives "min" or "max" per coordinate. A point dominates another when it is at
+    least as good in every coordinate and strictly better in one. Points with a non-finite
+    coordinate are never on the front. Duplicates of a front point are all on the front.
+    """
+    if any(d not in ("min", "max") for d in directions):
+        raise ValueError(f"directions must be 'min' or 'max' per coordinate, got {list(directions)}")
+    if len(points) == 0:
+        return []
+    x = np.asarray([[float(v) for v in pt] for pt in points], dtype=float)
+    if x.ndim != 2 or x.shape[1] != len(directions):
+        raise ValueError(f"each point needs {len(directions)} coordinates (one per direction), got shape {x.shape}")
+    sign = np.array([1.0 if d == "min" else -1.0 for d in directions])
+    y = x * sign  # now every coordinate is "lower is better"
+    finite = np.all(np.isfinite(y), axis=1)
+    idx = np.flatnonzero(finite)
+    z = y[idx]
+    front = []
+    for i, row in enumerate(z):
+        le = np.all(z <= row, axis=1)
+        lt = np.any(z < row, axis=1)
+        if not np.any(le & lt):
+            front.append(int(idx[i]))
+    return front
