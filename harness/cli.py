@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
     parser = build_parser(only=command)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if not args.command:
         parser.print_help()
         return 2

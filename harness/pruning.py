@@ -1,11 +1,15 @@
 """Pruning hook between a trial's child process and its Optuna study.
 
-The sweep driver passes `study`, `trial` and `storage` into the run config; the trainer calls
-`reporter_for(cfg)` once and `.report(step, val_loss)` at every evaluation. True means "stop now:
-pruned". Outside a sweep the reporter never prunes.
+The sweep driver (harness/sweep.py) passes `study`, `trial` and `storage` into the run config; the
+trainer calls `reporter_for(cfg)` once and `.report(step, val_loss)` at every evaluation. True means
+"stop now: pruned" (the trainer then exits with code 3). Outside a sweep the reporter never prunes.
+The pruner is the one the sweep spec names (stored with the study), so a child process prunes
+exactly as the driver would. Used by `harness train` inside `harness sweep`.
 """
 
 from __future__ import annotations
+
+import math
 
 from harness.config import RunConfig
 
@@ -19,12 +23,20 @@ class OptunaReporter:
     def __init__(self, storage: str, study: str, trial_number: int):
         import optuna
 
-        self._study = optuna.load_study(study_name=study, storage=storage)
-        trial_id = self._study._storage.get_trial_id_from_study_id_trial_number(self._study._study_id, trial_number)
+        from harness import sweep
+
+        store = sweep.open_storage(storage)
+        spec = optuna.load_study(study_name=study, storage=store).user_attrs.get("harness_spec") or {}
+        pruner = sweep.build_pruner(spec.get("pruner") or {"type": "none"})
+        self._study = optuna.load_study(study_name=study, storage=store, pruner=pruner)
+        trial_id = store.get_trial_id_from_study_id_trial_number(self._study._study_id, trial_number)
         self._trial = optuna.trial.Trial(self._study, trial_id)
 
     def report(self, step: int, value: float) -> bool:
-        self._trial.report(float(value), step)
+        value = float(value)
+        if not math.isfinite(value):
+            return False  # a diverged loss is the trainer's to record (status diverged), not a pruning signal
+        self._trial.report(value, int(step))
         return bool(self._trial.should_prune())
 
 

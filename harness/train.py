@@ -27,7 +27,7 @@ from harness import atomic, config, records
 from harness.config import ConfigError, RunConfig
 
 EXIT = {"completed": 0, "failed": 1, "pruned": 3, "diverged": 4, "interrupted": 130}
-_NOT_AXES = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume")
+_NOT_AXES = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker.tags")
 
 
 # ------------------------------------------------------------------------------ small helpers

@@ -25,7 +25,7 @@ def test_every_shipped_group_option_composes(group):
 
 def test_every_experiment_composes():
     for opt in config.group_options("experiment"):
-        config.compose([f"+experiment={opt}"])
+        config.compose([f"experiment={opt}"])
 
 
 def test_every_yaml_opens_with_a_comment():

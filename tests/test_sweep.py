@@ -1,0 +1,414 @@
+"""Tests for the sweep driver (harness/sweep.py) and `harness status` (harness/status.py).
+
+    python -m pytest tests/test_sweep.py -x -q
+
+Pure parts (spec parsing, grid expansion, trial -> overrides) are tested directly. The driver runs
+as a real `harness sweep` process; most trials use a stand-in trainer (FAKE_TRAIN below, selected by
+HARNESS_SWEEP_TRAIN_CMD) that composes the same config and writes the same run record, so crashes,
+SIGKILLs, pruning and resumes are exercised in seconds. Two tests run the real `harness train` on
+tiny-llama (the second, a grid, is marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import config, sweep
+
+REPO = Path(__file__).resolve().parent.parent
+
+# The stand-in trainer: same overrides, same run record, behaviour chosen by `notes=`:
+#   ok | crash (exit 1 with a failed summary) | kill (SIGKILL itself, like the OOM killer) | sleep:S
+#   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through harness.pruning, exit 3 when told to)
+FAKE_TRAIN = textwrap.dedent('''
+    import os, signal, sys, time
+    from harness import atomic, records
+    ovs = sys.argv[1:]
+    kv = dict(o.lstrip("+").split("=", 1) for o in ovs)  # light on purpose: no Hydra import per trial
+    run_dir = records.run_dir_for(kv["output_dir"], kv["name"], kv["run_id"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "overrides.yaml", "".join(f"- {o!r}\\n" for o in ovs))
+    seed, r, mode = int(kv.get("train.seed", 0)), int(kv.get("method.r", 16)), kv.get("notes", "ok")
+    base = {"schema": 1, "name": kv["name"], "run_id": kv["run_id"], "run_dir": str(run_dir), "study": kv["study"],
+            "trial": int(kv["trial"]), "seed": seed}
+    prior = records.read_summary(run_dir) or {}
+    atomic.write_json(run_dir / "summary.json", {**base, "status": "running", "resumed": bool(prior)})
+    print("fake training", mode, flush=True)
+    if mode.startswith("sleep"):
+        time.sleep(float(mode.split(":")[1]))
+    if mode == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if mode == "crash":
+        atomic.write_json(run_dir / "summary.json", {**base, "status": "failed", "reason": "RuntimeError: boom"})
+        print("Traceback: RuntimeError: boom", flush=True)
+        sys.exit(1)
+    loss = 1.0 + r / 100 + seed / 1000
+    if mode == "nometric":  # completes, but the run record lacks the objective
+        atomic.write_json(run_dir / "summary.json", {**base, "status": "completed", "reason": ""})
+        sys.exit(0)
+    if mode == "prune":  # report to the study like the trainer's pruning callback
+        from harness.pruning import OptunaReporter
+        reporter = OptunaReporter(kv["storage"], kv["study"], int(kv["trial"]))
+        for step in (10, 20, 30):
+            if reporter.report(step, loss + 1 / step):
+                atomic.write_json(run_dir / "summary.json", {**base, "status": "pruned", "reason": f"pruned at step {step}",
+                                                             "pruned_at_step": step})
+                sys.exit(3)
+    atomic.write_json(run_dir / "summary.json", {**base, "status": "completed", "reason": "", "best_val_loss": loss,
+                      "peak_memory_mb": 100.0 + r, "train_time_s": 0.01, "eval_time_s": 0.0, "resumed": bool(prior)})
+''')
+
+BASE = ["model=tiny-llama", "data=alpaca-tiny", "tracker=none", "train.max_steps=2", "method=lora"]
+
+
+@pytest.fixture()
+def fake_env(tmp_path, monkeypatch):
+    """cwd = a temp dir (studies/ and runs/ land there) and the stand-in trainer selected."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAIN)
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ, **{sweep.TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
+    return env
+
+
+def write_spec(path: Path, **kw) -> Path:
+    tree = {"study": "t", "base": BASE, "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}],
+            "heartbeat": {"interval_s": 1, "grace_period_s": 3}, **kw}
+    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return path
+
+
+def harness(args: list[str], env: dict, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def trials_of(cwd: Path, study: str = "t"):
+    import optuna
+
+    url = sweep.default_storage_url(study, cwd / "studies")
+    return optuna.load_study(study_name=study, storage=sweep.open_storage(url)).get_trials(deepcopy=False)
+
+
+def by_state(trials) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for t in trials:
+        out.setdefault(t.state.name, []).append(t)
+    return out
+
+
+# ------------------------------------------------------------------------------------ pure
+def test_expand_grid_is_union_of_products_in_order_without_duplicates():
+    grid = [{"method": ["full"]}, {"method": ["lora", "qlora"], "method.r": [4, 16]}, {"method": ["full"]}]
+    cells = sweep.expand_grid(grid)
+    assert cells == [
+        {"method": "full"},
+        {"method": "lora", "method.r": 4}, {"method": "lora", "method.r": 16},
+        {"method": "qlora", "method.r": 4}, {"method": "qlora", "method.r": 16},
+    ]
+
+
+def test_plan_maps_every_cell_and_seed_to_overrides():
+    spec = sweep.parse_spec({"study": "s", "base": [*BASE, "method.r=8"], "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+                             "seeds": [0, 1, 2], "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
+    planned = sweep.plan_grid(spec)
+    assert len(planned) == 4 * 3
+    assert len({t.cell for t in planned}) == 12  # every (cell, seed) distinct
+    t = planned[4]  # cell 1 (lora, r=16), seed 1
+    assert (t.params, t.seed) == ({"method": "lora", "method.r": 16}, 1)
+    # the axis replaces the base's value instead of appearing twice; the seed goes to train.seed
+    assert t.overrides == ["model=tiny-llama", "data=alpaca-tiny", "tracker=none", "train.max_steps=2",
+                           "method=lora", "method.r=16", "train.seed=1"]
+    cfg = config.compose(t.overrides)
+    assert (cfg.method.name, cfg.method.r, cfg.train.seed) == ("lora", 16, 1)
+
+
+@pytest.mark.parametrize("value", [2e-05, 0.1, 3, True, None, "plain", "it's a 'test', with spaces = and [brackets]", "1e-5", "null"])
+def test_format_value_round_trips_through_hydra(value):
+    cfg = config.compose_tree(BASE + [f"notes={sweep.format_value(value)}"])
+    assert cfg["notes"] == value
+
+
+def test_spec_errors_are_reported_all_at_once():
+    bad = {"study": "../x", "base": ["train.seed=3"], "grid": {"mthod": ["lora"], "method.r": []}, "seeds": [],
+           "objectives": [{"metric": "summary.best_val_los", "direction": "down"}], "sampler": "gird", "pruner": "median",
+           "budgett": {}}
+    with pytest.raises(sweep.SpecError) as exc:
+        sweep.parse_spec(bad, "bad.yaml")
+    text = "\n".join(exc.value.errors)
+    for needle in ("budgett: unknown key", "Did you mean 'budget'", "study '../x' is not allowed", "train.seed=3",
+                   "mthod", "grid.method.r: a non-empty list", "seeds:", "Did you mean 'best_val_loss'",
+                   "direction='down'", "'gird' is not one of", "Did you mean 'grid'"):
+        assert needle in text, needle
+    assert len(exc.value.errors) >= 10
+
+
+def test_pruner_needs_a_single_minimized_objective():
+    tree = {"study": "s", "base": BASE, "search": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
+            "sampler": "tpe", "pruner": "median", "budget": {"n_trials": 2},
+            "objectives": [{"metric": "summary.best_val_loss", "direction": "maximize"}]}
+    with pytest.raises(sweep.SpecError, match="maximized"):
+        sweep.parse_spec(tree)
+    tree["objectives"][0]["direction"] = "minimize"
+    assert sweep.parse_spec(tree).search["train.lr"].log
+
+
+def test_command_line_override_pins_an_axis_and_extends_base():
+    spec = sweep.parse_spec({"study": "s", "base": BASE, "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+                             "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
+    pinned, rest = sweep.pin_axes(spec, ["method=qlora", "train.max_steps=5"])
+    assert rest == ["train.max_steps=5"]
+    assert sweep.expand_grid(pinned.grid) == [{"method": "qlora", "method.r": 4}, {"method": "qlora", "method.r": 16}]
+    assert "train.max_steps=5" in pinned.base and "train.max_steps=2" not in pinned.base
+    # with sub-grids, pinning keeps the cells that have the value (full keeps its own learning rate)
+    spec = sweep.parse_spec({"study": "s", "base": BASE, "grid": [{"method": ["full"], "train.lr": [2e-5]},
+                                                                  {"method": ["lora", "qlora"], "train.lr": [2e-4]}],
+                             "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
+    assert sweep.expand_grid(sweep.pin_axes(spec, ["method=lora"])[0].grid) == [{"method": "lora", "train.lr": 2e-4}]
+    # a value no cell has is set everywhere
+    assert sweep.expand_grid(sweep.pin_axes(spec, ["train.lr=1e-3"])[0].grid) == [
+        {"method": "full", "train.lr": 1e-3}, {"method": "lora", "train.lr": 1e-3}, {"method": "qlora", "train.lr": 1e-3}]
+
+
+@pytest.mark.parametrize("spec_path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_specs_validate_in_a_dry_run(spec_path, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert sweep.run(sweep_args(str(spec_path), "--dry-run")) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "dry run: config OK" in out
+    assert not (tmp_path / "studies").exists() and not (tmp_path / "runs").exists()  # nothing created
+
+
+def sweep_args(*argv: str):
+    from harness.cli import build_parser
+
+    return build_parser(only="sweep").parse_args(["sweep", *argv])
+
+
+def test_every_trial_config_is_checked_before_training(tmp_path, fake_env, capsys):
+    # tiny-gpt2 cannot be quantized: the qlora cells must fail up front, with the objective's missing suite
+    spec = write_spec(tmp_path / "s.yaml", base=[b for b in BASE if b != "method=lora"] + ["model=tiny-gpt2"],
+                      grid={"method": ["lora", "qlora", "lora-8bit"]},
+                      objectives=[{"metric": "hellaswag.acc", "direction": "maximize"}])
+    assert sweep.run(sweep_args(str(spec))) == 2
+    err = capsys.readouterr().err
+    assert "method=qlora needs a quantizable model" in err and "method=lora-8bit needs a quantizable model" in err
+    assert "needs eval suite 'hellaswag'" in err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "studies").exists()
+
+
+# ---------------------------------------------------------------------------------- driver
+def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, fake_env):
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok", "crash", "kill"]}, seeds=[0, 1])
+    r = harness(["sweep", str(spec)], fake_env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = trials_of(tmp_path)
+    assert len(trials) == 6 and len({t.user_attrs["cell"] for t in trials}) == 6
+    states = {(t.user_attrs["params"]["notes"], t.user_attrs["seed"]): t for t in trials}
+    for seed in (0, 1):
+        ok, crash, kill = states[("ok", seed)], states[("crash", seed)], states[("kill", seed)]
+        assert ok.state.name == "COMPLETE" and ok.values == [pytest.approx(1.0 + 16 / 100 + seed / 1000)]
+        assert crash.state.name == "FAIL" and "exited with code 1" in crash.user_attrs["reason"] and "boom" in crash.user_attrs["reason"]
+        assert kill.state.name == "FAIL" and "SIGKILL" in kill.user_attrs["reason"]
+        # the run record of the killed child says so too, and the trial and its run dir point at each other
+        summary = json.loads((Path(kill.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["status"] == "failed" and "SIGKILL" in summary["reason"] and summary["trial"] == kill.number
+        assert (Path(ok.user_attrs["run_dir"]) / "train.log").read_text().count("fake training ok") == 1
+        assert json.loads((Path(ok.user_attrs["run_dir"]) / "summary.json").read_text())["trial"] == ok.number
+    # a second run of the same command re-runs nothing
+    r2 = harness(["sweep", str(spec)], fake_env, tmp_path)
+    assert r2.returncode == 0 and "0 trials queued now" in r2.stdout
+    assert len(trials_of(tmp_path)) == 6
+    # status lists every trial with its reason; --verbose prints the reproduce command
+    st = harness(["status", "t", "--verbose"], fake_env, tmp_path)
+    assert st.returncode == 0 and st.stdout.count("COMPLETE ") == 2 and st.stdout.count("FAIL ") == 4
+    assert "SIGKILL" in st.stdout and "reproduce: harness train model=tiny-llama" in st.stdout
+
+
+def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
+    # r=4 completes first; r=64 reports a worse loss at step 10 and is pruned by the median pruner;
+    # a run whose record lacks the objective fails with the metric named
+    spec = write_spec(tmp_path / "s.yaml", grid=[{"method.r": [4, 64], "notes": ["prune"]}, {"notes": ["nometric"]}],
+                      pruner={"type": "median", "n_startup_trials": 1})
+    assert harness(["sweep", str(spec)], fake_env, tmp_path).returncode == 0
+    first, second, third = trials_of(tmp_path)
+    assert first.state.name == "COMPLETE"
+    assert second.state.name == "PRUNED" and second.user_attrs["pruned_at_step"] == 10 and "step 10" in second.user_attrs["reason"]
+    assert second.intermediate_values == {10: pytest.approx(1.64 + 0.1)}
+    assert third.state.name == "FAIL" and "summary.best_val_loss missing" in third.user_attrs["reason"]
+
+
+def test_worker_killed_mid_trial_then_resume_completes_each_cell_once(tmp_path, fake_env):
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:4", "ok"]}, seeds=[0, 1])
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # wait until the first (slow) trial's child is training
+        if list((tmp_path / "runs").glob("t/*/summary.json")):
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = trials_of(tmp_path)[0]
+    assert killed.state.name == "RUNNING"
+    run_dir = Path(killed.user_attrs["run_dir"])
+    time.sleep(1.0)  # the orphaned child got SIGKILL from the kernel too (PR_SET_PDEATHSIG)
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"
+
+    r = harness(["sweep", str(spec)], fake_env, tmp_path, timeout=120)  # same command: resume
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = trials_of(tmp_path)
+    states = by_state(trials)
+    complete_cells = [t.user_attrs["cell"] for t in states["COMPLETE"]]
+    assert sorted(complete_cells) == sorted(t.cell for t in sweep.plan_grid(sweep.load_spec(spec)))  # each once
+    assert [t.number for t in states["FAIL"]] == [killed.number]
+    retry = next(t for t in states["COMPLETE"] if t.user_attrs["cell"] == killed.user_attrs["cell"])
+    assert retry.system_attrs["retry_history"] == [killed.number]
+    assert retry.user_attrs["run_id"] == killed.user_attrs["run_id"]  # same run dir: the trainer resumes
+    assert json.loads((run_dir / "summary.json").read_text())["resumed"] is True
+    st = harness(["status", "t"], fake_env, tmp_path)
+    assert f"retried as trial {retry.number}" in st.stdout
+    print(f"resume counts: {({k: len(v) for k, v in states.items()})}, planned {len(complete_cells)}")
+
+
+def run_concurrently(spec: Path, env: dict, cwd: Path, commands: list[list[str]]) -> list[str]:
+    procs = [subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec), *extra], env=env, cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for extra in commands]
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), outs
+    return outs
+
+
+def test_concurrent_drivers_and_workers_share_one_sqlite_study(tmp_path, fake_env):
+    # two drivers started together (both enqueue the grid) and one of them with 2 local worker processes
+    cells = list(range(1, 9))
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:1"], "method.r": cells})
+    outs = run_concurrently(spec, fake_env, tmp_path, [["--workers", "2"], []])
+    trials = trials_of(tmp_path)
+    assert len(trials) == len(cells) and len({t.user_attrs["cell"] for t in trials}) == len(cells)  # neither duplicated nor lost
+    assert sorted(t.user_attrs["params"]["method.r"] for t in trials) == cells
+    assert all(t.state.name == "COMPLETE" for t in trials)
+    assert len({t.user_attrs["worker_pid"] for t in trials}) >= 2  # the work was shared
+    assert outs[0].count(" start ") == outs[0].count(" COMPLETE ") >= 1  # worker events relayed to the driver
+
+
+def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
+    spec = write_spec(tmp_path / "s.yaml", grid={"method": ["lora", "qlora"]},
+                      search={"method.r": {"type": "int", "low": 2, "high": 32, "log": True}},
+                      seeds=[0, 1], sampler={"type": "tpe", "seed": 1}, budget={"n_trials": 3})
+    r = harness(["sweep", str(spec)], fake_env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = trials_of(tmp_path)
+    assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
+    groups: dict = {}
+    for t in trials:
+        groups.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.user_attrs["seed"])
+        assert 2 <= t.params["method.r"] <= 32 and t.params["method"] in ("lora", "qlora")
+    assert all(sorted(s) == [0, 1] for s in groups.values())  # each sampled configuration ran for both seeds
+
+
+def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, fake_env):
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:5", "ok"]}, max_retries=0)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "runs").glob("t/*/summary.json")):
+        time.sleep(0.2)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the driver and its child
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "run the same command again to resume" in out
+    first = trials_of(tmp_path)
+    assert [t.state.name for t in first] == ["FAIL", "WAITING", "WAITING"]  # requeued at once, not after a grace period
+    assert first[2].system_attrs["requeued_from"] == 0 and first[2].user_attrs["run_id"] == first[0].user_attrs["run_id"]
+    summary = json.loads((Path(first[0].user_attrs["run_dir"]) / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "interrupted" in summary["reason"]  # not a phantom "running"
+    r = harness(["sweep", str(spec)], fake_env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    states = {t.number: t.state.name for t in trials_of(tmp_path)}
+    assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}  # max_retries=0: a Ctrl-C is not a retry
+
+
+def test_journal_storage_and_references_reach_the_runs(tmp_path, fake_env):
+    refs = [{"metric": "summary.best_val_loss", "value": 1.5, "source": "Hu et al. (2021), Table 2"}]
+    spec = write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}, references=refs)
+    url = f"journal:{tmp_path / 'shared' / 't.log'}"
+    r = harness(["sweep", str(spec), "--storage", url], fake_env, tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    import optuna
+
+    trials = optuna.load_study(study_name="t", storage=sweep.open_storage(url)).get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert all("heartbeat_at" in t.user_attrs for t in trials)  # the journal's heartbeat
+    overrides = trials[0].user_attrs["overrides"]
+    ref = next(o for o in overrides if o.startswith("references="))
+    assert config.compose(overrides).references == refs  # the published numbers reach the run's config
+    st = harness(["status", "t", "--storage", url], fake_env, tmp_path)
+    assert st.returncode == 0 and st.stdout.count("COMPLETE ") == 2 and ref
+
+
+def test_changed_spec_is_refused_but_a_grown_grid_is_enqueued(tmp_path, fake_env):
+    url = sweep.default_storage_url("t", tmp_path / "studies")
+    spec = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}))
+    study, storage = sweep.open_study(spec, url, create=True)
+    assert sweep.enqueue_grid(study, storage, url, spec, sweep.plan_grid(spec)) == 1
+    assert sweep.enqueue_grid(study, storage, url, spec, sweep.plan_grid(spec)) == 0  # idempotent
+    grown = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}))
+    study, storage = sweep.open_study(grown, url, create=True)
+    assert sweep.enqueue_grid(study, storage, url, grown, sweep.plan_grid(grown)) == 1
+    changed = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}, seeds=[5]))
+    with pytest.raises(sweep.SpecError, match=r"created from a different spec \(seeds differ"):
+        sweep.open_study(changed, url, create=True)
+
+
+# ------------------------------------------------------------------- the real trainer
+def _real_env(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(sweep.TRAIN_CMD_ENV, None)
+    return env
+
+
+@pytest.mark.slow  # one real tiny training: 15-50 s depending on the machine's load
+def test_real_trainer_single_trial_records_overhead(tmp_path, monkeypatch):
+    env = _real_env(tmp_path, monkeypatch)
+    spec = write_spec(tmp_path / "s.yaml", grid={"method": ["lora"]}, base=[*BASE[:-1], "eval=none"])
+    r = harness(["sweep", str(spec)], env, tmp_path, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (t,) = trials_of(tmp_path)
+    assert t.state.name == "COMPLETE", t.user_attrs.get("reason")
+    run_dir = Path(t.user_attrs["run_dir"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["study"] == "t" and summary["trial"] == t.number
+    assert t.values == [pytest.approx(summary["best_val_loss"])]
+    overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text())
+    assert "method=lora" in overrides and f"run_id={run_dir.name}" in overrides
+    assert 0 < t.user_attrs["overhead_s"] < t.user_attrs["wall_time_s"]
+    print(f"real trial: wall {t.user_attrs['wall_time_s']:.1f}s, train {summary['train_time_s']:.1f}s, "
+          f"eval {summary.get('eval_time_s') or 0:.1f}s, overhead {t.user_attrs['overhead_s']:.1f}s")
+
+
+@pytest.mark.slow  # three real tiny trainings: about a minute on a quiet 2-core machine
+def test_real_trainer_grid_end_to_end(tmp_path, monkeypatch):
+    env = _real_env(tmp_path, monkeypatch)
+    spec = write_spec(tmp_path / "s.yaml", base=[*BASE[:-1], "eval=none"],
+                      grid=[{"method": ["full"]}, {"method": ["lora"], "method.r": [4, 8]}])
+    r = harness(["sweep", str(spec)], env, tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    trials = trials_of(tmp_path)
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    for t in trials:
+        summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
+        assert summary["method"] == t.user_attrs["params"]["method"] and summary["trial"] == t.number
+        print(f"trial {t.number}: wall {t.user_attrs['wall_time_s']:.1f}s overhead {t.user_attrs['overhead_s']:.1f}s")
