@@ -42,12 +42,20 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
-    parser = build_parser(only=command)
-    args = parser.parse_intermixed_args(argv)
-    if not args.command:
+    if command is None:
+        parser = build_parser(only="")  # names only: --help, or an error naming the valid commands
+        parser.parse_args(argv)
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    module = importlib.import_module(COMMANDS[command][0])
+    # one subcommand's own parser, so that options and Hydra overrides may come in any order
+    parser = argparse.ArgumentParser(prog=f"harness {command}", description=COMMANDS[command][1])
+    module.add_arguments(parser)
+    try:
+        args = parser.parse_intermixed_args(argv[1:])
+    except TypeError:  # a command with sub-commands of its own (harness human ...)
+        args = parser.parse_args(argv[1:])
+    args.command = command
     return int(module.run(args) or 0)
 
 

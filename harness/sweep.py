@@ -1143,7 +1143,11 @@ def _spawn_workers(args: argparse.Namespace, n: int, url: str, printer: Printer)
     """N local worker processes (the same command with --worker), their events relayed here."""
     cmd = [sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
            "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(n)]
+    # N trainers on one machine: split the cores between them, or their OpenMP threads fight
+    # (oversubscribed spin-waiting made training several times slower on a 2-core machine).
+    threads_each = str(max(1, (os.cpu_count() or 1) // n))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads_each))
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(n)]
     lock = threading.Lock()
 
     def relay(i: int, p: subprocess.Popen) -> None:
