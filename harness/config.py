@@ -118,7 +118,7 @@ class TrainConfig:
     max_length: int = 512
     packing: bool = False
     seed: int = 0
-    precision: str = "auto"  # auto (bf16 where supported) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 where the hardware has native bf16, else fp32) | fp32 | bf16 | fp16
     gradient_checkpointing: bool = False
     eval_every: int = 0  # validation loss every N optimizer steps (0 = only at the end)
     eval_batches: int = 0  # cap on validation batches per evaluation (0 = the whole split)
