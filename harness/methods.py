@@ -24,7 +24,6 @@ def build_quant_config(method: MethodConfig, compute_dtype):
         bnb_4bit_quant_type=method.quant,  # "nf4" | "fp4"
         bnb_4bit_use_double_quant=method.double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
-        bnb_4bit_quant_storage=compute_dtype,
     )
 
 

@@ -96,7 +96,7 @@ def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
     assert layers, "no Linear4bit layers"
     for layer in layers:
         assert layer.weight.quant_state.quant_type == "nf4"
-        assert layer.weight.dtype == torch.bfloat16 or layer.weight.dtype == torch.uint8
+        assert layer.weight.dtype == torch.uint8  # packed: two 4-bit values per byte
         assert layer.weight.quant_state.nested, "double quantization on"
     # the 4-bit weights take half a byte per parameter, whatever the storage dtype
     for layer in layers:
