@@ -270,15 +270,25 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
     device = _device(cfg)
     t_start = time.time()
     started = records.now_iso()
+    # method.quant != none: the base model quantized with bitsandbytes as that method would (no training);
+    # this is how the data-type comparison (sweeps/reproduce-qlora-dtypes.yaml) measures quantization error.
+    quantized = cfg.method.quant != "none"
+    label = "base" if not quantized else f"base-{cfg.method.quant}" + ("-dq" if cfg.method.double_quant else "")
+    axes = {"model": cfg.model.name, "method": label}
+    if quantized:
+        axes.update({"method.quant": cfg.method.quant, "method.double_quant": cfg.method.double_quant})
     summary = {
         "schema": records.SCHEMA, "status": "running", "reason": "", "name": name, "run_id": run_id,
-        "run_dir": str(run_dir), "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": "base",
-        "data": cfg.data.name, "seed": cfg.eval.seed, "axes": {"model": cfg.model.name, "method": "base"},
+        "run_dir": str(run_dir), "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": label,
+        "data": cfg.data.name, "seed": cfg.eval.seed, "axes": axes,
         "trainable_params": 0, "started_at": started,
     }
     atomic.write_json(run_dir / "summary.json", summary)
     try:
-        model, tokenizer = models.load_model_and_tokenizer(cfg.model, device=device)
+        from harness import methods
+
+        quant = methods.build_quant_config(cfg.method, torch.float32) if quantized else None
+        model, tokenizer = models.load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
         total = sum(p.numel() for p in model.parameters())
         manifest = {"schema": records.SCHEMA, **records.environment(), "torch": torch.__version__,
                     "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
@@ -289,7 +299,11 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         t0 = time.time()
         torch.manual_seed(cfg.eval.seed)
         run_suites(model, tokenizer, cfg, run_dir, progress)
-        summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0)
+        from harness.train import peak_rss_mb
+
+        summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,
+                       model_bytes=int(model.get_memory_footprint()), peak_memory_mb=peak_rss_mb(),
+                       peak_memory_kind="rss" if device == "cpu" else "cuda_max_allocated")
     except BaseException as exc:
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
                        reason=f"{type(exc).__name__}: {exc}")

@@ -106,5 +106,5 @@ def run(args: argparse.Namespace) -> int:
         if r["reason"]:
             print(f"{'':>6}reason: {r['reason']}")
         if args.verbose and r["overrides"]:
-            print(f"{'':>6}reproduce: harness train {shlex.join(r['overrides'])}")
+            print(f"{'':>6}reproduce: harness {study.user_attrs.get('command', 'train')} {shlex.join(r['overrides'])}")
     return 0

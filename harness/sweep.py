@@ -65,8 +65,9 @@ SUMMARY_METRICS = (
 )
 SPEC_KEYS = (
     "study", "description", "base", "grid", "search", "seeds", "objectives", "sampler", "pruner",
-    "budget", "max_retries", "heartbeat", "references",
+    "budget", "max_retries", "heartbeat", "references", "command",
 )
+COMMANDS = ("train", "eval")  # what each trial runs: `harness train` (default) or `harness eval` (no training)
 TRAIN_CMD_ENV = "HARNESS_SWEEP_TRAIN_CMD"  # tests only: replaces `python -m harness train`
 EVENT_PREFIX = "@@harness-sweep "  # worker processes report to their driver with these lines
 
@@ -136,6 +137,7 @@ class SweepSpec:
     heartbeat_interval: int = 10
     grace_period: int = 60
     references: list[dict] = field(default_factory=list)
+    command: str = "train"
 
     def axes(self) -> list[str]:
         names = [k for g in self.grid for k in g]
@@ -390,6 +392,12 @@ def parse_spec(tree: Any, source: str = "<spec>") -> SweepSpec:
             errs.append(f"heartbeat.{k}={v!r}: a positive whole number of seconds is required.")
     if not errs and spec.grace_period <= spec.heartbeat_interval:
         errs.append(f"heartbeat: grace_period_s={spec.grace_period} must exceed interval_s={spec.heartbeat_interval} (3x is a good choice).")
+
+    command = tree.get("command", "train")
+    if command not in COMMANDS:
+        errs.append(f"command={command!r}: each trial runs one of {', '.join(COMMANDS)}.{_did_you_mean(str(command), COMMANDS)}")
+    else:
+        spec.command = command
 
     refs = tree.get("references") or []
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
@@ -743,6 +751,7 @@ def open_study(spec: SweepSpec, url: str, *, create: bool):
             study.set_user_attr("harness_token", secrets.token_hex(3))
             study.set_user_attr("objectives", [o.metric for o in spec.objectives])
             study.set_user_attr("source", spec.source)
+            study.set_user_attr("command", spec.command)
         else:
             old, new = attrs["harness_spec"], json.loads(json.dumps(_fingerprint(spec)))
             diff = [k for k in new if old.get(k) != new[k]]
@@ -782,9 +791,9 @@ class WorkerOptions:
     emit: Callable[[dict], None] = print
 
 
-def _train_command() -> list[str]:
+def _train_command(command: str = "train") -> list[str]:
     env = os.environ.get(TRAIN_CMD_ENV)
-    return shlex.split(env) if env else [sys.executable, "-m", "harness", "train"]
+    return shlex.split(env) if env else [sys.executable, "-m", "harness", command]
 
 
 def _die_with_parent() -> None:
@@ -923,7 +932,7 @@ def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage) -> di
     output_dir = str(Path(opts.runs_root).resolve())
     run_dir = records.run_dir_for(output_dir, spec.study, run_id)
     tags = list(dict.fromkeys([*study.user_attrs.get("tags", []), spec.study]))  # W&B groups a study by tag
-    cmd = [*_train_command(), *merge_overrides(overrides, bookkeeping_overrides(
+    cmd = [*_train_command(spec.command), *merge_overrides(overrides, bookkeeping_overrides(
         study=spec.study, trial=trial.number, storage=opts.storage_url, run_id=run_id, output_dir=output_dir, tags=tags))]
     run_dir.mkdir(parents=True, exist_ok=True)
     for k, v in {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}.items():
@@ -1217,13 +1226,13 @@ def _print_plan(spec: SweepSpec, planned: list[PlannedTrial], url: str) -> None:
     if planned:
         print(f"{len(planned)} trials ({len(expand_grid(spec.grid))} cells x {len(spec.seeds)} seeds), each reproducible alone:")
         for i, t in enumerate(planned):
-            print(f"  {i:>3}  cell {t.index:<3} seed {t.seed}:  harness train {shlex.join(t.overrides)}")
+            print(f"  {i:>3}  cell {t.index:<3} seed {t.seed}:  harness {spec.command} {shlex.join(t.overrides)}")
     else:
         print(f"trials are sampled at run time: n_trials={spec.n_trials} timeout_s={spec.timeout_s}, each run for seeds {spec.seeds}")
         for k, d in spec.dimensions().items():
             what = f"one of {d.choices}" if d.type == "categorical" else f"{d.type} in [{d.low:g}, {d.high:g}]{' log' if d.log else ''}"
             print(f"  {k}: {what}")
-        print(f"  base: harness train {shlex.join(merge_overrides(spec.base, [f'train.seed={spec.seeds[0]}']))}")
+        print(f"  base: harness {spec.command} {shlex.join(merge_overrides(spec.base, [f'train.seed={spec.seeds[0]}']))}")
         print(f"  {len(validation_points(spec))} corner configurations composed and checked")
 
 

@@ -1,0 +1,53 @@
+"""Reproduction recipes cannot rot: each composes, and the data-type recipe works end to end on the
+tiny model (quantized base evaluation, the recipe's table and its ordering check)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from harness import atomic, config
+from harness.recipes import qlora_dtypes
+
+
+def test_experiment_recipes_compose_with_references():
+    gpu = config.compose(["experiment=reproduce-lora-e2e-gpu", "method=lora"])
+    assert gpu.model.name == "gpt2-medium" and gpu.method.r == 4 and gpu.method.alpha == 32
+    assert gpu.train.label_smoothing == 0.1 and gpu.eval.generation[0].num_beams == 10
+    assert {r["metric"] for r in gpu.references} >= {"e2e.bleu", "e2e.rougeL"}
+    zs = config.compose(["experiment=reproduce-smollm2-zeroshot"])
+    assert zs.eval.lm_eval.tasks == ["hellaswag", "arc_easy", "arc_challenge", "piqa"]
+    assert all("source" in r for r in zs.references)
+
+
+def _fake_run(root, model, method, ppl):
+    d = root / f"{model}-{method}"
+    atomic.write_json(d / "summary.json", {"status": "baseline", "model": model, "method": method, "model_bytes": 1000})
+    atomic.write_json(d / "eval.json", {"suites": {"wikitext2": {"metrics": {"word_perplexity": ppl}}}})
+    return d
+
+
+def test_dtype_table_and_ordering_check(tmp_path):
+    dirs = [_fake_run(tmp_path, "m", "base", 20.0), _fake_run(tmp_path, "m", "base-nf4-dq", 21.0),
+            _fake_run(tmp_path, "m", "base-fp4-dq", 22.5), _fake_run(tmp_path, "m", "base-nf4", 23.0),
+            _fake_run(tmp_path, "m", "base-fp4", 22.0)]
+    res = qlora_dtypes.compare(qlora_dtypes.collect(dirs))["m"]
+    rows = {r["dtype"]: r for r in res["rows"]}
+    assert rows["base-nf4-dq"]["increase"] == 1.0 and abs(rows["base-fp4-dq"]["increase_pct"] - 12.5) < 1e-9
+    assert res["checks"] == {"NF4 < FP4": False, "NF4 + DQ < FP4 + DQ": True}
+    assert "does NOT hold" in qlora_dtypes.to_markdown({"m": res})
+
+
+def test_quantized_base_evaluation_on_tiny_model(tmp_path):
+    out = {}
+    for method in ("lora", "qlora"):  # lora = the unquantized base (method.quant=none)
+        r = subprocess.run([sys.executable, "-m", "harness", "eval", "model=tiny-llama", f"method={method}",
+                            "eval=perplexity", "eval.perplexity.0.max_tokens=300", "tracker=none",
+                            f"output_dir={tmp_path / 'runs'}", "name=dtypes", f"run_id={method}"],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = qlora_dtypes.compare(qlora_dtypes.collect(sorted((tmp_path / "runs" / "dtypes").iterdir())))
+    rows = {r["dtype"]: r for r in res["tiny-llama"]["rows"]}
+    assert set(rows) == {"base", "base-nf4-dq"}
+    assert rows["base-nf4-dq"]["model_bytes"] < rows["base"]["model_bytes"]
+    assert rows["base-nf4-dq"]["perplexity"] != rows["base"]["perplexity"]  # 4-bit weights change the outputs
