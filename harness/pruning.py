@@ -29,10 +29,15 @@ class OptunaReporter:
         spec = optuna.load_study(study_name=study, storage=store).user_attrs.get("harness_spec") or {}
         pruner = sweep.build_pruner(spec.get("pruner") or {"type": "none"})
         self._study = optuna.load_study(study_name=study, storage=store, pruner=pruner)
+        # Optuna prunes single-objective studies only (Trial.report raises for several objectives),
+        # and a study without a pruner has nothing to ask: then this reporter never prunes.
+        self.active = len(self._study.directions) == 1 and (spec.get("pruner") or {}).get("type", "none") != "none"
         trial_id = store.get_trial_id_from_study_id_trial_number(self._study._study_id, trial_number)
         self._trial = optuna.trial.Trial(self._study, trial_id)
 
     def report(self, step: int, value: float) -> bool:
+        if not self.active:
+            return False
         value = float(value)
         if not math.isfinite(value):
             return False  # a diverged loss is the trainer's to record (status diverged), not a pruning signal
