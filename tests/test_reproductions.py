@@ -39,7 +39,6 @@ def test_dtype_table_and_ordering_check(tmp_path):
 
 
 def test_quantized_base_evaluation_on_tiny_model(tmp_path):
-    out = {}
     for method in ("lora", "qlora"):  # lora = the unquantized base (method.quant=none)
         r = subprocess.run([sys.executable, "-m", "harness", "eval", "model=tiny-llama", f"method={method}",
                             "eval=perplexity", "eval.perplexity.0.max_tokens=300", "tracker=none",
