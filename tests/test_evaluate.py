@@ -46,8 +46,8 @@ def test_every_shipped_eval_config_composes():
         assert text.startswith("# ") and any(line.startswith("#   harness ") for line in header), name
         assert cfg.eval.name == name
     quick = _cfg("eval=quick").eval
-    assert quick.lm_eval.tasks == ["hellaswag", "arc_easy"] and quick.lm_eval.limit == 50
-    assert quick.perplexity[0].max_tokens == 20000 and quick.val_loss
+    assert quick.lm_eval.tasks == ["hellaswag", "arc_easy"] and quick.lm_eval.limit == 20
+    assert quick.perplexity[0].max_tokens == 4000 and quick.val_loss
 
 
 def test_run_suites_on_a_peft_model_in_memory(tmp_path):
