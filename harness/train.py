@@ -347,6 +347,13 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
     outcome.model = model
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
+    if quant is not None and precision != "bf16":
+        # SFTTrainer casts a quantized model's adapter weights to bf16 (the QLoRA paper's choice); where bf16
+        # is not the run's precision (fp32 on CPUs without native bf16) that made every step several times
+        # slower (benchmarks/: QLoRA at 0.52x a plain loop). Keep the adapters in the run's precision.
+        for p in model.parameters():
+            if p.requires_grad and p.dtype == torch.bfloat16:
+                p.data = p.data.to(compute_dtype)
 
     # 6. train (resume from the last checkpoint of this run_id if there is one)
     ckpt = last_checkpoint(run_dir) if cfg.resume else None

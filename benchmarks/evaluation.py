@@ -1,0 +1,205 @@
+"""Evaluation throughput: the harness's evaluators against lm-eval run directly and a naive loop.
+
+    python -m benchmarks.run --only evaluation [--quick]
+
+Three measurements, each in its own child process with the model loaded once:
+  perplexity   wikitext2: harness.perplexity (via harness.lmeval.crosscheck_wikitext, lm-eval's own
+               windows: stride = max_length) vs lm-eval's loglikelihood_rolling through simple_evaluate,
+               same model, documents and window length; time of each and relative difference of the
+               word perplexity. Repeated --reps times; medians.
+  multiple     a multiple-choice task (arc_easy): harness.lmeval.run_tasks (HFLM around the model in
+  choice       memory) vs lm-eval run directly (HFLM(pretrained=<model dir>) + simple_evaluate, as
+               `lm_eval --model hf` does); items/s without model loading (loading is reported apart)
+               and whether the accuracies agree.
+  generation   harness.generation.generate_batched (length-sorted, left-padded batches) vs one prompt at a
+               time through model.generate, greedy, same prompts, max_new_tokens and stop tokens;
+               generated tokens/s and how many outputs are identical.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks import common
+
+
+def _load(model: str):
+    from harness import config, models
+
+    cfg = config.compose([f"model={model}", "tracker=none"])
+    net, tok = models.load_model_and_tokenizer(cfg.model)
+    net.eval()
+    return cfg, net, tok
+
+
+# ------------------------------------------------------------------------------- perplexity
+def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, reps: int) -> dict:
+    from harness import lmeval
+
+    cfg, net, tok = _load(model)
+    runs = []
+    for _ in range(reps):
+        r = common.call(lmeval.crosscheck_wikitext, net, tok, max_length=max_length, batch_size=batch_size, limit=docs,
+                                       model_cfg=cfg.model, progress=False)
+        runs.append(r)
+    last = runs[-1]
+    return {"ours_s": [r["ours_wall_s"] for r in runs], "lm_eval_s": [r["lm_eval_wall_s"] for r in runs],
+            "tokens": last["tokens"], "n_docs": last["n_docs"], "max_length": last["max_length"],
+            "ours": last["ours"], "lm_eval": last["lm_eval"], "rel_diff": last["rel_diff"]}
+
+
+def perplexity_section(opts: common.Options) -> dict:
+    missing = common.missing_modules("harness.perplexity", "harness.lmeval")
+    if missing:
+        return {"eval": "perplexity", "error": f"not measured: {', '.join(missing)} missing"}
+    r = common.run_child("evaluation", "child_perplexity",
+                         {"model": opts.model, "docs": opts.ppl_docs, "max_length": opts.ppl_max_length,
+                          "batch_size": 4, "reps": opts.reps}, opts.workdir / "eval", "perplexity", opts.timeout())
+    ours, theirs = common.median(r["ours_s"]), common.median(r["lm_eval_s"])
+    return {"eval": "perplexity (wikitext2)", "harness": r["tokens"] / ours, "reference": r["tokens"] / theirs,
+            "unit": "tokens/s", "speed_ratio": theirs / ours, "harness_s": ours, "reference_s": theirs,
+            "agreement": r["rel_diff"]["word_perplexity"], "agreement_kind": "rel. diff word ppl",
+            "n": r["tokens"], "detail": {**r, "word_perplexity": r["ours"]["word_perplexity"]}}
+
+
+# --------------------------------------------------------------------------- multiple choice
+def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int) -> dict:
+    import logging
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from harness import lmeval, models
+    from harness.config import LmEvalConfig
+
+    cfg, net, tok = _load(model)
+    lm_cfg = LmEvalConfig(tasks=[task], limit=items, batch_size=batch_size)
+    ours_s, theirs_s, ours_acc, theirs_acc = [], [], None, None
+    t0 = time.perf_counter()
+    direct = HFLM(pretrained=str(models.local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device="cpu",
+                  **({"add_bos_token": True} if cfg.model.add_bos else {}))
+    load_s = time.perf_counter() - t0
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    full = lmeval.task_name(task)
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        suites = common.call(lmeval.run_tasks, net, tok, lm_cfg, cfg.model, None, progress=False)
+        ours_s.append(time.perf_counter() - t0)
+        ours_acc = suites[lmeval.short_name(task)]["metrics"].get("acc")
+        t0 = time.perf_counter()
+        out = simple_evaluate(model=direct, tasks=[full], limit=items, task_manager=lmeval.task_manager([task]),
+                              bootstrap_iters=0, verbosity="ERROR")
+        theirs_s.append(time.perf_counter() - t0)
+        theirs_acc = out["results"][full].get("acc,none")
+    return {"ours_s": ours_s, "lm_eval_s": theirs_s, "ours_acc": ours_acc, "lm_eval_acc": theirs_acc,
+            "direct_load_s": load_s, "items": items}
+
+
+def multiple_choice_section(opts: common.Options) -> dict:
+    missing = common.missing_modules("harness.lmeval")
+    if missing:
+        return {"eval": "multiple choice", "error": f"not measured: {', '.join(missing)} missing"}
+    r = common.run_child("evaluation", "child_multiple_choice",
+                         {"model": opts.model, "task": opts.mc_task, "items": opts.mc_items, "batch_size": 8,
+                          "reps": opts.reps}, opts.workdir / "eval", "multiple-choice", opts.timeout())
+    ours, theirs = common.median(r["ours_s"]), common.median(r["lm_eval_s"])
+    same = r["ours_acc"] is not None and r["lm_eval_acc"] is not None and abs(r["ours_acc"] - r["lm_eval_acc"]) < 1e-9
+    return {"eval": f"multiple choice ({opts.mc_task})", "harness": r["items"] / ours, "reference": r["items"] / theirs,
+            "unit": "items/s", "speed_ratio": theirs / ours, "harness_s": ours, "reference_s": theirs,
+            "agreement": same, "agreement_kind": f"same acc ({r['ours_acc']} vs {r['lm_eval_acc']})", "n": r["items"],
+            "detail": r}
+
+
+# ------------------------------------------------------------------------------------ generation
+def child_generation(model: str, data: str, prompts: int, batch_size: int, new_tokens: int, reps: int) -> dict:
+    import torch
+
+    from harness import config, generation
+    from harness.config import GenerationSuite
+    from harness.data import load_eval_examples
+
+    cfg, net, tok = _load(model)
+    data_cfg = config.compose([f"data={data}"]).data
+    examples = list(load_eval_examples(data_cfg, limit=prompts, seed=0))[:prompts]
+    chat = bool(getattr(tok, "chat_template", None)) and data_cfg.use_chat_template
+    texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) if chat else e.prompt
+             for e in examples]
+    ids = [generation.encode_prompt(t, tok, cfg.model.add_bos) for t in texts]
+    eos = generation.stop_token_ids(net, tok, chat=chat)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    suite = GenerationSuite(name="bench", data=data, batch_size=batch_size, max_new_tokens=new_tokens)
+    batched_s, single_s, batched_tokens, single_tokens = [], [], 0, 0
+    batched_out, single_out = [], []
+    for _ in range(reps):
+        batched_out, counts, secs = common.call(generation.generate_batched, net, tok, ids, suite, eos_ids=eos, progress=False)
+        batched_s.append(secs)
+        batched_tokens = sum(counts)
+        single_out, n_tok = [], 0
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for p in ids:  # the loop a user writes first: one prompt at a time
+                x = torch.tensor([p])
+                out = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
+                                   do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=eos,
+                                   pad_token_id=pad)
+                new = out[0, len(p):].tolist()
+                n = generation.generated_length(new, set(eos), pad)
+                n_tok += n
+                single_out.append(tok.decode(new[:n], skip_special_tokens=True).strip())
+        single_s.append(time.perf_counter() - t0)
+        single_tokens = n_tok
+    same = sum(a == b for a, b in zip(batched_out, single_out))
+    return {"batched_s": batched_s, "single_s": single_s, "batched_tokens": batched_tokens,
+            "single_tokens": single_tokens, "identical_outputs": same, "prompts": len(ids)}
+
+
+def generation_section(opts: common.Options) -> dict:
+    missing = common.missing_modules("harness.generation", "harness.data")
+    if missing:
+        return {"eval": "generation", "error": f"not measured: {', '.join(missing)} missing"}
+    r = common.run_child("evaluation", "child_generation",
+                         {"model": opts.model, "data": opts.data, "prompts": opts.gen_prompts, "batch_size": opts.gen_batch,
+                          "new_tokens": opts.gen_new_tokens, "reps": opts.reps}, opts.workdir / "eval", "generation",
+                         opts.timeout())
+    b, s = common.median(r["batched_s"]), common.median(r["single_s"])
+    ours, theirs = r["batched_tokens"] / b, r["single_tokens"] / s
+    return {"eval": f"generation (batch {opts.gen_batch} vs 1)", "harness": ours, "reference": theirs,
+            "unit": "generated tokens/s", "speed_ratio": ours / theirs, "harness_s": b, "reference_s": s,
+            "agreement": r["identical_outputs"] / max(r["prompts"], 1), "agreement_kind": "share of identical outputs",
+            "n": r["prompts"], "detail": r}
+
+
+# ------------------------------------------------------------------------------------- driver
+def run(opts: common.Options) -> dict:
+    rows, notes = [], []
+    for fn in (perplexity_section, multiple_choice_section, generation_section):
+        try:
+            if opts.out_of_time():
+                raise common.ChildError("the run's time budget (--budget-min) was spent")
+            row = fn(opts)
+        except common.ChildError as exc:
+            row = {"eval": fn.__name__.removesuffix("_section"), "error": f"not measured: {exc}"}
+        row["load_1m"] = common.load_now()
+        if row.get("error"):
+            notes.append(row["error"])
+        rows.append(row)
+    ppl = rows[0]
+    goals = []
+    if not ppl.get("error"):
+        goals.append(common.goal("perplexity eval at least as fast as lm-eval", ppl["speed_ratio"], "ratio ≥ 1.0",
+                                 ppl["speed_ratio"] >= 1.0))
+        goals.append(common.goal("perplexity agrees with lm-eval", ppl["agreement"], "rel. diff ≤ 0.001",
+                                 ppl["agreement"] <= 1e-3))
+    else:
+        goals.append(common.goal("perplexity eval at least as fast as lm-eval, same result to 0.1%", None,
+                                 "ratio ≥ 1.0, rel. diff ≤ 0.001", None, ppl["error"]))
+    notes.append("speed_ratio > 1 means the harness is faster (reference time ÷ harness time; for generation "
+                 "batched tokens/s ÷ one-at-a-time tokens/s). Model loading is excluded from both sides.")
+    return common.section(
+        "evaluation", "Evaluation throughput: harness vs lm-eval direct vs one-at-a-time generation", rows,
+        columns=["eval", "harness", "reference", "unit", "speed_ratio", "harness_s", "reference_s", "agreement",
+                 "agreement_kind", "n", "load_1m"],
+        goals=goals, notes=notes,
+        params={"model": opts.model, "reps": opts.reps, "ppl_docs": opts.ppl_docs, "ppl_max_length": opts.ppl_max_length,
+                "mc_task": opts.mc_task, "mc_items": opts.mc_items, "gen_prompts": opts.gen_prompts,
+                "gen_batch": opts.gen_batch, "gen_new_tokens": opts.gen_new_tokens})

@@ -1,0 +1,183 @@
+"""Sweep overhead: time per trial outside training and evaluation, and how a sweep scales with the
+number of trials and of local workers.
+
+    python -m benchmarks.run --only sweep [--quick]
+
+Part 1 runs `harness sweep` (its real driver, one child process per trial) on short tiny-model
+trials for each (trials, workers) pair and reads every trial's records:
+  driver wall     trial.json wall_time_s: the sweep driver's clock around the child process
+  process start   driver wall - summary wall_time_s: interpreter start, imports, config composition
+  in-process      summary wall_time_s - train_time_s - eval_time_s: run directory, model load, data
+                  preparation, trainer construction, saving, record writing
+Part 2 times the same stages on the benchmark model (the real 135M one unless --quick), once in a
+fresh process, to project the overhead of a 60-second trial, and checks which of them a second trial
+gets from a cache (model conversion: harness.models' safetensors cache; data preparation: none).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+TRIAL_BUDGET_S = 60.0
+STAGES = ("import_torch_transformers_trl_s", "compose_s", "model_load_s", "model_identity_hash_s",
+          "environment_record_s", "data_prepare_s")
+
+
+def spec_text(study: str, n_trials: int) -> str:
+    """A grid sweep of n short tiny-model trials (one learning rate each)."""
+    lrs = [round(1e-4 * (i + 1), 6) for i in range(n_trials)]
+    return (
+        f"study: {study}\n"
+        "description: benchmark of the sweep driver's per-trial overhead (tiny model, a few steps)\n"
+        "base: [model=tiny-llama, data=alpaca-tiny, tracker=none, eval=none, train.max_steps=2, train.batch_size=2,\n"
+        "       train.max_length=128, train.log_every=1, train.save_model=false, data.max_rows=40]\n"
+        f"grid: {{train.lr: {json.dumps(lrs)}}}\n"
+        "seeds: [0]\n"
+        "objectives: [{metric: summary.best_val_loss, direction: minimize}]\n"
+    )
+
+
+def trial_breakdown(run_dir: Path) -> dict | None:
+    """One finished trial's driver wall, process start and in-process overhead (None if incomplete)."""
+    tj, sj = run_dir / "trial.json", run_dir / "summary.json"
+    if not tj.exists() or not sj.exists():
+        return None
+    trial, summary = json.loads(tj.read_text()), json.loads(sj.read_text())
+    wall, inner = trial.get("wall_time_s"), summary.get("wall_time_s")
+    train_s, eval_s = summary.get("train_time_s"), summary.get("eval_time_s") or 0.0
+    if not all(isinstance(v, (int, float)) for v in (wall, inner, train_s)):
+        return None
+    return {"state": trial.get("state"), "driver_wall_s": wall, "process_start_s": wall - inner,
+            "in_process_overhead_s": inner - train_s - eval_s, "train_s": train_s, "eval_s": eval_s,
+            "overhead_s": trial.get("overhead_s")}
+
+
+def measure_sweep(work: Path, n_trials: int, workers: int, timeout_s: float) -> dict:
+    study = f"bench-n{n_trials}-w{workers}"
+    d = work / study
+    d.mkdir(parents=True, exist_ok=True)
+    spec = d / f"{study}.yaml"
+    spec.write_text(spec_text(study, n_trials))
+    url = f"sqlite:///{(d / 'study.db').resolve()}"
+    cmd = [sys.executable, "-m", "harness", "sweep", str(spec), "--workers", str(workers), "--runs-root", str(d / "runs"),
+           "--storage", url]
+    res = common.run_command(cmd, d / "sweep.log", timeout_s)
+    trials = [t for t in (trial_breakdown(p) for p in sorted((d / "runs").glob(f"{study}/*"))) if t]
+    row = {"trials": n_trials, "workers": workers, "sweep_wall_s": res["wall_s"], "completed": sum(t["state"] == "COMPLETE" for t in trials),
+           "returncode": res["returncode"]}
+    if res["returncode"] != 0 or len(trials) < n_trials:
+        row["error"] = f"sweep exit {res['returncode']}, {len(trials)}/{n_trials} trial records: {common.log_tail(res['log'])}"
+    for key in ("driver_wall_s", "process_start_s", "in_process_overhead_s", "train_s", "overhead_s"):
+        row[key] = common.median(t[key] for t in trials)
+    row["trials_per_min"] = 60.0 * n_trials / res["wall_s"] if res["wall_s"] else None
+    row["overhead_share"] = common.ratio(row["overhead_s"], row["driver_wall_s"])
+    return row
+
+
+# ------------------------------------------------------------------------------ stage timings
+def child_stages(model: str, data: str, max_length: int) -> dict:
+    """Child: time each per-trial stage outside training, in a fresh process, on the given model."""
+    t = {}
+    t0 = time.perf_counter()
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    t["import_torch_transformers_trl_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from harness import config, data as hdata, models, records, train  # noqa: F401
+
+    cfg = config.compose([f"model={model}", f"data={data}", "tracker=none", "eval=none"])
+    t["compose_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    models.local_dir(cfg.model)
+    t["model_cache_lookup_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    net, tok = models.load_model_and_tokenizer(cfg.model)
+    t["model_load_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    models.identity(cfg.model)
+    t["model_identity_hash_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    records.environment()
+    t["environment_record_s"] = time.perf_counter() - t0
+    prep = []
+    for _ in range(2):  # the second call shows whether anything is cached in-process
+        t0 = time.perf_counter()
+        p = hdata.prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
+        prep.append(time.perf_counter() - t0)
+    t["data_prepare_s"] = prep[0]
+    t["data_prepare_again_s"] = prep[1]
+    t["train_rows"] = len(p.train)
+    return t
+
+
+def run(opts: common.Options) -> dict:
+    work = opts.workdir / "sweep"
+    rows, notes = [], []
+    if common.missing_modules("harness.sweep"):
+        return common.section("sweep", "Sweep overhead", notes=["not measured: harness.sweep missing"])
+    for n in opts.sweep_trials:
+        for w in opts.sweep_workers:
+            if w > n:
+                continue
+            if opts.out_of_time():
+                notes.append(f"not measured: sweep n={n} workers={w}: the run's time budget was spent")
+                continue
+            row = measure_sweep(work, n, w, opts.timeout())
+            row["load_1m"] = common.load_now()
+            if row.get("error"):
+                notes.append(f"sweep n={n} workers={w}: {row['error']}")
+            rows.append(row)
+    goals = []
+    stages: list[dict] = []
+    for i in range(2):  # two fresh processes: the second shows what a later trial gets from a cache
+        if opts.out_of_time():
+            break
+        try:
+            stages.append(common.run_child("sweep_overhead", "child_stages",
+                                           {"model": opts.model, "data": opts.data, "max_length": opts.max_length},
+                                           work, f"stages-{i}", opts.timeout()))
+        except common.ChildError as exc:
+            notes.append(f"not measured: per-stage timings: {exc}")
+            break
+    for i, st in enumerate(stages):
+        total = sum(st[k] for k in STAGES)
+        rows.append({"trials": f"stages, process {i + 1} ({opts.model})", "workers": "-", **{k: st[k] for k in STAGES},
+                     "data_prepare_again_s": st["data_prepare_again_s"], "overhead_s": total,
+                     "overhead_share": total / (TRIAL_BUDGET_S + total)})
+    if stages:
+        last = stages[-1]
+        total = sum(last[k] for k in STAGES)
+        share = total / (TRIAL_BUDGET_S + total)
+        goals.append(common.goal(f"per-trial overhead < 10% of a 60-second trial ({opts.model}, {opts.data})",
+                                 share, "< 0.10", share < 0.10,
+                                 f"{total:.1f} s outside training in a fresh process: "
+                                 + ", ".join(f"{k.removesuffix('_s')} {last[k]:.1f}" for k in STAGES)
+                                 + " s (trainer set-up and saving not included)"))
+        cached_model = last["model_cache_lookup_s"] < 1.0
+        goals.append(common.goal("model conversion cached across trials", f"{last['model_cache_lookup_s']:.3f} s lookup",
+                                 "converted once", cached_model))
+    if len(stages) == 2:
+        first, second = stages[0]["data_prepare_s"], stages[1]["data_prepare_s"]
+        cached_data = second < 0.5 * first
+        goals.append(common.goal("data preparation cached across trials",
+                                 f"{first:.2f} s in process 1, {second:.2f} s in process 2", "process 2 reuses it",
+                                 cached_data, "" if cached_data else
+                                 "harness.data.prepare has no cross-process cache: every trial reads and tokenises again"))
+    columns = ["trials", "workers", "sweep_wall_s", "trials_per_min", "driver_wall_s", "process_start_s",
+               "in_process_overhead_s", "train_s", "overhead_s", "overhead_share", "completed", "load_1m"]
+    if stages:
+        columns += [*STAGES, "data_prepare_again_s"]
+    notes.append("overhead_s = driver wall − train − eval per trial (the driver's own trial.json overhead_s); "
+                 "overhead_share of the measured tiny trials is high by design (their training lasts a second). "
+                 "The stages row times the same stages on the benchmark model and projects them onto a 60 s trial.")
+    return common.section("sweep", "Sweep overhead per trial and scaling with trials and workers", rows, columns=columns,
+                          goals=goals, notes=notes,
+                          params={"trials": list(opts.sweep_trials), "workers": list(opts.sweep_workers),
+                                  "trial_model": "tiny-llama", "stages_model": opts.model})

@@ -1,0 +1,360 @@
+"""Training throughput, memory and model FLOP utilisation per method: the harness trainer against a
+plain PyTorch loop and TRL's SFTTrainer with its defaults, on the same model, data, length and batch.
+
+    python -m benchmarks.run --only training [--quick]
+
+Every (method, precision, implementation) runs in its own child process (peak RSS from the kernel,
+never mixed). The data is the subset of the data config's rows long enough to fill max_length, so
+all three implementations train on full batch × max_length blocks with no padding and tokens/s
+compare like for like (padding efficiency is the packing benchmark's subject).
+
+  harness  harness.train.train() with train.log_every=1; step times and tokens from its metrics.jsonl
+  plain    what a user writes: AutoModelForCausalLM, peft / bitsandbytes, AdamW, torch.autocast(bf16),
+           grad-norm clipping (as the harness does), one optimizer step per batch, timed per step
+  trl      trl.SFTTrainer + SFTConfig defaults (gradient checkpointing on, bf16 on, its own chat-template
+           tokenisation of the text), changing only batch size, max_length, steps and, for the fp32
+           column, bf16=False; timed per step by a callback
+
+Throughput is the median over the measured steps (after warm-up) of tokens/step ÷ seconds/step.
+Model FLOP/s: full = 6·N·tokens/s; LoRA / QLoRA = (4·N + 6·n_trainable)·tokens/s (forward 2N, backward
+through the frozen base for input gradients 2N, adapters 6 per parameter); N = base parameters
+(embedding counted once, tied lm_head included as its matmul), attention-score FLOPs not counted.
+MFU = model FLOP/s ÷ the peak matmul FLOP/s of the same precision measured in this run (matmul.py).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from benchmarks import common
+
+FULL_FLOP_PER_PARAM = 6
+FROZEN_FLOP_PER_PARAM = 4
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def model_flops_per_token(base_params: int, trainable_params: int, full: bool) -> float:
+    """Training FLOP per token: 6N for full fine-tuning; 4N + 6·trainable for adapters on a frozen base."""
+    if full:
+        return FULL_FLOP_PER_PARAM * base_params
+    return FROZEN_FLOP_PER_PARAM * base_params + FULL_FLOP_PER_PARAM * trainable_params
+
+
+def steps_from_metrics(rows: list[dict], warmup: int) -> tuple[list[float], list[int]]:
+    """metrics.jsonl rows (one per optimizer step, log_every=1) -> (seconds, tokens) of each step after
+    `warmup`. Step k's duration is time_s[k] - time_s[k-1]; the first step (trainer set-up) is never used."""
+    logged = sorted((r for r in rows if "tokens_seen" in r and "time_s" in r), key=lambda r: r["step"])
+    if len(logged) < warmup + 2:
+        raise ValueError(f"metrics.jsonl has {len(logged)} step rows; need warm-up {warmup} + at least 2 "
+                         "(is train.log_every=1?)")
+    times, tokens = [], []
+    for prev, cur in zip(logged, logged[1:]):
+        if cur["step"] <= max(warmup, 1):
+            continue
+        times.append(cur["time_s"] - prev["time_s"])
+        tokens.append(int(cur["tokens_seen"] - prev["tokens_seen"]))
+    return times, tokens
+
+
+def base_param_count(model_dir: str | Path) -> int:
+    """Parameters stored in the model's safetensors (tied weights once), without loading it."""
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as fh:
+            for k in fh.keys():
+                n = 1
+                for d in fh.get_slice(k).get_shape():
+                    n *= d
+                total += n
+    if not total:
+        raise FileNotFoundError(f"no safetensors weights in {model_dir}")
+    return total
+
+
+def config_order(methods, precisions) -> list[tuple[str, str]]:
+    """(method, precision) pairs in the order they are measured: LoRA first (the goals name it), then
+    fp32 before bf16 for the others, so a run cut short by its time budget keeps the most telling rows."""
+    rank = {"lora": 0, "full": 1, "qlora": 2}
+    pairs = [(m, p) for m in methods for p in precisions]
+    return sorted(pairs, key=lambda mp: (mp[0] != "lora", mp[1] != "fp32", rank.get(mp[0], 9)))
+
+
+# ----------------------------------------------------------------------------------- data subset
+def write_long_rows(model: str, data: str, max_length: int, need: int, out_path: str) -> dict:
+    """Child: rows of `data` whose rendered prompt+answer fills max_length (and whose prompt leaves at
+    least a quarter of it to the answer, so every row has loss tokens), as an alpaca JSON list at out_path."""
+    from harness import atomic, config, models, paths
+    from harness import data as hdata
+
+    cfg = config.compose([f"model={model}", f"data={data}", "tracker=none"])
+    if cfg.data.format != "alpaca":
+        raise ValueError(f"data={data}: the training benchmark needs an alpaca-format data config (format={cfg.data.format})")
+    tok = models.load_tokenizer(cfg.model)
+    raw = json.loads(paths.resolve_data_path(cfg.data.path).read_text(encoding="utf-8"))
+    cfg.data.val_size = 0
+    prepared = hdata.prepare(cfg.data, tok, max_length=10 ** 6, seed=0, packing=False, add_bos=cfg.model.add_bos)
+    if len(prepared.train) != len(raw):
+        raise ValueError(f"data={data}: {len(raw)} rows but {len(prepared.train)} prepared (malformed rows?); "
+                         "cannot map rows to token lengths")
+    keep = []
+    for row, ex in zip(raw, prepared.train):
+        prompt_len = next((i for i, x in enumerate(ex["labels"]) if x != -100), len(ex["labels"]))
+        if len(ex["input_ids"]) >= max_length + 8 and prompt_len <= max_length - max(8, max_length // 4):
+            keep.append(row)
+    if not keep:
+        raise ValueError(f"data={data}: no row is long enough to fill max_length={max_length}; lower --max-length")
+    atomic.write_json(out_path, keep)
+    return {"rows": len(keep), "of": len(raw), "enough": len(keep) >= need, "path": out_path,
+            "base_params": base_param_count(models.local_dir(cfg.model))}
+
+
+# ------------------------------------------------------------------------------------- children
+def _overrides(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
+               batch_size: int, total_steps: int, output_dir: str, packing: bool) -> list[str]:
+    ov = [f"model={model}", f"method={method}", f"data={data}", "data.val_size=0", "tracker=none", "eval=none",
+          f"train.precision={precision}", f"train.max_steps={total_steps}", f"train.batch_size={batch_size}",
+          f"train.max_length={max_length}", "train.log_every=1", "train.save_model=false", "train.device=cpu",
+          f"train.packing={str(packing).lower()}", f"output_dir={output_dir}"]
+    if data_path:
+        ov.insert(3, f"data.path={data_path}")
+    return ov
+
+
+def child_harness(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
+                  batch_size: int, warmup: int, steps: int, workdir: str, packing: bool = False) -> dict:
+    """Child: one harness training run; step times and tokens come from its own metrics.jsonl."""
+    from harness import config, records, train
+
+    ov = _overrides(model, method, precision, data, data_path, max_length, batch_size, warmup + steps,
+                    str(Path(workdir) / "runs"), packing)
+    cfg = config.compose(ov)
+    status, run_dir = train.train(cfg, ov)
+    summary = records.read_summary(run_dir) or {}
+    if status != "completed":
+        raise RuntimeError(f"harness run {run_dir} ended {status}: {summary.get('reason')}")
+    times, tokens = steps_from_metrics(records.read_metrics(run_dir), warmup)
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    return {**common.step_throughput(times, tokens), "step_times": times, "step_tokens": tokens,
+            "trainable_params": summary.get("trainable_params"), "summary_tokens_per_s": summary.get("tokens_per_s"),
+            "summary_peak_memory_mb": summary.get("peak_memory_mb"), "train_time_s": summary.get("train_time_s"),
+            "wall_time_s": summary.get("wall_time_s"), "precision": summary.get("precision"),
+            "final_train_loss": summary.get("final_train_loss"), "data_stats": {k: manifest.get("data", {}).get(k) for k in
+                                                                              ("train_rows", "truncated_rows", "packed_blocks", "stream_tokens")},
+            "run_dir": str(run_dir)}
+
+
+def _load_plain(model: str, method: str, precision: str, data: str):
+    """What a user writes by hand: the model from its (converted) directory, bitsandbytes for QLoRA."""
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from harness import config, models
+
+    cfg = config.compose([f"model={model}", f"method={method}", f"data={data}", "tracker=none"])
+    path = str(models.local_dir(cfg.model))
+    compute = torch.bfloat16 if precision == "bf16" else torch.float32
+    kwargs: dict = {"dtype": torch.float32}
+    if cfg.method.quant in ("nf4", "fp4"):
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type=cfg.method.quant, bnb_4bit_use_double_quant=cfg.method.double_quant,
+            bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
+        kwargs["device_map"] = {"": "cpu"}
+    elif cfg.method.quant != "none":
+        raise ValueError(f"method={method}: the benchmark baselines cover full, lora and 4-bit qlora only")
+    net = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    lora = None
+    if cfg.method.peft == "lora":
+        from peft import LoraConfig
+
+        lora = LoraConfig(r=cfg.method.r, lora_alpha=cfg.method.alpha, lora_dropout=cfg.method.dropout,
+                          target_modules=config.target_modules(cfg), bias="none", task_type="CAUSAL_LM")
+    return cfg, net, lora
+
+
+def child_plain(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
+                batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0) -> dict:
+    """Child: a minimal PyTorch training loop on the same token rows the harness trains on."""
+    import torch
+
+    from harness import data as hdata
+    from harness import models
+
+    torch.manual_seed(seed)
+    cfg, net, lora = _load_plain(model, method, precision, data)
+    if cfg.method.quant != "none":
+        from peft import prepare_model_for_kbit_training
+
+        net = prepare_model_for_kbit_training(net, use_gradient_checkpointing=False)
+    if lora is not None:
+        from peft import get_peft_model
+
+        net = get_peft_model(net, lora)
+    tok = models.load_tokenizer(cfg.model)
+    cfg.data.path, cfg.data.val_size = data_path or cfg.data.path, 0
+    rows = hdata.prepare(cfg.data, tok, max_length=max_length, seed=seed, packing=False, add_bos=cfg.model.add_bos).train
+    params = [p for p in net.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    use_bf16 = precision == "bf16"
+    net.train()
+    times, tokens, losses = [], [], []
+    for step in range(warmup + steps):
+        t0 = time.perf_counter()
+        idx = [order[(step * batch_size + i) % len(order)] for i in range(batch_size)]
+        width = max(len(rows[i]["input_ids"]) for i in idx)
+        ids = torch.full((batch_size, width), pad, dtype=torch.long)
+        labels = torch.full((batch_size, width), -100, dtype=torch.long)
+        mask = torch.zeros((batch_size, width), dtype=torch.long)
+        for j, i in enumerate(idx):
+            n = len(rows[i]["input_ids"])
+            ids[j, :n] = torch.tensor(rows[i]["input_ids"])
+            labels[j, :n] = torch.tensor(rows[i]["labels"])
+            mask[j, :n] = 1
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        dt = time.perf_counter() - t0
+        if step >= warmup:
+            times.append(dt)
+            tokens.append(int(mask.sum()))
+    return {**common.step_throughput(times, tokens), "step_times": times, "step_tokens": tokens,
+            "trainable_params": sum(p.numel() for p in params), "final_train_loss": losses[-1]}
+
+
+def alpaca_messages(row: dict) -> list[dict]:
+    """An alpaca row as the chat a TRL user would build: instruction (+ input) -> output."""
+    user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+
+
+def child_trl(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
+              batch_size: int, warmup: int, steps: int, workdir: str) -> dict:
+    """Child: TRL's SFTTrainer with its default SFTConfig on the text (its own tokenisation)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from harness import models, paths
+
+    cfg, net, lora = _load_plain(model, method, precision, data)
+    tok = models.load_tokenizer(cfg.model)
+    path = paths.resolve_data_path(data_path or cfg.data.path)
+    ds = Dataset.from_list([{"messages": alpaca_messages(r)} for r in json.loads(path.read_text(encoding="utf-8"))])
+
+    marks: list[tuple[float, int]] = []
+
+    class StepClock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            marks.append((time.perf_counter(), int(state.num_input_tokens_seen)))
+
+    args = SFTConfig(
+        output_dir=str(Path(workdir) / "trl-out"), per_device_train_batch_size=batch_size, max_length=max_length,
+        max_steps=warmup + steps, bf16=precision == "bf16", use_cpu=True, report_to="none", disable_tqdm=True,
+        include_num_input_tokens_seen="non_padding",  # a counter for this measurement, not a training setting
+    )
+    trainer = SFTTrainer(model=net, args=args, train_dataset=ds, processing_class=tok, peft_config=lora,
+                         callbacks=[StepClock()])
+    trainer.train()
+    times = [b[0] - a[0] for a, b in zip(marks, marks[1:])][max(warmup, 1) - 1:]
+    tokens = [b[1] - a[1] for a, b in zip(marks, marks[1:])][max(warmup, 1) - 1:]
+    trainable, _ = (trainer.model.get_nb_trainable_parameters() if hasattr(trainer.model, "get_nb_trainable_parameters")
+                    else (sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), 0))
+    return {**common.step_throughput(times, tokens), "step_times": times, "step_tokens": tokens,
+            "trainable_params": int(trainable), "gradient_checkpointing": bool(args.gradient_checkpointing),
+            "learning_rate": args.learning_rate, "bf16": bool(args.bf16)}
+
+
+# ------------------------------------------------------------------------------------- driver
+def _peaks(matmul_section: dict | None) -> dict:
+    rows = (matmul_section or {}).get("rows") or []
+    return {r["dtype"]: r["peak_gflops"] * 1e9 for r in rows if r.get("peak_gflops")}
+
+
+def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
+    work = opts.workdir / "training"
+    train_deadline = time.time() + 60 * opts.train_budget_min if opts.train_budget_min else None
+    need = (opts.warmup_steps + opts.steps) * opts.batch_size
+    notes = []
+    try:
+        subset = common.run_child("training", "write_long_rows",
+                                  {"model": opts.model, "data": opts.data, "max_length": opts.max_length, "need": need,
+                                   "out_path": str(work / "long_rows.json")}, work, "subset", opts.timeout())
+    except common.ChildError as exc:
+        return common.section("training", "Training throughput per method", notes=[f"not measured: {exc}"])
+    notes.append(f"data: {subset['rows']} of {subset['of']} {opts.data} rows fill max_length={opts.max_length} "
+                 f"(needed {need} for {opts.warmup_steps}+{opts.steps} steps of batch {opts.batch_size}"
+                 + ("" if subset["enough"] else "; fewer, so rows repeat") + ")")
+    base_params = subset["base_params"]
+    peaks = _peaks(matmul_section)
+    rows = []
+    for method, precision in config_order(opts.methods, opts.precisions):
+        if True:
+            for impl in opts.impls:
+                tag = f"{impl}-{method}-{precision}"
+                kw = {"model": opts.model, "method": method, "precision": precision, "data": opts.data,
+                      "data_path": subset["path"], "max_length": opts.max_length, "batch_size": opts.batch_size,
+                      "warmup": opts.warmup_steps,
+                      "steps": opts.bf16_steps if precision == "bf16" and opts.bf16_steps else opts.steps}
+                if impl in ("harness", "trl"):
+                    kw["workdir"] = str(work / tag)
+                row = {"method": method, "precision": precision, "impl": impl, "load_1m": common.load_now()}
+                if opts.out_of_time() or (train_deadline is not None and time.time() > train_deadline):
+                    row.update(tokens_per_s=None, error="not measured: the time budget (--budget-min / --train-budget-min) was spent")
+                    rows.append(row)
+                    continue
+                try:
+                    r = common.run_child("training", f"child_{impl}", kw, work, tag, opts.timeout())
+                except common.ChildError as exc:
+                    row.update(tokens_per_s=None, error=str(exc))
+                    notes.append(f"not measured: {tag}: {exc}")
+                    rows.append(row)
+                    continue
+                fpt = model_flops_per_token(base_params, r["trainable_params"] or 0, method == "full")
+                achieved = fpt * r["tokens_per_s"] if r.get("tokens_per_s") else None
+                row.update({k: r.get(k) for k in ("tokens_per_s", "tokens_per_s_mean", "step_s", "steps", "tokens_per_step",
+                                                  "trainable_params", "peak_rss_mb", "process_wall_s", "step_times",
+                                                  "final_train_loss", "gradient_checkpointing")})
+                row["model_gflops"] = achieved / 1e9 if achieved else None
+                row["mfu"] = common.ratio(achieved, peaks.get(precision))
+                rows.append(row)
+    by = {(r["method"], r["precision"], r["impl"]): r for r in rows}
+    goals = []
+    for method in opts.methods:
+        for precision in opts.precisions:
+            h = by.get((method, precision, "harness"), {})
+            for other in ("plain", "trl"):
+                o = by.get((method, precision, other))
+                if o is not None:
+                    h[f"vs_{other}"] = common.ratio(h.get("tokens_per_s"), o.get("tokens_per_s"))
+            if "plain" in opts.impls and "harness" in opts.impls:
+                v = h.get("vs_plain")
+                goals.append(common.goal(f"harness ≥ plain loop, {method} {precision}", v, "ratio ≥ 1.0",
+                                         None if v is None else v >= 1.0, "" if v is not None else "not measured"))
+    if "trl" in opts.impls and "harness" in opts.impls and "bf16" in opts.precisions:
+        for method in opts.methods:
+            v = by.get((method, "bf16", "harness"), {}).get("vs_trl")
+            goals.append(common.goal(f"harness defaults faster than TRL defaults, {method} (bf16, TRL gradient checkpointing on)",
+                                     v, "ratio > 1.0", None if v is None else v > 1.0, "" if v is not None else "not measured"))
+    if "lora" in opts.methods and "bf16" in opts.precisions:
+        m = by.get(("lora", "bf16", "harness"), {}).get("mfu")
+        goals.append(common.goal("bf16 LoRA training ≥ 40% of measured bf16 matmul peak", m, "MFU ≥ 0.40",
+                                 None if m is None else m >= 0.40, "" if m is not None else "not measured (matmul peak or run missing)"))
+    notes.append(f"N (base parameters) = {base_params:,}; FLOP/token: full 6N, LoRA/QLoRA 4N + 6·trainable; "
+                 "attention-score FLOPs excluded; MFU divides by the bf16/fp32 matmul peak measured in this run.")
+    return common.section(
+        "training", "Training throughput, memory and MFU per method (median tokens/s over measured steps)", rows,
+        columns=["method", "precision", "impl", "tokens_per_s", "step_s", "vs_plain", "vs_trl", "peak_rss_mb",
+                 "trainable_params", "model_gflops", "mfu", "load_1m"],
+        goals=goals, notes=notes,
+        params={"model": opts.model, "data": opts.data, "max_length": opts.max_length, "batch_size": opts.batch_size,
+                "warmup_steps": opts.warmup_steps, "steps": opts.steps, "bf16_steps": opts.bf16_steps or opts.steps,
+                "base_params": base_params})

@@ -1,0 +1,172 @@
+"""Smoke versions of every benchmark (tiny model, one repetition) so the scripts cannot rot, plus the
+pure helpers they rely on. The full measurement is `python -m benchmarks.run` (make bench)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import common, evaluation, matmul, packing, report_scale, run, sweep_overhead, training
+
+TINY = dict(model="tiny-llama", data="alpaca-tiny")
+
+
+# ------------------------------------------------------------------------------- pure helpers
+def test_flop_formulas_and_ratios():
+    assert training.model_flops_per_token(1000, 1000, full=True) == 6000
+    assert training.model_flops_per_token(1000, 10, full=False) == 4 * 1000 + 6 * 10
+    assert common.ratio(3.0, 2.0) == 1.5
+    assert common.ratio(1.0, 0.0) is None and common.ratio(None, 1.0) is None
+    assert common.median([3, 1, 2, None]) == 2
+    assert matmul.matmul_flops(10) == 2000
+
+
+def test_steps_from_metrics_skips_warmup_and_setup():
+    rows = [{"step": s, "time_s": t, "tokens_seen": 100 * s} for s, t in ((1, 5.0), (2, 6.0), (3, 8.0), (4, 9.0))]
+    rows.insert(2, {"step": 2, "val_loss": 1.0})  # validation lines are ignored
+    times, tokens = training.steps_from_metrics(rows, warmup=2)
+    assert times == [2.0, 1.0] and tokens == [100, 100]
+    t = common.step_throughput(times, tokens)
+    assert t["tokens_per_s"] == pytest.approx(75.0) and t["tokens_per_s_mean"] == pytest.approx(200 / 3)
+    with pytest.raises(ValueError, match="log_every"):
+        training.steps_from_metrics(rows[:2], warmup=2)
+
+
+def test_config_order_puts_lora_and_fp32_first():
+    order = training.config_order(("full", "lora", "qlora"), ("fp32", "bf16"))
+    assert order[:2] == [("lora", "fp32"), ("lora", "bf16")]
+    assert sorted(order) == sorted((m, p) for m in ("full", "lora", "qlora") for p in ("fp32", "bf16"))
+
+
+def test_markdown_escapes_cells_and_reports_goals():
+    sec = common.section("x", "X", [{"a": "p|q", "b": 0.5}], columns=["a", "b"],
+                         goals=[common.goal("g", 0.5, "≥ 1", False), common.goal("h", None, "≥ 1", None, "missing")])
+    md = "\n".join(run.render_section(sec))
+    assert "p\\|q" in md and "**NOT MET** g" in md and "**NOT MEASURED** h" in md
+
+
+def test_cli_rejects_bad_names():
+    with pytest.raises(SystemExit, match="no such benchmark"):
+        run.selected("training,nope")
+    with pytest.raises(SystemExit, match="unknown"):
+        run.options_from(run.parse_args(["--quick", "--methods", "lora,dora"]))
+
+
+# ------------------------------------------------------------------------ isolated measurements
+def test_run_child_reports_peak_memory_of_that_process(tmp_path):
+    r = common.run_child("matmul", "measure", {"dtype": "fp32", "n": 64, "reps": 1, "min_seconds": 0.01}, tmp_path, "mm")
+    assert r["best_flops"] > 0 and r["best_layout"] in matmul.LAYOUTS
+    assert r["peak_rss_mb"] > 50  # a Python process with torch imported
+    with pytest.raises(common.ChildError, match="exit code"):
+        common.run_child("matmul", "measure", {"dtype": "fp8", "n": 8, "reps": 1}, tmp_path, "bad")
+
+
+@pytest.fixture(scope="module")
+def long_rows(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "rows.json"
+    info = training.write_long_rows(TINY["model"], TINY["data"], 128, 6, str(out))
+    assert info["rows"] >= 6 and info["base_params"] > 0
+    return str(out)
+
+
+def test_harness_and_plain_loop_see_the_same_full_batches(long_rows, tmp_path):
+    kw = dict(**TINY, method="lora", precision="fp32", data_path=long_rows, max_length=128, batch_size=2,
+              warmup=1, steps=2)
+    h = training.child_harness(**kw, workdir=str(tmp_path / "h"))
+    p = training.child_plain(**kw)
+    for r in (h, p):
+        assert r["steps"] == 2 and r["tokens_per_s"] > 0 and all(x > 0 for x in r["step_times"])
+    # the long-row subset fills every row to max_length: no padding, identical work per step
+    assert h["step_tokens"] == p["step_tokens"] == [2 * 128, 2 * 128]
+    assert h["trainable_params"] == p["trainable_params"] > 0
+    assert math.isfinite(p["final_train_loss"])
+
+
+@pytest.mark.slow  # TRL's SFTTrainer (its own tokenisation, gradient checkpointing): ~20-30 s on a shared 2-core CPU
+def test_trl_baseline_with_its_defaults(long_rows, tmp_path):
+    t = training.child_trl(**TINY, method="lora", precision="fp32", data_path=long_rows, max_length=128, batch_size=2,
+                           warmup=1, steps=2, workdir=str(tmp_path / "t"))
+    assert t["steps"] == 2 and t["tokens_per_s"] > 0
+    assert t["tokens_per_step"] == 2 * 128  # its own tokenisation of the same long rows also fills max_length
+    assert t["trainable_params"] > 0
+    assert t["gradient_checkpointing"] is True  # TRL's default, which the comparison documents
+
+
+def test_qlora_baseline_is_really_4bit():
+    cfg, net, lora = training._load_plain("tiny-llama", "qlora", "fp32", "alpaca-tiny")
+    assert getattr(net, "is_loaded_in_4bit", False) and lora is not None
+
+
+def test_packing_fills_blocks(tmp_path):
+    kw = dict(**TINY, method="lora", precision="fp32", data_path="", max_length=128, batch_size=2, warmup=1, steps=2)
+    off = training.child_harness(**kw, workdir=str(tmp_path / "off"), packing=False)
+    on = training.child_harness(**kw, workdir=str(tmp_path / "on"), packing=True)
+    assert on["tokens_per_step"] == 2 * 128  # packed blocks are full
+    assert off["tokens_per_step"] < on["tokens_per_step"]
+
+
+def test_perplexity_benchmark_agrees_with_lm_eval():
+    r = evaluation.child_perplexity("tiny-llama", docs=1, max_length=64, batch_size=4, reps=1)
+    assert r["rel_diff"]["word_perplexity"] < 1e-3
+    assert r["ours_s"][0] > 0 and r["lm_eval_s"][0] > 0 and r["tokens"] > 0
+
+
+def test_multiple_choice_benchmark_same_accuracy():
+    r = evaluation.child_multiple_choice("tiny-llama", "arc_easy", items=3, batch_size=4, reps=1)
+    assert r["ours_acc"] is not None and r["ours_acc"] == r["lm_eval_acc"]
+
+
+def test_generation_benchmark_counts_tokens():
+    r = evaluation.child_generation("tiny-llama", "alpaca-tiny", prompts=3, batch_size=2, new_tokens=3, reps=1)
+    assert r["prompts"] == 3 and 0 < r["batched_tokens"] <= 9 and 0 < r["single_tokens"] <= 9
+    assert 0 <= r["identical_outputs"] <= 3
+
+
+def test_stage_timings_name_every_stage():
+    t = sweep_overhead.child_stages("tiny-llama", "alpaca-tiny", 128)
+    for key in ("import_torch_transformers_trl_s", "compose_s", "model_load_s", "data_prepare_s", "data_prepare_again_s"):
+        assert t[key] >= 0
+    assert t["train_rows"] > 0
+
+
+@pytest.mark.slow  # a real `harness sweep` with one trial in a child process: ~30-55 s on a shared 2-core CPU
+def test_sweep_overhead_one_trial(tmp_path):
+    row = sweep_overhead.measure_sweep(tmp_path, n_trials=1, workers=1, timeout_s=600)
+    assert row["completed"] == 1, row.get("error")
+    assert row["driver_wall_s"] > row["train_s"] > 0
+    assert row["overhead_s"] == pytest.approx(row["driver_wall_s"] - row["train_s"], abs=0.05)
+    assert row["process_start_s"] > 0
+
+
+@pytest.mark.slow  # `harness report` and `harness status` as child processes: ~20-35 s on a shared 2-core CPU
+def test_report_scale_small_study(tmp_path):
+    opts = common.Options.quick_defaults(workdir=tmp_path, report_runs=10)
+    sec = report_scale.run(opts)
+    rows = {r["command"]: r for r in sec["rows"]}
+    assert set(rows) == {"harness report", "harness status"}
+    for r in rows.values():
+        assert not r.get("error"), r.get("error")
+        assert r["wall_s"] > 0 and r["peak_rss_mb"] > 0 and r["runs"] >= 10
+    assert sec["goals"][0]["met"] in (True, False)
+    assert (tmp_path / "report" / "reports" / report_scale.STUDY / "report.html").exists()
+
+
+def test_run_writes_markdown_and_json(tmp_path):
+    assert run.main(["--quick", "--only", "matmul", "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "quick.json").read_text())
+    assert record["machine"]["cpu_count"] >= 1 and record["machine"]["torch"]
+    (sec,) = record["sections"]
+    assert {r["dtype"] for r in sec["rows"]} == {"fp32", "bf16"}
+    assert all(r["peak_gflops"] and math.isfinite(r["peak_gflops"]) for r in sec["rows"])
+    md = (tmp_path / "quick.md").read_text()
+    assert "| dtype |" in md and "Peak matmul" in md
+
+
+def test_budget_spent_reports_not_measured(tmp_path):
+    opts = common.Options.quick_defaults(workdir=tmp_path, deadline=0.0, methods=("lora",), precisions=("fp32",),
+                                         impls=("harness",))
+    sec = packing.run(opts)
+    assert all("time budget" in r["error"] for r in sec["rows"])
+    assert sec["goals"][0]["met"] is None
