@@ -68,14 +68,7 @@ def load_run_samples(run_dirs: list[str], suite: str) -> list[dict]:
                             f"(run `harness eval {rd}` with a generation suite first, or pick --suite from that list)")
             continue
         items: dict[str, dict] = {}
-        for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(f"{path}:{line_no}: not JSON ({e.msg})")
-                continue
+        for line_no, row in _jsonl_objects(path, problems):
             missing = [k for k in ("id", "prompt", "prediction") if k not in row]
             if missing:
                 problems.append(f"{path}:{line_no}: missing field(s) {', '.join(missing)} (generation samples need id, prompt, prediction)")
@@ -94,6 +87,22 @@ def load_run_samples(run_dirs: list[str], suite: str) -> list[dict]:
     if problems:
         raise HumanEvalError("cannot export:\n" + "\n".join(f"  - {p}" for p in problems))
     return runs
+
+
+def _jsonl_objects(path: Path, problems: list[str]):
+    """(line number, object) for each JSON object line of path; other lines go to problems with their number."""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{n}: not JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{n}: not a JSON object")
+            continue
+        yield n, row
 
 
 def _token(rng: random.Random, used: set) -> str:
@@ -495,17 +504,7 @@ def read_judgments(files: list[str | Path]):
         if not path.exists():
             errors.append(f"{path}: file not found")
             continue
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                errors.append(f"{path}:{n}: not JSON ({e.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"{path}:{n}: not a JSON object")
-                continue
+        for n, row in _jsonl_objects(path, errors):
             problems = [f"missing {k}" for k in ("item_id", "model_a", "model_b", "winner") if row.get(k) in (None, "")]
             w = str(row.get("winner", "")).strip().lower()
             if row.get("winner") not in (None, "") and w not in WINNERS:
