@@ -96,8 +96,11 @@ def resolve_device(cfg: RunConfig) -> str:
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint. A process killed while saving leaves a checkpoint folder without
+    trainer_state.json (the Trainer writes it last): that one is skipped, the previous one is used."""
     ckpts = sorted(
-        (p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+        (p for p in (run_dir / "checkpoints").glob("checkpoint-*")
+         if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()),
         key=lambda p: int(p.name.split("-")[-1]),
     )
     return ckpts[-1] if ckpts else None

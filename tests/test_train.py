@@ -157,8 +157,8 @@ def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = records.run_dir_for(str(runs_dir), "tiny-llama-lora-alpaca-tiny", "crash")
     deadline = time.time() + 120
-    while time.time() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-1[05]")):
-        time.sleep(0.2)
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((run_dir / "checkpoints").glob("checkpoint-*")), "a checkpoint was written before the kill"
@@ -171,6 +171,16 @@ def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     steps = [r["step"] for r in records.read_metrics(run_dir) if "train_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 100, "no duplicated steps after resume"
     assert step < 100
+
+
+def test_checkpoint_killed_while_saving_is_skipped(tmp_path):
+    for step, complete in ((5, True), (10, False)):
+        d = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(b"")
+        if complete:
+            (d / "trainer_state.json").write_text("{}")
+    assert train.last_checkpoint(tmp_path).name == "checkpoint-5"
 
 
 def test_wandb_offline_files_under_run_dir(tiny_overrides):
