@@ -157,12 +157,9 @@ def has_suites(cfg: RunConfig) -> bool:
 
 # ------------------------------------------------------------------------------ model loading
 def _device(cfg: RunConfig) -> str:
-    import torch
+    from harness.train import resolve_device  # the same rule as training (ConfigError for a missing GPU)
 
-    want = cfg.train.device
-    if want == "cuda" and not torch.cuda.is_available():
-        raise EvalError("train.device=cuda but no CUDA device is visible; use train.device=cpu or auto")
-    return "cuda" if want in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    return resolve_device(cfg)
 
 
 def load_run_model(run_dir: Path, cfg: RunConfig, device: str):

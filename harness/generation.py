@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from harness import atomic, metrics, paths
+from harness.models import model_device
 from harness.config import DataConfig, GenerationSuite, RunConfig
 
 # end-of-turn markers of common chat templates (ChatML, Llama 3, Gemma): a chat model ends its answer
@@ -144,13 +145,6 @@ def stop_token_ids(model, tokenizer, chat: bool) -> list[int]:
 
 
 # ------------------------------------------------------------------------------------ decoding
-def _device(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return "cpu"
-
-
 def _generate_kwargs(suite: GenerationSuite, tokenizer, pad_id: int, eos_ids: list[int]) -> dict:
     kw: dict[str, Any] = dict(
         max_new_tokens=suite.max_new_tokens, num_beams=suite.num_beams, do_sample=suite.do_sample,
@@ -189,7 +183,7 @@ def generate_batched(
     kwargs = _generate_kwargs(suite, tokenizer, pad_id, eos)
     texts: list[str] = [""] * len(prompts)
     counts: list[int] = [0] * len(prompts)
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     torch.manual_seed(seed)

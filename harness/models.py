@@ -245,3 +245,11 @@ def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=N
     if quantization_config is None and device != "cpu":
         model = model.to(device)
     return model, load_tokenizer(cfg)
+
+
+def model_device(model):
+    """The device a loaded model's weights are on (cpu for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return "cpu"

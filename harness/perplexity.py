@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from harness import paths
+from harness.models import model_device
 from harness.config import ModelConfig, PerplexitySuite
 
 LN2 = math.log(2.0)
@@ -162,13 +163,6 @@ def model_max_length(model, model_cfg: ModelConfig | None, requested: int) -> in
     return min(limits)
 
 
-def _device(model):
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover
-        return "cpu"
-
-
 def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, bos_id: int | None,
                       max_length: int, stride: int, batch_size: int, bos_every_window: bool = False,
                       pad_id: int = 0, progress: bool = False, desc: str = "perplexity") -> list[tuple[float, int]]:
@@ -188,7 +182,7 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
                 inp = [bos_id] + inp
             jobs.append((d, inp, n_score, s[end - n_score + 1:end + 1]))
     out = [[0.0, 0] for _ in token_lists]
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     bar = tqdm(total=sum(j[2] for j in jobs), desc=desc, unit="tok", disable=not progress, leave=False)
@@ -284,7 +278,7 @@ def val_loss(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0, 
         raise ValueError("val_loss: the validation split is empty (data.val_size=0?)")
     total, count = 0.0, 0
     rows = sorted(rows, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding, same sum
-    device = _device(model)
+    device = model_device(model)
     was_training = model.training
     model.eval()
     try:

@@ -838,7 +838,7 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
     L += ["", "## Provenance", ""]
     for k, v in m["provenance"].items():
         if k == "packages":
-            L += [f"- packages: " + "; ".join(f"{md_escape(p)} {md_escape(', '.join(vs))}" for p, vs in v.items())]
+            L += ["- packages: " + "; ".join(f"{md_escape(p)} {md_escape(', '.join(vs))}" for p, vs in v.items())]
         else:
             L += [f"- {k}: {md_escape(', '.join(v)) or '—'}"]
     return "\n".join(L) + "\n"
