@@ -48,6 +48,7 @@ class Options:
     precisions: tuple[str, ...] = ("fp32", "bf16")
     impls: tuple[str, ...] = ("harness", "plain", "trl")
     packing_precision: str = "auto"  # the harness default; fp32 is faster on CPUs without native bf16
+    packing_max_length: int = 512  # long enough that most alpaca rows leave padding (at 128 most rows fill it)
     ppl_docs: int = 1  # wikitext2 documents scored by both perplexity implementations
     ppl_max_length: int = 1024
     mc_task: str = "arc_easy"
@@ -67,7 +68,7 @@ class Options:
     def quick_defaults(cls, **kw) -> "Options":
         """Tiny model, tiny data, one of everything: the smoke version the tests run."""
         base = dict(
-            quick=True, reps=1, model="tiny-llama", data="alpaca-tiny", max_length=128, batch_size=2,
+            quick=True, reps=1, model="tiny-llama", data="alpaca-tiny", max_length=128, packing_max_length=128, batch_size=2,
             warmup_steps=1, steps=2, ppl_docs=1, ppl_max_length=128, mc_items=4, gen_prompts=4, gen_batch=2,
             gen_new_tokens=4, sweep_trials=(2,), sweep_workers=(1,), report_runs=12, child_timeout_s=600.0,
         )

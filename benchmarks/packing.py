@@ -4,7 +4,8 @@
 
 Both runs use the whole data config (real length mix, so unpacked batches carry padding), the same
 method (lora), the harness's default precision (auto; --packing-precision to change) and the same batch × max_length, each in its
-own child process. Tokens are the trainer's own non-padding count (metrics.jsonl tokens_seen).
+own child process, at --packing-max-length (default 512; at 128 most alpaca-demo rows fill the window and
+there is no padding to remove). Tokens are the trainer's own non-padding count (metrics.jsonl tokens_seen).
 Packed blocks join examples (EOS between them) with no cross-example attention mask, the common
 trade-off; tokens/s says nothing about quality.
 """
@@ -20,7 +21,7 @@ def run(opts: common.Options) -> dict:
     for packing in (False, True):
         tag = f"packing-{str(packing).lower()}"
         kw = {"model": opts.model, "method": "lora", "precision": opts.packing_precision, "data": opts.data, "data_path": "",
-              "max_length": opts.max_length, "batch_size": opts.batch_size, "warmup": opts.warmup_steps,
+              "max_length": opts.packing_max_length, "batch_size": opts.batch_size, "warmup": opts.warmup_steps,
               "steps": opts.steps, "workdir": str(work / tag), "packing": packing}
         row = {"packing": packing, "load_1m": common.load_now()}
         if opts.out_of_time():
@@ -31,7 +32,7 @@ def run(opts: common.Options) -> dict:
             r = common.run_child("training", "child_harness", kw, work, tag, opts.timeout())
             row.update({k: r.get(k) for k in ("tokens_per_s", "step_s", "tokens_per_step", "peak_rss_mb", "precision",
                                               "train_time_s")})
-            row["padding_share"] = 1 - (r["tokens_per_step"] or 0) / (opts.batch_size * opts.max_length)
+            row["padding_share"] = 1 - (r["tokens_per_step"] or 0) / (opts.batch_size * opts.packing_max_length)
             row["train_rows_or_blocks"] = (r.get("data_stats") or {}).get("train_rows")
         except common.ChildError as exc:
             row.update(tokens_per_s=None, error=str(exc))
@@ -51,4 +52,4 @@ def run(opts: common.Options) -> dict:
                                    "peak_rss_mb", "precision", "load_1m"],
                           goals=goals, notes=notes,
                           params={"model": opts.model, "data": opts.data, "method": "lora", "precision": opts.packing_precision,
-                                  "max_length": opts.max_length, "batch_size": opts.batch_size})
+                                  "max_length": opts.packing_max_length, "batch_size": opts.batch_size})

@@ -134,6 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(they run in priority order: lora fp32, lora bf16, full fp32, qlora fp32, full bf16, qlora bf16)")
     p.add_argument("--packing-precision", default=None, choices=("auto", "fp32", "bf16"),
                    help="precision of the packing benchmark (default auto, the harness default)")
+    p.add_argument("--packing-max-length", type=int, default=None,
+                   help="sequence length of the packing benchmark (default 512: most alpaca rows are shorter, so "
+                        "unpacked batches carry padding)")
     p.add_argument("--ppl-docs", type=int, default=None, help="wikitext2 documents for the perplexity comparison (default 1)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default benchmarks/results)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (run dirs, child logs)")
@@ -144,7 +147,8 @@ def options_from(args: argparse.Namespace) -> common.Options:
     overrides = {}
     for key, attr in (("reps", "reps"), ("steps", "steps"), ("bf16_steps", "bf16_steps"), ("warmup", "warmup_steps"), ("max_length", "max_length"),
                       ("batch_size", "batch_size"), ("report_runs", "report_runs"), ("ppl_docs", "ppl_docs"),
-                      ("train_budget_min", "train_budget_min")):
+                      ("train_budget_min", "train_budget_min"),
+                      ("packing_max_length", "packing_max_length")):
         v = getattr(args, key)
         if v is not None:
             if v < (0 if key == "warmup" else 1):

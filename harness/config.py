@@ -98,6 +98,7 @@ class DataConfig:
     use_chat_template: bool = True  # render prompts with the tokenizer's chat template if it has one
     system_prompt: str = ""
     prompt_template: str = "alpaca"  # how instruction rows become a prompt without a chat template
+    cache: bool = True  # reuse prepared (tokenised) data across runs: harness/datacache.py
     notes: str = ""
 
 

@@ -57,15 +57,12 @@ def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict |
     """Loss/perplexity on the run's own validation split (harness.data.prepare), or None with a note."""
     from harness import perplexity
 
-    try:
-        from harness import data
-    except ImportError as exc:  # the data stage is another module; evaluation still works without it
-        _say(True, f"val suite skipped: harness.data is not available ({exc})")
-        return None
+    from harness import data, datacache
+
     t0 = time.time()
     try:
-        prepared = data.prepare(cfg.data, tokenizer, max_length=cfg.train.max_length, seed=cfg.train.seed,
-                                packing=False, add_bos=cfg.model.add_bos)
+        prepared = datacache.prepare(cfg.data, tokenizer, max_length=cfg.train.max_length, seed=cfg.train.seed,
+                                     packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
     except data.DataError as exc:  # e.g. an eval-only data config: say so, run the other suites
         _say(True, f"val suite skipped: data={cfg.data.name} gives no validation split: {exc}")
         return None

@@ -2,8 +2,8 @@
 
     harness train model=smollm2-135m method=qlora data=alpaca-demo train.max_steps=20
 
-Read top to bottom: run directory -> quantization config -> load -> PEFT -> data -> TRL SFTTrainer
--> train (resuming from the last checkpoint if this run_id was interrupted) -> save -> evaluate ->
+Read top to bottom: run directory -> quantization config -> load -> PEFT -> data -> transformers
+Trainer -> train (resuming from the last checkpoint if this run_id was interrupted) -> save -> evaluate ->
 record. Method differences come from harness.methods; the run record format is docs/run-record.md.
 Exit codes: 0 completed, 1 failed, 3 pruned, 4 diverged, 130 interrupted.
 """
@@ -11,6 +11,7 @@ Exit codes: 0 completed, 1 failed, 3 pruned, 4 diverged, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import os
 import resource
@@ -104,6 +105,78 @@ def last_checkpoint(run_dir: Path) -> Path | None:
         key=lambda p: int(p.name.split("-")[-1]),
     )
     return ckpts[-1] if ckpts else None
+
+
+def pad_batch(rows: list[dict], pad_id: int) -> dict:
+    """Collate pre-tokenised rows into right-padded tensors: input_ids (pad_id), labels (-100, no loss) and
+    attention_mask (1 on real tokens). Rows keep their own labels, so the prompt masking made by data.prepare holds."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def target_positions(labels):
+    """Boolean mask over (batch, position): True where the NEXT token is a loss target (labels[:, t+1] != -100).
+    Only these positions need logits; prompt, padding and the last position never do."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def target_only_loss(model, inputs: dict, num_items_in_batch=None, label_smoothing: float = 0.0):
+    """Causal-LM loss computed from the logits of target positions only: the same value as the model's own
+    shifted cross-entropy (sum over targets / number of targets, label smoothing as transformers' LabelSmoother),
+    without projecting prompt and padding positions onto the vocabulary. With completion-only labels that skips
+    the LM head (a fifth of SmolLM2's FLOPs) and the vocabulary-wide softmax for every prompt token.
+    Returns (loss, outputs); outputs.logits holds the kept positions only, flattened."""
+    import torch
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    keep = target_positions(labels)
+    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                    logits_to_keep=keep, use_cache=False)
+    targets = labels[:, 1:][keep[:, :-1]]
+    total = F.cross_entropy(outputs.logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    n = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    return total / torch.as_tensor(n, device=total.device).clamp(min=1), outputs
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep (transformers' decoder-only models do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def make_trainer(label_smoothing: float, **kwargs):
+    """transformers' Trainer whose loss comes from target positions only (target_only_loss) where the model
+    supports it; the stock loss otherwise."""
+    from transformers import Trainer
+
+    class TargetOnlyTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "labels" not in inputs or not supports_logits_to_keep(model):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            if not self.model_accepts_loss_kwargs:
+                num_items_in_batch = None  # the Trainer then divides by the accumulation steps itself
+            loss, outputs = target_only_loss(model, inputs, num_items_in_batch, label_smoothing)
+            return (loss, outputs) if return_outputs else loss
+
+    return TargetOnlyTrainer(**kwargs)
 
 
 def dir_bytes(path: Path) -> int:
@@ -263,7 +336,7 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
     import torch
     from transformers import set_seed
 
-    from harness import data, methods, models, pruning
+    from harness import datacache, methods, models, pruning
 
     t = cfg.train
     if t.num_threads:
@@ -306,8 +379,8 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
                    precision=precision, device=device)
 
     # 4. data
-    prepared = data.prepare(cfg.data, tokenizer, max_length=t.max_length, seed=t.seed, packing=t.packing,
-                            add_bos=cfg.model.add_bos)
+    prepared = datacache.prepare(cfg.data, tokenizer, max_length=t.max_length, seed=t.seed, packing=t.packing,
+                                 add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
     st = prepared.stats
     manifest["data"] = {"name": cfg.data.name, **st}
     atomic.write_json(run_dir / "manifest.json", manifest)
@@ -318,9 +391,12 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
     if not prepared.train:
         raise ConfigError([f"data={cfg.data.name}: no training rows after preparation"])
 
-    # 5. trainer
+    # 5. trainer. transformers' Trainer on the pre-tokenised rows (labels already mask the prompt), not TRL's
+    # SFTTrainer: SFTTrainer 1.x computes the loss through a chunked "fused LM head" that also derives entropy
+    # and token accuracy every step, and adds a second forward pass under label smoothing; on this project's CPU
+    # that made LoRA 0.75x and QLoRA 0.52x the speed of a plain PyTorch loop (benchmarks/, docs/benchmarks.md).
     from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
+    from transformers import TrainingArguments
 
     keep = ("input_ids", "labels")
     train_ds = Dataset.from_list([{k: r[k] for k in keep} for r in prepared.train])
@@ -330,7 +406,7 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
     val_ds = Dataset.from_list([{k: r[k] for k in keep} for r in val_rows]) if val_rows else None
     eval_every = t.eval_every if val_ds is not None else 0
     save_steps = t.save_every or eval_every or 100
-    args = SFTConfig(
+    args = TrainingArguments(
         output_dir=str(run_dir / "checkpoints"),
         per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.scheduler,
@@ -343,20 +419,14 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1, save_only_model=False,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
-        dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False,
         disable_tqdm=not sys.stderr.isatty() and os.environ.get("HARNESS_PROGRESS") != "1",
     )
     reporter = pruning.reporter_for(cfg)
     outcome.model = model
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
-    if quant is not None and precision != "bf16":
-        # SFTTrainer casts a quantized model's adapter weights to bf16 (the QLoRA paper's choice); where bf16
-        # is not the run's precision (fp32 on CPUs without native bf16) that made every step several times
-        # slower (benchmarks/: QLoRA at 0.52x a plain loop). Keep the adapters in the run's precision.
-        for p in model.parameters():
-            if p.requires_grad and p.dtype == torch.bfloat16:
-                p.data = p.data.to(compute_dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    trainer = make_trainer(t.label_smoothing, model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                           data_collator=functools.partial(pad_batch, pad_id=pad_id), processing_class=tokenizer,
+                           callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
 
     # 6. train (resume from the last checkpoint of this run_id if there is one)
     ckpt = last_checkpoint(run_dir) if cfg.resume else None

@@ -125,10 +125,13 @@ def test_generation_benchmark_counts_tokens():
 
 
 def test_stage_timings_name_every_stage():
-    t = sweep_overhead.child_stages("tiny-llama", "alpaca-tiny", 128)
-    for key in ("import_torch_transformers_trl_s", "compose_s", "model_load_s", "data_prepare_s", "data_prepare_again_s"):
-        assert t[key] >= 0
-    assert t["train_rows"] > 0
+    first = sweep_overhead.child_stages("tiny-llama", "alpaca-tiny", 128)
+    for key in (*sweep_overhead.STAGES, "data_prepare_uncached_s"):
+        assert first[key] >= 0, key
+    assert first["train_rows"] > 0
+    # the first call stored the preparation (or found it); a second trial's preparation is a cache hit
+    assert first["data_cache"] in ("hit", "miss")
+    assert sweep_overhead.child_stages("tiny-llama", "alpaca-tiny", 128)["data_cache"] == "hit"
 
 
 @pytest.mark.slow  # a real `harness sweep` with one trial in a child process: ~30-55 s on a shared 2-core CPU

@@ -104,6 +104,64 @@ def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
         assert w.numel() * w.element_size() * 2 == layer.in_features * layer.out_features
 
 
+def test_qlora_adapters_train_in_the_run_precision(tiny_overrides):
+    outcome = train.Outcome()
+    status, _ = _run(tiny_overrides + ["method=qlora", "train.precision=fp32"], outcome)
+    assert status == "completed"
+    dtypes = {p.dtype for p in outcome.model.parameters() if p.requires_grad}
+    assert dtypes == {torch.float32}  # bf16 adapters would be emulated (slow) on CPUs without native bf16
+
+
+def _tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+def _masked_batch():
+    ids = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, :6] = -100  # prompt
+    labels[1, :2] = -100
+    labels[2, :3] = -100
+    labels[2, 8:] = -100  # padding
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_target_only_loss_equals_the_models_own_loss(smoothing):
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    model, batch = _tiny_lm(), _masked_batch()
+    full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if smoothing:
+        expected = LabelSmoother(smoothing)(full, batch["labels"], shift_labels=True)
+    else:
+        expected = model(**batch).loss
+    ours, out = train.target_only_loss(model, batch, label_smoothing=smoothing)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
+    n_targets = int((batch["labels"][:, 1:] != -100).sum())
+    assert out.logits.shape == (n_targets, 97)  # logits only where a target follows
+    # normalised by the accumulation-wide count when the Trainer passes one
+    halved, _ = train.target_only_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_targets),
+                                       label_smoothing=smoothing)
+    assert halved.item() == pytest.approx(expected.item() / 2, rel=1e-5)
+    ours.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_pad_batch_pads_ids_masks_and_labels():
+    rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    b = train.pad_batch(rows, pad_id=0)
+    assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
 def test_same_seed_same_losses(tiny_overrides):
     a = _run(tiny_overrides + ["method=lora", "run_id=a"])[1]
     b = _run(tiny_overrides + ["method=lora", "run_id=b"])[1]
