@@ -44,6 +44,8 @@ class Options:
     warmup_steps: int = 2
     steps: int = 10  # measured optimizer steps per training configuration
     bf16_steps: int | None = None  # measured steps for bf16 configurations (default: steps); bf16 is slow on CPUs without it
+    train_reps: int = 2  # child processes per training configuration and implementation, interleaved
+    bf16_reps: int | None = None  # the same for bf16 configurations (default: train_reps)
     methods: tuple[str, ...] = ("full", "lora", "qlora")
     precisions: tuple[str, ...] = ("fp32", "bf16")
     impls: tuple[str, ...] = ("harness", "plain", "trl")
@@ -69,7 +71,7 @@ class Options:
         """Tiny model, tiny data, one of everything: the smoke version the tests run."""
         base = dict(
             quick=True, reps=1, model="tiny-llama", data="alpaca-tiny", max_length=128, packing_max_length=128, batch_size=2,
-            warmup_steps=1, steps=2, ppl_docs=1, ppl_max_length=128, mc_items=4, gen_prompts=4, gen_batch=2,
+            warmup_steps=1, steps=2, train_reps=1, ppl_docs=1, ppl_max_length=128, mc_items=4, gen_prompts=4, gen_batch=2,
             gen_new_tokens=4, sweep_trials=(2,), sweep_workers=(1,), report_runs=12, child_timeout_s=600.0,
         )
         base.update(kw)

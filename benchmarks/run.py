@@ -120,6 +120,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None, help="repetitions of whole measurements (default 3; 1 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="measured training steps per configuration (default 10)")
     p.add_argument("--bf16-steps", type=int, default=None, help="measured steps for bf16 configurations (default: --steps)")
+    p.add_argument("--train-reps", type=int, default=None,
+                   help="child processes per training configuration and implementation, run interleaved (default 2)")
+    p.add_argument("--bf16-reps", type=int, default=None, help="the same for bf16 configurations (default: --train-reps)")
     p.add_argument("--warmup", type=int, default=None, help="warm-up training steps, not measured (default 1)")
     p.add_argument("--max-length", type=int, default=None, help="training sequence length (default 256)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default 4)")
@@ -145,7 +148,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def options_from(args: argparse.Namespace) -> common.Options:
     overrides = {}
-    for key, attr in (("reps", "reps"), ("steps", "steps"), ("bf16_steps", "bf16_steps"), ("warmup", "warmup_steps"), ("max_length", "max_length"),
+    for key, attr in (("reps", "reps"), ("steps", "steps"), ("bf16_steps", "bf16_steps"), ("train_reps", "train_reps"), ("bf16_reps", "bf16_reps"), ("warmup", "warmup_steps"), ("max_length", "max_length"),
                       ("batch_size", "batch_size"), ("report_runs", "report_runs"), ("ppl_docs", "ppl_docs"),
                       ("train_budget_min", "train_budget_min"),
                       ("packing_max_length", "packing_max_length")):

@@ -75,6 +75,32 @@ def base_param_count(model_dir: str | Path) -> int:
     return total
 
 
+def aggregate_reps(results: list[dict]) -> dict:
+    """Child results of one (method, precision, impl) over repetitions -> the row's figures: medians of the
+    per-repetition medians, the per-repetition tokens/s kept for paired ratios, the largest peak RSS."""
+    tps = [r.get("tokens_per_s") for r in results]
+    return {
+        "tokens_per_s": common.median(tps), "tokens_per_s_reps": tps,
+        "tokens_per_s_mean": common.median(r.get("tokens_per_s_mean") for r in results),
+        "step_s": common.median(r.get("step_s") for r in results), "reps": len(results),
+        "steps": results[0].get("steps"), "tokens_per_step": results[0].get("tokens_per_step"),
+        "trainable_params": results[0].get("trainable_params"),
+        "peak_rss_mb": max((r.get("peak_rss_mb") or 0) for r in results) or None,
+        "process_wall_s": common.median(r.get("process_wall_s") for r in results),
+        "step_times": [r.get("step_times") for r in results],
+        "final_train_loss": results[-1].get("final_train_loss"),
+        "gradient_checkpointing": results[0].get("gradient_checkpointing"),
+    }
+
+
+def paired_ratios(a: list | None, b: list | None) -> list[float] | None:
+    """Repetition i of one implementation over repetition i of another (run back to back): the spread of
+    the ratio under the machine's noise."""
+    if not a or not b:
+        return None
+    return [x / y for x, y in zip(a, b) if x and y]
+
+
 def config_order(methods, precisions) -> list[tuple[str, str]]:
     """(method, precision) pairs in the order they are measured: LoRA first (the goals name it), then
     fp32 before bf16 for the others, so a run cut short by its time budget keeps the most telling rows."""
@@ -297,35 +323,46 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
     peaks = _peaks(matmul_section)
     rows = []
     for method, precision in config_order(opts.methods, opts.precisions):
-        if True:
+        reps = opts.bf16_reps if precision == "bf16" and opts.bf16_reps else opts.train_reps
+        runs: dict[str, list[dict]] = {impl: [] for impl in opts.impls}
+        errors: dict[str, str] = {}
+        loads: dict[str, list[float]] = {impl: [] for impl in opts.impls}
+        # repetitions interleave the implementations (h, p, t, h, p, t, ...), so a slow spell of a shared
+        # machine lands on all of them rather than on one
+        for rep in range(reps):
             for impl in opts.impls:
-                tag = f"{impl}-{method}-{precision}"
+                if impl in errors:
+                    continue
+                if opts.out_of_time() or (train_deadline is not None and time.time() > train_deadline):
+                    if not runs[impl]:
+                        errors[impl] = "not measured: the time budget (--budget-min / --train-budget-min) was spent"
+                    continue
+                tag = f"{impl}-{method}-{precision}-r{rep}"
                 kw = {"model": opts.model, "method": method, "precision": precision, "data": opts.data,
                       "data_path": subset["path"], "max_length": opts.max_length, "batch_size": opts.batch_size,
                       "warmup": opts.warmup_steps,
                       "steps": opts.bf16_steps if precision == "bf16" and opts.bf16_steps else opts.steps}
                 if impl in ("harness", "trl"):
                     kw["workdir"] = str(work / tag)
-                row = {"method": method, "precision": precision, "impl": impl, "load_1m": common.load_now()}
-                if opts.out_of_time() or (train_deadline is not None and time.time() > train_deadline):
-                    row.update(tokens_per_s=None, error="not measured: the time budget (--budget-min / --train-budget-min) was spent")
-                    rows.append(row)
-                    continue
+                loads[impl].append(common.load_now())
                 try:
-                    r = common.run_child("training", f"child_{impl}", kw, work, tag, opts.timeout())
+                    runs[impl].append(common.run_child("training", f"child_{impl}", kw, work, tag, opts.timeout()))
                 except common.ChildError as exc:
-                    row.update(tokens_per_s=None, error=str(exc))
+                    errors[impl] = str(exc)
                     notes.append(f"not measured: {tag}: {exc}")
-                    rows.append(row)
-                    continue
-                fpt = model_flops_per_token(base_params, r["trainable_params"] or 0, method == "full")
-                achieved = fpt * r["tokens_per_s"] if r.get("tokens_per_s") else None
-                row.update({k: r.get(k) for k in ("tokens_per_s", "tokens_per_s_mean", "step_s", "steps", "tokens_per_step",
-                                                  "trainable_params", "peak_rss_mb", "process_wall_s", "step_times",
-                                                  "final_train_loss", "gradient_checkpointing")})
-                row["model_gflops"] = achieved / 1e9 if achieved else None
-                row["mfu"] = common.ratio(achieved, peaks.get(precision))
+        for impl in opts.impls:
+            row = {"method": method, "precision": precision, "impl": impl, "load_1m": common.median(loads[impl])}
+            done = runs[impl]
+            if not done:
+                row.update(tokens_per_s=None, error=errors.get(impl, "not measured"))
                 rows.append(row)
+                continue
+            row.update(aggregate_reps(done))
+            fpt = model_flops_per_token(base_params, row["trainable_params"] or 0, method == "full")
+            achieved = fpt * row["tokens_per_s"] if row.get("tokens_per_s") else None
+            row["model_gflops"] = achieved / 1e9 if achieved else None
+            row["mfu"] = common.ratio(achieved, peaks.get(precision))
+            rows.append(row)
     by = {(r["method"], r["precision"], r["impl"]): r for r in rows}
     goals = []
     for method in opts.methods:
@@ -335,6 +372,7 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                 o = by.get((method, precision, other))
                 if o is not None:
                     h[f"vs_{other}"] = common.ratio(h.get("tokens_per_s"), o.get("tokens_per_s"))
+                    h[f"vs_{other}_per_rep"] = paired_ratios(h.get("tokens_per_s_reps"), o.get("tokens_per_s_reps"))
             if "plain" in opts.impls and "harness" in opts.impls:
                 v = h.get("vs_plain")
                 goals.append(common.goal(f"harness ≥ plain loop, {method} {precision}", v, "ratio ≥ 1.0",
@@ -352,9 +390,10 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                  "attention-score FLOPs excluded; MFU divides by the bf16/fp32 matmul peak measured in this run.")
     return common.section(
         "training", "Training throughput, memory and MFU per method (median tokens/s over measured steps)", rows,
-        columns=["method", "precision", "impl", "tokens_per_s", "step_s", "vs_plain", "vs_trl", "peak_rss_mb",
-                 "trainable_params", "model_gflops", "mfu", "load_1m"],
+        columns=["method", "precision", "impl", "reps", "tokens_per_s", "step_s", "vs_plain", "vs_plain_per_rep",
+                 "vs_trl", "peak_rss_mb", "trainable_params", "model_gflops", "mfu", "load_1m"],
         goals=goals, notes=notes,
         params={"model": opts.model, "data": opts.data, "max_length": opts.max_length, "batch_size": opts.batch_size,
                 "warmup_steps": opts.warmup_steps, "steps": opts.steps, "bf16_steps": opts.bf16_steps or opts.steps,
+                "reps": opts.train_reps, "bf16_reps": opts.bf16_reps or opts.train_reps,
                 "base_params": base_params})

@@ -428,6 +428,13 @@ def _train_inner(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome,
                            data_collator=functools.partial(pad_batch, pad_id=pad_id), processing_class=tokenizer,
                            callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
 
+    if device == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
+        # emulated bf16: autograd's input-gradient matmul is ~4x slower than the forward's (harness/bf16cpu.py)
+        from harness import bf16cpu
+
+        manifest["bf16_fast_backward_layers"] = bf16cpu.patch_linear_layers(model)
+        atomic.write_json(run_dir / "manifest.json", manifest)
+
     # 6. train (resume from the last checkpoint of this run_id if there is one)
     ckpt = last_checkpoint(run_dir) if cfg.resume else None
     if ckpt is not None:

@@ -154,7 +154,7 @@ def test_batch_size_does_not_change_greedy_outputs(tiny, tmp_path):
 
 
 def test_config_hash_matches_the_evaluator():
-    evaluate = pytest.importorskip("harness.evaluate")
+    from harness import evaluate
     s = suite(stop=["\n"])
     assert generation.suite_config_hash(s) == evaluate.config_hash(dataclasses.asdict(s))
     assert generation.suite_config_hash(s) != generation.suite_config_hash(suite(max_new_tokens=11))
@@ -305,13 +305,6 @@ def test_real_e2e_examples_through_the_data_stage(tiny, tmp_path):
 @pytest.mark.slow
 def test_smollm2_on_five_e2e_examples(tmp_path):
     """Five E2E test items through SmolLM2-135M-Instruct via the data stage: sane, scored output."""
-    try:
-        from harness import data  # noqa: F401
-        from harness.data import load_eval_examples  # noqa: F401
-    except ImportError:
-        pytest.skip("harness.data (load_eval_examples) is not there yet: the data stage supplies E2E examples")
-    if "e2e" not in config.group_options("data"):
-        pytest.skip("conf/data/e2e.yaml is not there yet")
     from harness import models
 
     cfg = config.compose(["model=smollm2-135m", "data=e2e", "tracker=none"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli, report, stats
-from tests.fixtures_runs import FORMULA_REASON, PLANTED, make_optuna_storage, make_study
+from tests.fixtures_runs import FORMULA_REASON, make_optuna_storage, make_study
 
 STAMP = re.compile(r"Generated: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 

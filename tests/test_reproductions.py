@@ -36,6 +36,10 @@ def test_dtype_table_and_ordering_check(tmp_path):
     assert rows["base-nf4-dq"]["increase"] == 1.0 and abs(rows["base-fp4-dq"]["increase_pct"] - 12.5) < 1e-9
     assert res["checks"] == {"NF4 < FP4": False, "NF4 + DQ < FP4 + DQ": True}
     assert "does NOT hold" in qlora_dtypes.to_markdown({"m": res})
+    near = qlora_dtypes.compare(qlora_dtypes.collect(dirs + [_fake_run(tmp_path, "m", "base-int8", 20.2)]))["m"]
+    assert near["checks"]["Int8 closer to unquantized than every 4-bit type"] is True
+    far = qlora_dtypes.compare(qlora_dtypes.collect(dirs + [_fake_run(tmp_path, "m", "base-int8", 21.5)]))["m"]
+    assert far["checks"]["Int8 closer to unquantized than every 4-bit type"] is False
 
 
 def test_quantized_base_evaluation_on_tiny_model(tmp_path):

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from harness import config, sweep
+from harness import sweepspec
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -118,7 +119,7 @@ def test_expand_grid_is_union_of_products_in_order_without_duplicates():
 
 
 def test_plan_maps_every_cell_and_seed_to_overrides():
-    spec = sweep.parse_spec({"study": "s", "base": [*BASE, "method.r=8"], "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+    spec = sweepspec.parse_spec({"study": "s", "base": [*BASE, "method.r=8"], "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
                              "seeds": [0, 1, 2], "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
     planned = sweep.plan_grid(spec)
     assert len(planned) == 4 * 3
@@ -143,7 +144,7 @@ def test_spec_errors_are_reported_all_at_once():
            "objectives": [{"metric": "summary.best_val_los", "direction": "down"}], "sampler": "gird", "pruner": "median",
            "budgett": {}}
     with pytest.raises(sweep.SpecError) as exc:
-        sweep.parse_spec(bad, "bad.yaml")
+        sweepspec.parse_spec(bad, "bad.yaml")
     text = "\n".join(exc.value.errors)
     for needle in ("budgett: unknown key", "Did you mean 'budget'", "study '../x' is not allowed", "train.seed=3",
                    "mthod", "grid.method.r: a non-empty list", "seeds:", "Did you mean 'best_val_loss'",
@@ -157,20 +158,20 @@ def test_pruner_needs_a_single_minimized_objective():
             "sampler": "tpe", "pruner": "median", "budget": {"n_trials": 2},
             "objectives": [{"metric": "summary.best_val_loss", "direction": "maximize"}]}
     with pytest.raises(sweep.SpecError, match="maximized"):
-        sweep.parse_spec(tree)
+        sweepspec.parse_spec(tree)
     tree["objectives"][0]["direction"] = "minimize"
-    assert sweep.parse_spec(tree).search["train.lr"].log
+    assert sweepspec.parse_spec(tree).search["train.lr"].log
 
 
 def test_command_line_override_pins_an_axis_and_extends_base():
-    spec = sweep.parse_spec({"study": "s", "base": BASE, "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+    spec = sweepspec.parse_spec({"study": "s", "base": BASE, "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
                              "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
     pinned, rest = sweep.pin_axes(spec, ["method=qlora", "train.max_steps=5"])
     assert rest == ["train.max_steps=5"]
     assert sweep.expand_grid(pinned.grid) == [{"method": "qlora", "method.r": 4}, {"method": "qlora", "method.r": 16}]
     assert "train.max_steps=5" in pinned.base and "train.max_steps=2" not in pinned.base
     # with sub-grids, pinning keeps the cells that have the value (full keeps its own learning rate)
-    spec = sweep.parse_spec({"study": "s", "base": BASE, "grid": [{"method": ["full"], "train.lr": [2e-5]},
+    spec = sweepspec.parse_spec({"study": "s", "base": BASE, "grid": [{"method": ["full"], "train.lr": [2e-5]},
                                                                   {"method": ["lora", "qlora"], "train.lr": [2e-4]}],
                              "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
     assert sweep.expand_grid(sweep.pin_axes(spec, ["method=lora"])[0].grid) == [{"method": "lora", "train.lr": 2e-4}]

@@ -259,3 +259,40 @@ def test_real_smollm2_lora_trains(runs_dir):
     losses = [r["train_loss"] for r in records.read_metrics(run_dir) if "train_loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) and 0 < x < 10 for x in losses)
     assert 0 < s["trainable_share"] < 0.05
+
+
+def test_bf16_cpu_fast_backward_matches_autograd():
+    """harness/bf16cpu.py: same loss, gradients equal up to bf16 rounding, and the stock forward comes back."""
+    import copy
+
+    from harness import bf16cpu
+
+    plain = _tiny_lm()
+    fast = copy.deepcopy(plain)
+    ids = torch.randint(0, 97, (2, 16), generator=torch.Generator().manual_seed(2))
+
+    def grads(model):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    l1, g1 = grads(plain)
+    assert bf16cpu.patch_linear_layers(fast) == 2 * 7 + 1  # 7 projections per layer, lm_head
+    l2, g2 = grads(fast)
+    assert l2 == l1
+    for name in g1:
+        assert (g1[name] - g2[name]).norm() <= 0.02 * g1[name].norm() + 1e-6, name
+    with torch.no_grad():  # outside training the stock forward runs: bit-identical logits
+        assert torch.equal(fast(input_ids=ids).logits, plain(input_ids=ids).logits)
+    assert bf16cpu.unpatch_linear_layers(fast) == 15
+    assert grads(fast)[0] == l1
+
+
+def test_bf16_on_an_emulating_cpu_uses_the_fast_backward(tiny_overrides, monkeypatch):
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    status, run_dir = _run(tiny_overrides + ["method=lora", "train.precision=bf16", "train.max_steps=2"])
+    assert status == "completed", records.read_summary(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16" and manifest["bf16_fast_backward_layers"] > 0

@@ -62,6 +62,9 @@ def compare(by_model: dict[str, dict[str, dict]]) -> dict:
             suffix = " + DQ" if dq else ""
             if nf4 and fp4:
                 checks[f"NF4{suffix} < FP4{suffix}"] = nf4["perplexity"] < fp4["perplexity"]
+        four_bit = [types[t]["perplexity"] for t in ORDER if t.startswith(("base-nf4", "base-fp4")) and t in types]
+        if "base-int8" in types and four_bit:
+            checks["Int8 closer to unquantized than every 4-bit type"] = types["base-int8"]["perplexity"] < min(four_bit)
         result[model] = {"rows": rows, "checks": checks}
     return result
 
