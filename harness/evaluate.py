@@ -238,6 +238,41 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool =
     return run_dir / "eval.json"
 
 
+def rescore_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True) -> Path:
+    """Recompute the metrics of the run's generation suites from their saved samples, with the metric
+    lists of the (re)composed eval config: no model is loaded and nothing is generated again. Refused
+    for a suite whose decoding settings differ from the ones its samples were generated with."""
+    from harness import generation
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise EvalError(f"{run_dir} is not a run directory (no config.yaml). Give runs/<name>/<run_id>.")
+    cfg = eval_config_for_run(run_dir, overrides)
+    ev = records.read_eval(run_dir) or {}
+    old_cfg = config.load_run_config(run_dir)
+    generated_with = {s.name: s for s in old_cfg.eval.generation}
+    done = 0
+    for suite in cfg.eval.generation:
+        entry = (ev.get("suites") or {}).get(suite.name)
+        if entry is None or entry.get("kind") != "generation":
+            raise EvalError(f"{run_dir}: no generation results for suite {suite.name!r} in eval.json to rescore; "
+                            "run `harness eval` without --rescore")
+        before = generated_with.get(suite.name)
+        if before is not None and generation.decoding_fields(before) != generation.decoding_fields(suite):
+            diff = sorted(k for k, v in generation.decoding_fields(suite).items() if generation.decoding_fields(before).get(k) != v)
+            raise EvalError(f"{run_dir}: suite {suite.name!r} would decode differently than its samples were made "
+                            f"({', '.join(diff)} changed); rescoring would mislabel them. Run `harness eval` without --rescore.")
+        rows = records.read_samples(run_dir, suite.name)
+        new = generation.rescore_entry(entry, rows, suite, cfg.eval.bootstrap_samples, cfg.eval.seed)
+        records.update_eval(run_dir, {suite.name: new}, versions())
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in new["metrics"].items())
+        _say(progress, f"{suite.name} rescored from {len(rows)} samples: {shown}")
+        done += 1
+    if not done:
+        raise EvalError(f"{run_dir}: eval={cfg.eval.name} has no generation suites to rescore")
+    return run_dir / "eval.json"
+
+
 def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
     """Evaluate the untrained base model into a new run directory runs/<model>-base/<run_id>/."""
     import torch
@@ -321,6 +356,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--docs", type=int, default=0, help="--crosscheck: first N wikitext documents (0 = all 62)")
     p.add_argument("--max-length", type=int, default=1024, help="--crosscheck: window length (default 1024)")
     p.add_argument("--batch-size", type=int, default=4, help="--crosscheck: windows per forward pass")
+    p.add_argument("--rescore", action="store_true",
+                   help="RUN_DIR: recompute the generation suites' metrics from their saved samples with the "
+                        "eval config's metric lists (e.g. after adding a metric); no model is loaded")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
 
 
@@ -353,7 +391,11 @@ def run(args: argparse.Namespace) -> int:
                   f"lm-eval {res['lm_eval']['word_perplexity']:.4f}, max relative difference {worst:.2e} "
                   f"({'OK' if worst <= 1e-3 else 'MISMATCH'} at 0.1%)")
             return 0 if worst <= 1e-3 else 1
-        if run_dir is not None:
+        if args.rescore:
+            if run_dir is None:
+                raise EvalError("--rescore needs a run directory: harness eval RUN_DIR --rescore [eval=...]")
+            out = rescore_run_dir(run_dir, overrides, progress)
+        elif run_dir is not None:
             out = evaluate_run_dir(run_dir, overrides, progress)
         else:
             if not any(o.split("=", 1)[0].lstrip("+") == "model" for o in overrides):

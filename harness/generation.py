@@ -322,6 +322,27 @@ def run_generation_suite(
     }
 
 
+def rescore_entry(entry: dict, rows: list[dict], suite: GenerationSuite, bootstrap_samples: int, seed: int) -> dict:
+    """A generation suite's eval.json entry with its corpus metrics recomputed from the saved samples
+    (each row's prediction and references) under suite.metrics: a metric added to a suite scores
+    finished runs without decoding again. The entry's config_hash becomes that of `suite`, as a fresh
+    evaluation with it would record; the caller checks that the decoding settings are unchanged."""
+    metrics.check_metric_names(suite.metrics)
+    if not rows or len(rows) != entry.get("n"):
+        raise GenerationError(f"suite {suite.name}: {len(rows)} saved samples for n={entry.get('n')} in eval.json; "
+                              "the samples file is missing or incomplete, so the suite must be run again")
+    predictions = [str(r.get("prediction", "")) for r in rows]
+    references = [[str(x) for x in r.get("references") or []] for r in rows]
+    report = metrics.compute(suite.metrics, predictions, references, bootstrap_samples, seed)
+    return {**entry, "metrics": report.metrics, "ci95": report.ci95, "signatures": report.signatures,
+            "config_hash": suite_config_hash(suite), "rescored_from_samples": True}
+
+
+def decoding_fields(suite: GenerationSuite) -> dict:
+    """What decides a suite's outputs: everything but the metrics and the batch size."""
+    return {k: v for k, v in dataclasses.asdict(suite).items() if k not in ("metrics", "batch_size")}
+
+
 def _position_limit(model) -> int:
     """The model's maximum positions, from its config (peft and quantized wrappers included)."""
     conf = getattr(model, "config", None)

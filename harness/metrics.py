@@ -13,7 +13,9 @@ reference lengths (all taken from sacrebleu itself), and (value, 1) pairs for me
 means of per-item values (ROUGE, exact match). A bootstrap resample then only re-sums rows, so
 1000 resamples of 630 items cost milliseconds, not 1000 corpus re-scorings.
 
-Scales: BLEU, chrF and TER 0-100 (sacrebleu's); ROUGE and exact match 0-1.
+Scales: BLEU, chrF and TER 0-100 (sacrebleu's); ROUGE and exact match 0-1. NIST, METEOR and CIDEr
+(the E2E challenge's other metrics) live in harness/nlgmetrics.py: METEOR runs a Java program, and
+NIST's and METEOR's corpus scores do not decompose per item, so those two get no bootstrap interval.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ class CorpusStats:
     stats: np.ndarray  # (n_items, k) float64
     aggregate: Callable[[np.ndarray], float]
     signature: str = ""
+    resample: bool = True  # False: a corpus score with no per-item decomposition (no bootstrap interval)
 
     def score(self) -> float:
         return float(self.aggregate(self.stats.sum(axis=0)))
@@ -334,6 +337,27 @@ def _final_number(predictions: Sequence[str], references: References) -> dict[st
     return {"final_number": _mean_stats(final_number_items(predictions, references))}
 
 
+@register_metric("nist")
+def _nist(predictions: Sequence[str], references: References) -> dict[str, CorpusStats]:
+    from harness import nlgmetrics
+
+    return {"nist": nlgmetrics.nist_stats(predictions, references)}
+
+
+@register_metric("meteor")
+def _meteor(predictions: Sequence[str], references: References) -> dict[str, CorpusStats]:
+    from harness import nlgmetrics
+
+    return {"meteor": nlgmetrics.meteor_stats(predictions, references)}
+
+
+@register_metric("cider")
+def _cider(predictions: Sequence[str], references: References) -> dict[str, CorpusStats]:
+    from harness import nlgmetrics
+
+    return {"cider": nlgmetrics.cider_stats(predictions, references)}
+
+
 def check_metric_names(names: Sequence[str]) -> None:
     """Raise MetricError naming every unknown metric, with a "Did you mean ...?" where one is close."""
     errors = []
@@ -368,7 +392,7 @@ def compute(
     for name in dict.fromkeys(names):  # de-duplicated, order kept
         for out, stats in METRICS[name](predictions, references).items():
             report.metrics[out] = stats.score()
-            if bootstrap_samples > 0:
+            if bootstrap_samples > 0 and stats.resample:
                 report.ci95[out] = list(bootstrap_ci(stats, bootstrap_samples, seed))
             if stats.signature:
                 report.signatures[out] = stats.signature

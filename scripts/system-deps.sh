@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Installs and starts what the browser and PostgreSQL tests need: Debian's chromium and a local
-# PostgreSQL server on 127.0.0.1. Used by `make test` (and so by .ci/run). Without root it only
+# Installs and starts what the browser, PostgreSQL and METEOR tests need: Debian's chromium, a local
+# PostgreSQL server on 127.0.0.1 and a Java runtime. Used by `make test` (and so by .ci/run). Without root it only
 # says what is missing; the tests that need it are then skipped with a visible reason.
 set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)  # METEOR 1.5 (harness/nlgmetrics.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "system-deps: installing ${need[*]}"

@@ -167,3 +167,25 @@ def test_harness_eval_errors_name_the_fix(tmp_path, capsys):
     (run_dir / "summary.json").unlink()
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 2
     assert "neither adapter/adapter_config.json nor model/config.json" in capsys.readouterr().err
+
+
+def test_rescore_adds_metrics_from_saved_samples_without_decoding(tmp_path, capsys):
+    gen = ["eval=e2e", "eval.generation.0.limit=3", "eval.generation.0.max_new_tokens=4", "eval.generation.0.batch_size=3"]
+    run_dir = _baseline_run_dir(tmp_path, *gen, "eval.generation.0.metrics=[bleu]")
+    assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
+    before = records.read_eval(run_dir)["suites"]["e2e"]
+    samples = (run_dir / before["samples"]).read_text()
+    assert set(before["metrics"]) == {"bleu"}
+
+    assert cli.main(["eval", str(run_dir), "--rescore", *gen, "eval.generation.0.metrics=[bleu,nist,cider]", "--quiet"]) == 0
+    after = records.read_eval(run_dir)["suites"]["e2e"]
+    assert set(after["metrics"]) == {"bleu", "nist", "cider"} and after["rescored_from_samples"]
+    assert after["metrics"]["bleu"] == before["metrics"]["bleu"]  # same predictions, same score
+    assert (run_dir / before["samples"]).read_text() == samples  # nothing was generated again
+    assert after["config_hash"] != before["config_hash"] and after["n"] == before["n"] == 3
+
+    # other decoding settings would make the saved predictions the wrong ones: refused
+    capsys.readouterr()
+    assert cli.main(["eval", str(run_dir), "--rescore", "eval=e2e", "eval.generation.0.limit=3",
+                     "eval.generation.0.max_new_tokens=9", "--quiet"]) == 2
+    assert "max_new_tokens" in capsys.readouterr().err

@@ -219,3 +219,51 @@ def test_compute_report():
 def test_bad_inputs_raise_clear_errors(preds, refs, match):
     with pytest.raises(mt.MetricError, match=match):
         mt.compute(["bleu"], preds, refs)
+
+
+# ------------------------------------------------------------- NIST, METEOR, CIDEr (harness/nlgmetrics.py)
+E2E_PREDS = ["The Eagle is a cheap coffee shop near Burger King.", "Zizzi serves French food in the city centre."]
+E2E_REFS = [["The Eagle is a low-priced coffee shop near Burger King.",
+             "Near Burger King there is a cheap coffee shop called The Eagle."],
+            ["Zizzi is a French restaurant in the city centre."]]
+
+
+def test_nist_against_nltk_on_tokenized_text():
+    from nltk.translate.nist_score import corpus_nist
+
+    from harness import nlgmetrics
+
+    got = mt.compute(["nist"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
+    expected = corpus_nist([[nlgmetrics.tokenize(r).split() for r in rs] for rs in E2E_REFS],
+                           [nlgmetrics.tokenize(p).split() for p in E2E_PREDS], n=5)
+    assert got.metrics["nist"] == pytest.approx(expected) and got.metrics["nist"] > 0
+    assert "nist" not in got.ci95  # corpus-wide information weights: no per-item bootstrap
+    assert nlgmetrics.tokenize("The Eagle, near Burger-King.") == "the eagle , near burger-king ."
+    worse = mt.compute(["nist"], ["Food.", "Shop."], E2E_REFS, bootstrap_samples=0).metrics["nist"]
+    assert worse < got.metrics["nist"]
+
+
+def test_cider_is_a_mean_of_item_scores_with_an_interval():
+    exact = mt.compute(["cider"], [rs[0] for rs in E2E_REFS], [[rs[0]] for rs in E2E_REFS], bootstrap_samples=0)
+    assert exact.metrics["cider"] == pytest.approx(10.0)  # CIDEr-D's x10 scale: identical text scores 10
+    got = mt.compute(["cider"], E2E_PREDS, E2E_REFS, bootstrap_samples=200)
+    assert 0 < got.metrics["cider"] < 10
+    lo, hi = got.ci95["cider"]
+    assert lo <= got.metrics["cider"] <= hi
+
+
+@pytest.mark.slow  # starts the METEOR 1.5 jar in Java: ~5-20 s
+def test_meteor_runs_the_jar_and_orders_predictions():
+    perfect = mt.compute(["meteor"], [rs[0] for rs in E2E_REFS], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
+    good = mt.compute(["meteor"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
+    bad = mt.compute(["meteor"], ["Food.", ""], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
+    assert perfect == pytest.approx(1.0, abs=1e-6) and bad < good.metrics["meteor"] < perfect
+    assert "meteor" not in good.ci95
+
+
+def test_meteor_without_java_says_what_to_install(monkeypatch):
+    from harness import nlgmetrics
+
+    monkeypatch.setattr(nlgmetrics.shutil, "which", lambda name: None)
+    with pytest.raises(mt.MetricError, match="default-jre-headless"):
+        mt.compute(["meteor"], E2E_PREDS, E2E_REFS)

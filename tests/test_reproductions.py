@@ -54,3 +54,34 @@ def test_quantized_base_evaluation_on_tiny_model(tmp_path):
     assert set(rows) == {"base", "base-nf4-dq"}
     assert rows["base-nf4-dq"]["model_bytes"] < rows["base"]["model_bytes"]
     assert rows["base-nf4-dq"]["perplexity"] != rows["base"]["perplexity"]  # 4-bit weights change the outputs
+
+
+def _run(args, tmp_path, timeout=900):
+    r = subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r.stdout
+
+
+def test_lora_e2e_recipe_runs_and_reports_beside_the_paper(tmp_path):
+    """The README's E2E command pair on the tiny model: two training steps, beam 2 on three MRs."""
+    runs, storage, out = tmp_path / "runs", f"sqlite:///{tmp_path / 'e2e.db'}", tmp_path / "reports"
+    _run(["sweep", "sweeps/reproduce-lora-e2e.yaml", "model=tiny-llama", "train.max_steps=2", "train.warmup_steps=0",
+          "train.eval_every=1", "eval.generation.0.limit=3", "eval.generation.0.num_beams=2",
+          "eval.generation.0.max_new_tokens=8", "--runs-root", str(runs), "--storage", storage], tmp_path)
+    stdout = _run(["report", "reproduce-lora-e2e", "--runs-root", str(runs), "--storage", storage, "--out", str(out)],
+                  tmp_path)
+    md = (out / "reproduce-lora-e2e" / "report.md").read_text()
+    assert str(out / "reproduce-lora-e2e") in stdout
+    assert "Hu et al. 2021" in md and "70.4" in md  # the paper's numbers beside ours
+    assert "e2e.bleu" in md and "lora" in md and "full" in md
+
+
+def test_smollm2_zeroshot_recipe_runs_and_reports_beside_the_references(tmp_path):
+    """The zero-shot recipe on the tiny model with three items per task; the report shows the references."""
+    runs, out = tmp_path / "runs", tmp_path / "reports"
+    _run(["eval", "experiment=reproduce-smollm2-zeroshot", "model=tiny-llama", "data=alpaca-tiny",
+          "eval.lm_eval.limit=3", "eval.perplexity.0.max_tokens=200", "tracker=none", f"output_dir={runs}"], tmp_path)
+    stdout = _run(["report", "reproduce-smollm2-zeroshot", "--runs-root", str(runs), "--out", str(out)], tmp_path)
+    md = (out / "reproduce-smollm2-zeroshot" / "report.md").read_text()
+    assert str(out / "reproduce-smollm2-zeroshot") in stdout
+    assert "hellaswag.acc_norm" in md and "independent lm-eval 0-shot run" in md
