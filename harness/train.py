@@ -173,7 +173,10 @@ def make_trainer(label_smoothing: float, **kwargs):
                                             num_items_in_batch=num_items_in_batch)
             if not self.model_accepts_loss_kwargs:
                 num_items_in_batch = None  # the Trainer then divides by the accumulation steps itself
-            loss, outputs = target_only_loss(model, inputs, num_items_in_batch, label_smoothing)
+            # label smoothing regularises training only: validation loss stays the plain cross-entropy, so
+            # runs with and without smoothing compare (and agree with the `val` evaluation suite)
+            smoothing = label_smoothing if model.training else 0.0
+            loss, outputs = target_only_loss(model, inputs, num_items_in_batch, smoothing)
             return (loss, outputs) if return_outputs else loss
 
     return TargetOnlyTrainer(**kwargs)

@@ -296,3 +296,18 @@ def test_bf16_on_an_emulating_cpu_uses_the_fast_backward(tiny_overrides, monkeyp
     assert status == "completed", records.read_summary(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["bf16_fast_backward_layers"] > 0
+
+
+def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overrides):
+    """Label smoothing changes training, not the validation number: the same model state gives the same
+    val_loss with and without it (one step at lr 1e-12 leaves the model as it was)."""
+    vals = []
+    for smoothing in ("0.0", "0.3"):
+        ov = tiny_overrides + ["method=lora", "train.max_steps=1", "train.lr=1e-12", f"train.label_smoothing={smoothing}",
+                               f"run_id=ls{smoothing}"]
+        status, run_dir = _run(ov)
+        assert status == "completed"
+        s = records.read_summary(run_dir)
+        vals.append((s["final_val_loss"], s["final_train_loss"]))
+    assert vals[0][0] == pytest.approx(vals[1][0], rel=1e-5)  # validation: identical
+    assert vals[1][1] > vals[0][1]  # training loss: smoothing adds its term
