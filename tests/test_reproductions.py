@@ -67,7 +67,8 @@ def test_lora_e2e_recipe_runs_and_reports_beside_the_paper(tmp_path):
     runs, storage, out = tmp_path / "runs", f"sqlite:///{tmp_path / 'e2e.db'}", tmp_path / "reports"
     _run(["sweep", "sweeps/reproduce-lora-e2e.yaml", "model=tiny-llama", "train.max_steps=2", "train.warmup_steps=0",
           "train.eval_every=1", "eval.generation.0.limit=3", "eval.generation.0.num_beams=2",
-          "eval.generation.0.max_new_tokens=8", "--runs-root", str(runs), "--storage", storage], tmp_path)
+          "eval.generation.0.max_new_tokens=8", "eval.generation.0.metrics=[bleu,nist,cider,rouge]",  # METEOR: its own slow test
+          "--runs-root", str(runs), "--storage", storage], tmp_path)
     stdout = _run(["report", "reproduce-lora-e2e", "--runs-root", str(runs), "--storage", storage, "--out", str(out)],
                   tmp_path)
     md = (out / "reproduce-lora-e2e" / "report.md").read_text()
