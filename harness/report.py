@@ -481,10 +481,10 @@ def reference_rows(refs: list[dict], configs: list[Config], best: Config | None)
     for ref in refs:
         metric = str(ref.get("metric", ""))
         target = best
-        if ref.get("_axes"):
-            target = next((c for c in configs if c.axes == ref["_axes"] and not c.baseline), best)
-        elif isinstance(ref.get("axes"), dict):
+        if isinstance(ref.get("axes"), dict):  # the reference names the configuration it describes
             target = next((c for c in configs if all(c.axes.get(k) == v for k, v in ref["axes"].items())), None)
+        elif ref.get("_axes"):
+            target = next((c for c in configs if c.axes == ref["_axes"] and not c.baseline), best)
         cell = (target.cells.get(metric) if target else None) or {}
         value, tol, measured = _num(ref.get("value")), ref.get("tolerance"), cell.get("mean", math.nan)
         if not math.isfinite(measured):

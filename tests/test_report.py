@@ -257,3 +257,17 @@ def test_minimal_records_without_eval_or_samples(tmp_path):
     assert res["comparisons"] == []
     md = (out / "report.md").read_text()
     assert "unreadable" in md and "corrupt" in md  # a broken record is listed, not skipped
+
+
+def test_a_reference_naming_its_configuration_is_compared_with_that_one():
+    """Every run of a sweep carries all the spec's references; a reference with `axes` (the paper's LoRA row,
+    its full fine-tuning row) is set beside the configuration it describes, not the run that carried it."""
+    from harness import report
+
+    lora = report.Config("a", {"method": "lora"}, [], False, "lora", {"e2e.bleu": {"mean": 45.0}})
+    full = report.Config("b", {"method": "full"}, [], False, "full", {"e2e.bleu": {"mean": 50.0}})
+    refs = [{"metric": "e2e.bleu", "value": 70.4, "axes": {"method": "lora"}, "_axes": {"method": "full"}},
+            {"metric": "e2e.bleu", "value": 68.2, "axes": {"method": "full"}, "_axes": {"method": "lora"}},
+            {"metric": "e2e.bleu", "value": 60.0, "_axes": {"method": "full"}}]
+    rows = report.reference_rows(refs, [lora, full], best=lora)
+    assert [(r["config"], r["measured"]) for r in rows] == [("lora", 45.0), ("full", 50.0), ("full", 50.0)]
