@@ -398,9 +398,9 @@ def run(args: argparse.Namespace) -> int:
         elif run_dir is not None:
             out = evaluate_run_dir(run_dir, overrides, progress)
         else:
-            if not any(o.split("=", 1)[0].lstrip("+") == "model" for o in overrides):
-                raise EvalError("give a run directory, or model=NAME to evaluate a base model "
-                                "(e.g. harness eval model=smollm2-135m eval=quick)")
+            if not any(o.split("=", 1)[0].lstrip("+") in ("model", "experiment") for o in overrides):
+                raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "
+                                "evaluate a base model (e.g. harness eval model=smollm2-135m eval=quick)")
             out = evaluate_base(overrides, progress)
     except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
         print(f"harness eval: {exc}", file=sys.stderr)

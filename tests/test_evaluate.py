@@ -189,3 +189,13 @@ def test_rescore_adds_metrics_from_saved_samples_without_decoding(tmp_path, caps
     assert cli.main(["eval", str(run_dir), "--rescore", "eval=e2e", "eval.generation.0.limit=3",
                      "eval.generation.0.max_new_tokens=9", "--quiet"]) == 2
     assert "max_new_tokens" in capsys.readouterr().err
+
+
+def test_an_experiment_that_sets_the_model_needs_no_model_override(monkeypatch, tmp_path):
+    """`harness eval experiment=reproduce-smollm2-zeroshot` (the README's command) reaches the base-model
+    evaluation; with neither model= nor experiment= the CLI says what to give."""
+    seen = []
+    monkeypatch.setattr(evaluate, "evaluate_base", lambda overrides, progress=True: seen.append(overrides) or tmp_path)
+    assert cli.main(["eval", "experiment=reproduce-smollm2-zeroshot", "eval.lm_eval.limit=5"]) == 0
+    assert seen == [["experiment=reproduce-smollm2-zeroshot", "eval.lm_eval.limit=5"]]
+    assert cli.main(["eval", "eval=quick"]) == 2
