@@ -7,6 +7,7 @@ multi-reference rules, exact match, final-number extraction, bootstrap intervals
 from __future__ import annotations
 
 import math
+import shutil
 import time
 
 import numpy as np
@@ -253,6 +254,8 @@ def test_cider_is_a_mean_of_item_scores_with_an_interval():
 
 
 @pytest.mark.slow  # starts the METEOR 1.5 jar in Java: ~5-20 s
+@pytest.mark.skipif(shutil.which("java") is None,
+                    reason="no java on PATH: scripts/system-deps.sh installs default-jre-headless (as root)")
 def test_meteor_runs_the_jar_and_orders_predictions():
     perfect = mt.compute(["meteor"], [rs[0] for rs in E2E_REFS], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
     good = mt.compute(["meteor"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
