@@ -3,8 +3,9 @@
     python -m benchmarks.run --only matmul
 
 Best of several torch.matmul calls on large square matrices (2·n³ FLOP each) in a child process, for
-three operand layouts (a @ b; a @ bᵀ with b stored transposed; F.linear, which nn.Linear uses: on
-CPUs without native bf16 the plain a @ b bf16 kernel can be 10x slower than the others),
+the four operand layouts training uses (a @ b, as autograd's input gradient; aᵀ @ b, as its weight
+gradient; a @ bᵀ with b stored transposed; F.linear, as nn.Linear's forward): on CPUs without native
+bf16 they differ up to tenfold, and the peak is the best of them,
 so model-utilisation numbers (benchmarks/training.py) divide by what this machine really did, not by
 a data-sheet figure.
 """
@@ -21,7 +22,7 @@ def matmul_flops(n: int) -> float:
     return 2.0 * n ** 3
 
 
-LAYOUTS = ("nn", "nt", "linear")  # a @ b, a @ bᵀ (b stored transposed), F.linear(a, b) as nn.Linear calls it
+LAYOUTS = ("nn", "tn", "nt", "linear")  # a @ b, aᵀ @ b (a stored transposed), a @ bᵀ (b stored transposed), F.linear
 
 
 def measure(dtype: str, n: int, reps: int, min_seconds: float = 0.5) -> dict:
@@ -33,8 +34,9 @@ def measure(dtype: str, n: int, reps: int, min_seconds: float = 0.5) -> dict:
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     torch.manual_seed(0)
     a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    bt = b.t().contiguous()
-    ops = {"nn": lambda: torch.matmul(a, b), "nt": lambda: torch.matmul(a, bt.t()), "linear": lambda: F.linear(a, bt)}
+    at, bt = a.t().contiguous(), b.t().contiguous()
+    ops = {"nn": lambda: torch.matmul(a, b), "tn": lambda: torch.matmul(at.t(), b),
+           "nt": lambda: torch.matmul(a, bt.t()), "linear": lambda: F.linear(a, bt)}
     layouts = {}
     for name, op in ops.items():
         op()  # warm-up (library initialisation, page faults)
@@ -74,6 +76,6 @@ def run(opts: common.Options) -> dict:
         notes.append(f"bf16 / fp32 matmul peak on this machine: {by['bf16'] / by['fp32']:.2f}x "
                      "(CPUs without native bf16 instructions emulate it; then bf16 autocast is not a speed-up).")
     return common.section("matmul", "Peak matmul throughput (the machine's limit)", rows,
-                          columns=["dtype", "n", "reps", "peak_gflops", "median_gflops", "best_layout", "nn_gflops", "nt_gflops",
-                                   "linear_gflops", "threads"], notes=notes,
+                          columns=["dtype", "n", "reps", "peak_gflops", "median_gflops", "best_layout", "nn_gflops", "tn_gflops",
+                                   "nt_gflops", "linear_gflops", "threads"], notes=notes,
                           params={"n": n, "reps": reps})

