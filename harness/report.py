@@ -483,8 +483,9 @@ def reference_rows(refs: list[dict], configs: list[Config], best: Config | None)
         target = best
         if isinstance(ref.get("axes"), dict):  # the reference names the configuration it describes
             target = next((c for c in configs if all(c.axes.get(k) == v for k, v in ref["axes"].items())), None)
-        elif ref.get("_axes"):
-            target = next((c for c in configs if c.axes == ref["_axes"] and not c.baseline), best)
+        elif ref.get("_axes"):  # the run that carried it: its trained configuration, else its base-model one
+            same = [c for c in configs if c.axes == ref["_axes"]]
+            target = next((c for c in same if not c.baseline), same[0] if same else best)
         cell = (target.cells.get(metric) if target else None) or {}
         value, tol, measured = _num(ref.get("value")), ref.get("tolerance"), cell.get("mean", math.nan)
         if not math.isfinite(measured):

@@ -87,3 +87,6 @@ def test_smollm2_zeroshot_recipe_runs_and_reports_beside_the_references(tmp_path
     md = (out / "reproduce-smollm2-zeroshot" / "report.md").read_text()
     assert str(out / "reproduce-smollm2-zeroshot") in stdout
     assert "hellaswag.acc_norm" in md and "independent lm-eval 0-shot run" in md
+    # the base-model run is the configuration the references describe: measured, not "not measured"
+    rows = [line for line in md.splitlines() if line.startswith("| hellaswag.acc_norm |")]
+    assert rows and all("not measured" not in r and "| nan |" not in r for r in rows), rows
