@@ -461,19 +461,24 @@ def load_optuna(storage: str, study: str) -> tuple[dict | None, str]:
 
 
 def gather_references(runs: list[Run], extra_files: list[Path]) -> list[dict]:
+    """Published numbers from references files (--references, inputs) and from the runs' config.yaml. A
+    number a file gives (same metric and value) replaces the config's copy: the file is the newer word,
+    e.g. one that adds `axes` to references older runs carry without them."""
+    from_files = []
+    for f in extra_files:
+        data = atomic.read_json(f)
+        for ref in data if isinstance(data, list) else data.get("references", []):
+            from_files.append({**ref, "_from": str(f)})
+    given = {(str(r.get("metric")), _num(r.get("value"))) for r in from_files}
     refs, seen = [], set()
     for r in runs:
         for ref in r.config.get("references") or []:
             if isinstance(ref, dict):
                 k = json.dumps(ref, sort_keys=True, default=str)
-                if k not in seen:
+                if k not in seen and (str(ref.get("metric")), _num(ref.get("value"))) not in given:
                     seen.add(k)
                     refs.append({**ref, "_from": "config.yaml", "_axes": r.axes})
-    for f in extra_files:
-        data = atomic.read_json(f)
-        for ref in data if isinstance(data, list) else data.get("references", []):
-            refs.append({**ref, "_from": str(f)})
-    return refs
+    return refs + from_files
 
 
 def reference_rows(refs: list[dict], configs: list[Config], best: Config | None) -> list[dict]:

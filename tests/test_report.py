@@ -271,3 +271,15 @@ def test_a_reference_naming_its_configuration_is_compared_with_that_one():
             {"metric": "e2e.bleu", "value": 60.0, "_axes": {"method": "full"}}]
     rows = report.reference_rows(refs, [lora, full], best=lora)
     assert [(r["config"], r["measured"]) for r in rows] == [("lora", 45.0), ("full", 50.0), ("full", 50.0)]
+
+
+def test_a_references_file_replaces_the_configs_copy_of_the_same_number(tmp_path):
+    from harness import report
+
+    run = report.Run(path=tmp_path, summary={"axes": {"method": "lora"}}, metrics={}, eval={}, manifest={},
+                     config={"references": [{"metric": "e2e.bleu", "value": 68.2}, {"metric": "e2e.rougeL", "value": 0.71}]})
+    f = tmp_path / "references.json"
+    f.write_text(json.dumps({"references": [{"metric": "e2e.bleu", "value": 68.2, "axes": {"method": "full"}}]}))
+    refs = report.gather_references([run], [f])
+    assert [(r["metric"], r.get("axes"), r["_from"]) for r in refs] == [
+        ("e2e.rougeL", None, "config.yaml"), ("e2e.bleu", {"method": "full"}, str(f))]
