@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The stand-in trainer: same overrides, same run record, behaviour chosen by `notes=`:
 #   ok | crash (exit 1 with a failed summary) | kill (SIGKILL itself, like the OOM killer) | sleep:S
+#   | sleepfirst:S (sleep only when not resuming: room to interrupt it even on a loaded machine)
 #   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through harness.pruning, exit 3 when told to)
 FAKE_TRAIN = textwrap.dedent('''
     import os, signal, sys, time
@@ -45,7 +46,9 @@ FAKE_TRAIN = textwrap.dedent('''
     prior = records.read_summary(run_dir) or {}
     atomic.write_json(run_dir / "summary.json", {**base, "status": "running", "resumed": bool(prior)})
     print("fake training", mode, flush=True)
-    if mode.startswith("sleep"):
+    if mode.startswith("sleep:"):
+        time.sleep(float(mode.split(":")[1]))
+    if mode.startswith("sleepfirst:") and not prior:  # a long first attempt to interrupt; a resume is quick
         time.sleep(float(mode.split(":")[1]))
     if mode == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -249,7 +252,7 @@ def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
 
 
 def test_worker_killed_mid_trial_then_resume_completes_each_cell_once(tmp_path, fake_env):
-    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:4", "ok"]}, seeds=[0, 1])
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleepfirst:15", "ok"]}, seeds=[0, 1])
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
@@ -319,7 +322,7 @@ def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
 
 
 def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, fake_env):
-    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:5", "ok"]}, max_retries=0)
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleepfirst:60", "ok"]}, max_retries=0)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     deadline = time.time() + 60
