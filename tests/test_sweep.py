@@ -323,8 +323,11 @@ def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
 
 def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleepfirst:60", "ok"]}, max_retries=0)
+    # a terminal's foreground job has SIGINT at its default; a test run started in the background of a
+    # non-interactive shell (nohup ... &) inherits it ignored, and Python then keeps ignoring it
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "runs").glob("t/*/summary.json")):
         time.sleep(0.2)
