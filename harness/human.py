@@ -89,18 +89,24 @@ def load_run_samples(run_dirs: list[str], suite: str) -> list[dict]:
     return runs
 
 
-def _jsonl_objects(path: Path, problems: list[str]):
-    """(line number, object) for each JSON object line of path; other lines go to problems with their number."""
+def _jsonl_lines(path: Path):
+    """(line number, object or the reason the line is not one) for each non-blank line of a JSONL file."""
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            problems.append(f"{path}:{n}: not JSON ({e.msg})")
+            yield n, f"not JSON ({e.msg})"
             continue
-        if not isinstance(row, dict):
-            problems.append(f"{path}:{n}: not a JSON object")
+        yield n, row if isinstance(row, dict) else "not a JSON object"
+
+
+def _jsonl_objects(path: Path, problems: list[str]):
+    """(line number, object) for each JSON object line of path; other lines go to problems with their number."""
+    for n, row in _jsonl_lines(path):
+        if isinstance(row, str):
+            problems.append(f"{path}:{n}: {row}")
             continue
         yield n, row
 
@@ -285,18 +291,8 @@ def _read_sheet(path: Path, mode: str, criteria: list[str]):
                     continue
                 yield f"row {n}", {k: row.get(k) for k in ["id", *wanted, "comment"]}
     elif suffix.endswith(".jsonl"):
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield f"line {n}", f"not JSON ({e.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield f"line {n}", "not a JSON object"
-                continue
-            yield f"line {n}", {k: row.get(k) for k in ["id", *wanted, "comment"]}
+        for n, row in _jsonl_lines(path):
+            yield f"line {n}", row if isinstance(row, str) else {k: row.get(k) for k in ["id", *wanted, "comment"]}
     elif suffix.endswith(".json"):
         try:
             tasks = json.loads(path.read_text(encoding="utf-8"))
