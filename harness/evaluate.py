@@ -258,8 +258,10 @@ def rescore_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = 
             raise EvalError(f"{run_dir}: no generation results for suite {suite.name!r} in eval.json to rescore; "
                             "run `harness eval` without --rescore")
         before = generated_with.get(suite.name)
-        if before is not None and generation.decoding_fields(before) != generation.decoding_fields(suite):
-            diff = sorted(k for k, v in generation.decoding_fields(suite).items() if generation.decoding_fields(before).get(k) != v)
+        old_fields = generation.decoding_fields(before) if before is not None else None
+        new_fields = generation.decoding_fields(suite)
+        if old_fields is not None and old_fields != new_fields:
+            diff = sorted(k for k, v in new_fields.items() if old_fields.get(k) != v)
             raise EvalError(f"{run_dir}: suite {suite.name!r} would decode differently than its samples were made "
                             f"({', '.join(diff)} changed); rescoring would mislabel them. Run `harness eval` without --rescore.")
         rows = records.read_samples(run_dir, suite.name)

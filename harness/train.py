@@ -166,9 +166,11 @@ def make_trainer(label_smoothing: float, **kwargs):
     supports it; the stock loss otherwise."""
     from transformers import Trainer
 
+    target_only = supports_logits_to_keep(kwargs["model"])  # once, not every step
+
     class TargetOnlyTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if "labels" not in inputs or not supports_logits_to_keep(model):
+            if "labels" not in inputs or not target_only:
                 return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                             num_items_in_batch=num_items_in_batch)
             if not self.model_accepts_loss_kwargs:
