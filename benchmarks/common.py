@@ -155,10 +155,10 @@ def machine() -> dict:
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:  # pragma: no cover
         pass
-    from harness import records
+    from harness.run.environment import git_info, package_versions
 
-    info["packages"] = records.package_versions()
-    info["git"] = records.git_info()
+    info["packages"] = package_versions()
+    info["git"] = git_info()
     return info
 
 

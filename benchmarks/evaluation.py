@@ -24,22 +24,23 @@ from benchmarks import common
 
 
 def _load(model: str):
-    from harness import config, models
+    from harness import config
+    from harness.model.load import load_model_and_tokenizer
 
     cfg = config.compose([f"model={model}", "tracker=none"])
-    net, tok = models.load_model_and_tokenizer(cfg.model)
+    net, tok = load_model_and_tokenizer(cfg.model)
     net.eval()
     return cfg, net, tok
 
 
 # ------------------------------------------------------------------------------- perplexity
 def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, reps: int) -> dict:
-    from harness import lmeval
+    from harness.eval.lm_eval import crosscheck_wikitext
 
     cfg, net, tok = _load(model)
     runs = []
     for _ in range(reps):
-        r = common.call(lmeval.crosscheck_wikitext, net, tok, max_length=max_length, batch_size=batch_size, limit=docs,
+        r = common.call(crosscheck_wikitext, net, tok, max_length=max_length, batch_size=batch_size, limit=docs,
                                        model_cfg=cfg.model, progress=False)
         runs.append(r)
     last = runs[-1]
@@ -49,7 +50,7 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
 
 
 def perplexity_section(opts: common.Options) -> dict:
-    missing = common.missing_modules("harness.perplexity", "harness.lmeval")
+    missing = common.missing_modules("harness.eval.perplexity", "harness.eval.lm_eval")
     if missing:
         return {"eval": "perplexity", "error": f"not measured: {', '.join(missing)} missing"}
     r = common.run_child("evaluation", "child_perplexity",
@@ -69,25 +70,26 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from harness import lmeval, models
     from harness.config import LmEvalConfig
+    from harness.eval.lm_eval import run_tasks, short_name, task_manager, task_name
+    from harness.model.load import local_dir
 
     cfg, net, tok = _load(model)
     lm_cfg = LmEvalConfig(tasks=[task], limit=items, batch_size=batch_size)
     ours_s, theirs_s, ours_acc, theirs_acc = [], [], None, None
     t0 = time.perf_counter()
-    direct = HFLM(pretrained=str(models.local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device="cpu",
+    direct = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device="cpu",
                   **({"add_bos_token": True} if cfg.model.add_bos else {}))
     load_s = time.perf_counter() - t0
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    full = lmeval.task_name(task)
+    full = task_name(task)
     for _ in range(reps):
         t0 = time.perf_counter()
-        suites = common.call(lmeval.run_tasks, net, tok, lm_cfg, cfg.model, None, progress=False)
+        suites = common.call(run_tasks, net, tok, lm_cfg, cfg.model, None, progress=False)
         ours_s.append(time.perf_counter() - t0)
-        ours_acc = suites[lmeval.short_name(task)]["metrics"].get("acc")
+        ours_acc = suites[short_name(task)]["metrics"].get("acc")
         t0 = time.perf_counter()
-        out = simple_evaluate(model=direct, tasks=[full], limit=items, task_manager=lmeval.task_manager([task]),
+        out = simple_evaluate(model=direct, tasks=[full], limit=items, task_manager=task_manager([task]),
                               bootstrap_iters=0, verbosity="ERROR")
         theirs_s.append(time.perf_counter() - t0)
         theirs_acc = out["results"][full].get("acc,none")
@@ -96,7 +98,7 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
 
 
 def multiple_choice_section(opts: common.Options) -> dict:
-    missing = common.missing_modules("harness.lmeval")
+    missing = common.missing_modules("harness.eval.lm_eval")
     if missing:
         return {"eval": "multiple choice", "error": f"not measured: {', '.join(missing)} missing"}
     r = common.run_child("evaluation", "child_multiple_choice",
@@ -114,9 +116,10 @@ def multiple_choice_section(opts: common.Options) -> dict:
 def child_generation(model: str, data: str, prompts: int, batch_size: int, new_tokens: int, reps: int) -> dict:
     import torch
 
-    from harness import config, generation
+    from harness import config
     from harness.config import GenerationSuite
     from harness.data import load_eval_examples
+    from harness.eval.generation import encode_prompt, generate_batched, generated_length, stop_token_ids
 
     cfg, net, tok = _load(model)
     data_cfg = config.compose([f"data={data}"]).data
@@ -124,14 +127,14 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
     chat = bool(getattr(tok, "chat_template", None)) and data_cfg.use_chat_template
     texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) if chat else e.prompt
              for e in examples]
-    ids = [generation.encode_prompt(t, tok, cfg.model.add_bos) for t in texts]
-    eos = generation.stop_token_ids(net, tok, chat=chat)
+    ids = [encode_prompt(t, tok, cfg.model.add_bos) for t in texts]
+    eos = stop_token_ids(net, tok, chat=chat)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     suite = GenerationSuite(name="bench", data=data, batch_size=batch_size, max_new_tokens=new_tokens)
     batched_s, single_s, batched_tokens, single_tokens = [], [], 0, 0
     batched_out, single_out = [], []
     for _ in range(reps):
-        batched_out, counts, secs = common.call(generation.generate_batched, net, tok, ids, suite, eos_ids=eos, progress=False)
+        batched_out, counts, secs = common.call(generate_batched, net, tok, ids, suite, eos_ids=eos, progress=False)
         batched_s.append(secs)
         batched_tokens = sum(counts)
         single_out, n_tok = [], 0
@@ -143,7 +146,7 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
                                    do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=eos,
                                    pad_token_id=pad)
                 new = out[0, len(p):].tolist()
-                n = generation.generated_length(new, set(eos), pad)
+                n = generated_length(new, set(eos), pad)
                 n_tok += n
                 single_out.append(tok.decode(new[:n], skip_special_tokens=True).strip())
         single_s.append(time.perf_counter() - t0)
@@ -154,7 +157,7 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
 
 
 def generation_section(opts: common.Options) -> dict:
-    missing = common.missing_modules("harness.generation", "harness.data")
+    missing = common.missing_modules("harness.eval.generation", "harness.data")
     if missing:
         return {"eval": "generation", "error": f"not measured: {', '.join(missing)} missing"}
     r = common.run_child("evaluation", "child_generation",

@@ -93,27 +93,31 @@ def child_stages(model: str, data: str, max_length: int) -> dict:
 
     t["import_libraries_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    from harness import config, data as hdata, datacache, models, records, train  # noqa: F401
+    from harness import config, pipeline  # noqa: F401  (what a trial imports)
+    from harness import data as hdata
+    from harness.data.cache import prepare
+    from harness.model.load import identity, load_model_and_tokenizer, local_dir
+    from harness.run.environment import environment
 
     cfg = config.compose([f"model={model}", f"data={data}", "tracker=none", "eval=none"])
     t["compose_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    models.local_dir(cfg.model)
+    local_dir(cfg.model)
     t["model_cache_lookup_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    net, tok = models.load_model_and_tokenizer(cfg.model)
+    net, tok = load_model_and_tokenizer(cfg.model)
     t["model_load_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    models.identity(cfg.model)
+    identity(cfg.model)
     t["model_identity_hash_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    records.environment()
+    environment()
     t["environment_record_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     p = hdata.prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_uncached_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()  # what harness.train does: hit if an earlier process stored this preparation
-    p = datacache.prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
+    p = prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_s"] = time.perf_counter() - t0
     t["data_cache"] = p.stats["cache"]
     t["train_rows"] = len(p.train)

@@ -113,13 +113,14 @@ def config_order(methods, precisions) -> list[tuple[str, str]]:
 def write_long_rows(model: str, data: str, max_length: int, need: int, out_path: str) -> dict:
     """Child: rows of `data` whose rendered prompt+answer fills max_length (and whose prompt leaves at
     least a quarter of it to the answer, so every row has loss tokens), as an alpaca JSON list at out_path."""
-    from harness import atomic, config, models, paths
+    from harness import atomic, config, paths
     from harness import data as hdata
+    from harness.model.load import load_tokenizer, local_dir
 
     cfg = config.compose([f"model={model}", f"data={data}", "tracker=none"])
     if cfg.data.format != "alpaca":
         raise ValueError(f"data={data}: the training benchmark needs an alpaca-format data config (format={cfg.data.format})")
-    tok = models.load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model)
     raw = json.loads(paths.resolve_data_path(cfg.data.path).read_text(encoding="utf-8"))
     cfg.data.val_size = 0
     prepared = hdata.prepare(cfg.data, tok, max_length=10 ** 6, seed=0, packing=False, add_bos=cfg.model.add_bos)
@@ -135,7 +136,7 @@ def write_long_rows(model: str, data: str, max_length: int, need: int, out_path:
         raise ValueError(f"data={data}: no row is long enough to fill max_length={max_length}; lower --max-length")
     atomic.write_json(out_path, keep)
     return {"rows": len(keep), "of": len(raw), "enough": len(keep) >= need, "path": out_path,
-            "base_params": base_param_count(models.local_dir(cfg.model))}
+            "base_params": base_param_count(local_dir(cfg.model))}
 
 
 # ------------------------------------------------------------------------------------- children
@@ -153,16 +154,18 @@ def _overrides(model: str, method: str, precision: str, data: str, data_path: st
 def child_harness(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
                   batch_size: int, warmup: int, steps: int, workdir: str, packing: bool = False) -> dict:
     """Child: one harness training run; step times and tokens come from its own metrics.jsonl."""
-    from harness import config, records, train
+    from harness import config
+    from harness.pipeline import train_run
+    from harness.run.record import read_metrics, read_summary
 
     ov = _overrides(model, method, precision, data, data_path, max_length, batch_size, warmup + steps,
                     str(Path(workdir) / "runs"), packing)
     cfg = config.compose(ov)
-    status, run_dir = train.train(cfg, ov)
-    summary = records.read_summary(run_dir) or {}
+    status, run_dir = train_run(cfg, ov)
+    summary = read_summary(run_dir) or {}
     if status != "completed":
         raise RuntimeError(f"harness run {run_dir} ended {status}: {summary.get('reason')}")
-    times, tokens = steps_from_metrics(records.read_metrics(run_dir), warmup)
+    times, tokens = steps_from_metrics(read_metrics(run_dir), warmup)
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     return {**common.step_throughput(times, tokens), "step_times": times, "step_tokens": tokens,
             "trainable_params": summary.get("trainable_params"), "summary_tokens_per_s": summary.get("tokens_per_s"),
@@ -178,10 +181,11 @@ def _load_plain(model: str, method: str, precision: str, data: str):
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    from harness import config, models
+    from harness import config
+    from harness.model.load import local_dir
 
     cfg = config.compose([f"model={model}", f"method={method}", f"data={data}", "tracker=none"])
-    path = str(models.local_dir(cfg.model))
+    path = str(local_dir(cfg.model))
     compute = torch.bfloat16 if precision == "bf16" else torch.float32
     kwargs: dict = {"dtype": torch.float32}
     if cfg.method.quant in ("nf4", "fp4"):
@@ -207,7 +211,7 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
     import torch
 
     from harness import data as hdata
-    from harness import models
+    from harness.model.load import load_tokenizer
 
     torch.manual_seed(seed)
     cfg, net, lora = _load_plain(model, method, precision, data)
@@ -219,7 +223,7 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
         from peft import get_peft_model
 
         net = get_peft_model(net, lora)
-    tok = models.load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model)
     cfg.data.path, cfg.data.val_size = data_path or cfg.data.path, 0
     rows = hdata.prepare(cfg.data, tok, max_length=max_length, seed=seed, packing=False, add_bos=cfg.model.add_bos).train
     params = [p for p in net.parameters() if p.requires_grad]
@@ -269,10 +273,11 @@ def child_trl(model: str, method: str, precision: str, data: str, data_path: str
     from transformers import TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from harness import models, paths
+    from harness import paths
+    from harness.model.load import load_tokenizer
 
     cfg, net, lora = _load_plain(model, method, precision, data)
-    tok = models.load_tokenizer(cfg.model)
+    tok = load_tokenizer(cfg.model)
     path = paths.resolve_data_path(data_path or cfg.data.path)
     ds = Dataset.from_list([{"messages": alpaca_messages(r)} for r in json.loads(path.read_text(encoding="utf-8"))])
 

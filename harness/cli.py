@@ -19,13 +19,13 @@ import sys
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
 COMMANDS = {
-    "validate": ("harness.validate", "check a config (overrides) without training; non-zero exit on errors"),
-    "train": ("harness.train", "train one run: harness train model=... method=... data=... [key=value ...]"),
-    "eval": ("harness.evaluate", "evaluate a run directory or a base model: harness eval RUN_DIR [eval=...]"),
-    "sweep": ("harness.sweep", "run (or resume) a study from sweeps/NAME.yaml"),
-    "status": ("harness.status", "list the trials of a study"),
-    "report": ("harness.report", "write reports/<study>/ from run records"),
-    "human": ("harness.human", "human evaluation: export sheets, import ratings, Elo rankings"),
+    "validate": ("harness.commands.validate", "check a config (overrides) without training; non-zero exit on errors"),
+    "train": ("harness.commands.train", "train one run: harness train model=... method=... data=... [key=value ...]"),
+    "eval": ("harness.commands.eval", "evaluate a run directory or a base model: harness eval RUN_DIR [eval=...]"),
+    "sweep": ("harness.commands.sweep", "run (or resume) a study from sweeps/NAME.yaml"),
+    "status": ("harness.commands.status", "list the trials of a study"),
+    "report": ("harness.commands.report", "write reports/<study>/ from run records"),
+    "human": ("harness.commands.human", "human evaluation: export sheets, import ratings, Elo rankings"),
 }
 
 

@@ -13,14 +13,16 @@ import json
 
 import pytest
 
-from harness import config, data, models, paths
+from harness import config, data, paths
 from harness.config import DataConfig
+from harness.data.tokenize import n_loss
+from harness.model.load import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
     cfg = config.compose(["model=tiny-llama", "data=alpaca-tiny"])
-    return models.load_tokenizer(cfg.model)
+    return load_tokenizer(cfg.model)
 
 
 def enc(tok, text: str) -> list[int]:
@@ -80,7 +82,7 @@ def test_labels_mask_exactly_the_prompt(tmp_path, tok, chat_template, template, 
             assert prompt.endswith("### Response:\n") and row["instruction"] in prompt
         else:
             assert prompt == f"Be brief.\n\n{row['instruction']}" + (f"\n\n{row['input']}" if row["input"] else "") + "\n"
-    assert p.stats["loss_tokens"] == sum(data._n_loss(e["labels"]) for e in p.train)
+    assert p.stats["loss_tokens"] == sum(n_loss(e["labels"]) for e in p.train)
 
 
 def test_completion_only_off_puts_loss_on_every_token(tmp_path, tok):

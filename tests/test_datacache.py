@@ -8,15 +8,19 @@ import os
 
 import pytest
 
-from harness import config, datacache, models, records, train
+from harness import config
 from harness.config import DataConfig
+from harness.data.cache import cache_dir, cache_key, prepare
+from harness.model.load import load_tokenizer
+from harness.pipeline import train_run
+from harness.run.record import read_summary
 
 ROWS = [{"instruction": f"Say the number {i}.", "input": "", "output": f"The number is {i}."} for i in range(30)]
 
 
 @pytest.fixture(scope="module")
 def tok():
-    return models.load_tokenizer(config.compose(["model=tiny-llama"]).model)
+    return load_tokenizer(config.compose(["model=tiny-llama"]).model)
 
 
 @pytest.fixture()
@@ -29,7 +33,7 @@ def cfg(tmp_path, monkeypatch):
 
 def _prep(cfg, tok, **kw):
     args = {"max_length": 64, "seed": 0, "packing": False, "add_bos": False, **kw}
-    return datacache.prepare(cfg, tok, **args)
+    return prepare(cfg, tok, **args)
 
 
 def test_second_preparation_is_a_hit_with_the_same_rows(cfg, tok):
@@ -38,7 +42,7 @@ def test_second_preparation_is_a_hit_with_the_same_rows(cfg, tok):
     assert (first.stats["cache"], second.stats["cache"]) == ("miss", "hit")
     assert second.train == first.train and second.val == first.val
     assert {k: v for k, v in second.stats.items() if k != "cache"} == {k: v for k, v in first.stats.items() if k != "cache"}
-    assert len(list(datacache.cache_dir().glob("*.json"))) == 1
+    assert len(list(cache_dir().glob("*.json"))) == 1
 
 
 def test_what_the_result_depends_on_makes_a_new_entry(cfg, tok):
@@ -46,7 +50,7 @@ def test_what_the_result_depends_on_makes_a_new_entry(cfg, tok):
     assert _prep(cfg, tok, max_length=32).stats["cache"] == "miss"
     assert _prep(cfg, tok, seed=1).stats["cache"] == "miss"
     assert _prep(cfg, tok, packing=True).stats["cache"] == "miss"
-    other_tok = models.load_tokenizer(config.compose(["model=tiny-gpt2"]).model)
+    other_tok = load_tokenizer(config.compose(["model=tiny-gpt2"]).model)
     assert _prep(cfg, other_tok).stats["cache"] == "miss"
     # an edited data file: new content, new modification time
     path = cfg.path
@@ -61,13 +65,13 @@ def test_what_the_result_depends_on_makes_a_new_entry(cfg, tok):
 
 def test_cache_off_and_hub_ids_are_not_cached(cfg, tok):
     assert _prep(cfg, tok, use_cache=False).stats["cache"] == "off"
-    assert not datacache.cache_dir().exists() or not list(datacache.cache_dir().glob("*.json"))
-    assert datacache.cache_key(DataConfig(name="hub", path="someone/some-dataset"), tok) is None
+    assert not cache_dir().exists() or not list(cache_dir().glob("*.json"))
+    assert cache_key(DataConfig(name="hub", path="someone/some-dataset"), tok) is None
 
 
 def test_a_corrupt_entry_is_prepared_again(cfg, tok):
     _prep(cfg, tok)
-    (entry,) = datacache.cache_dir().glob("*.json")
+    (entry,) = cache_dir().glob("*.json")
     entry.write_text("{not json", encoding="utf-8")
     redo = _prep(cfg, tok)
     assert redo.stats["cache"] == "miss" and json.loads(entry.read_text())["train"] == redo.train
@@ -78,7 +82,7 @@ def test_a_second_training_run_reuses_the_first_runs_preparation(tiny_overrides,
     seen = []
     for run_id in ("one", "two"):
         ov = tiny_overrides + ["method=lora", "train.max_steps=1", f"run_id={run_id}"]
-        status, run_dir = train.train(config.compose(ov), ov)
-        assert status == "completed", records.read_summary(run_dir)
+        status, run_dir = train_run(config.compose(ov), ov)
+        assert status == "completed", read_summary(run_dir)
         seen.append(json.loads((run_dir / "manifest.json").read_text())["data"]["cache"])
     assert seen == ["miss", "hit"]

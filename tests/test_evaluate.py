@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
-import pytest
-
-from harness import atomic, cli, config, evaluate, models, records
+from harness import atomic, cli, config, paths
+from harness.eval.registry import config_hash, versions
+from harness.eval.suites import run_suites
+from harness.model.load import load_model_and_tokenizer
+from harness.run.record import find_run_dirs, flat_metrics, read_eval, read_samples, read_summary
 
 FAST_PPL = "eval.perplexity=[{name:wikitext2,path:wikitext-2-raw/wiki.test.raw,max_length:64,stride:64,batch_size:8,max_tokens:300}]"
 
@@ -22,17 +25,17 @@ def _cfg(*extra):
 def test_config_hash_tracks_config_and_files(tmp_path):
     f = tmp_path / "task.yaml"
     f.write_text("a: 1\n")
-    h = evaluate.config_hash({"task": "x", "limit": 5}, [f])
+    h = config_hash({"task": "x", "limit": 5}, [f])
     assert len(h) == 16 and int(h, 16) >= 0
-    assert h == evaluate.config_hash({"limit": 5, "task": "x"}, [f])  # key order does not matter
-    assert h == evaluate.config_hash({"task": "x", "limit": 5, "batch_size": 64}, [f])  # nor batch size
-    assert h != evaluate.config_hash({"task": "x", "limit": 6}, [f])
+    assert h == config_hash({"limit": 5, "task": "x"}, [f])  # key order does not matter
+    assert h == config_hash({"task": "x", "limit": 5, "batch_size": 64}, [f])  # nor batch size
+    assert h != config_hash({"task": "x", "limit": 6}, [f])
     f.write_text("a: 2\n")
-    assert h != evaluate.config_hash({"task": "x", "limit": 5}, [f])
+    assert h != config_hash({"task": "x", "limit": 5}, [f])
 
 
 def test_versions_name_the_scoring_libraries():
-    v = evaluate.versions()
+    v = versions()
     for name in ("harness", "lm_eval", "sacrebleu", "rouge_score", "transformers"):
         assert name in v
     assert v["lm_eval"] == "0.4.13"
@@ -41,7 +44,7 @@ def test_versions_name_the_scoring_libraries():
 def test_every_shipped_eval_config_composes():
     for name in config.group_options("eval"):
         cfg = _cfg(f"eval={name}")
-        text = (config.paths.conf_dir() / "eval" / f"{name}.yaml").read_text()
+        text = (paths.conf_dir() / "eval" / f"{name}.yaml").read_text()
         header = [line for line in text.splitlines() if line.startswith("#")]
         assert text.startswith("# ") and any(line.startswith("#   harness ") for line in header), name
         assert cfg.eval.name == name
@@ -55,22 +58,22 @@ def test_run_suites_on_a_peft_model_in_memory(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     cfg = _cfg("eval=quick", "eval.lm_eval.tasks=[arc_easy]", "eval.lm_eval.limit=3", FAST_PPL)
-    base, tok = models.load_model_and_tokenizer(cfg.model)
+    base, tok = load_model_and_tokenizer(cfg.model)
     model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     model.train()
-    suites = evaluate.run_suites(model, tok, cfg, tmp_path, progress=False)
+    suites = run_suites(model, tok, cfg, tmp_path, progress=False)
     assert set(suites) == {"val", "wikitext2", "arc_easy"}
     assert model.training  # the trainer's mode is given back
-    ev = records.read_eval(tmp_path)
+    ev = read_eval(tmp_path)
     assert set(ev["suites"]) == set(suites) and ev["versions"]["lm_eval"] == "0.4.13"
     for name, entry in ev["suites"].items():
         assert len(entry["config_hash"]) == 16, name
     w = ev["suites"]["wikitext2"]
-    rows = records.read_samples(tmp_path, "wikitext2")
+    rows = read_samples(tmp_path, "wikitext2")
     assert w["n"] == len(rows) >= 1 and w["tokens"] == sum(r["tokens"] for r in rows) >= 300
     assert torch.isfinite(torch.tensor(w["metrics"]["word_perplexity"]))
     assert ev["suites"]["val"]["metrics"]["perplexity"] > 1
-    flat = records.flat_metrics(tmp_path)
+    flat = flat_metrics(tmp_path)
     assert "arc_easy.acc" in flat and "wikitext2.bits_per_byte" in flat and "val.loss" in flat
 
 
@@ -89,18 +92,18 @@ def test_harness_eval_run_dir_end_to_end(tmp_path, capsys):
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert out[-1] == f"[harness] results: {run_dir / 'eval.json'}"
-    ev = records.read_eval(run_dir)
+    ev = read_eval(run_dir)
     assert set(ev["suites"]) == {"val", "wikitext2", "hellaswag", "arc_easy"}
     for task in ("hellaswag", "arc_easy"):
         e = ev["suites"][task]
         assert e["n"] == 3 and e["limit"] == 3 and (run_dir / e["samples"]).exists()
         assert (run_dir / e["lm_eval_results"]).exists()
-    assert (records.read_summary(run_dir) or {})["eval_time_s"] > 0
+    assert (read_summary(run_dir) or {})["eval_time_s"] > 0
 
     # extra eval overrides are composed with the run's overrides.yaml; other suites are kept
     assert cli.main(["eval", str(run_dir), "eval=perplexity", FAST_PPL.replace("max_tokens:300", "max_tokens:100"),
                      "--quiet"]) == 0
-    ev2 = records.read_eval(run_dir)
+    ev2 = read_eval(run_dir)
     assert ev2["suites"]["wikitext2"]["tokens"] <= ev["suites"]["wikitext2"]["tokens"]
     assert ev2["suites"]["wikitext2"]["config_hash"] != ev["suites"]["wikitext2"]["config_hash"]
     assert "hellaswag" in ev2["suites"]
@@ -112,7 +115,7 @@ def test_harness_eval_with_an_adapter_changes_the_numbers(tmp_path):
 
     run_dir = _baseline_run_dir(tmp_path, "eval=perplexity", FAST_PPL)
     cfg = config.load_run_config(run_dir)
-    base, tok = models.load_model_and_tokenizer(cfg.model)
+    base, tok = load_model_and_tokenizer(cfg.model)
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     torch.manual_seed(0)
     for n, p in peft_model.named_parameters():
@@ -120,9 +123,9 @@ def test_harness_eval_with_an_adapter_changes_the_numbers(tmp_path):
             p.data.normal_(0, 0.5)  # a non-zero adapter, so it must change the result
     peft_model.save_pretrained(str(run_dir / "adapter"))
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
-    with_adapter = records.read_eval(run_dir)["suites"]["wikitext2"]["metrics"]["word_perplexity"]
+    with_adapter = read_eval(run_dir)["suites"]["wikitext2"]["metrics"]["word_perplexity"]
     del base, peft_model
-    base_suites = evaluate.run_suites(models.load_model_and_tokenizer(cfg.model)[0], tok, cfg, tmp_path / "b",
+    base_suites = run_suites(load_model_and_tokenizer(cfg.model)[0], tok, cfg, tmp_path / "b",
                                       progress=False)
     assert with_adapter != pytest.approx(base_suites["wikitext2"]["metrics"]["word_perplexity"], rel=1e-4)
 
@@ -130,13 +133,13 @@ def test_harness_eval_with_an_adapter_changes_the_numbers(tmp_path):
 def test_harness_eval_loads_full_weights_from_model_dir(tmp_path):
     run_dir = _baseline_run_dir(tmp_path, "eval=perplexity", FAST_PPL)
     cfg = config.load_run_config(run_dir)
-    model, tok = models.load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model)
     model.save_pretrained(str(run_dir / "model"))
     tok.save_pretrained(str(run_dir / "model"))
     atomic.write_json(run_dir / "summary.json", {"schema": 1, "status": "completed", "method": "full"})
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
-    got = records.read_eval(run_dir)["suites"]["wikitext2"]
-    ref = evaluate.run_suites(model, tok, cfg, tmp_path / "ref", progress=False)["wikitext2"]
+    got = read_eval(run_dir)["suites"]["wikitext2"]
+    ref = run_suites(model, tok, cfg, tmp_path / "ref", progress=False)["wikitext2"]
     assert got["metrics"]["word_perplexity"] == pytest.approx(ref["metrics"]["word_perplexity"], rel=1e-6)
     assert got["config_hash"] == ref["config_hash"]
 
@@ -145,14 +148,14 @@ def test_harness_eval_base_model_creates_a_baseline_run(tmp_path, capsys):
     rc = cli.main(["eval", "model=tiny-llama", "data=alpaca-tiny", "tracker=none", "eval=perplexity", FAST_PPL,
                    f"output_dir={tmp_path}", "--quiet"])
     assert rc == 0
-    (run_dir,) = records.find_run_dirs(tmp_path)
+    (run_dir,) = find_run_dirs(tmp_path)
     assert run_dir.parent.name == "tiny-llama-base"
-    summary = records.read_summary(run_dir)
+    summary = read_summary(run_dir)
     assert summary["status"] == "baseline" and summary["method"] == "base" and summary["model"] == "tiny-llama"
     manifest = atomic.read_json(run_dir / "manifest.json")
     assert manifest["model"]["name"] == "tiny-llama" and manifest["packages"]["lm_eval"] == "0.4.13"
     assert config.load_run_config(run_dir).eval.name == "perplexity"
-    assert "wikitext2" in records.read_eval(run_dir)["suites"]
+    assert "wikitext2" in read_eval(run_dir)["suites"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"[harness] results: {run_dir / 'eval.json'}"
 
 
@@ -173,12 +176,12 @@ def test_rescore_adds_metrics_from_saved_samples_without_decoding(tmp_path, caps
     gen = ["eval=e2e", "eval.generation.0.limit=3", "eval.generation.0.max_new_tokens=4", "eval.generation.0.batch_size=3"]
     run_dir = _baseline_run_dir(tmp_path, *gen, "eval.generation.0.metrics=[bleu]")
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
-    before = records.read_eval(run_dir)["suites"]["e2e"]
+    before = read_eval(run_dir)["suites"]["e2e"]
     samples = (run_dir / before["samples"]).read_text()
     assert set(before["metrics"]) == {"bleu"}
 
     assert cli.main(["eval", str(run_dir), "--rescore", *gen, "eval.generation.0.metrics=[bleu,nist,cider]", "--quiet"]) == 0
-    after = records.read_eval(run_dir)["suites"]["e2e"]
+    after = read_eval(run_dir)["suites"]["e2e"]
     assert set(after["metrics"]) == {"bleu", "nist", "cider"} and after["rescored_from_samples"]
     assert after["metrics"]["bleu"] == before["metrics"]["bleu"]  # same predictions, same score
     assert (run_dir / before["samples"]).read_text() == samples  # nothing was generated again
@@ -195,7 +198,9 @@ def test_an_experiment_that_sets_the_model_needs_no_model_override(monkeypatch, 
     """`harness eval experiment=reproduce-smollm2-zeroshot` (the README's command) reaches the base-model
     evaluation; with neither model= nor experiment= the CLI says what to give."""
     seen = []
-    monkeypatch.setattr(evaluate, "evaluate_base", lambda overrides, progress=True: seen.append(overrides) or tmp_path)
+    from harness.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "evaluate_base", lambda overrides, progress=True: seen.append(overrides) or tmp_path)
     assert cli.main(["eval", "experiment=reproduce-smollm2-zeroshot", "eval.lm_eval.limit=5"]) == 0
     assert seen == [["experiment=reproduce-smollm2-zeroshot", "eval.lm_eval.limit=5"]]
     assert cli.main(["eval", "eval=quick"]) == 2

@@ -14,8 +14,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from harness import atomic, config, generation, metrics
+from harness import atomic, config
 from harness.config import GenerationSuite
+from harness.eval.generation import (
+    GenerationError,
+    cut_at_stop,
+    encode_prompt,
+    fit_prompt,
+    generated_length,
+    length_sorted_batches,
+    run_generation_suite,
+    stop_token_ids,
+    suite_config_hash,
+    suite_data_config,
+)
+from harness.eval.metrics import compute
+from harness.eval.scores import MetricError
 
 DOCUMENTED_KEYS = {"kind", "metrics", "ci95", "signatures", "n", "config_hash", "wall_time_s", "tokens_per_s", "samples"}
 
@@ -54,13 +68,13 @@ def make_examples(n: int = 6) -> list[Example]:
 def tiny():
     import torch
 
-    from harness import models
+    from harness.model.load import load_model_and_tokenizer
 
     # one thread: a 64-wide model gains nothing from more, and on a shared CPU it runs ~10x faster
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     cfg = config.compose(["model=tiny-llama", "data=e2e", "tracker=none"])  # suites on data=e2e reuse cfg.data
-    model, tok = models.load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model)
     yield cfg, model, tok
     torch.set_num_threads(threads)
 
@@ -74,7 +88,7 @@ def suite(**kw) -> GenerationSuite:
 def run(tiny, tmp_path, s, examples=None, **cfg_changes):
     cfg, model, tok = tiny
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, bootstrap_samples=100, **cfg_changes))
-    entry = generation.run_generation_suite(model, tok, s, cfg, tmp_path, examples=examples or make_examples(), progress=False)
+    entry = run_generation_suite(model, tok, s, cfg, tmp_path, examples=examples or make_examples(), progress=False)
     rows = atomic.read_jsonl(tmp_path / entry["samples"])
     return entry, rows
 
@@ -82,32 +96,32 @@ def run(tiny, tmp_path, s, examples=None, **cfg_changes):
 # ------------------------------------------------------------------------------ pure helpers
 def test_length_sorted_batches_cover_every_item_once_longest_first():
     lengths = [3, 9, 1, 9, 5, 2, 7]
-    batches = generation.length_sorted_batches(lengths, 3)
+    batches = length_sorted_batches(lengths, 3)
     flat = [i for b in batches for i in b]
     assert sorted(flat) == list(range(len(lengths)))
     assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
     assert [len(b) for b in batches] == [3, 3, 1]
-    with pytest.raises(generation.GenerationError, match="batch_size"):
-        generation.length_sorted_batches(lengths, 0)
+    with pytest.raises(GenerationError, match="batch_size"):
+        length_sorted_batches(lengths, 0)
 
 
 def test_cut_at_stop_uses_earliest_stop():
-    assert generation.cut_at_stop("abc\n\nQ: next ###", ["###", "\n\n"]) == "abc"
-    assert generation.cut_at_stop("no stops here", ["###"]) == "no stops here"
-    assert generation.cut_at_stop("x###", []) == "x###"
+    assert cut_at_stop("abc\n\nQ: next ###", ["###", "\n\n"]) == "abc"
+    assert cut_at_stop("no stops here", ["###"]) == "no stops here"
+    assert cut_at_stop("x###", []) == "x###"
 
 
 def test_generated_length_counts_to_eos_or_trailing_padding():
-    assert generation.generated_length([5, 6, 2, 0, 0], {2}, 0) == 3
-    assert generation.generated_length([5, 6, 7, 0, 0], {2}, 0) == 3
-    assert generation.generated_length([5, 6, 7], {2}, 0) == 3
-    assert generation.generated_length([2, 0], {2}, 2) == 1  # pad == eos
+    assert generated_length([5, 6, 2, 0, 0], {2}, 0) == 3
+    assert generated_length([5, 6, 7, 0, 0], {2}, 0) == 3
+    assert generated_length([5, 6, 7], {2}, 0) == 3
+    assert generated_length([2, 0], {2}, 2) == 1  # pad == eos
 
 
 def test_fit_prompt_keeps_bos_and_the_end():
-    assert generation.fit_prompt([1, 10, 11, 12, 13], 3, keep_first=True) == [1, 12, 13]
-    assert generation.fit_prompt([1, 10, 11, 12, 13], 3, keep_first=False) == [11, 12, 13]
-    assert generation.fit_prompt([1, 2], 3, keep_first=True) == [1, 2]
+    assert fit_prompt([1, 10, 11, 12, 13], 3, keep_first=True) == [1, 12, 13]
+    assert fit_prompt([1, 10, 11, 12, 13], 3, keep_first=False) == [11, 12, 13]
+    assert fit_prompt([1, 2], 3, keep_first=True) == [1, 2]
 
 
 # --------------------------------------------------------------------------- prompt rendering
@@ -127,18 +141,18 @@ def test_prompts_are_rendered_as_in_training_with_one_bos(tiny, tmp_path):
     _, rows = run((plain, tiny[1], tok), tmp_path / "plain", suite(), examples=examples)
     assert [r["prompt"] for r in rows] == [ex.prompt for ex in examples]
     chat = rows[0]["prompt"]
-    ids = generation.encode_prompt(chat, tok, add_bos=True)
+    ids = encode_prompt(chat, tok, add_bos=True)
     assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
-    assert generation.encode_prompt(tok.bos_token + "hi", tok, add_bos=True).count(tok.bos_token_id) == 1
-    assert tok.bos_token_id not in generation.encode_prompt(chat, tok, add_bos=False)
+    assert encode_prompt(tok.bos_token + "hi", tok, add_bos=True).count(tok.bos_token_id) == 1
+    assert tok.bos_token_id not in encode_prompt(chat, tok, add_bos=False)
 
 
 def test_end_of_turn_token_stops_chat_generation(tiny):
     _, model, tok = tiny
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    assert im_end in generation.stop_token_ids(model, tok, chat=True)
-    assert im_end not in generation.stop_token_ids(model, tok, chat=False)
-    assert tok.eos_token_id in generation.stop_token_ids(model, tok, chat=False)
+    assert im_end in stop_token_ids(model, tok, chat=True)
+    assert im_end not in stop_token_ids(model, tok, chat=False)
+    assert tok.eos_token_id in stop_token_ids(model, tok, chat=False)
 
 
 # ------------------------------------------------------------------------------ tiny model runs
@@ -154,10 +168,10 @@ def test_batch_size_does_not_change_greedy_outputs(tiny, tmp_path):
 
 
 def test_config_hash_matches_the_evaluator():
-    from harness import evaluate
+    from harness.eval.registry import config_hash
     s = suite(stop=["\n"])
-    assert generation.suite_config_hash(s) == evaluate.config_hash(dataclasses.asdict(s))
-    assert generation.suite_config_hash(s) != generation.suite_config_hash(suite(max_new_tokens=11))
+    assert suite_config_hash(s) == config_hash(dataclasses.asdict(s))
+    assert suite_config_hash(s) != suite_config_hash(suite(max_new_tokens=11))
 
 
 def test_samples_file_and_suite_entry(tiny, tmp_path):
@@ -177,7 +191,7 @@ def test_samples_file_and_suite_entry(tiny, tmp_path):
         assert {"prompt", "prediction", "bleu", "chrf", "rougeL", "exact_match"} <= set(r)
         assert 0 < r["generated_tokens"] <= 10
     # the corpus numbers are those of the written predictions
-    again = metrics.compute(["bleu"], [r["prediction"] for r in rows], [r["references"] for r in rows], 0)
+    again = compute(["bleu"], [r["prediction"] for r in rows], [r["references"] for r in rows], 0)
     assert again.metrics["bleu"] == pytest.approx(entry["metrics"]["bleu"])
     json.dumps(entry)  # plain JSON for eval.json
 
@@ -237,12 +251,13 @@ def test_qlora_4bit_model_generates(tiny, tmp_path):
     import torch
     from peft import get_peft_model
 
-    from harness import methods, models
+    from harness.model.load import load_model_and_tokenizer
+    from harness.model.methods import build_peft_config, build_quant_config
 
     cfg = config.compose(["model=tiny-llama", "data=e2e", "tracker=none", "method=qlora"])
-    model, tok = models.load_model_and_tokenizer(cfg.model, quantization_config=methods.build_quant_config(cfg.method, torch.float32))
+    model, tok = load_model_and_tokenizer(cfg.model, quantization_config=build_quant_config(cfg.method, torch.float32))
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
-    wrapped = get_peft_model(model, methods.build_peft_config(cfg.method, config.target_modules(cfg)))
+    wrapped = get_peft_model(model, build_peft_config(cfg.method, config.target_modules(cfg)))
     _, one = run((cfg, wrapped, tok), tmp_path / "b1", suite(batch_size=1, metrics=["bleu"]))
     entry, four = run((cfg, wrapped, tok), tmp_path / "b4", suite(batch_size=4, metrics=["bleu"]))
     assert entry["n"] == 6 and entry["generated_tokens"] > 0
@@ -250,14 +265,14 @@ def test_qlora_4bit_model_generates(tiny, tmp_path):
 
 
 def test_unknown_metric_fails_before_generation(tiny, tmp_path):
-    with pytest.raises(metrics.MetricError, match="Did you mean 'bleu'"):
+    with pytest.raises(MetricError, match="Did you mean 'bleu'"):
         run(tiny, tmp_path, suite(metrics=["bleuu"]))
     assert not (tmp_path / "samples").exists()
 
 
 def test_reference_free_suite_needs_no_metrics(tiny, tmp_path):
     examples = [dataclasses.replace(e, references=[]) for e in make_examples(3)]
-    with pytest.raises(generation.GenerationError, match="no references"):
+    with pytest.raises(GenerationError, match="no references"):
         run(tiny, tmp_path, suite(), examples=examples)
     entry, rows = run(tiny, tmp_path, suite(metrics=[]), examples=examples)
     assert entry["metrics"] == {} and len(rows) == 3
@@ -268,7 +283,7 @@ def test_long_prompts_are_cut_from_the_left_and_counted(tiny, tmp_path):
     cfg, model, tok = tiny
     short = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, context_length=40))
     entry, rows = run((short, model, tok), tmp_path, suite(max_new_tokens=10))
-    lengths = [len(generation.encode_prompt(r["prompt"], tok, add_bos=True)) for r in rows]
+    lengths = [len(encode_prompt(r["prompt"], tok, add_bos=True)) for r in rows]
     assert entry["truncated_prompts"] == sum(n > 30 for n in lengths) > 0
     assert entry["n"] == 6
 
@@ -278,23 +293,23 @@ def test_limit_and_duplicate_ids(tiny, tmp_path):
     assert entry["n"] == 2 and [r["id"] for r in rows] == ["e2e-0000", "e2e-0001"]
     dup = make_examples(2)
     dup[1].id = dup[0].id
-    with pytest.raises(generation.GenerationError, match="duplicate"):
+    with pytest.raises(GenerationError, match="duplicate"):
         run(tiny, tmp_path, suite(), examples=dup)
 
 
 def test_suite_data_config_composes_other_data_and_names_typos(tiny):
     cfg = config.compose(["model=tiny-llama", "data=alpaca-tiny", "tracker=none"])
-    assert generation.suite_data_config(suite(data="alpaca-tiny"), cfg) is cfg.data
-    e2e = generation.suite_data_config(suite(data="e2e"), cfg)
+    assert suite_data_config(suite(data="alpaca-tiny"), cfg) is cfg.data
+    e2e = suite_data_config(suite(data="e2e"), cfg)
     assert e2e.name == "e2e" and e2e.eval_path
     with pytest.raises(config.ConfigError, match="Did you mean 'e2e'"):
-        generation.suite_data_config(suite(data="e2ee"), cfg)
+        suite_data_config(suite(data="e2ee"), cfg)
 
 
 def test_real_e2e_examples_through_the_data_stage(tiny, tmp_path):
     """No examples passed: the suite reads the E2E test set via harness.data (multi-reference items)."""
     cfg, model, tok = tiny
-    entry = generation.run_generation_suite(model, tok, suite(limit=3, max_new_tokens=4), cfg, tmp_path, progress=False)
+    entry = run_generation_suite(model, tok, suite(limit=3, max_new_tokens=4), cfg, tmp_path, progress=False)
     rows = atomic.read_jsonl(tmp_path / "samples" / "e2e.jsonl")
     assert entry["n"] == 3 and len({r["id"] for r in rows}) == 3
     assert all(len(r["references"]) >= 1 for r in rows)
@@ -305,12 +320,12 @@ def test_real_e2e_examples_through_the_data_stage(tiny, tmp_path):
 @pytest.mark.slow
 def test_smollm2_on_five_e2e_examples(tmp_path):
     """Five E2E test items through SmolLM2-135M-Instruct via the data stage: sane, scored output."""
-    from harness import models
+    from harness.model.load import load_model_and_tokenizer
 
     cfg = config.compose(["model=smollm2-135m", "data=e2e", "tracker=none"])
-    model, tok = models.load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model)
     s = GenerationSuite(name="e2e", data="e2e", limit=5, batch_size=5, max_new_tokens=40, metrics=["bleu", "chrf", "rouge"])
-    entry = generation.run_generation_suite(model, tok, s, cfg, tmp_path, progress=False)
+    entry = run_generation_suite(model, tok, s, cfg, tmp_path, progress=False)
     rows = atomic.read_jsonl(tmp_path / "samples" / "e2e.jsonl")
     assert entry["n"] == 5 and len(rows) == 5
     assert all(r["prediction"] for r in rows)

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import human
 from harness.cli import main as cli
+from harness.human.export import csv_safe
+from harness.human.ratings import wilson_interval
 
 QUALITY = {"run-good": 5, "run-mid": 3, "run-bad": 1}  # the score a faithful annotator gives each run
 
@@ -72,7 +73,7 @@ def _import(sheets, key_path, out, *extra) -> int:
     ("plain", "plain"), ("", ""), ("a=b", "a=b"), (3, 3), (None, None),
 ])
 def test_csv_safe(value, expected):
-    assert human.csv_safe(value) == expected
+    assert csv_safe(value) == expected
 
 
 # --------------------------------------------------------------------------------------- export
@@ -241,7 +242,7 @@ def test_pairwise_round_trip(run_dirs, tmp_path, fmt):
                                                                           "run-bad/20261121-000000-abcdef"})
     winner_rate = pair["win_rate_a"] if pair["model_a"].startswith("run-good") else pair["win_rate_b"]
     assert pair["n"] == 15 and winner_rate["value"] == 1.0
-    assert winner_rate["ci95"][0] == pytest.approx(human.ratings.wilson_interval(15, 15)[0])
+    assert winner_rate["ci95"][0] == pytest.approx(wilson_interval(15, 15)[0])
     order = [r["model"].split("/")[0] for r in res["elo"]["ranking"]]
     assert order == ["run-good", "run-mid", "run-bad"]
     bt = res["bradley_terry"]["models"]

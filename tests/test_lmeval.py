@@ -12,9 +12,23 @@ import re
 
 import pytest
 
-from harness import atomic, config, lmeval, models
+from harness import atomic, config
 from harness.config import LmEvalConfig
-from harness.tasks import utils as tu
+from harness.eval.lm_eval import (
+    SHORT_NAMES,
+    build_lm,
+    check_task_names,
+    crosscheck_wikitext,
+    merge_filters,
+    run_task,
+    sample_rows,
+    short_name,
+    task_files,
+    task_metrics,
+    task_name,
+)
+from harness.eval.tasks import utils as tu
+from harness.model.load import load_model_and_tokenizer
 
 MC_SHAPE = {  # task -> (rows, allowed numbers of choices)
     "arc_easy": (2376, {3, 4, 5}), "arc_challenge": (1172, {3, 4, 5}), "openbookqa": (500, {4}),
@@ -84,11 +98,11 @@ def test_hellaswag_query_matches_lm_evals_construction():
 
 
 def test_task_names_and_files():
-    assert lmeval.task_name("hellaswag") == "harness_hellaswag"
-    assert lmeval.task_name("harness_piqa") == "harness_piqa" and lmeval.short_name("harness_piqa") == "piqa"
-    assert lmeval.task_name("mmlu") == "mmlu"  # anything else goes to lm-eval as is
-    for name in lmeval.SHORT_NAMES:
-        files = lmeval.task_files(name)
+    assert task_name("hellaswag") == "harness_hellaswag"
+    assert task_name("harness_piqa") == "harness_piqa" and short_name("harness_piqa") == "piqa"
+    assert task_name("mmlu") == "mmlu"  # anything else goes to lm-eval as is
+    for name in SHORT_NAMES:
+        files = task_files(name)
         assert files and all(f.exists() for f in files), name
         head = files[0].read_text().splitlines()[:4]
         assert head[0].startswith("# ") and any("harness eval" in line for line in head), f"{name}: header comment"
@@ -102,12 +116,12 @@ def test_sample_rows_and_metrics_from_lm_eval_output():
         {"doc_id": 0, "target": 1, "filtered_resps": [[-3.0, False], [-2.0, False]], "acc": 1.0, "acc_norm": 1.0,
          "doc": {"choices": ["x", "y"]}},
     ]
-    rows = lmeval.sample_rows(samples, "multiple_choice")
+    rows = sample_rows(samples, "multiple_choice")
     assert [r["id"] for r in rows] == [0, 1]
     assert rows[1] == {"id": 1, "target": 0, "pred": 0, "acc": 1, "acc_norm": 0, "pred_norm": 1}
-    m = lmeval.task_metrics({"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": "x", "exact_match,flexible-extract": 0.2})
+    m = task_metrics({"acc,none": 0.5, "acc_stderr,none": 0.1, "alias": "x", "exact_match,flexible-extract": 0.2})
     assert m == {"acc": 0.5, "acc_stderr": 0.1, "exact_match_flexible-extract": 0.2}
-    gen = lmeval.merge_filters([
+    gen = merge_filters([
         {"id": 0, "target": "t", "pred": "18", "filter": "strict-match", "exact_match": 1.0},
         {"id": 0, "target": "t", "pred": "18.", "filter": "flexible-extract", "exact_match": 0.0},
     ])
@@ -119,19 +133,19 @@ def test_sample_rows_and_metrics_from_lm_eval_output():
 @pytest.fixture(scope="module")
 def tiny():
     cfg = config.compose(["model=tiny-llama"])
-    model, tok = models.load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model)
     return model.eval(), tok, cfg
 
 
 @pytest.fixture(scope="module")
 def tiny_lm(tiny):
     model, tok, cfg = tiny
-    return lmeval.build_lm(model, tok, batch_size=8, model_cfg=cfg.model)
+    return build_lm(model, tok, batch_size=8, model_cfg=cfg.model)
 
 
-@pytest.mark.parametrize("name", [n for n in lmeval.SHORT_NAMES if n != "wikitext"])
+@pytest.mark.parametrize("name", [n for n in SHORT_NAMES if n != "wikitext"])
 def test_each_task_runs_on_tiny_llama(tiny_lm, tmp_path, name):
-    entry = lmeval.run_task(tiny_lm, name, LmEvalConfig(tasks=[name], limit=5), tmp_path,
+    entry = run_task(tiny_lm, name, LmEvalConfig(tasks=[name], limit=5), tmp_path,
                             gen_kwargs={"max_gen_toks": 8} if name == "gsm8k" else None)
     assert entry["n"] == 5 and entry["kind"] == "lm_eval" and entry["task"] == f"harness_{name}"
     rows = atomic.read_jsonl(tmp_path / entry["samples"])
@@ -149,15 +163,15 @@ def test_each_task_runs_on_tiny_llama(tiny_lm, tmp_path, name):
 
 def test_unknown_task_is_a_clear_error():
     known = {"harness_hellaswag", "harness_piqa", "mmlu"}
-    lmeval.check_task_names(["hellaswag", "piqa", "mmlu"], known)  # short names map to ours
+    check_task_names(["hellaswag", "piqa", "mmlu"], known)  # short names map to ours
     with pytest.raises(ValueError, match="'hellaswa' is unknown. Did you mean 'hellaswag'") as err:
-        lmeval.check_task_names(["hellaswa", "piqa"], known)
+        check_task_names(["hellaswa", "piqa"], known)
     assert "Offline tasks shipped here" in str(err.value)
 
 
 def test_crosscheck_agrees_with_lm_eval_on_tiny_llama(tiny):
     model, tok, cfg = tiny
-    res = lmeval.crosscheck_wikitext(model, tok, max_length=128, batch_size=8, limit=2, model_cfg=cfg.model,
+    res = crosscheck_wikitext(model, tok, max_length=128, batch_size=8, limit=2, model_cfg=cfg.model,
                                      progress=False)
     assert res["n_docs"] == 2 and res["tokens"] > 128 * 10  # several windows per document
     for metric, diff in res["rel_diff"].items():
@@ -167,8 +181,8 @@ def test_crosscheck_agrees_with_lm_eval_on_tiny_llama(tiny):
 @pytest.mark.slow  # the real 135M model on the first 5 articles (21k tokens) twice: ~5-10 min on 2 CPU cores
 def test_crosscheck_agrees_with_lm_eval_on_smollm2():
     cfg = config.compose(["model=smollm2-135m"])
-    model, tok = models.load_model_and_tokenizer(cfg.model)
-    res = lmeval.crosscheck_wikitext(model.eval(), tok, max_length=1024, batch_size=4, limit=5, model_cfg=cfg.model,
+    model, tok = load_model_and_tokenizer(cfg.model)
+    res = crosscheck_wikitext(model.eval(), tok, max_length=1024, batch_size=4, limit=5, model_cfg=cfg.model,
                                      progress=False)
     assert res["n_docs"] == 5 and res["tokens"] > 20000
     assert res["rel_diff"]["word_perplexity"] < 1e-3, res

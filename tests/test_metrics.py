@@ -13,7 +13,26 @@ import time
 import numpy as np
 import pytest
 
-from harness import metrics as mt
+from harness.eval.metrics import METRICS, check_metric_names, compute, register_metric
+from harness.eval.scores import (
+    CorpusStats,
+    MetricError,
+    bootstrap_ci,
+    corpus_bleu,
+    corpus_chrf,
+    corpus_ter,
+    exact_match,
+    exact_match_items,
+    extract_final_number,
+    final_number_items,
+    normalize_text,
+    reference_streams,
+    rouge,
+    sacrebleu_stats,
+    sentence_bleu,
+    sentence_chrf,
+    sentence_rouge,
+)
 
 # sacrebleu README ("Using SacreBLEU from Python"): reference *streams* there, per-item lists here
 README_SYS = ["The dog bit the man.", "It wasn't surprising.", "The man had just bitten him."]
@@ -26,8 +45,8 @@ README_REFS = [list(r) for r in zip(*README_STREAMS)]
 
 # ------------------------------------------------------------------------------- sacrebleu
 def test_bleu_chrf_match_sacrebleu_readme():
-    bleu = mt.corpus_bleu(README_SYS, README_REFS)
-    chrf = mt.corpus_chrf(README_SYS, README_REFS)
+    bleu = corpus_bleu(README_SYS, README_REFS)
+    chrf = corpus_chrf(README_SYS, README_REFS)
     assert round(bleu.score, 2) == 48.53  # README: BLEU = 48.53 82.4/50.0/45.5/37.5
     assert round(chrf.score, 2) == 59.73  # README: chrF2 = 59.73
     assert bleu.signature.startswith("nrefs:2|case:mixed|eff:no|tok:13a|smooth:exp|version:")
@@ -37,7 +56,7 @@ def test_bleu_chrf_match_sacrebleu_readme():
 def test_variable_references_match_sacrebleu_readme():
     # README "Variable Number of References": the first item loses its first reference -> 29.44
     refs = [["The dog had bit the man."], README_REFS[1], README_REFS[2]]
-    bleu = mt.corpus_bleu(README_SYS, refs)
+    bleu = corpus_bleu(README_SYS, refs)
     assert round(bleu.score, 2) == 29.44
     assert bleu.signature.startswith("nrefs:var|")
 
@@ -47,38 +66,38 @@ def test_stats_path_equals_sacrebleu_corpus_score():
     from sacrebleu.metrics import BLEU, CHRF, TER
 
     for name, cls in (("bleu", BLEU), ("chrf", CHRF), ("ter", TER)):
-        ours = mt.sacrebleu_stats(name, README_SYS, README_REFS).score()
+        ours = sacrebleu_stats(name, README_SYS, README_REFS).score()
         theirs = cls().corpus_score(README_SYS, README_STREAMS).score
         assert ours == pytest.approx(theirs, abs=1e-9), name
 
 
 def test_bleu_by_hand():
-    assert mt.corpus_bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]).score == pytest.approx(100.0)
-    assert mt.corpus_bleu(["alpha beta gamma delta"], [["one two three four"]]).score == 0.0
+    assert corpus_bleu(["the cat sat on the mat"], [["the cat sat on the mat"]]).score == pytest.approx(100.0)
+    assert corpus_bleu(["alpha beta gamma delta"], [["one two three four"]]).score == 0.0
     # p1..p4 = 5/6, 3/5, 2/4, 1/3, brevity penalty 1 -> 100 * (1/12) ** (1/4)
-    got = mt.corpus_bleu(["the cat sat on the mat"], [["the cat sat on a mat"]]).score
+    got = corpus_bleu(["the cat sat on the mat"], [["the cat sat on a mat"]]).score
     assert got == pytest.approx(100 * (1 / 12) ** 0.25, abs=1e-9)
 
 
 def test_ter_by_hand():
-    assert mt.corpus_ter(["a b c d"], [["a b x d"]]).score == pytest.approx(25.0)  # 1 edit / 4 words
+    assert corpus_ter(["a b c d"], [["a b x d"]]).score == pytest.approx(25.0)  # 1 edit / 4 words
     # best edits over references (1) / average reference length (4.5)
-    assert mt.corpus_ter(["a b c d"], [["a b x d", "a b c d e"]]).score == pytest.approx(100 / 4.5)
+    assert corpus_ter(["a b c d"], [["a b x d", "a b c d e"]]).score == pytest.approx(100 / 4.5)
 
 
 def test_sentence_level_scores():
-    assert mt.sentence_bleu("the cat sat", ["the cat sat"]) == pytest.approx(100.0)
+    assert sentence_bleu("the cat sat", ["the cat sat"]) == pytest.approx(100.0)
     # effective order: a 2-word exact match is still 100, not 0
-    assert mt.sentence_bleu("the cat", ["the cat"]) == pytest.approx(100.0)
-    assert mt.sentence_bleu("xyz", ["the cat"]) == 0.0
-    assert mt.sentence_chrf("abc", ["abc"]) == pytest.approx(100.0)
+    assert sentence_bleu("the cat", ["the cat"]) == pytest.approx(100.0)
+    assert sentence_bleu("xyz", ["the cat"]) == 0.0
+    assert sentence_chrf("abc", ["abc"]) == pytest.approx(100.0)
     # best reference counts
-    assert mt.sentence_chrf("the cat", ["a dog", "the cat"]) == pytest.approx(100.0)
+    assert sentence_chrf("the cat", ["a dog", "the cat"]) == pytest.approx(100.0)
 
 
 # ------------------------------------------------------------------------------------ ROUGE
 def test_rouge_by_hand():
-    got = mt.sentence_rouge("the cat sat on the mat", ["the cat was on the mat"])
+    got = sentence_rouge("the cat sat on the mat", ["the cat was on the mat"])
     # unigrams: 5 of 6 shared; LCS "the cat on the mat" = 5; bigrams: 3 of 5 shared
     assert got["rouge1"] == pytest.approx(5 / 6)
     assert got["rougeL"] == pytest.approx(5 / 6)
@@ -87,24 +106,24 @@ def test_rouge_by_hand():
 
 def test_rouge_multi_reference_is_max_and_corpus_is_mean():
     pred = "the cat sat on the mat"
-    one = mt.sentence_rouge(pred, ["the cat was on the mat"])
-    both = mt.sentence_rouge(pred, ["completely different words here", "the cat was on the mat"])
+    one = sentence_rouge(pred, ["the cat was on the mat"])
+    both = sentence_rouge(pred, ["completely different words here", "the cat was on the mat"])
     assert both == pytest.approx(one)
-    corpus = mt.rouge([pred, "nothing shared"], [["the cat was on the mat"], ["totally other"]])
+    corpus = rouge([pred, "nothing shared"], [["the cat was on the mat"], ["totally other"]])
     assert corpus["rouge1"] == pytest.approx((5 / 6 + 0.0) / 2)
 
 
 def test_rouge_uses_stemming():
-    assert mt.sentence_rouge("cats running", ["cat runs"])["rouge1"] == pytest.approx(1.0)
+    assert sentence_rouge("cats running", ["cat runs"])["rouge1"] == pytest.approx(1.0)
 
 
 # ------------------------------------------------------------------------------ exact match
 def test_exact_match_normalisation_and_multi_reference():
     preds = ["  The   Answer\n", "paris", "no"]
     refs = [["the answer"], ["London", "PARIS "], ["yes"]]
-    assert mt.exact_match_items(preds, refs) == [1.0, 1.0, 0.0]
-    assert mt.exact_match(preds, refs) == pytest.approx(2 / 3)
-    assert mt.normalize_text(" A \t B\n\nC ") == "a b c"
+    assert exact_match_items(preds, refs) == [1.0, 1.0, 0.0]
+    assert exact_match(preds, refs) == pytest.approx(2 / 3)
+    assert normalize_text(" A \t B\n\nC ") == "a b c"
 
 
 @pytest.mark.parametrize(
@@ -121,26 +140,26 @@ def test_exact_match_normalisation_and_multi_reference():
     ],
 )
 def test_extract_final_number(text, expected):
-    assert mt.extract_final_number(text) == expected
+    assert extract_final_number(text) == expected
 
 
 def test_final_number_match():
     preds = ["so we get 72.", "the answer is 10", "no idea"]
     refs = [["... #### 72"], ["#### 11"], ["#### 3"]]
-    assert mt.final_number_items(preds, refs) == [1.0, 0.0, 0.0]
+    assert final_number_items(preds, refs) == [1.0, 0.0, 0.0]
 
 
 # ------------------------------------------------------------------------------- bootstrap
 def _mean_stats(values):
-    return mt.CorpusStats(np.column_stack([np.asarray(values, float), np.ones(len(values))]), lambda s: s[0] / s[1])
+    return CorpusStats(np.column_stack([np.asarray(values, float), np.ones(len(values))]), lambda s: s[0] / s[1])
 
 
 def test_bootstrap_contains_point_estimate_and_narrows_with_more_items():
     rng = np.random.default_rng(1)
     small = _mean_stats(rng.random(40))
     large = _mean_stats(rng.random(4000))
-    lo_s, hi_s = mt.bootstrap_ci(small, 500, seed=0)
-    lo_l, hi_l = mt.bootstrap_ci(large, 500, seed=0)
+    lo_s, hi_s = bootstrap_ci(small, 500, seed=0)
+    lo_l, hi_l = bootstrap_ci(large, 500, seed=0)
     assert lo_s <= small.score() <= hi_s
     assert lo_l <= large.score() <= hi_l
     assert (hi_l - lo_l) < (hi_s - lo_s) / 3  # ~ 1/sqrt(n): 10x narrower expected
@@ -148,16 +167,16 @@ def test_bootstrap_contains_point_estimate_and_narrows_with_more_items():
 
 def test_bootstrap_matches_normal_theory_for_a_mean():
     values = np.random.default_rng(2).random(2000)
-    lo, hi = mt.bootstrap_ci(_mean_stats(values), 2000, seed=0)
+    lo, hi = bootstrap_ci(_mean_stats(values), 2000, seed=0)
     half = 1.96 * values.std() / math.sqrt(len(values))
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
 
 
 def test_bootstrap_deterministic_by_seed():
-    stats = mt.sacrebleu_stats("bleu", README_SYS * 5, README_REFS * 5)
-    a = mt.bootstrap_ci(stats, 200, seed=3)
-    b = mt.bootstrap_ci(stats, 200, seed=3)
-    c = mt.bootstrap_ci(stats, 200, seed=4)
+    stats = sacrebleu_stats("bleu", README_SYS * 5, README_REFS * 5)
+    a = bootstrap_ci(stats, 200, seed=3)
+    b = bootstrap_ci(stats, 200, seed=3)
+    c = bootstrap_ci(stats, 200, seed=4)
     assert a == b
     assert a != c
 
@@ -167,9 +186,9 @@ def test_bootstrap_resample_sums_equal_direct_rescoring():
     from sacrebleu.metrics import BLEU
 
     sys_, refs = README_SYS * 3, README_REFS * 3
-    stats = mt.sacrebleu_stats("bleu", sys_, refs)
+    stats = sacrebleu_stats("bleu", sys_, refs)
     idx = [0, 0, 4, 8, 8, 8, 2, 5, 1]
-    direct = BLEU().corpus_score([sys_[i] for i in idx], mt.reference_streams([refs[i] for i in idx])).score
+    direct = BLEU().corpus_score([sys_[i] for i in idx], reference_streams([refs[i] for i in idx])).score
     assert stats.aggregate(stats.stats[idx].sum(axis=0)) == pytest.approx(direct, abs=1e-9)
 
 
@@ -178,9 +197,9 @@ def test_bootstrap_bleu_630_items_1000_resamples_is_fast():
     words = [f"w{i}" for i in range(60)]
     preds = [" ".join(rng.choice(words, 12)) for _ in range(630)]
     refs = [[" ".join(rng.choice(words, 12)) for _ in range(int(rng.integers(1, 8)))] for _ in range(630)]
-    stats = mt.sacrebleu_stats("bleu", preds, refs)
+    stats = sacrebleu_stats("bleu", preds, refs)
     t0 = time.perf_counter()
-    lo, hi = mt.bootstrap_ci(stats, 1000, seed=0)
+    lo, hi = bootstrap_ci(stats, 1000, seed=0)
     elapsed = time.perf_counter() - t0
     assert lo <= stats.score() <= hi
     assert elapsed < 5.0, f"bootstrap took {elapsed:.2f} s"
@@ -188,15 +207,15 @@ def test_bootstrap_bleu_630_items_1000_resamples_is_fast():
 
 # ------------------------------------------------------------------------ registry / compute
 def test_registry_and_did_you_mean():
-    assert {"bleu", "chrf", "ter", "rouge", "exact_match"} <= set(mt.METRICS)
-    with pytest.raises(mt.MetricError, match="Did you mean 'rouge'"):
-        mt.check_metric_names(["bleu", "rogue"])
-    with pytest.raises(mt.MetricError, match="register"):
-        mt.register_metric("bleu")(lambda p, r: {})
+    assert {"bleu", "chrf", "ter", "rouge", "exact_match"} <= set(METRICS)
+    with pytest.raises(MetricError, match="Did you mean 'rouge'"):
+        check_metric_names(["bleu", "rogue"])
+    with pytest.raises(MetricError, match="register"):
+        register_metric("bleu")(lambda p, r: {})
 
 
 def test_compute_report():
-    report = mt.compute(["bleu", "chrf", "ter", "rouge", "exact_match"], README_SYS, README_REFS, 200, seed=0)
+    report = compute(["bleu", "chrf", "ter", "rouge", "exact_match"], README_SYS, README_REFS, 200, seed=0)
     assert set(report.metrics) == {"bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match"}
     assert set(report.ci95) == set(report.metrics)
     assert set(report.signatures) == {"bleu", "chrf", "ter"}
@@ -204,7 +223,7 @@ def test_compute_report():
     assert report.metrics["exact_match"] == pytest.approx(1 / 3)
     for name, (lo, hi) in report.ci95.items():
         assert lo <= report.metrics[name] + 1e-9 and report.metrics[name] <= hi + 1e-9, name
-    assert mt.compute(["bleu"], README_SYS, README_REFS, bootstrap_samples=0).ci95 == {}
+    assert compute(["bleu"], README_SYS, README_REFS, bootstrap_samples=0).ci95 == {}
 
 
 @pytest.mark.parametrize(
@@ -218,8 +237,8 @@ def test_compute_report():
     ],
 )
 def test_bad_inputs_raise_clear_errors(preds, refs, match):
-    with pytest.raises(mt.MetricError, match=match):
-        mt.compute(["bleu"], preds, refs)
+    with pytest.raises(MetricError, match=match):
+        compute(["bleu"], preds, refs)
 
 
 # ------------------------------------------------------------- NIST, METEOR, CIDEr (harness/nlgmetrics.py)
@@ -232,22 +251,22 @@ E2E_REFS = [["The Eagle is a low-priced coffee shop near Burger King.",
 def test_nist_against_nltk_on_tokenized_text():
     from nltk.translate.nist_score import corpus_nist
 
-    from harness import nlgmetrics
+    from harness.eval.nlgmetrics import tokenize
 
-    got = mt.compute(["nist"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
-    expected = corpus_nist([[nlgmetrics.tokenize(r).split() for r in rs] for rs in E2E_REFS],
-                           [nlgmetrics.tokenize(p).split() for p in E2E_PREDS], n=5)
+    got = compute(["nist"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
+    expected = corpus_nist([[tokenize(r).split() for r in rs] for rs in E2E_REFS],
+                           [tokenize(p).split() for p in E2E_PREDS], n=5)
     assert got.metrics["nist"] == pytest.approx(expected) and got.metrics["nist"] > 0
     assert "nist" not in got.ci95  # corpus-wide information weights: no per-item bootstrap
-    assert nlgmetrics.tokenize("The Eagle, near Burger-King.") == "the eagle , near burger-king ."
-    worse = mt.compute(["nist"], ["Food.", "Shop."], E2E_REFS, bootstrap_samples=0).metrics["nist"]
+    assert tokenize("The Eagle, near Burger-King.") == "the eagle , near burger-king ."
+    worse = compute(["nist"], ["Food.", "Shop."], E2E_REFS, bootstrap_samples=0).metrics["nist"]
     assert worse < got.metrics["nist"]
 
 
 def test_cider_is_a_mean_of_item_scores_with_an_interval():
-    exact = mt.compute(["cider"], [rs[0] for rs in E2E_REFS], [[rs[0]] for rs in E2E_REFS], bootstrap_samples=0)
+    exact = compute(["cider"], [rs[0] for rs in E2E_REFS], [[rs[0]] for rs in E2E_REFS], bootstrap_samples=0)
     assert exact.metrics["cider"] == pytest.approx(10.0)  # CIDEr-D's x10 scale: identical text scores 10
-    got = mt.compute(["cider"], E2E_PREDS, E2E_REFS, bootstrap_samples=200)
+    got = compute(["cider"], E2E_PREDS, E2E_REFS, bootstrap_samples=200)
     assert 0 < got.metrics["cider"] < 10
     lo, hi = got.ci95["cider"]
     assert lo <= got.metrics["cider"] <= hi
@@ -257,16 +276,17 @@ def test_cider_is_a_mean_of_item_scores_with_an_interval():
 @pytest.mark.skipif(shutil.which("java") is None,
                     reason="no java on PATH: scripts/system-deps.sh installs default-jre-headless (as root)")
 def test_meteor_runs_the_jar_and_orders_predictions():
-    perfect = mt.compute(["meteor"], [rs[0] for rs in E2E_REFS], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
-    good = mt.compute(["meteor"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
-    bad = mt.compute(["meteor"], ["Food.", ""], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
+    perfect = compute(["meteor"], [rs[0] for rs in E2E_REFS], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
+    good = compute(["meteor"], E2E_PREDS, E2E_REFS, bootstrap_samples=100)
+    bad = compute(["meteor"], ["Food.", ""], E2E_REFS, bootstrap_samples=0).metrics["meteor"]
     assert perfect == pytest.approx(1.0, abs=1e-6) and bad < good.metrics["meteor"] < perfect
     assert "meteor" not in good.ci95
 
 
 def test_meteor_without_java_says_what_to_install(monkeypatch):
-    from harness import nlgmetrics
+
+    from harness.eval import nlgmetrics
 
     monkeypatch.setattr(nlgmetrics.shutil, "which", lambda name: None)
-    with pytest.raises(mt.MetricError, match="default-jre-headless"):
-        mt.compute(["meteor"], E2E_PREDS, E2E_REFS)
+    with pytest.raises(MetricError, match="default-jre-headless"):
+        compute(["meteor"], E2E_PREDS, E2E_REFS)

@@ -11,13 +11,14 @@ import time
 import pytest
 import torch
 
-from harness import atomic, config, models
+from harness import atomic, config
+from harness.model.load import build_tiny, identity, load_model_and_tokenizer, local_dir
 
 
 def test_tiny_model_is_deterministic_and_has_chat_template():
     cfg = config.compose(["model=tiny-llama"]).model
-    a, tok = models.build_tiny(cfg.tiny)
-    b, _ = models.build_tiny(cfg.tiny)
+    a, tok = build_tiny(cfg.tiny)
+    b, _ = build_tiny(cfg.tiny)
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
     assert tok.chat_template and tok.bos_token and tok.eos_token and tok.pad_token
@@ -27,7 +28,7 @@ def test_tiny_model_is_deterministic_and_has_chat_template():
 
 def test_concurrent_conversion_is_safe(tmp_path):
     env = dict(os.environ, HARNESS_CACHE=str(tmp_path / "cache"))
-    code = "from harness import config, models; print(models.local_dir(config.compose(['model=tiny-gpt2']).model))"
+    code = "from harness import config, models; print(local_dir(config.compose(['model=tiny-gpt2']).model))"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate()[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -52,15 +53,15 @@ def test_atomic_json_never_leaves_partial_files(tmp_path):
 @pytest.mark.slow
 def test_smollm2_converts_once_and_loads_fast():
     cfg = config.compose(["model=smollm2-135m"]).model
-    d = models.local_dir(cfg)
+    d = local_dir(cfg)
     assert (d / "model.safetensors").exists() and (d / "config.json").exists()
     t0 = time.time()
-    model, tok = models.load_model_and_tokenizer(cfg)
+    model, tok = load_model_and_tokenizer(cfg)
     assert time.time() - t0 < 15
     assert type(model).__name__ == "LlamaForCausalLM"
     assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
     assert tok.chat_template and "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
-    ident = models.identity(cfg)
+    ident = identity(cfg)
     assert len(ident["sha256"]) == 64
 
 
@@ -68,7 +69,7 @@ def test_smollm2_converts_once_and_loads_fast():
 def test_gemma3_assembles_converts_and_needs_bos():
     cfg = config.compose(["model=gemma3-270m"]).model
     assert cfg.add_bos
-    model, tok = models.load_model_and_tokenizer(cfg)
+    model, tok = load_model_and_tokenizer(cfg)
     assert 250e6 < sum(p.numel() for p in model.parameters()) < 300e6
     assert tok.bos_token == "<bos>"
     ids = tok("Hello", return_tensors="pt")

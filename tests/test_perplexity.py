@@ -12,13 +12,29 @@ import re
 
 import pytest
 
-from harness import config, models, paths, perplexity
+from harness import config, paths
 from harness.config import PerplexitySuite
+from harness.eval.perplexity import (
+    aggregate,
+    corpus_path,
+    count_words,
+    perplexity_metrics,
+    prefix_token_id,
+    read_corpus_text,
+    run_suite,
+    score_token_lists,
+    select_documents,
+    val_loss,
+    wikitext_detokenize,
+    wikitext_documents,
+    window_spans,
+)
+from harness.model.load import load_model_and_tokenizer
 
 
 # ------------------------------------------------------------------------------------ pure math
 def test_perplexity_metrics_by_hand():
-    m = perplexity.perplexity_metrics(nll=10.0, tokens=5, words=4, n_bytes=20)
+    m = perplexity_metrics(nll=10.0, tokens=5, words=4, n_bytes=20)
     assert m["token_perplexity"] == pytest.approx(math.exp(2.0))
     assert m["word_perplexity"] == pytest.approx(math.exp(2.5))
     assert m["byte_perplexity"] == pytest.approx(math.exp(0.5))
@@ -29,7 +45,7 @@ def test_perplexity_metrics_by_hand():
 
 def test_aggregate_sums_before_dividing():
     rows = [{"nll": 2.0, "tokens": 1, "words": 1, "bytes": 4}, {"nll": 30.0, "tokens": 10, "words": 3, "bytes": 12}]
-    m = perplexity.aggregate(rows)
+    m = aggregate(rows)
     assert m["word_perplexity"] == pytest.approx(math.exp(32.0 / 4))  # lm-eval's weighted_perplexity
     mean_of_docs = (math.exp(2.0) + math.exp(10.0)) / 2
     assert m["word_perplexity"] != pytest.approx(mean_of_docs)
@@ -37,7 +53,7 @@ def test_aggregate_sums_before_dividing():
 
 def test_perplexity_metrics_reject_empty_counts():
     with pytest.raises(ValueError, match="tokens=0"):
-        perplexity.perplexity_metrics(1.0, 0, 1, 1)
+        perplexity_metrics(1.0, 0, 1, 1)
 
 
 @pytest.mark.parametrize("bos", [False, True])
@@ -45,7 +61,7 @@ def test_perplexity_metrics_reject_empty_counts():
                                          (50, 16, 1), (33, 5, 5), (100, 32, 16)])
 def test_window_spans_score_every_target_once(n, L, stride, bos):
     scored, prev_end = [], 0
-    for start, end, n_score in perplexity.window_spans(n, L, stride, bos):
+    for start, end, n_score in window_spans(n, L, stride, bos):
         length = (end - start) + (1 if bos and start > 0 else 0)
         assert length <= L, "a window is longer than max_length"
         assert 1 <= n_score <= end - start
@@ -63,7 +79,7 @@ def test_windows_equal_lm_evals_rolling_windows():
         for L in (4, 16, 32):
             toks = [rng.randrange(100, 200) for _ in range(n)]
             s = [1] + toks
-            ours = [(s[a:b], s[b - k + 1:b + 1]) for a, b, k in perplexity.window_spans(n, L, L)]
+            ours = [(s[a:b], s[b - k + 1:b + 1]) for a, b, k in window_spans(n, L, L)]
             theirs = []
             for ctx, cont in map(make_disjoint_window, get_rolling_token_windows(toks, 1, L, 1)):
                 theirs.append(((ctx + cont)[-(L + 1):][:-1], cont))  # what HFLM feeds the model
@@ -73,11 +89,11 @@ def test_windows_equal_lm_evals_rolling_windows():
 # ------------------------------------------------------------------------------ wikitext text
 @pytest.fixture(scope="module")
 def wiki_text():
-    return perplexity.read_corpus_text("wikitext-2-raw/wiki.test.raw")
+    return read_corpus_text("wikitext-2-raw/wiki.test.raw")
 
 
 def test_wikitext_documents_split_into_articles(wiki_text):
-    docs = perplexity.wikitext_documents(wiki_text)
+    docs = wikitext_documents(wiki_text)
     assert len(docs) == 62  # EleutherAI/wikitext_document_level wikitext-2-raw-v1 test
     assert all(d.strip() for d in docs)
     assert docs[0].startswith(" = Robert Boulter = ")
@@ -89,32 +105,32 @@ def test_wikitext_documents_split_into_articles(wiki_text):
 def test_detokenizer_and_word_count_match_lm_eval(wiki_text):
     from lm_eval.tasks.wikitext import preprocess_wikitext as ref
 
-    for page in perplexity.wikitext_documents(wiki_text):
-        assert perplexity.wikitext_detokenize(page) == ref.wikitext_detokenizer({"page": page})
+    for page in wikitext_documents(wiki_text):
+        assert wikitext_detokenize(page) == ref.wikitext_detokenizer({"page": page})
         ll = -123.0
         words = ref.process_results({"page": page}, [ll])["word_perplexity"][1]
-        assert perplexity.count_words(page) == words == len(re.split(r"\s+", page))
+        assert count_words(page) == words == len(re.split(r"\s+", page))
 
 
 def test_missing_corpus_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="HARNESS_DATA"):
-        perplexity.read_corpus_text("wikitext-2-raw/wiki.test.raw")
+        read_corpus_text("wikitext-2-raw/wiki.test.raw")
 
 
 def test_select_documents_whole_documents_up_to_budget():
     toks = [[0] * 10, [0] * 10, [0] * 10]
-    assert perplexity.select_documents(toks, 0) == 3
-    assert perplexity.select_documents(toks, 10) == 1
-    assert perplexity.select_documents(toks, 11) == 2
-    assert perplexity.select_documents(toks, 1000) == 3
+    assert select_documents(toks, 0) == 3
+    assert select_documents(toks, 10) == 1
+    assert select_documents(toks, 11) == 2
+    assert select_documents(toks, 1000) == 3
 
 
 # --------------------------------------------------------------------------- tiny-model scoring
 @pytest.fixture(scope="module")
 def tiny():
     cfg = config.compose(["model=tiny-llama"])
-    model, tok = models.load_model_and_tokenizer(cfg.model)
+    model, tok = load_model_and_tokenizer(cfg.model)
     return model.eval(), tok, cfg
 
 
@@ -131,9 +147,9 @@ def test_sliding_window_equals_full_sequence(tiny):
     model, tok, cfg = tiny
     texts = ["The quick brown fox jumps over the lazy dog.", "A language model assigns probabilities to words."]
     lists = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
-    prefix = perplexity.prefix_token_id(tok)
+    prefix = prefix_token_id(tok)
     L = max(len(x) for x in lists) + 1  # one window covers each document
-    got = perplexity.score_token_lists(model, lists, prefix, tok.bos_token_id, L, L, batch_size=2)
+    got = score_token_lists(model, lists, prefix, tok.bos_token_id, L, L, batch_size=2)
     for toks, (nll, n) in zip(lists, got):
         assert n == len(toks)
         assert nll == pytest.approx(_direct_nll(model, [prefix] + toks), rel=1e-5)
@@ -143,17 +159,17 @@ def test_windows_batching_and_context(tiny):
     model, tok, cfg = tiny
     text = "Fine-tuning adapts a pretrained model to a new task. " * 6
     toks = tok(text, add_special_tokens=False)["input_ids"]
-    prefix = perplexity.prefix_token_id(tok)
+    prefix = prefix_token_id(tok)
     full = _direct_nll(model, [prefix] + toks)
-    one = perplexity.score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 16, batch_size=1)[0]
-    many = perplexity.score_token_lists(model, [toks, toks[:5]], prefix, tok.bos_token_id, 16, 16, batch_size=3)[0]
+    one = score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 16, batch_size=1)[0]
+    many = score_token_lists(model, [toks, toks[:5]], prefix, tok.bos_token_id, 16, 16, batch_size=3)[0]
     assert one[1] == len(toks) and many[1] == len(toks)
     assert one[0] == pytest.approx(many[0], rel=1e-5)  # right padding in a batch changes nothing
     assert one[0] != pytest.approx(full, rel=1e-4)  # short windows do lose context
     # a stride smaller than the window gives each token more context; the count stays exact
-    strided = perplexity.score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 4, batch_size=4)[0]
+    strided = score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 4, batch_size=4)[0]
     assert strided[1] == len(toks)
-    bos = perplexity.score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 16, 2, bos_every_window=True)[0]
+    bos = score_token_lists(model, [toks], prefix, tok.bos_token_id, 16, 16, 2, bos_every_window=True)[0]
     assert bos[1] == len(toks) and bos[0] != pytest.approx(one[0], rel=1e-6)
 
 
@@ -162,13 +178,13 @@ def test_run_suite_on_a_plain_text_file(tiny, tmp_path):
     f = tmp_path / "corpus.txt"
     f.write_bytes("Machine learning models learn patterns from data.\r\nThe capital of France is Paris.\r\n".encode())
     suite = PerplexitySuite(name="mycorpus", path=str(f), max_length=8, stride=4, batch_size=2)
-    entry, rows = perplexity.run_suite(model, tok, suite, cfg.model, progress=False)
+    entry, rows = run_suite(model, tok, suite, cfg.model, progress=False)
     text = f.read_text().replace("\r\n", "\n")
     assert len(rows) == 1 and entry["n"] == 1
     assert rows[0]["bytes"] == len(text.encode()) and rows[0]["words"] == len(re.split(r"\s+", text))
     assert rows[0]["tokens"] == len(tok(text, add_special_tokens=False)["input_ids"]) == entry["tokens"]
     assert entry["bos_every_window"] is True  # tiny-llama sets model.add_bos
-    assert entry["metrics"] == pytest.approx(perplexity.aggregate(rows))
+    assert entry["metrics"] == pytest.approx(aggregate(rows))
     assert entry["tokens_per_s"] > 0
 
 
@@ -180,12 +196,12 @@ def test_val_loss_equals_the_models_own_loss(tiny):
     labels = [-100] * 6 + ids[6:]
     with torch.no_grad():
         ref = float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss)
-    res = perplexity.val_loss(model, [{"input_ids": ids, "labels": labels}], batch_size=4)
+    res = val_loss(model, [{"input_ids": ids, "labels": labels}], batch_size=4)
     assert res["loss"] == pytest.approx(ref, rel=1e-5)
     assert res["tokens"] == len(ids) - 6
     assert res["perplexity"] == pytest.approx(math.exp(ref), rel=1e-5)
     # padding beside a longer row must not change it
-    res2 = perplexity.val_loss(model, [{"input_ids": ids, "labels": labels}, {"input_ids": ids * 2, "labels": ids * 2}],
+    res2 = val_loss(model, [{"input_ids": ids, "labels": labels}, {"input_ids": ids * 2, "labels": ids * 2}],
                                batch_size=1)
     assert res2["tokens"] == res["tokens"] + 2 * len(ids) - 1
 
@@ -194,5 +210,5 @@ def test_data_root_is_used(monkeypatch, tmp_path):
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "c.txt").write_text("x y z")
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
-    assert perplexity.corpus_path(PerplexitySuite(name="c", path="w/c.txt")) == paths.data_root() / "w" / "c.txt"
-    assert perplexity.read_corpus_text("w/c.txt") == "x y z"
+    assert corpus_path(PerplexitySuite(name="c", path="w/c.txt")) == paths.data_root() / "w" / "c.txt"
+    assert read_corpus_text("w/c.txt") == "x y z"

@@ -10,7 +10,20 @@ import math
 import numpy as np
 import pytest
 
-from harness import ratings
+from harness.human.ratings import (
+    bradley_terry,
+    bradley_terry_bootstrap,
+    bt_mle_exists,
+    bt_to_elo_scale,
+    cohen_kappa,
+    elo_orderings,
+    elo_sequence,
+    krippendorff_alpha,
+    mean_ci,
+    summarize_samples,
+    wilson_interval,
+    win_matrix,
+)
 
 # ------------------------------------------------------------------------------------------ Elo
 
@@ -21,11 +34,11 @@ def test_elo_three_matches_hand_computed():
     # 2) B beats C: E_B = 1/(1+10^(16/400)) = 0.476990, B += 32*(1-0.476990) = 16.7363 -> 1000.7363, C -> 983.2637
     # 3) A ties C: E_A = 1/(1+10^((983.2637-1016)/400)) = 0.546972, A += 32*(0.5-0.546972) = -1.5031
     #    -> A 1014.4969, C 984.7668
-    r1 = ratings.elo_sequence([0], [1], [1.0], 3)
+    r1 = elo_sequence([0], [1], [1.0], 3)
     assert r1 == pytest.approx([1016.0, 984.0, 1000.0])
-    r2 = ratings.elo_sequence([0, 1], [1, 2], [1.0, 1.0], 3)
+    r2 = elo_sequence([0, 1], [1, 2], [1.0, 1.0], 3)
     assert r2 == pytest.approx([1016.0, 1000.7363, 983.2637], abs=1e-4)
-    r3 = ratings.elo_sequence([0, 1, 0], [1, 2, 2], [1.0, 1.0, 0.5], 3)
+    r3 = elo_sequence([0, 1, 0], [1, 2, 2], [1.0, 1.0, 0.5], 3)
     assert r3 == pytest.approx([1014.4969, 1000.7363, 984.7668], abs=1e-4)
     assert r3.sum() == pytest.approx(3000.0)  # Elo updates are zero-sum
 
@@ -36,13 +49,13 @@ def test_elo_orderings_equal_sequential_elo_on_the_same_permutations():
     a = rng.integers(0, players, n)
     b = (a + rng.integers(1, players, n)) % players
     s = rng.choice([0.0, 0.5, 1.0], n)
-    out = ratings.elo_orderings(a, b, s, players, orderings=7, seed=3, chunk=3)
+    out = elo_orderings(a, b, s, players, orderings=7, seed=3, chunk=3)
     # the permutations the function draws: rng.permuted row by row, whatever the chunk size
     perms = np.random.default_rng(3).permuted(np.tile(np.arange(n), (7, 1)), axis=1)
     for o in range(7):
-        ref = ratings.elo_sequence(a[perms[o]], b[perms[o]], s[perms[o]], players)
+        ref = elo_sequence(a[perms[o]], b[perms[o]], s[perms[o]], players)
         np.testing.assert_allclose(out[o], ref, atol=1e-9)
-    np.testing.assert_allclose(out, ratings.elo_orderings(a, b, s, players, orderings=7, seed=3, chunk=100))
+    np.testing.assert_allclose(out, elo_orderings(a, b, s, players, orderings=7, seed=3, chunk=100))
     np.testing.assert_allclose(out.sum(axis=1), players * 1000.0)
 
 
@@ -50,8 +63,8 @@ def test_elo_orderings_rank_a_dominant_player_first_and_summary_shapes():
     a = np.array([0] * 30 + [1] * 30)
     b = np.array([1] * 30 + [2] * 30)
     s = np.ones(60)  # 0 always beats 1, 1 always beats 2
-    final = ratings.elo_orderings(a, b, s, 3, orderings=50, seed=0)
-    st = ratings.summarize_samples(final)
+    final = elo_orderings(a, b, s, 3, orderings=50, seed=0)
+    st = summarize_samples(final)
     assert st["mean"][0] > st["mean"][1] > st["mean"][2]
     assert np.all(st["lo"] <= st["mean"]) and np.all(st["mean"] <= st["hi"])
     assert np.all(st["mean_ci_half"] > 0)
@@ -59,11 +72,11 @@ def test_elo_orderings_rank_a_dominant_player_first_and_summary_shapes():
 
 def test_elo_rejects_bad_matches():
     with pytest.raises(ValueError, match="itself"):
-        ratings.elo_sequence([0], [0], [1.0], 2)
+        elo_sequence([0], [0], [1.0], 2)
     with pytest.raises(ValueError, match="score_a"):
-        ratings.elo_sequence([0], [1], [0.7], 2)
+        elo_sequence([0], [1], [0.7], 2)
     with pytest.raises(ValueError, match="indices"):
-        ratings.elo_orderings([0], [5], [1.0], 2)
+        elo_orderings([0], [5], [1.0], 2)
 
 
 # -------------------------------------------------------------------------------- Bradley-Terry
@@ -72,10 +85,10 @@ def test_elo_rejects_bad_matches():
 def test_bradley_terry_two_players_closed_form():
     # MLE of p0/p1 with w wins and l losses is w/l
     w = np.array([[0.0, 3.0], [1.0, 0.0]])
-    p = ratings.bradley_terry(w)
+    p = bradley_terry(w)
     assert p[0] / p[1] == pytest.approx(3.0, rel=1e-6)
     assert math.prod(p) == pytest.approx(1.0)  # geometric mean 1
-    assert ratings.bt_to_elo_scale(p)[0] - ratings.bt_to_elo_scale(p)[1] == pytest.approx(400 * math.log10(3), rel=1e-6)
+    assert bt_to_elo_scale(p)[0] - bt_to_elo_scale(p)[1] == pytest.approx(400 * math.log10(3), rel=1e-6)
 
 
 def test_bradley_terry_matches_direct_scipy_optimisation():
@@ -90,18 +103,18 @@ def test_bradley_terry_matches_direct_scipy_optimisation():
 
     res = minimize(nll, np.zeros(3), method="BFGS", options={"gtol": 1e-10})
     theta = np.concatenate([[0.0], res.x])
-    p = ratings.bradley_terry(w)
+    p = bradley_terry(w)
     np.testing.assert_allclose(np.log(p) - np.log(p[0]), theta, atol=1e-5)
 
 
 def test_bradley_terry_symmetric_tournament_is_flat_and_nonexistent_mle_raises():
     w = np.full((3, 3), 2.0) - 2.0 * np.eye(3)
-    np.testing.assert_allclose(ratings.bradley_terry(w), np.ones(3), atol=1e-9)
+    np.testing.assert_allclose(bradley_terry(w), np.ones(3), atol=1e-9)
     undefeated = np.array([[0, 3, 2], [0, 0, 1], [0, 1, 0]], dtype=float)
-    assert not ratings.bt_mle_exists(undefeated)
+    assert not bt_mle_exists(undefeated)
     with pytest.raises(ValueError, match="does not exist"):
-        ratings.bradley_terry(undefeated)
-    p = ratings.bradley_terry(undefeated, prior=1.0)
+        bradley_terry(undefeated)
+    p = bradley_terry(undefeated, prior=1.0)
     assert np.all(np.isfinite(p)) and p[0] == p.max()
 
 
@@ -109,11 +122,11 @@ def test_bradley_terry_bootstrap_batches_agree_with_single_fits():
     a = np.array([0, 0, 1, 1, 2, 2, 0, 1] * 5)
     b = np.array([1, 2, 2, 0, 0, 1, 2, 2] * 5)
     s = np.array([1, 1, 1, 0.5, 0, 0, 1, 0] * 5, dtype=float)
-    boot = ratings.bradley_terry_bootstrap(a, b, s, 3, resamples=40, seed=2, prior=1.0)
+    boot = bradley_terry_bootstrap(a, b, s, 3, resamples=40, seed=2, prior=1.0)
     assert boot.shape == (40, 3)
     # resample 0 refitted alone gives the same strengths as in the batch
     idx = np.random.default_rng(2).integers(0, a.size, size=(40, a.size))[0]
-    single = ratings.bradley_terry(ratings.win_matrix(a[idx], b[idx], s[idx], 3), prior=1.0)
+    single = bradley_terry(win_matrix(a[idx], b[idx], s[idx], 3), prior=1.0)
     np.testing.assert_allclose(boot[0], single, rtol=1e-5)
 
 
@@ -124,21 +137,21 @@ def test_bradley_terry_bootstrap_batches_agree_with_single_fits():
     (81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718),
 ])
 def test_wilson_interval_textbook(x, n, lo, hi):
-    got = ratings.wilson_interval(x, n)
+    got = wilson_interval(x, n)
     assert got == pytest.approx((lo, hi), abs=6e-5)
 
 
 def test_wilson_interval_edges():
-    assert all(math.isnan(v) for v in ratings.wilson_interval(0, 0))
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))
     with pytest.raises(ValueError):
-        ratings.wilson_interval(5, 3)
+        wilson_interval(5, 3)
 
 
 def test_mean_ci_student_t():
-    mean, lo, hi = ratings.mean_ci([1, 2, 3, 4, 5])
+    mean, lo, hi = mean_ci([1, 2, 3, 4, 5])
     # t(0.975, 4) = 2.776445; sd = 1.581139; half = 2.776445 * 1.581139 / sqrt(5) = 1.963243
     assert (mean, lo, hi) == pytest.approx((3.0, 1.036757, 4.963243), abs=1e-5)
-    m1, l1, h1 = ratings.mean_ci([4])
+    m1, l1, h1 = mean_ci([4])
     assert m1 == 4 and math.isnan(l1) and math.isnan(h1)
 
 
@@ -149,8 +162,8 @@ def test_cohen_kappa_textbook():
     # 50 items: yes/yes 20, yes/no 5, no/yes 10, no/no 15 -> po = 0.7, pe = 0.5, kappa = 0.4
     a = ["yes"] * 25 + ["no"] * 25
     b = ["yes"] * 20 + ["no"] * 5 + ["yes"] * 10 + ["no"] * 15
-    assert ratings.cohen_kappa(a, b) == pytest.approx(0.4)
-    assert ratings.cohen_kappa([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
+    assert cohen_kappa(a, b) == pytest.approx(0.4)
+    assert cohen_kappa([1, 2, 3], [1, 2, 3]) == pytest.approx(1.0)
 
 
 def test_weighted_kappa_against_sklearn():
@@ -158,8 +171,8 @@ def test_weighted_kappa_against_sklearn():
     a = [1, 2, 3, 4, 5, 3, 2, 4, 5, 1, 3, 3]
     b = [1, 3, 3, 5, 4, 2, 2, 4, 5, 2, 3, 4]
     for w in ("linear", "quadratic"):
-        assert ratings.cohen_kappa(a, b, weights=w) == pytest.approx(sk.cohen_kappa_score(a, b, weights=w))
-    assert ratings.cohen_kappa(a, b) == pytest.approx(sk.cohen_kappa_score(a, b))
+        assert cohen_kappa(a, b, weights=w) == pytest.approx(sk.cohen_kappa_score(a, b, weights=w))
+    assert cohen_kappa(a, b) == pytest.approx(sk.cohen_kappa_score(a, b))
 
 
 N = None
@@ -175,14 +188,14 @@ KRIPP_OBSERVERS = [
 @pytest.mark.parametrize("level,alpha", [("nominal", 0.743), ("ordinal", 0.815), ("interval", 0.849), ("ratio", 0.797)])
 def test_krippendorff_alpha_published_example(level, alpha):
     units = list(zip(*KRIPP_OBSERVERS))
-    assert round(ratings.krippendorff_alpha(units, level), 3) == alpha
+    assert round(krippendorff_alpha(units, level), 3) == alpha
 
 
 def test_krippendorff_alpha_binary_two_observers_and_edges():
     # Krippendorff (2011) example A: two observers, binary data, alpha = 0.095
     units = list(zip([0, 1, 0, 0, 0, 0, 0, 0, 1, 0], [1, 1, 1, 0, 0, 1, 0, 0, 0, 0]))
-    assert round(ratings.krippendorff_alpha(units, "nominal"), 3) == 0.095
-    assert ratings.krippendorff_alpha([[1, 1], [2, 2], [3, 3]], "ordinal") == pytest.approx(1.0)
-    assert math.isnan(ratings.krippendorff_alpha([[1, None], [2]], "nominal"))  # nothing pairable
+    assert round(krippendorff_alpha(units, "nominal"), 3) == 0.095
+    assert krippendorff_alpha([[1, 1], [2, 2], [3, 3]], "ordinal") == pytest.approx(1.0)
+    assert math.isnan(krippendorff_alpha([[1, None], [2]], "nominal"))  # nothing pairable
     with pytest.raises(ValueError, match="level"):
-        ratings.krippendorff_alpha([[1, 2]], "cardinal")
+        krippendorff_alpha([[1, 2]], "cardinal")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from harness import stats
+from harness.report.stats import holm, mcnemar_exact, mean_ci, paired_bootstrap, paired_permutation, pareto_front
 
 
 def test_mean_ci_matches_scipy_t_interval():
     x = [0.41, 0.43, 0.40, 0.45, 0.39]
-    m, lo, hi, n = stats.mean_ci(x)
+    m, lo, hi, n = mean_ci(x)
     ref_lo, ref_hi = sps.t.interval(0.95, df=len(x) - 1, loc=np.mean(x), scale=sps.sem(x))
     assert n == 5
     assert m == pytest.approx(np.mean(x))
@@ -25,12 +25,12 @@ def test_mean_ci_matches_scipy_t_interval():
 
 
 def test_mean_ci_small_and_nonfinite():
-    m, lo, hi, n = stats.mean_ci([2.0, float("nan")])
+    m, lo, hi, n = mean_ci([2.0, float("nan")])
     assert (m, n) == (2.0, 1) and math.isnan(lo) and math.isnan(hi)
-    m, lo, hi, n = stats.mean_ci([])
+    m, lo, hi, n = mean_ci([])
     assert n == 0 and math.isnan(m)
     # two values: half-width = t_{0.975,1} * sd / sqrt(2) = 12.706 * 0.7071 / 1.4142
-    m, lo, hi, n = stats.mean_ci([1.0, 2.0])
+    m, lo, hi, n = mean_ci([1.0, 2.0])
     assert hi - m == pytest.approx(12.7062047 * 0.5, rel=1e-6)
 
 
@@ -40,50 +40,50 @@ def test_mcnemar_exact_textbook_example():
     # the discordant pairs (the textbook definition of the exact McNemar test) must agree.
     a = [1, 1] + [0] * 8 + [1] * 20 + [0] * 5
     b = [0, 0] + [1] * 8 + [1] * 20 + [0] * 5
-    p = stats.mcnemar_exact(a, b)
+    p = mcnemar_exact(a, b)
     assert p == pytest.approx(112 / 1024)
     assert p == pytest.approx(sps.binomtest(2, 10, 0.5).pvalue)
-    assert stats.mcnemar_exact(b, a) == pytest.approx(p)  # symmetric
+    assert mcnemar_exact(b, a) == pytest.approx(p)  # symmetric
 
 
 def test_mcnemar_no_discordant_pairs_and_bad_input():
-    assert stats.mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1]) == 1.0
     with pytest.raises(ValueError, match="equal lengths"):
-        stats.mcnemar_exact([1, 0], [1])
+        mcnemar_exact([1, 0], [1])
     with pytest.raises(ValueError, match="0/1"):
-        stats.mcnemar_exact([2, 0], [1, 0])
+        mcnemar_exact([2, 0], [1, 0])
 
 
 def test_holm_known_list():
     # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
-    assert stats.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    out = stats.holm([0.01, float("nan"), 0.02])
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    out = holm([0.01, float("nan"), 0.02])
     assert out[0] == pytest.approx(0.02) and math.isnan(out[1]) and out[2] == pytest.approx(0.02)
 
 
 def test_pareto_front_small_set():
     # (quality higher better, memory lower better)
     pts = [(0.5, 100), (0.6, 200), (0.55, 300), (0.7, 400), (0.4, 50), (0.7, 500), (float("nan"), 10)]
-    assert stats.pareto_front(pts, ("max", "min")) == [0, 1, 3, 4]
-    assert stats.pareto_front([(1, 1), (1, 1)], ("min", "min")) == [0, 1]
+    assert pareto_front(pts, ("max", "min")) == [0, 1, 3, 4]
+    assert pareto_front([(1, 1), (1, 1)], ("min", "min")) == [0, 1]
     with pytest.raises(ValueError, match="min' or 'max"):
-        stats.pareto_front(pts, ("up", "min"))
+        pareto_front(pts, ("up", "min"))
 
 
 def test_paired_bootstrap_detects_shift_and_is_seeded():
     rng = np.random.default_rng(1)
     base = rng.normal(50, 10, size=300)
     a = base + 2.0 + rng.normal(0, 1, size=300)
-    delta, (lo, hi), p = stats.paired_bootstrap(a, base, n=2000, seed=3)
+    delta, (lo, hi), p = paired_bootstrap(a, base, n=2000, seed=3)
     assert delta == pytest.approx(np.mean(a - base))
     assert lo < delta < hi and lo > 0
     assert p < 0.01
-    assert stats.paired_bootstrap(a, base, n=2000, seed=3) == (delta, (lo, hi), p)
+    assert paired_bootstrap(a, base, n=2000, seed=3) == (delta, (lo, hi), p)
     # no effect: large p, interval covers 0
     b = base + rng.normal(0, 1, size=300)
     c = base + rng.normal(0, 1, size=300)
-    d2, (lo2, hi2), p2 = stats.paired_bootstrap(b, c, n=2000, seed=0)
+    d2, (lo2, hi2), p2 = paired_bootstrap(b, c, n=2000, seed=0)
     assert lo2 < 0 < hi2 and p2 > 0.05
 
 
@@ -92,7 +92,7 @@ def test_paired_bootstrap_p_agrees_with_paired_t_test():
     rng = np.random.default_rng(7)
     a = rng.normal(0.1, 1, 2000)
     b = a - rng.normal(0.05, 1, 2000)
-    _, _, p = stats.paired_bootstrap(a, b, n=4000, seed=0)
+    _, _, p = paired_bootstrap(a, b, n=4000, seed=0)
     ref = sps.ttest_rel(a, b).pvalue
     assert 0.01 < ref < 0.5  # a case where the p-value is informative
     assert p == pytest.approx(ref, rel=0.2)
@@ -100,16 +100,16 @@ def test_paired_bootstrap_p_agrees_with_paired_t_test():
 
 def test_paired_bootstrap_rejects_nan_pairs():
     with pytest.raises(ValueError, match="not finite"):
-        stats.paired_bootstrap([1.0, float("nan")], [1.0, 2.0])
+        paired_bootstrap([1.0, float("nan")], [1.0, 2.0])
 
 
 def test_paired_permutation_exact_small_case():
     # differences 1, 2, 3: only all-plus and all-minus reach |mean| >= 2 -> p = 2/8
-    delta, p = stats.paired_permutation([1, 2, 3], [0, 0, 0])
+    delta, p = paired_permutation([1, 2, 3], [0, 0, 0])
     assert delta == pytest.approx(2.0) and p == pytest.approx(0.25)
     # random version agrees with the exact one on a larger case
     rng = np.random.default_rng(0)
     a, b = rng.normal(0.3, 1, 12), rng.normal(0, 1, 12)
-    _, exact = stats.paired_permutation(a, b, n=5000)  # 2**12 <= 5000: exact
-    _, approx = stats.paired_permutation(a, b, n=4000, seed=1)
+    _, exact = paired_permutation(a, b, n=5000)  # 2**12 <= 5000: exact
+    _, approx = paired_permutation(a, b, n=4000, seed=1)
     assert approx == pytest.approx(exact, abs=0.03)

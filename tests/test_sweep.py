@@ -23,8 +23,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import config, sweep
-from harness import sweepspec
+from harness import config
+from harness.commands.sweep import run
+from harness.sweep.plan import expand_grid, format_value, pin_axes, plan_grid
+from harness.sweep.spec import SpecError, load_spec, parse_spec
+from harness.sweep.storage import default_storage_url, open_storage
+from harness.sweep.study import enqueue_grid, open_study
+from harness.sweep.worker import TRAIN_CMD_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -81,7 +86,7 @@ def fake_env(tmp_path, monkeypatch):
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     monkeypatch.chdir(tmp_path)
-    env = dict(os.environ, **{sweep.TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
+    env = dict(os.environ, **{TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
     return env
 
 
@@ -99,8 +104,8 @@ def harness(args: list[str], env: dict, cwd: Path, timeout: float = 90) -> subpr
 def trials_of(cwd: Path, study: str = "t"):
     import optuna
 
-    url = sweep.default_storage_url(study, cwd / "studies")
-    return optuna.load_study(study_name=study, storage=sweep.open_storage(url)).get_trials(deepcopy=False)
+    url = default_storage_url(study, cwd / "studies")
+    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
 
 
 def by_state(trials) -> dict[str, list]:
@@ -113,7 +118,7 @@ def by_state(trials) -> dict[str, list]:
 # ------------------------------------------------------------------------------------ pure
 def test_expand_grid_is_union_of_products_in_order_without_duplicates():
     grid = [{"method": ["full"]}, {"method": ["lora", "qlora"], "method.r": [4, 16]}, {"method": ["full"]}]
-    cells = sweep.expand_grid(grid)
+    cells = expand_grid(grid)
     assert cells == [
         {"method": "full"},
         {"method": "lora", "method.r": 4}, {"method": "lora", "method.r": 16},
@@ -122,9 +127,9 @@ def test_expand_grid_is_union_of_products_in_order_without_duplicates():
 
 
 def test_plan_maps_every_cell_and_seed_to_overrides():
-    spec = sweepspec.parse_spec({"study": "s", "base": [*BASE, "method.r=8"], "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+    spec = parse_spec({"study": "s", "base": [*BASE, "method.r=8"], "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
                              "seeds": [0, 1, 2], "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
-    planned = sweep.plan_grid(spec)
+    planned = plan_grid(spec)
     assert len(planned) == 4 * 3
     assert len({t.cell for t in planned}) == 12  # every (cell, seed) distinct
     t = planned[4]  # cell 1 (lora, r=16), seed 1
@@ -138,7 +143,7 @@ def test_plan_maps_every_cell_and_seed_to_overrides():
 
 @pytest.mark.parametrize("value", [2e-05, 0.1, 3, True, None, "plain", "it's a 'test', with spaces = and [brackets]", "1e-5", "null"])
 def test_format_value_round_trips_through_hydra(value):
-    cfg = config.compose_tree(BASE + [f"notes={sweep.format_value(value)}"])
+    cfg = config.compose_tree(BASE + [f"notes={format_value(value)}"])
     assert cfg["notes"] == value
 
 
@@ -146,8 +151,8 @@ def test_spec_errors_are_reported_all_at_once():
     bad = {"study": "../x", "base": ["train.seed=3"], "grid": {"mthod": ["lora"], "method.r": []}, "seeds": [],
            "objectives": [{"metric": "summary.best_val_los", "direction": "down"}], "sampler": "gird", "pruner": "median",
            "budgett": {}}
-    with pytest.raises(sweep.SpecError) as exc:
-        sweepspec.parse_spec(bad, "bad.yaml")
+    with pytest.raises(SpecError) as exc:
+        parse_spec(bad, "bad.yaml")
     text = "\n".join(exc.value.errors)
     for needle in ("budgett: unknown key", "Did you mean 'budget'", "study '../x' is not allowed", "train.seed=3",
                    "mthod", "grid.method.r: a non-empty list", "seeds:", "Did you mean 'best_val_loss'",
@@ -160,33 +165,33 @@ def test_pruner_needs_a_single_minimized_objective():
     tree = {"study": "s", "base": BASE, "search": {"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True}},
             "sampler": "tpe", "pruner": "median", "budget": {"n_trials": 2},
             "objectives": [{"metric": "summary.best_val_loss", "direction": "maximize"}]}
-    with pytest.raises(sweep.SpecError, match="maximized"):
-        sweepspec.parse_spec(tree)
+    with pytest.raises(SpecError, match="maximized"):
+        parse_spec(tree)
     tree["objectives"][0]["direction"] = "minimize"
-    assert sweepspec.parse_spec(tree).search["train.lr"].log
+    assert parse_spec(tree).search["train.lr"].log
 
 
 def test_command_line_override_pins_an_axis_and_extends_base():
-    spec = sweepspec.parse_spec({"study": "s", "base": BASE, "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
+    spec = parse_spec({"study": "s", "base": BASE, "grid": {"method": ["lora", "qlora"], "method.r": [4, 16]},
                              "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
-    pinned, rest = sweep.pin_axes(spec, ["method=qlora", "train.max_steps=5"])
+    pinned, rest = pin_axes(spec, ["method=qlora", "train.max_steps=5"])
     assert rest == ["train.max_steps=5"]
-    assert sweep.expand_grid(pinned.grid) == [{"method": "qlora", "method.r": 4}, {"method": "qlora", "method.r": 16}]
+    assert expand_grid(pinned.grid) == [{"method": "qlora", "method.r": 4}, {"method": "qlora", "method.r": 16}]
     assert "train.max_steps=5" in pinned.base and "train.max_steps=2" not in pinned.base
     # with sub-grids, pinning keeps the cells that have the value (full keeps its own learning rate)
-    spec = sweepspec.parse_spec({"study": "s", "base": BASE, "grid": [{"method": ["full"], "train.lr": [2e-5]},
+    spec = parse_spec({"study": "s", "base": BASE, "grid": [{"method": ["full"], "train.lr": [2e-5]},
                                                                   {"method": ["lora", "qlora"], "train.lr": [2e-4]}],
                              "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}]})
-    assert sweep.expand_grid(sweep.pin_axes(spec, ["method=lora"])[0].grid) == [{"method": "lora", "train.lr": 2e-4}]
+    assert expand_grid(pin_axes(spec, ["method=lora"])[0].grid) == [{"method": "lora", "train.lr": 2e-4}]
     # a value no cell has is set everywhere
-    assert sweep.expand_grid(sweep.pin_axes(spec, ["train.lr=1e-3"])[0].grid) == [
+    assert expand_grid(pin_axes(spec, ["train.lr=1e-3"])[0].grid) == [
         {"method": "full", "train.lr": 1e-3}, {"method": "lora", "train.lr": 1e-3}, {"method": "qlora", "train.lr": 1e-3}]
 
 
 @pytest.mark.parametrize("spec_path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_specs_validate_in_a_dry_run(spec_path, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert sweep.run(sweep_args(str(spec_path), "--dry-run")) == 0, capsys.readouterr().err
+    assert run(sweep_args(str(spec_path), "--dry-run")) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     assert "dry run: config OK" in out
     assert not (tmp_path / "studies").exists() and not (tmp_path / "runs").exists()  # nothing created
@@ -203,7 +208,7 @@ def test_every_trial_config_is_checked_before_training(tmp_path, fake_env, capsy
     spec = write_spec(tmp_path / "s.yaml", base=[b for b in BASE if b != "method=lora"] + ["model=tiny-gpt2"],
                       grid={"method": ["lora", "qlora", "lora-8bit"]},
                       objectives=[{"metric": "hellaswag.acc", "direction": "maximize"}])
-    assert sweep.run(sweep_args(str(spec))) == 2
+    assert run(sweep_args(str(spec))) == 2
     err = capsys.readouterr().err
     assert "method=qlora needs a quantizable model" in err and "method=lora-8bit needs a quantizable model" in err
     assert "needs eval suite 'hellaswag'" in err
@@ -274,7 +279,7 @@ def test_worker_killed_mid_trial_then_resume_completes_each_cell_once(tmp_path, 
     trials = trials_of(tmp_path)
     states = by_state(trials)
     complete_cells = [t.user_attrs["cell"] for t in states["COMPLETE"]]
-    assert sorted(complete_cells) == sorted(t.cell for t in sweep.plan_grid(sweep.load_spec(spec)))  # each once
+    assert sorted(complete_cells) == sorted(t.cell for t in plan_grid(load_spec(spec)))  # each once
     assert [t.number for t in states["FAIL"]] == [killed.number]
     retry = next(t for t in states["COMPLETE"] if t.user_attrs["cell"] == killed.user_attrs["cell"])
     assert retry.system_attrs["retry_history"] == [killed.number]
@@ -355,7 +360,7 @@ def test_journal_storage_and_references_reach_the_runs(tmp_path, fake_env):
     assert r.returncode == 0, r.stdout + r.stderr
     import optuna
 
-    trials = optuna.load_study(study_name="t", storage=sweep.open_storage(url)).get_trials()
+    trials = optuna.load_study(study_name="t", storage=open_storage(url)).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert all("heartbeat_at" in t.user_attrs for t in trials)  # the journal's heartbeat
     overrides = trials[0].user_attrs["overrides"]
@@ -366,24 +371,24 @@ def test_journal_storage_and_references_reach_the_runs(tmp_path, fake_env):
 
 
 def test_changed_spec_is_refused_but_a_grown_grid_is_enqueued(tmp_path, fake_env):
-    url = sweep.default_storage_url("t", tmp_path / "studies")
-    spec = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}))
-    study, storage = sweep.open_study(spec, url, create=True)
-    assert sweep.enqueue_grid(study, storage, url, spec, sweep.plan_grid(spec)) == 1
-    assert sweep.enqueue_grid(study, storage, url, spec, sweep.plan_grid(spec)) == 0  # idempotent
-    grown = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}))
-    study, storage = sweep.open_study(grown, url, create=True)
-    assert sweep.enqueue_grid(study, storage, url, grown, sweep.plan_grid(grown)) == 1
-    changed = sweep.load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}, seeds=[5]))
-    with pytest.raises(sweep.SpecError, match=r"created from a different spec \(seeds differ"):
-        sweep.open_study(changed, url, create=True)
+    url = default_storage_url("t", tmp_path / "studies")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}))
+    study, storage = open_study(spec, url, create=True)
+    assert enqueue_grid(study, storage, url, spec, plan_grid(spec)) == 1
+    assert enqueue_grid(study, storage, url, spec, plan_grid(spec)) == 0  # idempotent
+    grown = load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}))
+    study, storage = open_study(grown, url, create=True)
+    assert enqueue_grid(study, storage, url, grown, plan_grid(grown)) == 1
+    changed = load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4]}, seeds=[5]))
+    with pytest.raises(SpecError, match=r"created from a different spec \(seeds differ"):
+        open_study(changed, url, create=True)
 
 
 # ------------------------------------------------------------------- the real trainer
 def _real_env(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    env.pop(sweep.TRAIN_CMD_ENV, None)
+    env.pop(TRAIN_CMD_ENV, None)
     return env
 
 

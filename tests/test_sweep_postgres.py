@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import sweep
+from harness.sweep.storage import normalize_url, open_storage
+from harness.sweep.worker import TRAIN_CMD_ENV
 
 pytestmark = pytest.mark.postgres
 
@@ -28,7 +29,7 @@ def _connect_error() -> str | None:
     try:
         import sqlalchemy as sa
 
-        engine = sa.create_engine(sweep.normalize_url(PG_URL), connect_args={"connect_timeout": 3})
+        engine = sa.create_engine(normalize_url(PG_URL), connect_args={"connect_timeout": 3})
         with engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
         engine.dispose()
@@ -47,14 +48,13 @@ def pg_url() -> str:
 
 
 def test_two_workers_on_one_postgres_study_run_each_cell_once(pg_url, tmp_path, monkeypatch):
-    from test_sweep import FAKE_TRAIN, write_spec  # the stand-in trainer and spec writer
-
     import optuna
+    from test_sweep import FAKE_TRAIN, write_spec  # the stand-in trainer and spec writer
 
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)
     monkeypatch.chdir(tmp_path)
-    env = dict(os.environ, **{sweep.TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
+    env = dict(os.environ, **{TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
     study = "pg-" + secrets.token_hex(4)  # a fresh study per run; the database is shared
     cells = list(range(1, 9))
     spec = write_spec(tmp_path / "s.yaml", study=study, grid={"notes": ["sleep:1"], "method.r": cells}, seeds=[0])
@@ -64,7 +64,7 @@ def test_two_workers_on_one_postgres_study_run_each_cell_once(pg_url, tmp_path, 
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    trials = optuna.load_study(study_name=study, storage=sweep.open_storage(pg_url)).get_trials(deepcopy=False)
+    trials = optuna.load_study(study_name=study, storage=open_storage(pg_url)).get_trials(deepcopy=False)
     assert len(trials) == len(cells)  # nothing duplicated
     assert sorted(t.user_attrs["params"]["method.r"] for t in trials) == cells  # nothing lost
     assert all(t.state.name == "COMPLETE" for t in trials)

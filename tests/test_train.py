@@ -15,19 +15,25 @@ import pytest
 import torch
 import yaml
 
-from harness import config, records, train
+from harness import config
+from harness.pipeline import train_run
+from harness.run.record import read_metrics, read_summary, run_dir_for
+from harness.train import fit as fit_module
+from harness.train.callbacks import Outcome
+from harness.train.fit import last_checkpoint
+from harness.train.loss import pad_batch, target_only_loss
 
 
 def _run(overrides, outcome=None):
     cfg = config.compose(overrides)
-    return train.train(cfg, overrides, outcome=outcome)
+    return train_run(cfg, overrides, outcome=outcome)
 
 
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit", "qlora-fp4", "dora"])
 def test_every_method_trains_and_records(tiny_overrides, method):
     status, run_dir = _run(tiny_overrides + [f"method={method}"])
-    assert status == "completed", records.read_summary(run_dir)
-    s = records.read_summary(run_dir)
+    assert status == "completed", read_summary(run_dir)
+    s = read_summary(run_dir)
     for key in ("trainable_params", "total_params", "peak_memory_mb", "wall_time_s", "train_time_s",
                 "train_tokens", "tokens_per_s", "best_val_loss", "steps", "adapter_bytes"):
         assert s.get(key) is not None, key
@@ -46,7 +52,7 @@ def test_every_method_trains_and_records(tiny_overrides, method):
     assert m["model"]["sha256"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"] == method
     assert f"method={method}" in yaml.safe_load((run_dir / "overrides.yaml").read_text())
-    lines = records.read_metrics(run_dir)
+    lines = read_metrics(run_dir)
     assert [r["step"] for r in lines if "train_loss" in r] == [1, 2, 3]
     assert any("val_loss" in r for r in lines)
 
@@ -60,14 +66,15 @@ def _base_and_adapter(model):
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, method):
-    from harness import methods, models
+    from harness.model.load import load_model_and_tokenizer
+    from harness.model.methods import build_quant_config
 
     cfg = config.compose(tiny_overrides + [f"method={method}", "train.lr=1e-2"])
-    quant = methods.build_quant_config(cfg.method, torch.bfloat16)
-    ref, _ = models.load_model_and_tokenizer(cfg.model, quantization_config=quant)
+    quant = build_quant_config(cfg.method, torch.bfloat16)
+    ref, _ = load_model_and_tokenizer(cfg.model, quantization_config=quant)
     ref_state = {k: v.detach().clone() for k, v in ref.state_dict().items()}
-    outcome = train.Outcome()
-    status, _ = train.train(cfg, tiny_overrides, outcome=outcome)
+    outcome = Outcome()
+    status, _ = train_run(cfg, tiny_overrides, outcome=outcome)
     assert status == "completed"
     trained = outcome.model
     moved = 0
@@ -89,7 +96,7 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
 def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
     import bitsandbytes as bnb
 
-    outcome = train.Outcome()
+    outcome = Outcome()
     status, run_dir = _run(tiny_overrides + ["method=qlora"], outcome)
     assert status == "completed"
     layers = [m for m in outcome.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
@@ -105,7 +112,7 @@ def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
 
 
 def test_qlora_adapters_train_in_the_run_precision(tiny_overrides):
-    outcome = train.Outcome()
+    outcome = Outcome()
     status, _ = _run(tiny_overrides + ["method=qlora", "train.precision=fp32"], outcome)
     assert status == "completed"
     dtypes = {p.dtype for p in outcome.model.parameters() if p.requires_grad}
@@ -142,12 +149,12 @@ def test_target_only_loss_equals_the_models_own_loss(smoothing):
         expected = LabelSmoother(smoothing)(full, batch["labels"], shift_labels=True)
     else:
         expected = model(**batch).loss
-    ours, out = train.target_only_loss(model, batch, label_smoothing=smoothing)
+    ours, out = target_only_loss(model, batch, label_smoothing=smoothing)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
     n_targets = int((batch["labels"][:, 1:] != -100).sum())
     assert out.logits.shape == (n_targets, 97)  # logits only where a target follows
     # normalised by the accumulation-wide count when the Trainer passes one
-    halved, _ = train.target_only_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_targets),
+    halved, _ = target_only_loss(model, batch, num_items_in_batch=torch.tensor(2 * n_targets),
                                        label_smoothing=smoothing)
     assert halved.item() == pytest.approx(expected.item() / 2, rel=1e-5)
     ours.backward()
@@ -156,7 +163,7 @@ def test_target_only_loss_equals_the_models_own_loss(smoothing):
 
 def test_pad_batch_pads_ids_masks_and_labels():
     rows = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
-    b = train.pad_batch(rows, pad_id=0)
+    b = pad_batch(rows, pad_id=0)
     assert b["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert b["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
@@ -165,11 +172,11 @@ def test_pad_batch_pads_ids_masks_and_labels():
 def test_same_seed_same_losses(tiny_overrides):
     a = _run(tiny_overrides + ["method=lora", "run_id=a"])[1]
     b = _run(tiny_overrides + ["method=lora", "run_id=b"])[1]
-    la = [r["train_loss"] for r in records.read_metrics(a) if "train_loss" in r]
-    lb = [r["train_loss"] for r in records.read_metrics(b) if "train_loss" in r]
+    la = [r["train_loss"] for r in read_metrics(a) if "train_loss" in r]
+    lb = [r["train_loss"] for r in read_metrics(b) if "train_loss" in r]
     assert la == lb and len(la) == 3
     c = _run(tiny_overrides + ["method=lora", "run_id=c", "train.seed=1"])[1]
-    lc = [r["train_loss"] for r in records.read_metrics(c) if "train_loss" in r]
+    lc = [r["train_loss"] for r in read_metrics(c) if "train_loss" in r]
     assert lc != la
 
 
@@ -178,14 +185,14 @@ def test_loss_goes_down_on_a_memorisable_batch(tiny_overrides):
                            "data.val_size=0", "train.batch_size=4", "train.warmup_ratio=0", "train.scheduler=constant"]
     status, run_dir = _run(ov)
     assert status == "completed"
-    losses = [r["train_loss"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.5 * losses[0], losses
 
 
 def test_divergence_is_recorded_not_raised(tiny_overrides):
     status, run_dir = _run(tiny_overrides + ["method=full", "train.lr=1e30", "train.max_steps=6", "train.max_grad_norm=0"])
-    s = records.read_summary(run_dir)
+    s = read_summary(run_dir)
     assert status == "diverged" and s["status"] == "diverged", s
     assert "loss" in s["reason"]
 
@@ -195,7 +202,7 @@ def test_runtime_failure_is_recorded(tiny_overrides):
     ov = [o for o in tiny_overrides if not o.startswith("model=")] + ["model=tiny-llama", "model.linear_modules=[]",
                                                                       "method.target_modules=[nonexistent_proj]"]
     status, run_dir = _run(ov)
-    s = records.read_summary(run_dir)
+    s = read_summary(run_dir)
     assert status == "failed" and "nonexistent_proj" in s["reason"]
 
 
@@ -213,20 +220,20 @@ def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "harness", "train", *ov], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run_dir = records.run_dir_for(str(runs_dir), "tiny-llama-lora-alpaca-tiny", "crash")
+    run_dir = run_dir_for(str(runs_dir), "tiny-llama-lora-alpaca-tiny", "crash")
     deadline = time.time() + 120
     while time.time() < deadline and not list((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json")):
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert list((run_dir / "checkpoints").glob("checkpoint-*")), "a checkpoint was written before the kill"
-    assert records.read_summary(run_dir)["status"] == "running"  # killed: nothing could record more
-    ckpt = train.last_checkpoint(run_dir)
+    assert read_summary(run_dir)["status"] == "running"  # killed: nothing could record more
+    ckpt = last_checkpoint(run_dir)
     step = int(ckpt.name.split("-")[-1])
     status, _ = _run(ov)
-    s = records.read_summary(run_dir)
+    s = read_summary(run_dir)
     assert status == "completed" and s["steps"] == 100 and s["resumed"] is True
-    steps = [r["step"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    steps = [r["step"] for r in read_metrics(run_dir) if "train_loss" in r]
     assert steps == sorted(set(steps)) and steps[-1] == 100, "no duplicated steps after resume"
     assert step < 100
 
@@ -238,7 +245,7 @@ def test_checkpoint_killed_while_saving_is_skipped(tmp_path):
         (d / "adapter_model.safetensors").write_bytes(b"")
         if complete:
             (d / "trainer_state.json").write_text("{}")
-    assert train.last_checkpoint(tmp_path).name == "checkpoint-5"
+    assert last_checkpoint(tmp_path).name == "checkpoint-5"
 
 
 def test_wandb_offline_files_under_run_dir(tiny_overrides):
@@ -254,9 +261,9 @@ def test_real_smollm2_lora_trains(runs_dir):
           "train.max_steps=4", "train.batch_size=2", "train.max_length=128", "train.log_every=1",
           "data.max_rows=40", f"output_dir={runs_dir}"]
     status, run_dir = _run(ov)
-    s = records.read_summary(run_dir)
+    s = read_summary(run_dir)
     assert status == "completed", s
-    losses = [r["train_loss"] for r in records.read_metrics(run_dir) if "train_loss" in r]
+    losses = [r["train_loss"] for r in read_metrics(run_dir) if "train_loss" in r]
     assert len(losses) == 4 and all(math.isfinite(x) and 0 < x < 10 for x in losses)
     assert 0 < s["trainable_share"] < 0.05
 
@@ -265,7 +272,7 @@ def test_bf16_cpu_fast_backward_matches_autograd():
     """harness/bf16cpu.py: loss and gradients equal autograd's up to bf16 rounding; the stock forward comes back."""
     import copy
 
-    from harness import bf16cpu
+    from harness.train.bf16cpu import patch_linear_layers, unpatch_linear_layers
 
     plain = _tiny_lm()
     fast = copy.deepcopy(plain)
@@ -279,21 +286,21 @@ def test_bf16_cpu_fast_backward_matches_autograd():
         return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     l1, g1 = grads(plain)
-    assert bf16cpu.patch_linear_layers(fast) == 2 * 7 + 1  # 7 projections per layer, lm_head
+    assert patch_linear_layers(fast) == 2 * 7 + 1  # 7 projections per layer, lm_head
     l2, g2 = grads(fast)
     assert l2 == pytest.approx(l1, rel=1e-2)  # bf16 products, other summation order
     for name in g1:
         assert (g1[name] - g2[name]).norm() <= 0.02 * g1[name].norm() + 1e-6, name
     with torch.no_grad():  # outside training the stock forward runs: bit-identical logits
         assert torch.equal(fast(input_ids=ids).logits, plain(input_ids=ids).logits)
-    assert bf16cpu.unpatch_linear_layers(fast) == 15
+    assert unpatch_linear_layers(fast) == 15
     assert grads(fast)[0] == l1
 
 
 def test_bf16_on_an_emulating_cpu_uses_the_fast_backward(tiny_overrides, monkeypatch):
-    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(fit_module, "cpu_has_native_bf16", lambda: False)
     status, run_dir = _run(tiny_overrides + ["method=lora", "train.precision=bf16", "train.max_steps=2"])
-    assert status == "completed", records.read_summary(run_dir)
+    assert status == "completed", read_summary(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["precision"] == "bf16" and manifest["bf16_fast_backward_layers"] > 0
 
@@ -307,7 +314,7 @@ def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overr
                                f"run_id=ls{smoothing}"]
         status, run_dir = _run(ov)
         assert status == "completed"
-        s = records.read_summary(run_dir)
+        s = read_summary(run_dir)
         vals.append((s["final_val_loss"], s["final_train_loss"]))
     assert vals[0][0] == pytest.approx(vals[1][0], rel=1e-5)  # validation: identical
     assert vals[1][1] > vals[0][1]  # training loss: smoothing adds its term

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import atomic, records
+from harness import atomic
+from harness.run.record import find_run_dirs, flat_metrics, read_summary
 
 STUDY = "reproduce-qlora-dtypes"
 METRIC = "wikitext2.word_perplexity"
@@ -30,10 +31,10 @@ def collect(run_dirs: list[Path]) -> dict[str, dict[str, dict]]:
     """model -> data type label -> {perplexity, model_bytes, run_dir} (latest completed run wins)."""
     out: dict[str, dict[str, dict]] = {}
     for d in sorted(run_dirs):
-        s = records.read_summary(d) or {}
+        s = read_summary(d) or {}
         if s.get("status") != "baseline":
             continue
-        flat = records.flat_metrics(d)
+        flat = flat_metrics(d)
         if METRIC not in flat:
             continue
         out.setdefault(s["model"], {})[s["method"]] = {
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--study", default=STUDY)
     p.add_argument("--out", default="reports")
     args = p.parse_args(argv)
-    run_dirs = records.find_run_dirs(Path(args.runs_root) / args.study)
+    run_dirs = find_run_dirs(Path(args.runs_root) / args.study)
     by_model = collect(run_dirs)
     if not by_model:
         print(f"no evaluated runs under {args.runs_root}/{args.study}: run `harness sweep sweeps/reproduce-qlora-dtypes.yaml` first")

@@ -18,8 +18,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness import atomic, paths, records
-from harness.human import format_elo_table, rank_elo
+from harness import atomic, paths
+from harness.human.aggregate import format_elo_table, rank_elo
+from harness.run.environment import git_info, package_versions
+from harness.run.record import now_iso
 
 SOURCE = "Dettmers et al. 2023, QLoRA: Efficient Finetuning of Quantized LLMs, Table 1 (arXiv:2305.14314)"
 SUFFIX = "-gpt-4-reviewer-threeclass.jsonl"
@@ -133,12 +135,12 @@ def reproduce(ratings_dir: str | Path, out: str | Path, orderings: int = 10_000,
                      "diff": r and r["elo"] - v, "within_tolerance": bool(r and abs(r["elo"] - v) <= TOLERANCE)})
     agreement = compare(ours, paper)
     results = {
-        "schema": 1, "recipe": "qlora_elo", "source": SOURCE, "created_at": records.now_iso(),
+        "schema": 1, "recipe": "qlora_elo", "source": SOURCE, "created_at": now_iso(),
         "settings": {"k": k, "initial": initial, "orderings": orderings, "seed": seed, "ties": "0.5 points each",
                      "unparsable": "score -1 dropped (counted in data.dropped_unparsable)", "tolerance_elo": TOLERANCE},
         "data": {"ratings_dir": str(ratings_dir), **counts}, "models": rows, "agreement": agreement,
         "reproduced": agreement["order_matches"] and all(r["within_tolerance"] for r in rows),
-        "elo": main, "variants": variants, "environment": {"git": records.git_info(), "packages": records.package_versions(("numpy", "scipy"))},
+        "elo": main, "variants": variants, "environment": {"git": git_info(), "packages": package_versions(("numpy", "scipy"))},
     }
     atomic.write_json(out / "results.json", results)
     atomic.write_json(out / "references.json", [

@@ -1,0 +1,141 @@
+"""Config composition: Hydra groups in conf/ -> one typed, validated RunConfig.
+
+    cfg = compose(["method=qlora", "train.max_steps=20"])   # raises ConfigError listing every problem
+    harness validate method=qlora model=tiny-llama           # the same check from the shell
+
+Composition uses Hydra's compose API on conf/ (groups: model, method, data, train, eval, tracker,
+and experiment for pinned recipes). The composed tree is checked against the schema dataclasses
+before anything heavy is imported: unknown keys, wrong types, unknown group options, then the
+cross-field rules (harness.config.rules).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+from harness import paths
+from harness.config.checks import _build, check_structure, did_you_mean
+from harness.config.rules import validate
+from harness.config.schema import GROUPS, ConfigError, RunConfig
+
+
+def from_dict(tree: dict) -> RunConfig:
+    """A plain dict (e.g. a run's config.yaml) -> RunConfig, with the same checks as compose()."""
+    errors = check_structure(tree, RunConfig)
+    if errors:
+        raise ConfigError(errors)
+    cfg = _build(RunConfig, tree)
+    errors = validate(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+# ------------------------------------------------------------------------------- composition
+def group_options(group: str) -> list[str]:
+    d = paths.conf_dir() / group
+    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+
+
+def check_key(dotted: str) -> str | None:
+    """An error for an override key that is not in the schema, with a suggestion."""
+    schema: Any = RunConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(schema):
+            return None  # inside a dict/list field: free-form
+        hints = typing.get_type_hints(schema)
+        if part not in hints:
+            where = ".".join(parts[:i]) or "the top level"
+            return (
+                f"{dotted}: unknown key {part!r} under {where}.{did_you_mean(part, hints)}"
+                f" Allowed: {', '.join(sorted(hints))}"
+            )
+        schema = hints[part]
+        if typing.get_origin(schema) is typing.Union:
+            schema = next((a for a in typing.get_args(schema) if a is not type(None)), schema)
+    return None
+
+
+def _check_group_choices(overrides: list[str]) -> list[str]:
+    errors = []
+    for ov in overrides:
+        key, sep, value = ov.lstrip("+~").partition("=")
+        if sep and "." in key and not key.startswith("hydra"):
+            err = check_key(key)
+            if err:
+                errors.append(err)
+            continue
+        if not sep or key not in (*GROUPS, "experiment"):
+            continue
+        options = group_options(key)
+        for choice in value.strip("[]").split(","):
+            choice = choice.strip()
+            if choice and choice not in ("null", "none") and choice not in options:
+                errors.append(
+                    f"{key}={choice}: no such option in conf/{key}/.{did_you_mean(choice, options)}"
+                    f" Options: {', '.join(options)}"
+                )
+            elif choice == "none" and "none" not in options:
+                errors.append(f"{key}=none: no such option. Options: {', '.join(options)}")
+    return errors
+
+
+def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Compose conf/config.yaml with Hydra's compose API and return a plain dict (no checks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides)
+    errors = _check_group_choices(overrides)
+    if errors:
+        raise ConfigError(errors)
+    # A dotted key that the schema knows (checked above) may be absent from the group's YAML
+    # (schema defaults fill it later): `++` sets it whether or not the YAML lists it.
+    overrides = [
+        f"++{ov}" if "=" in ov and "." in ov.split("=", 1)[0] and not ov.startswith(("+", "~")) else ov
+        for ov in overrides
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
+            try:
+                composed = hydra_compose(config_name="config", overrides=overrides)
+            except Exception as exc:  # Hydra's override grammar / missing key errors
+                msg = str(exc).split("\n")[0]
+                hint = ""
+                if "Could not override" in msg or "Key '" in msg:
+                    hint = " (to add a key that is not in the schema, there is none: check the spelling)"
+                raise ConfigError([f"cannot compose overrides {overrides}: {msg}{hint}"]) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return OmegaConf.to_container(composed, resolve=True)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Compose and check a RunConfig; raises ConfigError with every problem at once."""
+    tree = compose_tree(overrides)
+    errors = check_structure(tree, RunConfig)
+    if errors:
+        raise ConfigError(errors)
+    cfg = _build(RunConfig, tree)
+    errors = validate(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    return cfg.name or f"{cfg.model.name}-{cfg.method.name}-{cfg.data.name}"
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run directory recorded (config.yaml)."""
+    import yaml
+
+    with open(Path(run_dir) / "config.yaml", encoding="utf-8") as f:
+        return from_dict(yaml.safe_load(f))

@@ -1,0 +1,130 @@
+"""Cross-field rules of a RunConfig: validate(cfg) returns every problem at once, each naming the key,
+the value, why it is wrong and what would be right.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from harness import paths
+from harness.config.checks import did_you_mean
+from harness.config.schema import ALLOWED, RunConfig
+
+
+# ------------------------------------------------------------------------- cross-field rules
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def target_modules(cfg: RunConfig) -> list[str]:
+    """The LoRA targets the method asks for, with the model's default filled in."""
+    return list(cfg.method.target_modules) if cfg.method.target_modules else list(cfg.model.lora_target_modules)
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """All cross-field errors at once; each names the key, the value and what would be right."""
+    errs: list[str] = []
+    for dotted, allowed in ALLOWED.items():
+        value = _get(cfg, dotted)
+        if value not in allowed:
+            errs.append(f"{dotted}={value!r} is not one of: {', '.join(allowed)}.{did_you_mean(str(value), allowed)}")
+
+    m, me, d, t = cfg.model, cfg.method, cfg.data, cfg.train
+    if me.quant != "none" and me.peft == "none":
+        errs.append(
+            f"method={me.name}: full fine-tuning cannot train quantized weights (method.quant={me.quant}). "
+            "Use method.quant=none, or a LoRA method (lora, qlora, lora-8bit)."
+        )
+    if me.quant != "none" and not m.quantizable:
+        errs.append(
+            f"method={me.name} needs a quantizable model; model={m.name} is not (model.quantizable=false). "
+            "Use method=lora or method=full."
+        )
+    if me.quant in ("fp4", "int8") and me.double_quant:
+        if me.quant == "int8":
+            errs.append("method.double_quant=true applies to 4-bit (nf4/fp4) only; set it false for int8.")
+    if me.peft == "lora":
+        if me.r <= 0:
+            errs.append(f"method.r={me.r}: LoRA rank must be a positive integer (e.g. 8, 16, 64).")
+        if me.alpha <= 0:
+            errs.append(f"method.alpha={me.alpha}: must be > 0 (commonly 2 x r).")
+        if not 0 <= me.dropout < 1:
+            errs.append(f"method.dropout={me.dropout}: must be in [0, 1).")
+        targets = target_modules(cfg)
+        if not targets:
+            errs.append("method.target_modules is empty and the model has no lora_target_modules; name some, or use [all-linear].")
+        if m.linear_modules and targets != ["all-linear"]:
+            unknown = [x for x in targets if x not in m.linear_modules]
+            for x in unknown:
+                errs.append(
+                    f"method.target_modules: {x!r} is not a Linear layer of model={m.name}."
+                    f"{did_you_mean(x, m.linear_modules)} Choose from: {', '.join(m.linear_modules)}, or all-linear."
+                )
+        if "all-linear" in targets and len(targets) > 1:
+            errs.append("method.target_modules: all-linear cannot be combined with other names.")
+    if me.use_dora and me.peft != "lora":
+        errs.append("method.use_dora=true needs method.peft=lora.")
+    if m.source == "hub" and not m.path:
+        errs.append(f"model={m.name}: model.path is empty; give a Hub id or a local directory.")
+    if m.source == "gguf-package" and not m.package:
+        errs.append(f"model={m.name}: model.package is empty; name the Python module that ships the GGUF.")
+    if t.lr <= 0:
+        errs.append(f"train.lr={t.lr}: the learning rate must be > 0 (e.g. 2e-4 for LoRA, 2e-5 for full).")
+    if t.batch_size < 1:
+        errs.append(f"train.batch_size={t.batch_size}: must be >= 1.")
+    if t.grad_accum < 1:
+        errs.append(f"train.grad_accum={t.grad_accum}: must be >= 1.")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        errs.append(f"train.epochs={t.epochs} with train.max_steps={t.max_steps}: set epochs > 0 or max_steps > 0.")
+    if t.max_steps == 0:
+        errs.append("train.max_steps=0: use -1 to train by epochs, or a positive number of steps.")
+    if t.max_length < 8:
+        errs.append(f"train.max_length={t.max_length}: too short to hold a prompt and an answer; use >= 8.")
+    if t.max_length > m.context_length:
+        errs.append(
+            f"train.max_length={t.max_length} is beyond model={m.name}'s context length ({m.context_length}); "
+            f"use train.max_length<={m.context_length}."
+        )
+    if not 0 <= t.warmup_ratio < 1:
+        errs.append(f"train.warmup_ratio={t.warmup_ratio}: must be in [0, 1).")
+    if t.weight_decay < 0:
+        errs.append(f"train.weight_decay={t.weight_decay}: must be >= 0.")
+    if not 0 <= t.label_smoothing < 1:
+        errs.append(f"train.label_smoothing={t.label_smoothing}: must be in [0, 1).")
+    if t.precision == "fp16" and t.device != "cuda":
+        errs.append("train.precision=fp16 needs train.device=cuda (fp16 autocast is GPU-only); use bf16 or fp32.")
+    if t.eval_every < 0 or t.save_every < 0 or t.log_every < 1:
+        errs.append("train.eval_every and train.save_every must be >= 0 and train.log_every >= 1.")
+    if d.val_size < 0:
+        errs.append(f"data.val_size={d.val_size}: must be >= 0 (a share below 1, or a row count).")
+    if not 0 <= d.max_bad_share <= 1:
+        errs.append(f"data.max_bad_share={d.max_bad_share}: must be in [0, 1].")
+    if not d.path:
+        errs.append(f"data={d.name}: data.path is empty; give a file, a dataset directory or a Hub id.")
+    if d.format == "text" and t.packing is False and d.completion_only_loss:
+        pass  # completion-only does not apply to plain text; the data stage ignores it by design
+    for key, value in (("name", cfg.name), ("run_id", cfg.run_id), ("study", cfg.study)):
+        if value:
+            try:
+                paths.check_name(value, key)
+            except ValueError as exc:
+                errs.append(str(exc))
+    if cfg.tracker.backend == "wandb" and cfg.tracker.mode == "online" and not cfg.tracker.project:
+        errs.append("tracker.project is empty; name a W&B project or use tracker=none.")
+    for i, suite in enumerate(cfg.eval.perplexity):
+        if suite.stride <= 0 or suite.stride > suite.max_length:
+            errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
+    # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
+    from harness.eval.metrics import METRICS
+
+    for i, suite in enumerate(cfg.eval.generation):
+        if suite.max_new_tokens < 1:
+            errs.append(f"eval.generation[{i}].max_new_tokens={suite.max_new_tokens}: must be >= 1.")
+        for metric in suite.metrics:
+            if metric not in METRICS:
+                errs.append(
+                    f"eval.generation[{i}].metrics: unknown metric {metric!r}.{did_you_mean(metric, METRICS)}"
+                    f" Known: {', '.join(sorted(METRICS))}"
+                )
+    return errs

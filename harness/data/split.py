@@ -1,0 +1,41 @@
+"""The train / validation split: which rows are held out, decided by each row's content and a seed.
+"""
+from __future__ import annotations
+
+import json
+import random
+
+from harness.data.read import DataError
+from harness.data.tokenize import prompt_messages
+
+
+# -------------------------------------------------------------------------------- splitting
+def split_key(row: dict) -> str:
+    if "messages" in row:
+        return json.dumps(prompt_messages(row), sort_keys=True)
+    if "instruction" in row:
+        return row["instruction"] + "\0" + row.get("input", "")
+    return row.get("prompt", row.get("text", ""))
+
+
+def val_indices(keys: list[str], val_size: float, seed: int, where: str) -> set[int]:
+    """Deterministic validation rows: whole groups of rows sharing a prompt, shuffled by seed, until
+    the requested count (val_size < 1: a share; >= 1: a row count) is reached."""
+    n = len(keys)
+    if val_size <= 0 or n == 0:
+        return set()
+    want = int(val_size) if val_size >= 1 else max(1, round(val_size * n))
+    groups: dict[str, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    order = list(groups)
+    random.Random(seed).shuffle(order)
+    val: list[int] = []
+    for k in order:
+        if len(val) >= want:
+            break
+        val += groups[k]
+    if len(val) >= n:
+        raise DataError(f"{where}: data.val_size={val_size} leaves no training rows ({n} usable rows, "
+                        f"{len(val)} would go to validation). Lower data.val_size or use more rows.")
+    return set(val)

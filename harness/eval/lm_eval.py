@@ -1,0 +1,272 @@
+"""lm-eval stage: run lm-evaluation-harness tasks on the model already in memory.
+
+    harness eval RUN_DIR eval=standard                 # hellaswag, arc_easy, arc_challenge, piqa
+    harness eval model=smollm2-135m --crosscheck       # our wikitext2 perplexity vs lm-eval's
+
+The model is wrapped in lm-eval's HFLM (pretrained=<model instance>), so a freshly trained peft model is
+evaluated without a save/reload. Our offline tasks live in harness/tasks/ (data from the shared kit) and
+are registered with a TaskManager; short names (`hellaswag`) map to ours (`harness_hellaswag`).
+Per task we keep lm-eval's own results JSON (lm_eval/<task>.json) and one line per item in
+samples/<task>.jsonl ({id: doc_id, acc, acc_norm, target, pred}) for paired tests between runs.
+lm_eval is imported only here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+from harness import atomic
+from harness.config import LmEvalConfig, ModelConfig, PerplexitySuite
+from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
+
+TASK_DIR = Path(__file__).resolve().parent / "tasks"
+SHORT_NAMES = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "social_iqa", "gsm8k",
+               "wikitext")
+
+
+def task_name(name: str) -> str:
+    """Our task for a short name (hellaswag -> harness_hellaswag); other names pass through to lm-eval."""
+    return f"harness_{name}" if name in SHORT_NAMES else name
+
+
+def short_name(task: str) -> str:
+    return task.removeprefix("harness_") if task.removeprefix("harness_") in SHORT_NAMES else task
+
+
+def task_files(name: str) -> list[Path]:
+    """The files that define one of our tasks (its YAML and utils.py), for the suite's config hash."""
+    yaml_path = TASK_DIR / f"{task_name(name)}.yaml"
+    return [yaml_path, TASK_DIR / "utils.py"] if yaml_path.exists() else []
+
+
+def check_task_names(names: list[str], known) -> None:
+    """Raise ValueError naming every task lm-eval does not know, with a suggestion."""
+    import difflib
+
+    errors = []
+    for n in names:
+        if task_name(n) not in known:
+            close = difflib.get_close_matches(n, [*SHORT_NAMES, *known], n=1, cutoff=0.6)
+            errors.append(f"lm-eval task {n!r} is unknown.{f' Did you mean {close[0]!r}?' if close else ''}")
+    if errors:
+        raise ValueError(" ".join(errors) + f" Offline tasks shipped here: {', '.join(SHORT_NAMES)} (harness/tasks/).")
+
+
+def task_manager(names: list[str]):
+    """A TaskManager over harness/tasks, plus lm-eval's built-ins (a slow index, and their data sets come
+    from the Hub) only when a task is not ours. Unknown names fail here, before any model call."""
+    from lm_eval.tasks import TaskManager
+
+    ours = all(task_name(n).startswith("harness_") for n in names)
+    tm = TaskManager(include_path=str(TASK_DIR), include_defaults=not ours)
+    check_task_names(names, set(tm.all_tasks))
+    return tm
+
+
+def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None, model_cfg: ModelConfig | None = None):
+    """lm-eval's HFLM around a model instance (no reload); BOS handling follows model.add_bos."""
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-call warnings about model instances
+    kwargs = {}
+    if model_cfg is not None and model_cfg.add_bos:
+        kwargs["add_bos_token"] = True
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, **kwargs)
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=lambda i: values[i])
+
+
+def sample_rows(samples: list[dict], output_type: str) -> list[dict]:
+    """lm-eval's logged samples -> our rows, sorted by id (doc_id). Multiple choice: acc, acc_norm,
+    target (gold index), pred (argmax log-likelihood), pred_norm (argmax per character of the choice,
+    as acc_norm; absent for winogrande, whose choices are contexts);
+    generation: exact_match per filter, target, pred (the filtered answer)."""
+    rows = []
+    for s in samples:
+        row: dict = {"id": s["doc_id"]}
+        if output_type == "multiple_choice":
+            lls = [float(r[0]) for r in s["filtered_resps"]]
+            doc = s.get("doc") or {}
+            # the gold index: our docs carry it as `gold` (winogrande's lm-eval target is a string)
+            row["target"] = doc["gold"] if isinstance(doc.get("gold"), int) else s["target"]
+            row["pred"] = _argmax(lls)
+            for key in ("acc", "acc_norm"):
+                if key in s:
+                    row[key] = int(round(float(s[key])))
+            choices = doc.get("choices")
+            if "acc_norm" in s and isinstance(choices, list) and len(choices) == len(lls):
+                row["pred_norm"] = _argmax([ll / max(len(c), 1) for ll, c in zip(lls, choices)])
+        else:
+            resp = s.get("filtered_resps")
+            row["pred"] = resp[0] if isinstance(resp, list) and resp else resp
+            row["target"] = s.get("target")
+            row["filter"] = s.get("filter")
+            for key, value in s.items():
+                if key.startswith("exact_match") and isinstance(value, (int, float)):
+                    row[key] = value
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def merge_filters(rows: list[dict]) -> list[dict]:
+    """Generative tasks log one sample per (doc, filter); fold them into one row per doc:
+    exact_match_<filter>, pred_<filter>; `exact_match`/`pred` are the first filter's (strict-match)."""
+    by_id: dict = {}
+    for r in rows:
+        f = r.get("filter") or "none"
+        out = by_id.setdefault(r["id"], {"id": r["id"], "target": r.get("target")})
+        out[f"exact_match_{f}"] = r.get("exact_match")
+        out[f"pred_{f}"] = r.get("pred")
+        if "exact_match" not in out:
+            out["exact_match"], out["pred"] = r.get("exact_match"), r.get("pred")
+    return [by_id[k] for k in sorted(by_id)]
+
+
+def task_metrics(results: dict) -> dict[str, float]:
+    """lm-eval's `metric,filter` keys -> ours: acc, acc_stderr, acc_norm, ...; generative filters keep a suffix
+    (exact_match for strict-match, exact_match_flexible-extract ...)."""
+    out = {}
+    for key, value in results.items():
+        if "," not in key or not isinstance(value, (int, float)):
+            continue
+        metric, filt = key.split(",", 1)
+        stderr = metric.endswith("_stderr")
+        base = metric.removesuffix("_stderr")
+        name = base if filt in ("none", "strict-match") else f"{base}_{filt}"
+        out[name + ("_stderr" if stderr else "")] = float(value)
+    return out
+
+
+# ------------------------------------------------------------------------------------ running
+def run_task(lm, name: str, lm_cfg: LmEvalConfig, run_dir: Path | None, gen_kwargs: dict | None = None) -> dict:
+    """One task -> eval.json suite entry (no config_hash); writes lm_eval/<name>.json and samples/<name>.jsonl.
+    gen_kwargs override generation settings of generative tasks (e.g. {"max_gen_toks": 16})."""
+    from lm_eval import simple_evaluate
+
+    full = task_name(name)
+    tm = task_manager([name])
+    t0 = time.time()
+    out = simple_evaluate(
+        model=lm, tasks=[full], num_fewshot=lm_cfg.num_fewshot, limit=lm_cfg.limit or None,
+        log_samples=True, task_manager=tm, random_seed=lm_cfg.seed,
+        numpy_random_seed=lm_cfg.seed, torch_random_seed=lm_cfg.seed, fewshot_random_seed=lm_cfg.seed,
+        bootstrap_iters=0, verbosity="ERROR", gen_kwargs=gen_kwargs,
+    )
+    wall = time.time() - t0
+    results = out["results"][full]
+    output_type = out["configs"][full]["output_type"]
+    rows = sample_rows(out["samples"][full], output_type)
+    if output_type != "multiple_choice":
+        rows = merge_filters(rows)
+    metrics = task_metrics(results)
+    metrics = _add_stderr(metrics, rows)
+    entry = {
+        "kind": "lm_eval", "task": full, "metrics": metrics, "n": len(rows), "limit": lm_cfg.limit,
+        "num_fewshot": lm_cfg.num_fewshot, "wall_time_s": wall,
+    }
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        atomic.write_jsonl(run_dir / "samples" / f"{name}.jsonl", rows)
+        record = {k: v for k, v in out.items() if k != "samples"}
+        atomic.write_json(run_dir / "lm_eval" / f"{name}.json", record)
+        entry["samples"] = f"samples/{name}.jsonl"
+        entry["lm_eval_results"] = f"lm_eval/{name}.json"
+    return entry
+
+
+def _add_stderr(metrics: dict, rows: list[dict]) -> dict:
+    """With bootstrap_iters=0 lm-eval still reports the analytic stderr of a mean; fill it from the rows
+    if it came back missing ("N/A")."""
+    import math
+
+    for key in ("acc", "acc_norm", "exact_match"):
+        vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
+        if key in metrics and f"{key}_stderr" not in metrics and len(vals) > 1:
+            m = sum(vals) / len(vals)
+            metrics[f"{key}_stderr"] = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1) / len(vals))
+    return metrics
+
+
+def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | None, run_dir: Path | None,
+              on_result=None) -> dict:
+    """Every task in lm_cfg.tasks -> {short name: suite entry}; on_result(name, entry) after each.
+    (lm-eval draws its own progress bars.)"""
+    lm = build_lm(model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
+    suites = {}
+    for name in lm_cfg.tasks:
+        entry = run_task(lm, short_name(name), lm_cfg, run_dir)
+        suites[short_name(name)] = entry
+        if on_result is not None:
+            on_result(short_name(name), entry)
+    return suites
+
+
+# -------------------------------------------------------------------------------- cross-check
+def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: int = 4, limit: int = 0,
+                        model_cfg: ModelConfig | None = None, path: str = "wikitext-2-raw/wiki.test.raw",
+                        progress: bool = True) -> dict:
+    """Our wikitext2 perplexity vs lm-eval's loglikelihood_rolling on the same model and documents.
+
+    Ours runs with lm-eval's windows (stride == max_length, prefix token only at the start of each
+    document), so the two must agree to float precision; returns both metric sets and relative diffs.
+    """
+    from lm_eval import simple_evaluate
+
+    from harness.eval.perplexity import (
+        aggregate,
+        count_words,
+        load_documents,
+        model_max_length,
+        prefix_token_id,
+        score_token_lists,
+    )
+
+    suite = PerplexitySuite(name="wikitext2", path=path, max_length=max_length, stride=max_length,
+                            batch_size=batch_size, max_tokens=0)
+    docs = load_documents(suite)
+    if limit:
+        docs = docs[:limit]
+    toks = [tokenizer(d.text, add_special_tokens=False)["input_ids"] for d in docs]
+    L = model_max_length(model, model_cfg, max_length)
+    t0 = time.time()
+    scored = score_token_lists(model, toks, prefix_token_id(tokenizer), tokenizer.bos_token_id,
+                                          L, L, batch_size, bos_every_window=False,
+                                          pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="ours")
+    ours_s = time.time() - t0
+    rows = [{"nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
+            for d, (nll, n) in zip(docs, scored)]
+    ours = aggregate(rows)
+
+    from lm_eval.models.huggingface import HFLM
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=L, add_bos_token=False)
+    t0 = time.time()
+    out = simple_evaluate(model=lm, tasks=["harness_wikitext"], limit=limit or None, log_samples=False,
+                          task_manager=task_manager(["wikitext"]), bootstrap_iters=0, verbosity="ERROR")
+    theirs_s = time.time() - t0
+    res = out["results"]["harness_wikitext"]
+    theirs = {m: float(res[f"{m},none"]) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
+    rel = {m: abs(ours[m] - theirs[m]) / abs(theirs[m]) for m in theirs}
+    return {"ours": ours, "lm_eval": theirs, "rel_diff": rel, "n_docs": len(docs), "max_length": L,
+            "tokens": sum(r["tokens"] for r in rows), "ours_wall_s": ours_s, "lm_eval_wall_s": theirs_s}
+
+
+@register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks])
+def run_lm_eval(ctx: SuiteContext) -> None:
+    ev = ctx.cfg.eval
+    if not ev.lm_eval.tasks:
+        return
+    lm_hash = {k: v for k, v in dataclasses.asdict(ev.lm_eval).items() if k != "tasks"}
+
+    def on_result(name: str, entry: dict) -> None:
+        entry["config_hash"] = config_hash({"task": name, **lm_hash}, task_files(name))
+        ctx.record(name, entry)
+
+    run_tasks(ctx.model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result)

@@ -1,0 +1,326 @@
+"""Perplexity stage: sliding-window log-likelihood of a text corpus, and loss on the run's val split.
+
+    harness eval RUN_DIR eval=perplexity          # wikitext2 suite (conf/eval/perplexity.yaml)
+    harness eval model=smollm2-135m eval=quick     # + `val` and lm-eval tasks
+
+Definitions follow lm-eval's `wikitext` task exactly, so the numbers are comparable with published
+ones: the corpus is split into documents at top-level headings (`= Title =`) as
+EleutherAI/wikitext_document_level does; each document is detokenized (lm-eval's
+`wikitext_detokenizer`) and scored from a prefix token (BOS, else EOS); words and bytes are counted on
+the ORIGINAL document (`len(re.split(r"\\s+", page))`, UTF-8 bytes). Then, over all documents,
+  word_perplexity = exp(-sum(loglik) / sum(words)), byte_perplexity = exp(-sum(loglik) / sum(bytes)),
+  bits_per_byte = -sum(loglik) / sum(bytes) / ln 2, token_perplexity = exp(-sum(loglik) / sum(tokens)).
+With stride == max_length the windows are lm-eval's `loglikelihood_rolling` windows (one token of carried
+context); a smaller stride gives each scored token more context (lower perplexity). Models that need BOS
+(model.add_bos) get it at the start of every window. The math is in pure functions at the top.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from harness import atomic, paths
+from harness.config import ModelConfig, PerplexitySuite
+from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
+from harness.model.load import model_device
+
+LN2 = math.log(2.0)
+
+
+# ------------------------------------------------------------------------------- pure math
+def perplexity_metrics(nll: float, tokens: int, words: int, n_bytes: int) -> dict[str, float]:
+    """Summed negative log-likelihood (nats) and counts -> the four corpus metrics (lm-eval's formulas)."""
+    if tokens <= 0 or words <= 0 or n_bytes <= 0:
+        raise ValueError(f"perplexity needs positive counts, got tokens={tokens} words={words} bytes={n_bytes}")
+    return {
+        "token_perplexity": math.exp(nll / tokens),
+        "word_perplexity": math.exp(nll / words),
+        "byte_perplexity": math.exp(nll / n_bytes),
+        "bits_per_byte": nll / n_bytes / LN2,
+    }
+
+
+def aggregate(rows: Iterable[dict]) -> dict[str, float]:
+    """Per-document rows {nll, tokens, words, bytes} -> corpus metrics (sums first, as lm-eval's weighted_perplexity)."""
+    rows = list(rows)
+    return perplexity_metrics(
+        sum(r["nll"] for r in rows), sum(r["tokens"] for r in rows),
+        sum(r["words"] for r in rows), sum(r["bytes"] for r in rows),
+    )
+
+
+def window_spans(n_targets: int, max_length: int, stride: int, bos_every_window: bool = False) -> list[tuple[int, int, int]]:
+    """Windows over a sequence s = [prefix] + tokens whose targets are s[1..n_targets].
+
+    Each span (start, end, n_score): the model reads s[start:end] (plus a BOS in front when
+    bos_every_window and start > 0) and predicts s[start+1:end+1]; the last n_score predictions are
+    scored. Every target is scored exactly once. With stride == max_length and no per-window BOS these
+    are lm-eval's rolling windows (each later window conditions on one earlier token).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length={max_length}: need at least 2 tokens per window")
+    if n_targets <= 0:
+        return []
+    ctx = max_length - 1 if bos_every_window else max_length  # tokens of s per window after the first
+    stride = max(1, min(stride, ctx))
+    first = min(max_length, n_targets)
+    spans = [(0, first, first)]
+    done = first
+    while done < n_targets:
+        end = min(done + stride, n_targets)
+        start = max(0, end - ctx)
+        spans.append((start, end, end - done))
+        done = end
+    return spans
+
+
+# ----------------------------------------------------------------------------- wikitext text
+def wikitext_documents(text: str) -> list[str]:
+    """Split wiki.*.raw into articles exactly as EleutherAI/wikitext_document_level does (lm-eval's source)."""
+    docs, current = [], []
+    for line in text.split("\n"):
+        rline = line.replace("= = =", "===").replace("= =", "==").strip()
+        if rline.startswith("= ") and rline.strip().endswith(" ="):
+            page = "\n".join(current)
+            if page.strip():
+                docs.append(page)
+            current = []
+        current.append(line)
+    docs.append("\n".join(current))
+    return docs
+
+
+def wikitext_detokenize(string: str) -> str:
+    """lm-eval's tasks/wikitext/preprocess_wikitext.wikitext_detokenizer, verbatim in behaviour."""
+    string = string.replace("s '", "s'")
+    string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
+    string = string.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", ".")
+    for p in (":", ";", ".", "!", "?", ","):
+        string = string.replace(f" {p} ", f"{p} ")
+    string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
+    string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
+    string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
+    string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
+    string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
+    string = string.replace("= = = =", "====").replace("= = =", "===").replace("= =", "==")
+    string = string.replace(" " + chr(176) + " ", chr(176))
+    string = string.replace(" \n", "\n").replace("\n ", "\n")
+    string = string.replace(" N ", " 1 ").replace(" 's", "'s")
+    return string
+
+
+def count_words(page: str) -> int:
+    """Words as lm-eval's wikitext task counts them (on the original, not detokenized, page)."""
+    return len(re.split(r"\s+", page))
+
+
+@dataclass
+class Doc:
+    id: int
+    text: str  # what the model scores
+    page: str  # what words and bytes are counted on
+
+
+def read_corpus_text(path: str) -> str:
+    p = paths.resolve_data_path(path)
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"perplexity corpus {path!r} not found at {p}. Set HARNESS_DATA to the data root "
+            f"(now {paths.data_root()}) or give an absolute path in eval.perplexity[].path."
+        )
+    return p.read_bytes().decode("utf-8").replace("\r\n", "\n")
+
+
+def load_documents(suite: PerplexitySuite) -> list[Doc]:
+    """The suite's documents: wikitext* suites use lm-eval's split + detokenizer; others are one document."""
+    text = read_corpus_text(suite.path)
+    if suite.name.startswith("wikitext"):
+        return [Doc(i, wikitext_detokenize(p), p) for i, p in enumerate(wikitext_documents(text))]
+    return [Doc(0, text, text)]
+
+
+# ----------------------------------------------------------------------------- model scoring
+def prefix_token_id(tokenizer) -> int:
+    """lm-eval's prefix token for rolling log-likelihood: BOS if the tokenizer has one, else EOS."""
+    tid = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if tid is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token; cannot score the first token")
+    return tid
+
+
+def model_max_length(model, model_cfg: ModelConfig | None, requested: int) -> int:
+    limits = [requested]
+    if model_cfg is not None and model_cfg.context_length:
+        limits.append(model_cfg.context_length)
+    n_pos = getattr(getattr(model, "config", None), "max_position_embeddings", None) or getattr(
+        getattr(model, "config", None), "n_positions", None)
+    if isinstance(n_pos, int) and n_pos > 0:
+        limits.append(n_pos)
+    return min(limits)
+
+
+def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, bos_id: int | None,
+                      max_length: int, stride: int, batch_size: int, bos_every_window: bool = False,
+                      pad_id: int = 0, progress: bool = False, desc: str = "perplexity") -> list[tuple[float, int]]:
+    """(summed NLL in nats, scored tokens) per token list; every token scored once given its window."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if bos_every_window and bos_id is None:
+        raise ValueError("model.add_bos=true but the tokenizer has no BOS token")
+    jobs = []  # (doc index, input ids, n_score, targets)
+    for d, toks in enumerate(token_lists):
+        s = [prefix_id] + list(toks)
+        for start, end, n_score in window_spans(len(toks), max_length, stride, bos_every_window):
+            inp = s[start:end]
+            if bos_every_window and start > 0:
+                inp = [bos_id] + inp
+            jobs.append((d, inp, n_score, s[end - n_score + 1:end + 1]))
+    out = [[0.0, 0] for _ in token_lists]
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=sum(j[2] for j in jobs), desc=desc, unit="tok", disable=not progress, leave=False)
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(jobs), max(1, batch_size)):
+                batch = jobs[b:b + batch_size]
+                width = max(len(j[1]) for j in batch)
+                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for i, (_, inp, _, _) in enumerate(batch):
+                    ids[i, :len(inp)] = torch.tensor(inp)
+                    mask[i, :len(inp)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                for i, (d, inp, n_score, targets) in enumerate(batch):
+                    n = len(inp)
+                    lg = logits[i, n - n_score:n].float()
+                    nll = F.cross_entropy(lg, torch.tensor(targets, device=lg.device), reduction="sum")
+                    out[d][0] += float(nll)
+                    out[d][1] += n_score
+                    bar.update(n_score)
+                del logits
+    finally:
+        bar.close()
+        if was_training:
+            model.train()
+    return [(nll, n) for nll, n in out]
+
+
+def select_documents(token_lists: Sequence[list[int]], max_tokens: int) -> int:
+    """How many leading documents to score: all (max_tokens=0), else whole documents until the
+    running token count reaches max_tokens (the document that crosses the budget is included)."""
+    if max_tokens <= 0:
+        return len(token_lists)
+    total = 0
+    for i, toks in enumerate(token_lists):
+        total += len(toks)
+        if total >= max_tokens:
+            return i + 1
+    return len(token_lists)
+
+
+def run_suite(model, tokenizer, suite: PerplexitySuite, model_cfg: ModelConfig | None = None,
+              progress: bool = True, bos_every_window: bool | None = None) -> tuple[dict, list[dict]]:
+    """Score one corpus. Returns (eval.json suite entry without config_hash, per-document sample rows)."""
+    docs = load_documents(suite)
+    token_lists = [tokenizer(d.text, add_special_tokens=False)["input_ids"] for d in docs]
+    k = select_documents(token_lists, suite.max_tokens)
+    docs, token_lists = docs[:k], token_lists[:k]
+    max_length = model_max_length(model, model_cfg, suite.max_length)
+    if bos_every_window is None:
+        bos_every_window = bool(model_cfg.add_bos) if model_cfg is not None else False
+    t0 = time.time()
+    scored = score_token_lists(
+        model, token_lists, prefix_token_id(tokenizer), tokenizer.bos_token_id, max_length,
+        min(suite.stride, max_length), suite.batch_size, bos_every_window,
+        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+        progress=progress, desc=suite.name,
+    )
+    wall = time.time() - t0
+    rows = [
+        {"id": d.id, "nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
+        for d, (nll, n) in zip(docs, scored)
+    ]
+    n_tokens = sum(r["tokens"] for r in rows)
+    entry = {
+        "kind": "perplexity", "metrics": aggregate(rows), "n": len(rows), "tokens": n_tokens,
+        "max_length": max_length, "stride": min(suite.stride, max_length), "bos_every_window": bos_every_window,
+        "wall_time_s": wall, "tokens_per_s": n_tokens / wall if wall > 0 else None,
+    }
+    return entry, rows
+
+
+# ---------------------------------------------------------------------------- validation loss
+def _row_targets(row: dict) -> tuple[list[int], list[int]]:
+    """(input_ids, labels with -100 on unscored positions) for one prepared data row."""
+    ids = list(row["input_ids"])
+    if "labels" in row and row["labels"] is not None:
+        return ids, list(row["labels"])
+    mask = row.get("completion_mask") or row.get("assistant_masks")
+    if mask is not None:
+        return ids, [t if m else -100 for t, m in zip(ids, mask)]
+    return ids, ids
+
+
+def val_loss(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0, progress: bool = False) -> dict:
+    """Mean next-token NLL over the scored (completion) tokens of prepared rows -> {loss, perplexity, tokens}."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if not rows:
+        raise ValueError("val_loss: the validation split is empty (data.val_size=0?)")
+    total, count = 0.0, 0
+    rows = sorted(rows, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding, same sum
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in tqdm(range(0, len(rows), batch_size), desc="val", disable=not progress, leave=False):
+                pairs = [_row_targets(r) for r in rows[b:b + batch_size]]
+                width = max(len(p[0]) for p in pairs)
+                ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+                labels = torch.full((len(pairs), width), -100, dtype=torch.long)
+                mask = torch.zeros((len(pairs), width), dtype=torch.long)
+                for i, (inp, lab) in enumerate(pairs):
+                    ids[i, :len(inp)] = torch.tensor(inp)
+                    labels[i, :len(lab)] = torch.tensor(lab)
+                    mask[i, :len(inp)] = 1
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+                shift_labels = labels[:, 1:].to(logits.device)
+                nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
+                                      ignore_index=-100, reduction="sum")
+                total += float(nll)
+                count += int((shift_labels != -100).sum())
+    finally:
+        if was_training:
+            model.train()
+    if count == 0:
+        raise ValueError("val_loss: no scored tokens in the validation rows (all labels are -100)")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
+
+
+def corpus_path(suite: PerplexitySuite) -> Path:
+    return paths.resolve_data_path(suite.path)
+
+
+@register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity])
+def run_perplexity(ctx: SuiteContext) -> None:
+    for suite in ctx.cfg.eval.perplexity:
+        entry, rows = run_suite(ctx.model, ctx.tokenizer, suite, ctx.cfg.model, progress=ctx.progress)
+        hash_cfg = {**dataclasses.asdict(suite), "bos_every_window": entry["bos_every_window"],
+                    "max_length": entry["max_length"], "stride": entry["stride"]}
+        entry["config_hash"] = config_hash(hash_cfg)
+        atomic.write_jsonl(ctx.run_dir / "samples" / f"{suite.name}.jsonl", rows)
+        entry["samples"] = f"samples/{suite.name}.jsonl"
+        ctx.record(suite.name, entry)

@@ -1,0 +1,120 @@
+"""Evaluation stage: run the configured suites on a model and record them in the run directory.
+
+    harness eval RUN_DIR                          # the suites in the run's own config (eval=...)
+    harness eval RUN_DIR eval=standard            # other suites on a trained run (adapter/ or model/)
+    harness eval RUN_DIR --rescore                # generation metrics recomputed from saved samples
+
+`run_suites(model, tokenizer, cfg, run_dir)` is what the pipeline calls right after training, on the model
+in memory (peft-wrapped, no reload). Suites, in order: `val` (harness/eval/val.py), eval.perplexity
+(harness/eval/perplexity.py), eval.lm_eval tasks (harness/eval/lm_eval.py), eval.generation
+(harness/eval/generation.py). Each finished suite is merged into eval.json at once (atomic), with a
+config_hash (sha256[:16] of the suite config and, for lm-eval tasks, its task files) and versions.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness import config
+from harness.config import ConfigError, RunConfig
+
+# the suite kinds register themselves on import (harness/eval/registry.py)
+from harness.eval import generation, lm_eval, perplexity, val  # noqa: F401
+from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
+from harness.run.record import read_eval, read_samples, update_eval
+
+
+def suite_names(cfg: RunConfig) -> list[str]:
+    """The eval.json suite names that run_suites would write for cfg, in run order."""
+    return [n for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order) for n in kind.names(cfg)]
+
+
+def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
+    """Run every suite of cfg.eval on the model in memory; record each into eval.json; return them all."""
+    run_dir = Path(run_dir)
+    vers = versions()
+    suites: dict = {}
+
+    def record(name: str, entry: dict) -> None:
+        suites[name] = entry
+        update_eval(run_dir, {name: entry}, vers)
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
+                          if isinstance(v, (int, float)) and not k.endswith("_stderr"))
+        say(progress, f"{name}: {shown} (n={entry.get('n')}, {entry.get('wall_time_s', 0):.1f} s)")
+
+    names = suite_names(cfg)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError([f"eval={cfg.eval.name}: suite names must be unique and not 'val'; repeated: {', '.join(dupes)}"])
+
+    ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record)
+    was_training = model.training
+    model.eval()  # no dropout while scoring; the caller's mode is given back at the end
+    try:
+        for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
+            kind.run(ctx)
+    finally:
+        model.train(was_training)
+    return suites
+
+
+def has_suites(cfg: RunConfig) -> bool:
+    return bool(suite_names(cfg))
+
+
+def rescore_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True) -> Path:
+    """Recompute the metrics of the run's generation suites from their saved samples, with the metric
+    lists of the (re)composed eval config: no model is loaded and nothing is generated again. Refused
+    for a suite whose decoding settings differ from the ones its samples were generated with."""
+    from harness.eval.generation import decoding_fields, rescore_entry
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise EvalError(f"{run_dir} is not a run directory (no config.yaml). Give runs/<name>/<run_id>.")
+    cfg = eval_config_for_run(run_dir, overrides)
+    ev = read_eval(run_dir) or {}
+    old_cfg = config.load_run_config(run_dir)
+    generated_with = {s.name: s for s in old_cfg.eval.generation}
+    done = 0
+    for suite in cfg.eval.generation:
+        entry = (ev.get("suites") or {}).get(suite.name)
+        if entry is None or entry.get("kind") != "generation":
+            raise EvalError(f"{run_dir}: no generation results for suite {suite.name!r} in eval.json to rescore; "
+                            "run `harness eval` without --rescore")
+        before = generated_with.get(suite.name)
+        old_fields = decoding_fields(before) if before is not None else None
+        new_fields = decoding_fields(suite)
+        if old_fields is not None and old_fields != new_fields:
+            diff = sorted(k for k, v in new_fields.items() if old_fields.get(k) != v)
+            raise EvalError(f"{run_dir}: suite {suite.name!r} would decode differently than its samples were made "
+                            f"({', '.join(diff)} changed); rescoring would mislabel them. Run `harness eval` without --rescore.")
+        rows = read_samples(run_dir, suite.name)
+        new = rescore_entry(entry, rows, suite, cfg.eval.bootstrap_samples, cfg.eval.seed)
+        update_eval(run_dir, {suite.name: new}, versions())
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in new["metrics"].items())
+        say(progress, f"{suite.name} rescored from {len(rows)} samples: {shown}")
+        done += 1
+    if not done:
+        raise EvalError(f"{run_dir}: eval={cfg.eval.name} has no generation suites to rescore")
+    return run_dir / "eval.json"
+
+
+def _eval_overrides_only(overrides: list[str], run_dir: Path) -> None:
+    bad = [o for o in overrides if not o.lstrip("+~").split("=", 1)[0].split(".")[0] == "eval"]
+    if bad:
+        raise EvalError(
+            f"harness eval {run_dir}: only eval settings can change for a trained run, got {bad}. "
+            "Use eval=<name> or eval.<key>=<value> (e.g. eval=standard eval.lm_eval.limit=100)."
+        )
+
+
+def eval_config_for_run(run_dir: Path, overrides: list[str]) -> RunConfig:
+    """The run's config.yaml with its eval group recomposed from overrides.yaml + the new overrides."""
+    import yaml
+
+    cfg = config.load_run_config(run_dir)
+    if overrides:
+        _eval_overrides_only(overrides, run_dir)
+        ov_file = run_dir / "overrides.yaml"
+        run_overrides = (yaml.safe_load(ov_file.read_text(encoding="utf-8")) or []) if ov_file.exists() else []
+        cfg.eval = config.compose(list(run_overrides) + list(overrides)).eval
+    return cfg

@@ -1,0 +1,46 @@
+"""The `val` suite: loss and perplexity on the run's own validation split (harness.data.prepare).
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from harness.config import RunConfig
+from harness.eval.registry import SuiteContext, config_hash, register_suite_kind, say
+
+
+# ------------------------------------------------------------------------------------ suites
+def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict | None:
+    """Loss/perplexity on the run's own validation split (harness.data.prepare), or None with a note."""
+    from harness import data
+    from harness.data.cache import prepare
+    from harness.eval.perplexity import val_loss
+
+    t0 = time.time()
+    try:
+        prepared = prepare(cfg.data, tokenizer, max_length=cfg.train.max_length, seed=cfg.train.seed,
+                                     packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
+    except data.DataError as exc:  # e.g. an eval-only data config: say so, run the other suites
+        say(True, f"val suite skipped: data={cfg.data.name} gives no validation split: {exc}")
+        return None
+    rows = list(prepared.val)
+    if cfg.train.eval_batches > 0:  # the trainer's cap on validation batches applies here too
+        rows = rows[:cfg.train.eval_batches * cfg.train.batch_size]
+    if not rows:
+        say(True, f"val suite skipped: data={cfg.data.name} has no validation rows (data.val_size={cfg.data.val_size})")
+        return None
+    res = val_loss(model, rows, batch_size=cfg.train.batch_size,
+                              pad_id=tokenizer.pad_token_id or 0, progress=progress)
+    wall = time.time() - t0
+    hash_cfg = {"data": dataclasses.asdict(cfg.data), "max_length": cfg.train.max_length, "seed": cfg.train.seed,
+                "rows": len(rows)}
+    return {"kind": "val", "metrics": {"loss": res["loss"], "perplexity": res["perplexity"]}, "n": len(rows),
+            "tokens": res["tokens"], "config_hash": config_hash(hash_cfg), "wall_time_s": wall,
+            "tokens_per_s": res["tokens"] / wall if wall > 0 else None}
+
+
+@register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [])
+def run_val(ctx: SuiteContext) -> None:
+    entry = val_suite(ctx.model, ctx.tokenizer, ctx.cfg, ctx.progress)
+    if entry is not None:
+        ctx.record("val", entry)

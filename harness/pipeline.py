@@ -1,0 +1,238 @@
+"""One run: open its record -> fit (optional) -> evaluate -> close its record.
+
+    harness train model=smollm2-135m method=qlora data=alpaca-demo train.max_steps=20   # train_run()
+
+The only module that calls both the training stage (harness/train/) and the evaluation stage
+(harness/eval/): neither imports the other. Exit codes and statuses: harness/run/record.py.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+from pathlib import Path
+
+import yaml
+
+from harness import atomic, config
+from harness.config import ConfigError, RunConfig
+from harness.eval.registry import EvalError, say
+from harness.eval.suites import eval_config_for_run, has_suites, run_suites
+from harness.model.load import load_run_model
+from harness.run.environment import environment, peak_rss_mb
+from harness.run.record import SCHEMA, new_run_id, now_iso, read_summary, run_dir_for
+from harness.train.callbacks import Outcome
+from harness.train.fit import fit
+
+_NOT_AXES = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker.tags")
+
+
+def axes_from_overrides(cfg: RunConfig, overrides: list[str]) -> dict:
+    """The config values that identify this configuration in a comparison: every group choice,
+    plus each plain value set on the command line (what a sweep varies)."""
+    axes: dict = {"model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name}
+    for ov in overrides:
+        key, sep, _ = ov.lstrip("+~").partition("=")
+        if not sep or key in _NOT_AXES or key in config.GROUPS or key == "experiment":
+            continue
+        value = cfg
+        try:
+            for part in key.split("."):
+                value = getattr(value, part)
+        except AttributeError:
+            continue
+        axes[key] = value if isinstance(value, (int, float, str, bool)) or value is None else str(value)
+    return axes
+
+
+# --------------------------------------------------------------------------------- the run
+def prepare_run_dir(cfg: RunConfig, overrides: list[str]) -> tuple[Path, bool]:
+    """Create (or reopen for resume) the run directory; write config.yaml and overrides.yaml."""
+    name = config.default_run_name(cfg)
+    run_id = cfg.run_id or new_run_id()
+    run_dir = run_dir_for(cfg.output_dir, name, run_id)
+    resuming = run_dir.exists() and (run_dir / "config.yaml").exists()
+    if resuming:
+        old = read_summary(run_dir) or {}
+        if old.get("status") == "completed":
+            return run_dir, True
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.run_id = run_id
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+    atomic.write_text(run_dir / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    return run_dir, resuming
+
+
+def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outcome | None = None) -> tuple[str, Path]:
+    """Train one run end to end; returns (status, run_dir). Never raises for a training failure:
+    it is recorded in summary.json (status failed / diverged / interrupted) instead. Pass an
+    Outcome to get the trained model back in outcome.model."""
+    overrides = list(overrides or [])
+    started, t_start = now_iso(), time.time()
+    run_dir, resuming = prepare_run_dir(cfg, overrides)
+    prior = read_summary(run_dir) or {}
+    if prior.get("status") == "completed":
+        print(f"[harness] run {run_dir} already completed; nothing to do")
+        return "completed", run_dir
+
+    summary = {
+        "schema": SCHEMA, "status": "running", "reason": "",
+        "name": run_dir.parent.name, "run_id": run_dir.name, "run_dir": str(run_dir),
+        "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": cfg.method.name,
+        "data": cfg.data.name, "seed": cfg.train.seed, "axes": axes_from_overrides(cfg, overrides),
+        "started_at": prior.get("started_at", started), "resumed": bool(resuming and prior),
+    }
+    atomic.write_json(run_dir / "summary.json", summary)
+    outcome = outcome if outcome is not None else Outcome()
+    from harness.run.tracking import start
+
+    tracker = start(cfg, run_dir)
+    try:
+        status = _fit_and_evaluate(cfg, run_dir, summary, outcome, tracker)
+    except KeyboardInterrupt:
+        outcome.status, outcome.reason = "interrupted", "interrupted by the user (Ctrl-C); re-run with the same run_id to resume"
+        status = "interrupted"
+    except ConfigError as exc:
+        outcome.status, outcome.reason, status = "failed", str(exc), "failed"
+    except Exception as exc:  # recorded, not raised: a failed run is a result
+        tb = traceback.format_exc()
+        atomic.write_text(run_dir / "error.log", tb)
+        reason = f"{type(exc).__name__}: {exc}"
+        if "out of memory" in str(exc).lower():
+            reason = "out of memory: " + reason
+        outcome.status, outcome.reason, status = "failed", reason[:2000], "failed"
+    summary.update(
+        status=status if outcome.status in ("running", "completed") else outcome.status,
+        reason=outcome.reason,
+        pruned_at_step=outcome.pruned_at_step,
+        final_train_loss=outcome.final_train_loss if outcome.final_train_loss is not None else summary.get("train_loss_mean"),
+        final_val_loss=outcome.final_val_loss,
+        best_val_loss=outcome.best_val_loss,
+        wall_time_s=time.time() - t_start,
+        peak_memory_mb=summary.get("peak_memory_mb") or peak_rss_mb(),
+        finished_at=now_iso(),
+    )
+    atomic.write_json(run_dir / "summary.json", summary)
+    try:
+        tracker.finish(summary)
+    except Exception as exc:
+        print(f"[harness] warning: tracker finish failed: {exc}")
+    return summary["status"], run_dir
+
+
+# ------------------------------------------------------------------------------ model loading
+def _device(cfg: RunConfig) -> str:
+    from harness.model.device import resolve_device
+
+    return resolve_device(cfg)
+
+
+def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker) -> str:
+    """fit (harness/train/fit.py), then the run's eval suites on the model still in memory."""
+    from harness.sweep.pruning import reporter_for
+
+    status = fit(cfg, run_dir, summary, outcome, tracker, reporter_for(cfg))
+    if status != "completed":
+        return status
+    if cfg.eval.after_train and cfg.eval.name != "none":
+        t_eval = time.time()
+        outcome.model.eval()
+        suites = run_suites(outcome.model, outcome.tokenizer, cfg, run_dir)
+        summary["eval_time_s"] = time.time() - t_eval
+        tracker.log({f"{s}.{k}": v for s, res in suites.items() for k, v in (res.get("metrics") or {}).items()
+                     if isinstance(v, (int, float))})
+    outcome.status = "completed"
+    return "completed"
+
+
+def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise EvalError(f"{run_dir} is not a run directory (no config.yaml). Give runs/<name>/<run_id>.")
+    cfg = eval_config_for_run(run_dir, overrides)
+    if not has_suites(cfg):
+        raise EvalError(f"{run_dir}: eval={cfg.eval.name} has no suites. Add e.g. eval=quick or eval=standard.")
+    device = _device(cfg)
+    model, tokenizer, kind = load_run_model(run_dir, cfg, device)
+    say(progress, f"loaded {cfg.model.name} ({kind}) from {run_dir} on {device}")
+    t0 = time.time()
+    run_suites(model, tokenizer, cfg, run_dir, progress)
+    summary = read_summary(run_dir)
+    if summary is not None and summary.get("status") in ("completed", "baseline"):
+        summary["eval_time_s"] = time.time() - t0
+        atomic.write_json(run_dir / "summary.json", summary)
+    return run_dir / "eval.json"
+
+
+def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
+    """Evaluate the untrained base model into a new run directory runs/<model>-base/<run_id>/."""
+    import torch
+    import yaml
+
+    from harness.model.load import identity, load_model_and_tokenizer
+
+    cfg = config.compose(overrides)
+    if not has_suites(cfg):
+        raise EvalError(f"eval={cfg.eval.name} has no suites; add e.g. eval=quick (conf/eval/*.yaml).")
+    name = cfg.name or f"{cfg.model.name}-base"
+    run_id = cfg.run_id or new_run_id()
+    run_dir = run_dir_for(cfg.output_dir, name, run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
+    atomic.write_text(run_dir / "overrides.yaml", yaml.safe_dump(list(overrides)))
+    device = _device(cfg)
+    t_start = time.time()
+    started = now_iso()
+    # method.quant != none: the base model quantized with bitsandbytes as that method would (no training);
+    # this is how the data-type comparison (sweeps/reproduce-qlora-dtypes.yaml) measures quantization error.
+    quantized = cfg.method.quant != "none"
+    label = "base" if not quantized else f"base-{cfg.method.quant}" + ("-dq" if cfg.method.double_quant else "")
+    axes = {"model": cfg.model.name, "method": label}
+    if quantized:
+        axes.update({"method.quant": cfg.method.quant, "method.double_quant": cfg.method.double_quant})
+    summary = {
+        "schema": SCHEMA, "status": "running", "reason": "", "name": name, "run_id": run_id,
+        "run_dir": str(run_dir), "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": label,
+        "data": cfg.data.name, "seed": cfg.eval.seed, "axes": axes,
+        "trainable_params": 0, "started_at": started,
+    }
+    atomic.write_json(run_dir / "summary.json", summary)
+    try:
+        from harness.model.methods import build_quant_config
+
+        quant = build_quant_config(cfg.method, torch.float32) if quantized else None
+        model, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
+        total = sum(p.numel() for p in model.parameters())
+        manifest = {"schema": SCHEMA, **environment(), "torch": torch.__version__,
+                    "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
+                    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+                    "seeds": {"eval": cfg.eval.seed}, "model": identity(cfg.model)}
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        say(progress, f"evaluating base {cfg.model.name} on {device} into {run_dir}")
+        t0 = time.time()
+        torch.manual_seed(cfg.eval.seed)
+        run_suites(model, tokenizer, cfg, run_dir, progress)
+        from harness.run.environment import peak_rss_mb
+
+        summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,
+                       model_bytes=int(model.get_memory_footprint()), peak_memory_mb=peak_rss_mb(),
+                       peak_memory_kind="rss" if device == "cpu" else "cuda_max_allocated")
+    except BaseException as exc:
+        summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
+                       reason=f"{type(exc).__name__}: {exc}")
+        raise
+    finally:
+        summary.update(wall_time_s=time.time() - t_start, finished_at=now_iso())
+        atomic.write_json(run_dir / "summary.json", summary)
+    return run_dir / "eval.json"
+
+
+def crosscheck(overrides: list[str], limit: int, max_length: int, batch_size: int, progress: bool = True) -> dict:
+    from harness.eval.lm_eval import crosscheck_wikitext
+    from harness.model.load import load_model_and_tokenizer
+
+    cfg = config.compose(overrides)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, device=_device(cfg))
+    res = crosscheck_wikitext(model, tokenizer, max_length=max_length, batch_size=batch_size, limit=limit,
+                                     model_cfg=cfg.model, progress=progress)
+    res["model"] = cfg.model.name
+    return res

@@ -1,0 +1,9 @@
+"""Report stage: what won, by how much, at what cost, and how sure we are, from run records only.
+
+    harness report STUDY [--runs-root runs] [--storage URL] [--out reports]
+
+runs.py (read run directories and the Optuna study) -> aggregate.py (configurations, means, ranks) ->
+compare.py (paired tests, verdicts; statistics in stats.py) -> build.py (the report model) ->
+markdown.py (report.md, results.csv, results.json), html.py (report.html from templates/),
+figures.py (PNG/SVG). fmt.py formats numbers and escapes strings. Never imports torch.
+"""

@@ -1,0 +1,278 @@
+"""The report model: one dict built from the runs (leaderboard, comparisons, references, provenance, samples),
+rendered by markdown.py and html.py. `build(name, runs, inputs, args) -> (model, figures)`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from harness import __version__, atomic
+from harness.report.aggregate import Config, aggregate, best_marks, choose_primary, rank, study_objectives
+from harness.report.compare import SampleCache, compare
+from harness.report.fmt import _num, fmt, metric_direction
+from harness.report.runs import Run, find_human, find_inputs, load_optuna, varying_axes
+from harness.report.stats import pareto_front
+from harness.run.record import read_metrics
+
+COST = (  # (flat metric, header)
+    ("summary.trainable_params", "trainable params"), ("summary.trainable_share", "trainable share"),
+    ("summary.peak_memory_mb", "peak memory (MB)"), ("summary.train_time_s", "train time (s)"),
+    ("summary.tokens_per_s", "tokens/s"), ("summary.adapter_bytes", "adapter size (bytes)"),
+)
+
+
+def gather_references(runs: list[Run], extra_files: list[Path]) -> list[dict]:
+    """Published numbers from references files (--references, inputs) and from the runs' config.yaml. A
+    number a file gives (same metric and value) replaces the config's copy: the file is the newer word,
+    e.g. one that adds `axes` to references older runs carry without them."""
+    from_files = []
+    for f in extra_files:
+        data = atomic.read_json(f)
+        for ref in data if isinstance(data, list) else data.get("references", []):
+            from_files.append({**ref, "_from": str(f)})
+    given = {(str(r.get("metric")), _num(r.get("value"))) for r in from_files}
+    refs, seen = [], set()
+    for r in runs:
+        for ref in r.config.get("references") or []:
+            if isinstance(ref, dict):
+                k = json.dumps(ref, sort_keys=True, default=str)
+                if k not in seen and (str(ref.get("metric")), _num(ref.get("value"))) not in given:
+                    seen.add(k)
+                    refs.append({**ref, "_from": "config.yaml", "_axes": r.axes})
+    return refs + from_files
+
+
+def reference_rows(refs: list[dict], configs: list[Config], best: Config | None) -> list[dict]:
+    rows = []
+    for ref in refs:
+        metric = str(ref.get("metric", ""))
+        target = best
+        if isinstance(ref.get("axes"), dict):  # the reference names the configuration it describes
+            target = next((c for c in configs if all(c.axes.get(k) == v for k, v in ref["axes"].items())), None)
+        elif ref.get("_axes"):  # the run that carried it: its trained configuration, else its base-model one
+            same = [c for c in configs if c.axes == ref["_axes"]]
+            target = next((c for c in same if not c.baseline), same[0] if same else best)
+        cell = (target.cells.get(metric) if target else None) or {}
+        value, tol, measured = _num(ref.get("value")), ref.get("tolerance"), cell.get("mean", math.nan)
+        if not math.isfinite(measured):
+            status = "not measured"
+        elif tol is None:
+            status = "reference only"
+        else:
+            status = "within tolerance" if abs(measured - value) <= float(tol) else "outside tolerance"
+        rows.append({"metric": metric, "config": target.label if target else "—", "measured": measured,
+                     "published": value, "tolerance": tol, "status": status, "source": str(ref.get("source", "")),
+                     "note": str(ref.get("note", ""))})
+    return rows
+
+
+def comparability(runs: list[Run]) -> list[str]:
+    """Warnings when runs that are compared differ in task config, data or metric signature."""
+    seen: dict[str, dict[str, set]] = {}
+
+    def add(what, key, value):
+        if value not in (None, ""):
+            seen.setdefault(what, {}).setdefault(key, set()).add(str(value))
+
+    for r in runs:
+        if r.status not in ("completed", "baseline"):
+            continue
+        for s, res in (r.eval.get("suites") or {}).items():
+            add("eval config_hash", s, res.get("config_hash"))
+            for m, sig in (res.get("signatures") or {}).items():
+                add("metric signature", f"{s}.{m}", sig)
+        data = r.manifest.get("data") or {}
+        add("data hash", str(data.get("name", "")), ",".join(str(f.get("sha256", ""))[:16] for f in data.get("files") or []))
+        model = r.manifest.get("model") or {}
+        add("model weights hash", str(model.get("name", "")), (model.get("sha256") or "")[:16] or None)
+    out = []
+    for what, keys in sorted(seen.items()):
+        for k, vals in sorted(keys.items()):
+            if len(vals) > 1:
+                out.append(f"Runs differ in {what} for {k}: {', '.join(sorted(vals))}. Numbers across these runs are not comparable.")
+    return out
+
+
+def provenance(runs: list[Run]) -> dict:
+    def many(values):
+        return sorted({str(v) for v in values if v not in (None, "")})
+
+    ok = [r for r in runs if not r.error]
+    pk: dict[str, set] = {}
+    for r in ok:
+        for k, v in (r.manifest.get("packages") or {}).items():
+            pk.setdefault(k, set()).add(str(v))
+        if r.manifest.get("torch"):
+            pk.setdefault("torch", set()).add(str(r.manifest["torch"]))
+    return {
+        "report harness version": [__version__],
+        "run harness versions": many(r.manifest.get("harness_version") for r in ok),
+        "git commits": many(f"{(r.manifest.get('git') or {}).get('commit')}" + (" (dirty)" if (r.manifest.get("git") or {}).get("dirty") else "")
+                            for r in ok if (r.manifest.get("git") or {}).get("commit")),
+        "python": many(r.manifest.get("python") for r in ok),
+        "devices": many(r.manifest.get("device") for r in ok),
+        "cpus": many(r.manifest.get("cpu") for r in ok),
+        "gpus": many(r.manifest.get("gpu") for r in ok),
+        "data files": many(f"{f.get('path')} sha256:{str(f.get('sha256'))[:16]}" for r in ok
+                           for f in (r.manifest.get("data") or {}).get("files") or []),
+        "models": many(f"{(r.manifest.get('model') or {}).get('name')} sha256:{str((r.manifest.get('model') or {}).get('sha256'))[:16]}"
+                       for r in ok if r.manifest.get("model")),
+        "packages": {k: sorted(v) for k, v in sorted(pk.items())},
+    }
+
+
+# ------------------------------------------------------------------------------------ the model
+def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, list]:
+    from harness.report.figures import history, importances, loss_curves, param_panels, scatter_front
+
+    t0 = time.perf_counter()
+    ok_runs = [r for r in runs if r.status in ("completed", "baseline")]
+
+    def quality_of(rs):
+        return sorted({m for r in rs for m in r.metrics if not m.startswith("summary.") and not m.endswith("_stderr")})
+
+    quality = quality_of(ok_runs)
+    if any("summary.best_val_loss" in r.metrics for r in ok_runs):
+        quality.append("summary.best_val_loss")  # every trained run has it, evaluated or not
+    cost = [m for m, _ in COST if any(m in r.metrics for r in ok_runs)]
+    study = name
+    storage = args.storage or f"sqlite:///{Path(args.studies_dir) / study}.db"
+    optuna_info, optuna_note = load_optuna(storage, study) if not args.no_optuna else (None, "Optuna storage not read (--no-optuna).")
+    trained_quality = quality_of([r for r in ok_runs if r.status == "completed"])  # rank by what trained runs have
+    trained_quality += [m for m in quality if m.startswith("summary.")]
+    primary = choose_primary(trained_quality if not args.metric else quality, args.metric, optuna_info)
+    objs, dirs = study_objectives(optuna_info), (optuna_info or {}).get("directions") or []
+    study_dir = {"maximize": "max", "minimize": "min"}.get(dirs[objs.index(primary)]) if primary in objs[: len(dirs)] else None
+    direction = args.direction or study_dir or metric_direction(primary) or "max"
+    quality = [primary] + [m for m in quality if m != primary]
+    configs = rank(aggregate(runs, quality + cost), primary, direction)
+    trained = [c for c in configs if not c.baseline]
+    best = trained[0] if trained and primary in trained[0].cells else None
+    cache = SampleCache()
+    comparisons, cmp_notes = compare(configs, cache, args)
+    warnings = comparability(runs) + cmp_notes
+    for r in runs:
+        if r.status == "baseline" and r.summary.get("study") != name:
+            warnings.append(f"Base-model reference {r.path} was evaluated outside this study (added as the baseline row).")
+    if optuna_note:
+        warnings.append(optuna_note)
+    if optuna_info and optuna_info.get("importance_note"):
+        warnings.append(optuna_info["importance_note"])
+    failed = sorted((r for r in runs if r.status not in ("completed", "baseline")), key=lambda r: str(r.path))
+    refs = reference_rows(gather_references(runs, find_inputs(inputs, runs, "references.json", args.references)), configs, best)
+    human = find_human(runs, inputs, args)
+
+    # figures
+    figs = []
+    by_method: dict[str, list] = {}
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        if r.status in ("completed", "diverged", "pruned", "interrupted", "failed"):
+            by_method.setdefault(str(r.summary.get("method") or r.axes.get("method", "?")), []).append(
+                read_metrics(r.path))  # non-finite values ("nan" strings) are skipped when drawn
+    groups = {c.key: str(c.axes.get("method", c.label)) for c in configs}
+    pts_src = [c for c in configs]
+    for xm, xl, logx, fname in (("summary.peak_memory_mb", "peak memory (MB)", False, "quality_vs_memory"),
+                                ("summary.trainable_params", "trainable parameters", True, "quality_vs_params")):
+        pts = [{"label": c.label, "group": groups[c.key], "x": c.cells.get(xm, {}).get("mean", math.nan),
+                "y": c.cells.get(primary, {}).get("mean", math.nan),
+                "yerr": (c.cells.get(primary, {}).get("hi", math.nan) - c.cells.get(primary, {}).get("mean", math.nan))}
+               for c in pts_src]
+        for p in pts:
+            p["yerr"] = p["yerr"] if math.isfinite(p["yerr"]) else 0.0
+            if logx and p["x"] == 0:
+                p["x"] = math.nan  # the base model trains nothing: no point on a log axis
+        front = pareto_front([(p["y"], p["x"]) for p in pts], (direction, "min"))
+        figs.append(scatter_front(fname, f"{primary} vs {xl}", pts, xl, primary, front, direction, logx=logx, svg=not args.no_svg))
+    figs.insert(0, loss_curves(by_method, svg=not args.no_svg))
+    completed = [r for r in runs if r.status == "completed"]
+    if optuna_info:
+        figs.append(history(optuna_info["trials"], optuna_info["directions"][0], (study_objectives(optuna_info) or ["objective"])[0],
+                                    f"Optuna storage {storage}", svg=not args.no_svg))
+        figs.append(importances(optuna_info["importances"], "fANOVA (32 trees, seed 0)", svg=not args.no_svg))
+    else:
+        trials = [(r.trial, r.metrics.get(primary, math.nan), "COMPLETE") for r in completed if r.trial >= 0]
+        trials += [(r.trial, math.nan, r.status.upper()) for r in failed if r.trial >= 0]
+        figs.append(history(trials, "maximize" if direction == "max" else "minimize", primary, "run records", svg=not args.no_svg))
+    varying = varying_axes([c.axes for c in trained])
+    panels = {k: [(r.axes.get(k), r.metrics.get(primary, math.nan), str(r.axes.get("method", "")))
+                  for r in completed if k in r.axes] for k in varying}
+    figs.append(param_panels(panels, primary, svg=not args.no_svg))
+    figs = [f for f in figs if f is not None]
+
+    findings = key_findings(configs, best, primary, comparisons)
+    status_counts: dict[str, int] = {}
+    for r in runs:
+        status_counts[r.status] = status_counts.get(r.status, 0) + 1
+    model = {
+        "name": name, "primary": primary, "direction": direction, "quality": quality, "cost": cost,
+        "status_counts": dict(sorted(status_counts.items())), "n_runs": len(runs),
+        "best": best.label if best else None, "configs": configs, "best_marks": best_marks(configs, quality + cost),
+        "comparisons": comparisons, "warnings": warnings, "failed": failed, "references": refs, "human": human,
+        "provenance": provenance(runs), "samples": sample_rows(configs, best, cache), "optuna": optuna_info,
+        "paired_test": args.paired_test, "findings": findings, "build_s": time.perf_counter() - t0,
+    }
+    return model, figs
+
+
+def key_findings(configs: list[Config], best: Config | None, primary: str, comparisons: list[dict]) -> list[str]:
+    """Three sentences a reader wants first: who won, is the win real, and what is the cheapest
+    configuration that is not significantly worse than the winner (by peak memory)."""
+    if best is None:
+        return []
+    cell = best.cells[primary]
+    ci = f" ± {fmt((cell['hi'] - cell['lo']) / 2, 2)}" if math.isfinite(cell.get("lo", math.nan)) else ""
+    out = [f"Best on {primary}: {best.label} ({fmt(cell['mean'])}{ci}, {cell['n']} run{'s' if cell['n'] != 1 else ''})."]
+    on_primary = [c for c in comparisons if c["flat_metric"] == primary]
+    vs_best = [c for c in on_primary if c["kind"] == "vs best" and c["b"] == best.label]
+    if vs_best:
+        out.append("Runner-up: " + vs_best[0]["verdict"] + ".")
+    vs_base = [c for c in on_primary if c["kind"] == "vs baseline" and c["a"] == best.label]
+    out += [f"Against the base model: {c['verdict']}." for c in vs_base[:1]]
+    worse = {c["a"] for c in vs_best if math.isfinite(c.get("p_holm", math.nan)) and c["p_holm"] < 0.05}
+    tested = {c["a"] for c in vs_best} | {best.label}
+    mem = "summary.peak_memory_mb"
+    ok = [c for c in configs if not c.baseline and c.label in tested and c.label not in worse and mem in c.cells]
+    if vs_best and ok and mem in best.cells:
+        cheap = min(ok, key=lambda c: (c.cells[mem]["mean"], c.label))
+        if cheap is not best:
+            out.append(f"Lowest peak memory not significantly worse than the best: {cheap.label} "
+                       f"({fmt(cheap.cells[mem]['mean'])} MB vs {fmt(best.cells[mem]['mean'])} MB).")
+        else:
+            out.append(f"No configuration that is not significantly worse than the best uses less peak memory (best: {fmt(best.cells[mem]['mean'])} MB).")
+    return out
+
+
+def sample_rows(configs: list[Config], best: Config | None, cache: SampleCache, k: int = 3) -> list[dict]:
+    """The first k items (by id) of each generation suite: prompt, reference, and the outputs of the
+    best configuration and of each baseline (their lowest-seed run)."""
+    shown = ([best] if best else []) + [c for c in configs if c.baseline]
+    out = []
+    suites = sorted({s for c in shown for s, res in (c.runs[0].eval.get("suites") or {}).items() if res.get("kind") == "generation"})
+    for s in suites:
+        by_cfg = {c.label: {str(x.get("id")): x for x in cache.get(c.runs[0], s)} for c in shown}
+        ids = sorted(set().union(*[set(v) for v in by_cfg.values()]))[:k]
+        for i in ids:
+            first = next(v[i] for v in by_cfg.values() if i in v)
+            out.append({"suite": s, "id": i, "prompt": str(first.get("prompt", "")),
+                        "reference": str((first.get("references") or [""])[0]),
+                        "outputs": [(lbl, str(v[i].get("prediction", "")) if i in v else "—") for lbl, v in by_cfg.items()]})
+    return out
+
+
+# ----------------------------------------------------------------------------------- the files
+def run_rows(runs: list[Run]) -> tuple[list[str], list[dict]]:
+    axes = sorted({k for r in runs for k in (r.summary.get("axes") or {})})
+    mets = sorted({m for r in runs for m in r.metrics})
+    head = ["run_dir", "name", "run_id", "study", "trial", "seed", "status", "reason", "pruned_at_step"]
+    rows = []
+    for r in sorted(runs, key=lambda r: str(r.path)):
+        s = r.summary
+        row = {"run_dir": str(r.path), "name": s.get("name"), "run_id": s.get("run_id"), "study": s.get("study"),
+               "trial": s.get("trial"), "seed": s.get("seed"), "status": r.status, "reason": r.error or s.get("reason", ""),
+               "pruned_at_step": s.get("pruned_at_step")}
+        row.update({f"axes.{k}": (s.get("axes") or {}).get(k) for k in axes})
+        row.update({m: r.metrics.get(m) for m in mets})
+        rows.append(row)
+    return head + [f"axes.{k}" for k in axes] + mets, rows

@@ -1,0 +1,108 @@
+"""How the report writes numbers and strings: significant digits, p-values, percent scales, CSV cells that a
+spreadsheet will not run as formulas, and Markdown that a viewer will not render as HTML.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import re
+
+BINARY = ("acc", "acc_norm", "exact_match")
+
+
+PERCENT = ("acc", "acc_norm", "exact_match", "rouge1", "rouge2", "rougeL", "rougeLsum", "f1")  # 0-1 -> points x100
+
+
+# ------------------------------------------------------------------------------- small helpers
+def metric_direction(name: str) -> str | None:
+    """'max' (higher is better), 'min' (lower is better) or None (no direction), from the name."""
+    n = name.lower()
+    if "tokens_per_s" in n or "throughput" in n:
+        return "max"
+    if "bits_per_byte" in n:
+        return "min"
+    tokens = set(n.replace(".", "_").split("_"))
+    if tokens & {"loss", "perplexity", "ppl", "ter", "memory", "mem", "time", "nll", "bytes", "params", "share", "stderr"}:
+        return "min"
+    if tokens & {"acc", "bleu", "chrf", "rouge1", "rouge2", "rougel", "rougelsum", "match", "f1", "score", "elo", "win"}:
+        return "max"
+    return None
+
+
+def fmt(v, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—" if v is None else str(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return str(v)
+    if abs(v) >= 1e4 or (abs(v) >= 1000 and float(v).is_integer()) or abs(v) >= 10 ** digits:
+        return f"{v:,.0f}"
+    if abs(v) >= 1000:
+        return f"{v:,.1f}"
+    return f"{v:.{digits}g}"
+
+
+def fmt_p(p: float) -> str:
+    if not isinstance(p, (int, float)) or not math.isfinite(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"= {p:.3f}" if p < 0.1 else f"= {p:.2f}"
+
+
+def _num(v) -> float:
+    """Record value -> float (non-finite floats are stored as the strings nan/inf by harness.atomic)."""
+    if isinstance(v, bool) or v is None:
+        return math.nan
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str) and v.strip().lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+        return float(v)
+    return math.nan
+
+
+def csv_safe(v) -> str:
+    """A CSV cell a spreadsheet will not run as a formula: leading = + - @ tab CR get a quote."""
+    s = "" if v is None else (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v))
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
+def axis_label(axes: dict, varying: list[str]) -> str:
+    """Short name of a configuration: the values of the axes that vary between configurations."""
+    parts = []
+    for k in varying:
+        if k in axes:
+            v = axes[k]
+            parts.append(str(v) if "." not in k else f"{k.split('.')[-1]}={fmt(v) if isinstance(v, float) else v}")
+    return " ".join(parts) or ", ".join(f"{k}={v}" for k, v in sorted(axes.items())) or "(no axes)"
+
+
+def timestamp() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    t = _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch else _dt.datetime.now(_dt.timezone.utc)
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+
+
+_MD_ENTITY = re.compile(r"&(?=[#A-Za-z0-9])")
+
+
+def md_escape(s) -> str:
+    """Markdown-safe text: no raw HTML (a `<` that could open a tag, an `&` that could start an
+    entity), no links, no table breaks (`|`, newlines). Plain `p < 0.001` stays readable."""
+    s = _MD_ENTITY.sub("&amp;", str(s))
+    s = _MD_TAG.sub("&lt;", s)
+    s = s.replace("[", "\\[").replace("]", "\\]")  # no [text](javascript:...) links
+    return s.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def cell_text(cell: dict | None, row_n: int) -> str:
+    if not cell:
+        return "—"
+    s = fmt(cell["mean"])
+    if math.isfinite(cell.get("lo", math.nan)) and cell["hi"] > cell["lo"]:
+        s += f" ± {fmt((cell['hi'] - cell['lo']) / 2, 2)}"
+    if cell["n"] != row_n:
+        s += f" (n={cell['n']})"
+    return s

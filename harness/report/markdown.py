@@ -1,0 +1,89 @@
+"""report.md, results.csv and results.json from the report model (harness/report/build.py).
+"""
+from __future__ import annotations
+
+import csv
+import io
+
+from harness.report.build import COST
+from harness.report.fmt import cell_text, csv_safe, fmt, md_escape
+
+
+def to_csv(header: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([csv_safe(h) for h in header])
+    for row in rows:
+        w.writerow([csv_safe(row.get(h)) for h in header])
+    return buf.getvalue()
+
+
+def to_markdown(m: dict, figs: list, stamp: str) -> str:
+    L = [f"# Report: {md_escape(m['name'])}", "", f"Generated: {stamp}", ""]
+    counts = ", ".join(f"{v} {k}" for k, v in m["status_counts"].items())
+    L += [f"{m['n_runs']} runs ({counts}). Primary metric: `{m['primary']}` ({'higher' if m['direction'] == 'max' else 'lower'} is better)."
+          + (f" Best configuration: **{md_escape(m['best'])}**." if m["best"] else ""), ""]
+    if m["findings"]:
+        L += ["## Key findings", ""] + [f"- {md_escape(f)}" for f in m["findings"]] + [""]
+    if m["warnings"]:
+        L += ["## Warnings", ""] + [f"- ⚠ {md_escape(w)}" for w in m["warnings"]] + [""]
+
+    def table(cols: list[tuple[str, str]]):
+        out = ["| configuration | n | " + " | ".join(md_escape(h) for _, h in cols) + " |",
+               "|---|---:|" + "---:|" * len(cols)]
+        for c in m["configs"]:
+            n = len(c.runs)
+            cells = []
+            for key, _ in cols:
+                t = md_escape(cell_text(c.cells.get(key), n))
+                if key in m["best_marks"] and c.cells.get(key, {}).get("mean") == m["best_marks"][key] and not c.baseline:
+                    t = f"**{t}** ★"
+                cells.append(t)
+            out.append(f"| {md_escape(c.label)}{' (reference)' if c.baseline else ''} | {n} | " + " | ".join(cells) + " |")
+        return out
+
+    L += ["## Leaderboard", "", "Mean ± 95% CI half-width (t-distribution) over seeds; ★ best per column.", ""]
+    L += table([(q, q) for q in m["quality"]]) + [""]
+    L += ["## Cost", ""] + table([(k, h) for k, h in COST if k in m["cost"]]) + [""]
+    L += ["## Paired significance", "",
+          f"Paired on evaluation item ids; Holm correction over all {len(m['comparisons'])} comparisons. "
+          "BLEU/chrF/ROUGE use the mean of per-item (sentence-level) scores, not corpus BLEU.", ""]
+    L += [f"- {md_escape(r['verdict'])}" for r in m["comparisons"]] + [""]
+    L += ["## Figures", ""] + [f"![{md_escape(f.title)}](figures/{f.name}.png)\n\n{md_escape(f.caption)}\n" for f in figs]
+    if m["samples"]:
+        L += ["## Sample outputs", ""]
+        for s in m["samples"]:
+            L += [f"**{md_escape(s['suite'])} {md_escape(s['id'])}**: {md_escape(s['prompt'])}", "",
+                  f"- reference: {md_escape(s['reference'])}"] + [f"- {md_escape(lbl)}: {md_escape(o)}" for lbl, o in s["outputs"]] + [""]
+    if m["references"]:
+        L += ["## Published results", "", "| metric | configuration | measured | published | tolerance | status | source | note |",
+              "|---|---|---:|---:|---:|---|---|---|"]
+        L += [f"| {md_escape(r['metric'])} | {md_escape(r['config'])} | {fmt(r['measured'])} | {fmt(r['published'])} | "
+              f"{fmt(r['tolerance'])} | {r['status']} | {md_escape(r['source'])} | {md_escape(r['note'])} |" for r in m["references"]] + [""]
+    if m["human"]:
+        L += ["## Human evaluation", ""] + [f"- `{md_escape(p)}` (tables in report.html)" for p, _ in m["human"]] + [""]
+    L += ["## Runs that did not complete", ""]
+    if m["failed"]:
+        L += ["| run | status | reason | pruned at step |", "|---|---|---|---:|"]
+        L += [f"| {md_escape(r.path)} | {r.status} | {md_escape(r.error or r.summary.get('reason', ''))} | {fmt(r.summary.get('pruned_at_step'))} |"
+              for r in m["failed"]]
+    else:
+        L += ["None: every run completed."]
+    L += ["", "## Provenance", ""]
+    for k, v in m["provenance"].items():
+        if k == "packages":
+            L += ["- packages: " + "; ".join(f"{md_escape(p)} {md_escape(', '.join(vs))}" for p, vs in v.items())]
+        else:
+            L += [f"- {k}: {md_escape(', '.join(v)) or '—'}"]
+    return "\n".join(L) + "\n"
+
+
+def to_json(m: dict, rows: list[dict]) -> dict:
+    return {
+        "schema": 1, "report": m["name"], "primary_metric": m["primary"], "direction": m["direction"],
+        "runs": rows,
+        "leaderboard": [{"label": c.label, "axes": c.axes, "baseline": c.baseline, "n": len(c.runs),
+                         "run_dirs": [str(r.path) for r in c.runs], "metrics": c.cells} for c in m["configs"]],
+        "comparisons": m["comparisons"], "references": m["references"], "warnings": m["warnings"],
+        "provenance": m["provenance"],
+    }

@@ -1,0 +1,95 @@
+"""Run directories: create them, write their records, read them back (docs/run-record.md).
+
+Writers are used by the pipeline and the evaluator; readers by sweeps, status and reports.
+Reports import only this module's readers (no torch).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+from harness import atomic, paths
+
+SCHEMA = 1
+
+
+STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned", "baseline")
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_run_id() -> str:
+    return _dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def run_dir_for(output_dir: str, name: str, run_id: str) -> Path:
+    """<output_dir>/<name>/<run_id>, with both names checked so nothing escapes output_dir."""
+    paths.check_name(name, "run name")
+    paths.check_name(run_id, "run_id")
+    return paths.safe_join(output_dir, name, run_id)
+
+
+# ----------------------------------------------------------------------------------- readers
+def read_summary(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / "summary.json"
+    return atomic.read_json(p) if p.exists() else None
+
+
+def read_eval(run_dir: str | Path) -> dict | None:
+    p = Path(run_dir) / "eval.json"
+    return atomic.read_json(p) if p.exists() else None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return atomic.read_jsonl(p) if p.exists() else []
+
+
+def read_samples(run_dir: str | Path, suite: str) -> list[dict]:
+    p = paths.safe_join(run_dir, "samples", f"{suite}.jsonl")
+    return atomic.read_jsonl(p) if p.exists() else []
+
+
+def flat_metrics(run_dir: str | Path) -> dict[str, float]:
+    """`<suite>.<metric>` from eval.json plus `summary.<field>` for numeric summary fields."""
+    out: dict[str, float] = {}
+    summary = read_summary(run_dir) or {}
+    for k, v in summary.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[f"summary.{k}"] = float(v)
+    ev = read_eval(run_dir) or {}
+    for suite, res in (ev.get("suites") or {}).items():
+        for k, v in (res.get("metrics") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[f"{suite}.{k}"] = float(v)
+    return out
+
+
+def find_run_dirs(root: str | Path) -> list[Path]:
+    """Every directory under root that holds a summary.json, sorted."""
+    root = Path(root)
+    if (root / "summary.json").exists():
+        return [root]
+    return sorted(p.parent for p in root.rglob("summary.json"))
+
+
+def update_eval(run_dir: str | Path, suites: dict[str, Any], versions: dict[str, Any]) -> Path:
+    """Merge suite results into eval.json (atomic). Existing suites with the same name are replaced."""
+    p = Path(run_dir) / "eval.json"
+    current = atomic.read_json(p) if p.exists() else {"schema": SCHEMA, "versions": {}, "suites": {}}
+    current.setdefault("versions", {}).update(versions)
+    current.setdefault("suites", {}).update(suites)
+    return atomic.write_json(p, current)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)
+
+
+# Exit codes of `harness train` / a trial's child process, by run status; the sweep reads them back.
+EXIT_CODES = {"completed": 0, "failed": 1, "pruned": 3, "diverged": 4, "interrupted": 130}

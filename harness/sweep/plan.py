@@ -1,0 +1,164 @@
+"""A parsed sweep spec -> its trials: grid expansion (every cell x seed), the override list each trial's
+`harness train` gets, axes pinned from the command line, and check_trials, which composes every trial's
+config before anything runs. Pure apart from composing configs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from typing import Any
+
+import yaml
+
+from harness import config
+from harness.sweep.spec import PlannedTrial, SweepSpec, _coerce, _override_key
+
+
+# ----------------------------------------------------------------- grid and overrides (pure)
+def expand_grid(grid: list[dict[str, list]]) -> list[dict[str, Any]]:
+    """Union of the cartesian products, in order, each cell once (first occurrence wins)."""
+    cells, seen = [], set()
+    for g in grid:
+        keys = list(g)
+        for values in itertools.product(*(g[k] for k in keys)):
+            cell = dict(zip(keys, values))
+            key = json.dumps(cell, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                cells.append(cell)
+    return cells
+
+
+def cell_key(params: dict[str, Any], seed: int) -> str:
+    return json.dumps({"params": params, "seed": seed}, sort_keys=True)
+
+
+_BARE = re.compile(r"^[A-Za-z0-9_./:@\-+]+$")
+
+
+def format_value(v: Any) -> str:
+    """A Python value as a Hydra override value (quoted where the grammar needs it)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(format_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ",".join(f"{k}:{format_value(x)}" for k, x in v.items()) + "}"
+    s = str(v)
+    if _BARE.match(s) and s.lower() not in ("true", "false", "null") and not re.match(r"^[-+]?[\d.]", s):
+        return s
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
+    """base then extra, where an extra override replaces a base one with the same key."""
+    keys = {_override_key(o) for o in extra}
+    return [o for o in base if _override_key(o) not in keys] + list(extra)
+
+
+def param_overrides(params: dict[str, Any]) -> list[str]:
+    return [f"{k}={format_value(v)}" for k, v in params.items()]
+
+
+def trial_overrides(base: list[str], params: dict[str, Any], seed: int) -> list[str]:
+    """The overrides that reproduce one trial with `harness train` (no bookkeeping keys)."""
+    return merge_overrides(base, [*param_overrides(params), f"train.seed={seed}"])
+
+
+def bookkeeping_overrides(*, study: str, trial: int, storage: str, run_id: str, output_dir: str, tags: list[str]) -> list[str]:
+    return [
+        f"name={study}", f"output_dir={format_value(output_dir)}", f"run_id={run_id}", f"study={study}",
+        f"trial={trial}", f"storage={format_value(storage)}", f"++tracker.tags={format_value(tags)}",
+    ]
+
+
+def pin_axes(spec: SweepSpec, cli: list[str]) -> tuple[SweepSpec, list[str]]:
+    """Command-line overrides that name a grid axis or search dimension pin it to that one value:
+    the grid keeps only the cells with that value (or, if no cell has it, every cell gets it).
+    The others are appended to the spec's base. Returns (new spec, those other overrides)."""
+    spec = dataclasses.replace(spec, grid=[dict(g) for g in spec.grid], search=dict(spec.search))
+    rest = []
+    for ov in cli:
+        key, _, value = ov.partition("=")
+        if key in spec.search or any(key in g for g in spec.grid):
+            parsed = _coerce(yaml.safe_load(value)) if value else value
+            spec.search.pop(key, None)
+            if any(parsed in g.get(key, []) for g in spec.grid):
+                spec.grid = [dict(g, **{key: [parsed]}) for g in spec.grid if parsed in g.get(key, [parsed])]
+            else:
+                spec.grid = [dict(g, **{key: [parsed]}) for g in spec.grid] or [{key: [parsed]}]
+        else:
+            rest.append(ov)
+    spec.base = merge_overrides(spec.base, rest)
+    return spec, rest
+
+
+def _slug(params: dict[str, Any]) -> str:
+    s = "-".join(re.sub(r"[^A-Za-z0-9.+=-]", "", str(v)) for v in params.values())
+    return s[:48].strip(".-")
+
+
+def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
+    """Every grid cell x seed, in order, with its overrides."""
+    out = []
+    for i, params in enumerate(expand_grid(spec.grid)):
+        for seed in spec.seeds:
+            out.append(PlannedTrial(i, params, seed, cell_key(params, seed), trial_overrides(spec.base, params, seed)))
+    return out
+
+
+def validation_points(spec: SweepSpec) -> list[PlannedTrial]:
+    """Configurations to compose before a search starts: every grid cell (categorical choices) with
+    the numeric search dimensions at their low and at their high ends; categorical search
+    dimensions are crossed in full. Trials are sampled inside these bounds."""
+    cats = [{**g, **{k: d.choices for k, d in spec.search.items() if d.type == "categorical"}} for g in (spec.grid or [{}])]
+    nums = {k: d for k, d in spec.search.items() if d.type != "categorical"}
+    ends = [{k: (int(d.low) if d.type == "int" else d.low) for k, d in nums.items()},
+            {k: (int(d.high) if d.type == "int" else d.high) for k, d in nums.items()}]
+    out, i = [], 0
+    for cell in expand_grid(cats):
+        for end in ends if nums else [{}]:
+            params = {**cell, **end}
+            out.append(PlannedTrial(i, params, spec.seeds[0], cell_key(params, spec.seeds[0]), trial_overrides(spec.base, params, spec.seeds[0])))
+            i += 1
+    return out
+
+
+def _suites(cfg: config.RunConfig) -> set[str]:
+    """The eval.json suites a trial with this config will write (none when it does not evaluate)."""
+    from harness.eval.suites import suite_names  # light: the suite kinds import no ML library at module level
+
+    return set(suite_names(cfg)) if cfg.eval.after_train else set()
+
+
+def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = "") -> tuple[list[str], list[str]]:
+    """Compose every planned trial's config (config.compose) with the driver's bookkeeping
+    overrides as the child will get them. Returns (errors, the base tracker tags)."""
+    errs: list[str] = []
+    tags: list[str] = []
+    for t in planned:
+        label = f"trial {t.index} ({', '.join(f'{k}={v}' for k, v in t.params.items()) or 'base'}, seed {t.seed})"
+        extra = bookkeeping_overrides(study=spec.study, trial=0, storage=storage, run_id="check", output_dir="runs", tags=[spec.study])
+        try:
+            if t is planned[0]:  # the tags the base config already has (the study's tag is added to them)
+                tags = list(dict.fromkeys(config.compose(t.overrides).tracker.tags))
+            cfg = config.compose(merge_overrides(t.overrides, extra))
+        except config.ConfigError as exc:
+            errs += [f"{label}: {e}" for e in exc.errors]
+            continue
+        suites = _suites(cfg)
+        for o in spec.objectives:
+            suite = o.metric.split(".")[0]
+            if suite != "summary" and suite not in suites:
+                errs.append(
+                    f"{label}: objective {o.metric} needs eval suite {suite!r}, but eval={cfg.eval.name} runs "
+                    f"{', '.join(sorted(suites)) or 'no suites'}; choose another eval= in base, or a summary.* metric."
+                )
+    # one message per distinct problem is enough when many trials share it
+    return list(dict.fromkeys(errs)), tags

@@ -1,0 +1,168 @@
+"""Optuna storage for sweep studies: URLs (SQLite by default, PostgreSQL or any SQLAlchemy URL, journal:PATH),
+opening them with heartbeats, and the storage-level locks that make enqueueing and taking trials exactly-once.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+from harness import atomic
+from harness.sweep.spec import SweepSpec
+
+# Optuna flags heartbeats and fail_stale_trials as experimental and warns when heartbeats are used
+# outside Study.optimize; this driver is the ask/tell loop those warnings have in mind.
+warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed.*")
+
+
+warnings.filterwarnings("ignore", message=".*is experimental.*")
+
+
+warnings.filterwarnings("ignore", message=".*heartbeat_interval.*")
+
+
+warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
+
+
+# ------------------------------------------------------------------------------- storage
+def default_storage_url(study: str, studies_dir: str | Path = "studies") -> str:
+    return "sqlite:///" + str((Path(studies_dir) / f"{study}.db").resolve())
+
+
+def normalize_url(url: str) -> str:
+    """SQLAlchemy 2.1 maps postgresql:// to psycopg 3; the pinned driver is psycopg2, so name it
+    when psycopg 3 is not installed (an explicit postgresql+driver:// URL is kept as given)."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is None and importlib.util.find_spec("psycopg2") is not None:
+            return "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def _sqlite_path(url: str) -> Path | None:
+    return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+
+
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retries: int | None = None):
+    """Optuna storage for a URL: any SQLAlchemy URL (heartbeat + retry of stale trials when
+    heartbeat_interval is given) or journal:PATH (JournalFileBackend, for shared file systems)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = Path(url[len("journal:"):].removeprefix("//")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileOpenLock(str(path))))
+    kwargs: dict[str, Any] = {}
+    sqlite = _sqlite_path(url)
+    if sqlite:
+        sqlite.parent.mkdir(parents=True, exist_ok=True)
+        kwargs["engine_kwargs"] = {"connect_args": {"timeout": 120}}
+    elif url.startswith("postgresql"):
+        kwargs["engine_kwargs"] = {"pool_pre_ping": True}
+    if heartbeat_interval:
+        from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+    with _creation_lock(url), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # two processes creating the tables at once collide (alembic_version)
+        return optuna.storages.RDBStorage(normalize_url(url), **kwargs)
+
+
+@contextlib.contextmanager
+def _creation_lock(url: str) -> Iterator[None]:
+    if url.startswith(("postgresql", "mysql")):
+        import sqlalchemy as sa
+        from sqlalchemy.pool import NullPool
+
+        class _Engine:  # study_lock only needs .engine
+            engine = sa.create_engine(normalize_url(url), poolclass=NullPool)
+
+        try:
+            with study_lock(_Engine, url, "__create_tables__"):
+                yield
+        finally:
+            _Engine.engine.dispose()
+        return
+    with study_lock(None, url, "__create_tables__"):
+        yield
+
+
+@contextlib.contextmanager
+def study_lock(storage, url: str, study: str) -> Iterator[None]:
+    """A lock shared by every process using this study: PostgreSQL advisory lock, MySQL GET_LOCK,
+    or an fcntl lock file beside a SQLite database or journal file."""
+    if url.startswith(("postgresql", "mysql")):
+        import sqlalchemy as sa
+
+        key = int.from_bytes(hashlib.sha256(f"harness-sweep:{study}".encode()).digest()[:8], "big", signed=True)
+        with storage.engine.connect() as conn:
+            if url.startswith("postgresql"):
+                conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+            else:
+                conn.execute(sa.text("SELECT GET_LOCK(:k, 600)"), {"k": str(key)})
+            try:
+                yield
+            finally:
+                if url.startswith("postgresql"):
+                    conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+                else:
+                    conn.execute(sa.text("SELECT RELEASE_LOCK(:k)"), {"k": str(key)})
+                conn.commit()
+        return
+    if url.startswith("journal:"):
+        target = Path(url[len("journal:"):].removeprefix("//")).expanduser()
+    elif url == "sqlite:///:memory:":
+        yield
+        return
+    elif _sqlite_path(url):
+        target = _sqlite_path(url)
+    else:
+        raise ValueError(f"storage {url!r}: supported are sqlite:///PATH, postgresql://..., mysql://... and journal:PATH")
+    # not ".lock": Optuna's journal lock uses that name
+    with atomic.file_lock(target.with_name(target.name + ".harness-lock")):
+        yield
+
+
+def _heartbeat_enabled(storage) -> bool:
+    return getattr(storage, "heartbeat_interval", None) is not None
+
+
+def record_heartbeat(storage, trial_id: int) -> None:
+    """RDBStorage's heartbeat table; elsewhere (journal files) a `heartbeat_at` user attribute."""
+    if _heartbeat_enabled(storage):
+        storage.record_heartbeat(trial_id)
+    else:
+        storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
+
+
+def fail_stale(study, storage, spec: SweepSpec) -> None:
+    """Fail RUNNING trials whose worker stopped sending heartbeats; the retry callback re-queues
+    each (same params and run_id) up to max_retries times. Call under the study lock."""
+    import copy
+
+    import optuna
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.trial import TrialState
+
+    if _heartbeat_enabled(storage):
+        optuna.storages.fail_stale_trials(study)
+        return
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get("heartbeat_at")
+        if beat is not None and time.time() - beat > spec.grace_period:  # clocks of the workers must agree
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                    retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass

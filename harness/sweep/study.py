@@ -1,0 +1,133 @@
+"""The study side of a sweep: create or reopen it (refusing a changed spec), enqueue the grid exactly once,
+and hand the next trial to a worker (a queued grid cell, or a sampled point).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+import time
+from typing import Any
+
+from harness.sweep.plan import _slug, cell_key, trial_overrides
+from harness.sweep.samplers import build_pruner, build_sampler
+from harness.sweep.spec import Dimension, PlannedTrial, SpecError, SweepSpec
+from harness.sweep.storage import fail_stale, open_storage, record_heartbeat, study_lock
+
+
+def _fingerprint(spec: SweepSpec) -> dict:
+    """What must not change between runs of one study (budget, retries, heartbeat may; a grid
+    study's grid may grow: its cells are kept in user_attrs, not as Optuna distributions)."""
+    d = dataclasses.asdict(spec)
+    keys = ("base", "search", "seeds", "objectives", "sampler", "pruner") + (() if spec.sampler == "grid" else ("grid",))
+    return {k: d[k] for k in keys}
+
+
+def open_study(spec: SweepSpec, url: str, *, create: bool):
+    """Create or load the study; on load, check it was made from a compatible spec."""
+    import optuna
+
+    storage = open_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period, max_retries=spec.max_retries)
+    directions = [o.direction for o in spec.objectives]
+    with study_lock(storage, url, spec.study):
+        if create:
+            study = optuna.create_study(study_name=spec.study, storage=storage, directions=directions,
+                                       sampler=build_sampler(spec), pruner=build_pruner(spec.pruner), load_if_exists=True)
+        else:
+            study = optuna.load_study(study_name=spec.study, storage=storage, sampler=build_sampler(spec), pruner=build_pruner(spec.pruner))
+        attrs = study.user_attrs
+        if "harness_spec" not in attrs:
+            study.set_user_attr("harness_spec", _fingerprint(spec))
+            study.set_user_attr("harness_token", secrets.token_hex(3))
+            study.set_user_attr("objectives", [o.metric for o in spec.objectives])
+            study.set_user_attr("source", spec.source)
+            study.set_user_attr("command", spec.command)
+        else:
+            old, new = attrs["harness_spec"], json.loads(json.dumps(_fingerprint(spec)))
+            diff = [k for k in new if old.get(k) != new[k]]
+            if diff:
+                raise SpecError(spec.source, [
+                    f"study {spec.study!r} in {url} was created from a different spec ({', '.join(diff)} differ: "
+                    f"was {[old.get(k) for k in diff]}, now {[new[k] for k in diff]}). Give a new study name "
+                    "(--study NAME) or delete the old study; the grid may grow, the rest must stay."
+                ])
+    return study, storage
+
+
+def enqueue_grid(study, storage, url: str, spec: SweepSpec, planned: list[PlannedTrial]) -> int:
+    """Enqueue each planned cell x seed that the study does not hold yet (idempotent, under the
+    study lock, so concurrent drivers neither duplicate nor lose a cell). Returns how many."""
+    token = study.user_attrs["harness_token"]
+    with study_lock(storage, url, spec.study):
+        have = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)}
+        added = 0
+        for t in planned:
+            if t.cell in have:
+                continue
+            run_id = f"c{t.index:03d}-{_slug(t.params)}-s{t.seed}-{token}".replace("--", "-")
+            # grid params live in user_attrs: Optuna's categorical distributions cannot grow or be pinned
+            study.enqueue_trial({}, user_attrs={"params": t.params, "cell": t.cell, "seed": t.seed, "run_id": run_id,
+                                                "overrides": t.overrides})
+            added += 1
+    return added
+
+
+def _count_sampled(study) -> int:
+    """Configurations sampled so far (a retry copies its trial's run_id, so it is not counted again)."""
+    return len({t.user_attrs.get("run_id") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("origin") == "sampled"})
+
+
+def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None):
+    """Under the study lock: fail stale trials (re-queued by the retry callback), then take a
+    WAITING trial, else (search samplers, budget left) sample a new one and queue its other seeds.
+    Returns (trial or None, number of RUNNING trials elsewhere)."""
+    from optuna.trial import TrialState
+
+    with study_lock(storage, url, spec.study):
+        fail_stale(study, storage, spec)
+        trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+        waiting = [t for t in trials if t.state == TrialState.WAITING]
+        running = len(trials) - len(waiting)
+        late = deadline is not None and time.time() > deadline
+        if late:
+            return None, running
+        if waiting:
+            trial = study.ask()
+        elif spec.sampler != "grid" and (spec.n_trials is None or _count_sampled(study) < spec.n_trials):
+            trial = study.ask()
+            params = {k: _suggest(trial, d) for k, d in spec.dimensions().items()}
+            token = study.user_attrs["harness_token"]
+            seed = spec.seeds[0]
+            for k, v in {"origin": "sampled", "params": params, "cell": cell_key(params, seed), "seed": seed,
+                         "run_id": f"t{trial.number:04d}-s{seed}-{token}", "overrides": trial_overrides(spec.base, params, seed)}.items():
+                trial.set_user_attr(k, v)
+            for s in spec.seeds[1:]:  # the same configuration for the other seeds, queued
+                study.enqueue_trial(params, user_attrs={"params": params, "cell": cell_key(params, s), "seed": s, "group": trial.number,
+                                                        "run_id": f"t{trial.number:04d}-s{s}-{token}",
+                                                        "overrides": trial_overrides(spec.base, params, s)})
+        else:
+            return None, running
+        record_heartbeat(storage, trial._trial_id)
+    if spec.sampler != "grid":  # register a queued trial's fixed params with the sampler's distributions
+        dims = spec.dimensions()
+        frozen = storage.get_trial(trial._trial_id)
+        for k in frozen.system_attrs.get("fixed_params") or frozen.params:
+            if k in dims:
+                _suggest(trial, dims[k])
+    return trial, running
+
+
+def _suggest(trial, dim: Dimension) -> Any:
+    if dim.type == "float":
+        return trial.suggest_float(dim.name, dim.low, dim.high, log=dim.log, step=dim.step)
+    if dim.type == "int":
+        return trial.suggest_int(dim.name, int(dim.low), int(dim.high), log=dim.log, step=int(dim.step or 1))
+    return trial.suggest_categorical(dim.name, dim.choices)
+
+
+# --------------------------------------------------------------------------------- driver
+def study_counts(study) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    return counts
