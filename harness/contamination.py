@@ -1,0 +1,354 @@
+"""Train/eval contamination: the share of an evaluation set's items that share a long n-gram with the
+training data of a run.
+
+    python -m harness.contamination --table        # every shipped training config x every shipped eval set
+                                                   # (the table in docs/contamination.md)
+
+The rule follows GPT-3's decontamination (Brown et al. 2020, appendix C), on words instead of tokens:
+text is reduced to normalised words (normalise_words); an eval item is contaminated when any of its
+n consecutive words (n = 13 by default) also occur consecutively in some training text. An item shorter
+than n words but with at least min_words words (default 8) is contaminated when every run of min_words
+consecutive words in it occurs in the training texts: for an item of exactly min_words words that is
+"the whole item occurs in the training data", and for longer short items it is the same up to the
+contrived case of its overlapping windows occurring in different places. This stands in for GPT-3's
+"the whole item occurs" at one extra index of min_words-grams instead of one per length
+min_words..n-1 (that took 2.7x the memory and twice the build time on the WikiText-2 training split).
+Items under min_words are never counted (a 3-word item such as "Yes, it is." would match almost any
+corpus); they are reported as `too_short`.
+
+The top half is pure functions (text in, numbers out): normalise_words, ngrams, build_index,
+contamination, texts_of_rows. Below them, training_rows reads a data config's training split (I/O),
+and the --table command reads every shipped data config and eval set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from harness.config import DataConfig
+
+DEFAULT_N = 13
+DEFAULT_MIN_WORDS = 8
+MAX_IDS = 20  # contaminated item indices listed in a result
+NO_SUITE = "no shipped suite"
+
+
+# ----------------------------------------------------------------------------- normalisation
+class _Separators(dict):
+    """A str.translate table, filled lazily: a character in Unicode category P* (punctuation), S*
+    (symbols) or C* (control, format: tabs, newlines, zero-width spaces) maps to a space; any other
+    character maps to itself."""
+
+    def __missing__(self, cp: int) -> int:
+        self[cp] = out = 32 if unicodedata.category(chr(cp))[0] in "PSC" else cp
+        return out
+
+
+_SEPARATORS = _Separators()
+
+
+def normalise_words(text: str) -> list[str]:
+    """Words for n-gram matching. Exactly: unicodedata NFKC (full-width letters, ligatures and the like
+    become their plain forms), str.casefold (lower case, also ß -> ss), every punctuation, symbol,
+    control or format character (Unicode categories P*, S*, C*) replaced by a space, then str.split()
+    on Unicode whitespace. Letters, digits and combining marks are kept. Punctuation becomes a space
+    rather than vanishing so that differently tokenised copies agree: "don't", "don 't" -> don t;
+    "well-known", "well @-@ known" (WikiText) -> well known; "$1,000" -> 1 000."""
+    return unicodedata.normalize("NFKC", text).casefold().translate(_SEPARATORS).split()
+
+
+def _hash(words: Sequence[str]) -> int:
+    return int.from_bytes(hashlib.blake2b(" ".join(words).encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def ngrams(words: Sequence[str], n: int) -> set[int]:
+    """The n-grams of `words` (every run of n consecutive words), each as a 64-bit BLAKE2b hash of the
+    words joined by single spaces; empty when there are fewer than n words.
+
+    Why hashes: an int per n-gram instead of a tuple of n strings keeps a training index to tens of MB,
+    and BLAKE2b (unlike Python's hash(), salted per process by PYTHONHASHSEED) gives the same value in
+    every process and on every machine, so indices and results can be compared across runs. With 64
+    bits the chance of any false match is about (training n-grams x eval n-grams) / 2^64: below 1e-7
+    for a million of each."""
+    if n < 1:
+        raise ValueError(f"n={n}: an n-gram needs n >= 1 words")
+    return {_hash(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+# ------------------------------------------------------------------------------------- index
+@dataclass(frozen=True)
+class NgramIndex:
+    n: int
+    min_words: int
+    hashes: frozenset[int]  # the n-grams of every training text
+    short_hashes: frozenset[int]  # the min_words-grams (empty when min_words == n), for items under n words
+    texts: int  # training texts indexed
+    words: int  # their normalised words in total
+
+    @property
+    def ngrams(self) -> int:
+        return len(self.hashes)
+
+
+def build_index(texts: Iterable[str], n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS) -> NgramIndex:
+    """Index the training texts: the hash of every n-gram and, for eval items shorter than n, of every
+    min_words-gram. A text is indexed on its own: no n-gram spans two texts."""
+    if not 1 <= min_words <= n:
+        raise ValueError(f"min_words={min_words}, n={n}: need 1 <= min_words <= n")
+    full: set[int] = set()
+    short: set[int] = set()
+    count = words_total = 0
+    for text in texts:
+        words = normalise_words(text)
+        count += 1
+        words_total += len(words)
+        full |= ngrams(words, n)
+        if min_words < n:
+            short |= ngrams(words, min_words)
+    return NgramIndex(n, min_words, frozenset(full), frozenset(short), count, words_total)
+
+
+def _item_grams(text: str, n: int, min_words: int) -> tuple[bool, set[int]] | None:
+    """What an eval item is matched by: (True, its n-grams: any one found counts) when it has n words or
+    more; (False, its min_words-grams: all must be found) when it has min_words to n-1; None when shorter."""
+    words = normalise_words(text)
+    if len(words) >= n:
+        return True, ngrams(words, n)
+    return (False, ngrams(words, min_words)) if len(words) >= min_words else None
+
+
+def _score(grams: Sequence[tuple[bool, set[int]] | None], index: NgramIndex) -> dict[str, Any]:
+    def hit(g: tuple[bool, set[int]] | None) -> int:
+        if g is None:
+            return 0
+        long_item, hashes = g
+        return int(not index.hashes.isdisjoint(hashes) if long_item else hashes <= index.short_hashes)
+
+    per_item = [hit(g) for g in grams]
+    k = sum(per_item)
+    return {"n": index.n, "min_words": index.min_words, "items": len(per_item), "contaminated": k,
+            "share": k / len(per_item), "too_short": sum(g is None for g in grams),
+            "contaminated_ids": [i for i, x in enumerate(per_item) if x][:MAX_IDS], "per_item": per_item}
+
+
+def contamination(eval_items: Sequence[str], index: NgramIndex, n: int | None = None) -> dict[str, Any]:
+    """Which eval items share an n-gram with the index's training texts (short items: see the module
+    docstring). `n` defaults to the index's; a different n raises (build another index for it).
+
+    Returns {"n", "min_words", "items", "contaminated", "share" (contaminated / items), "too_short"
+    (items under min_words words, never counted), "contaminated_ids" (the first 20 contaminated
+    positions in eval_items), "per_item" (0/1 per item, in order)}."""
+    if n is not None and n != index.n:
+        raise ValueError(f"n={n}, but the index holds {index.n}-grams: build_index(texts, n={n}) for that n")
+    if not eval_items:
+        raise ValueError("contamination: no eval items; the share of an empty set is undefined")
+    return _score([_item_grams(t, index.n, index.min_words) for t in eval_items], index)
+
+
+# ---------------------------------------------------------------------------- rows -> texts
+_ROW_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text")
+
+
+def texts_of_rows(rows: Iterable[Any]) -> list[str]:
+    """One string per row, the fields joined by newlines:
+    - normalised training rows (harness.data's field names): alpaca instruction, input, output;
+      prompt_completion prompt, completion; text text; chat: the content of every message;
+    - harness.data.EvalExample: the content of its messages, then its references.
+    System messages are left out on both sides: they are the config's instruction (data.system_prompt)
+    or a data set's fixed preamble, shared by every item, and would match every item of every set that
+    uses the same one. The rendered prompt template is left out for the same reason (only content counts)."""
+    out = []
+    for row in rows:
+        if hasattr(row, "messages") and hasattr(row, "references"):  # an EvalExample
+            parts = [m["content"] for m in row.messages if m["role"] != "system"] + list(row.references)
+        elif isinstance(row, dict) and "messages" in row:
+            parts = [m["content"] for m in row["messages"] if m["role"] != "system"]
+        elif isinstance(row, dict) and any(f in row for f in _ROW_FIELDS):
+            parts = [row[f] for f in _ROW_FIELDS if isinstance(row.get(f), str) and row[f]]
+        else:
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({', '.join(_ROW_FIELDS)}, "
+                             "messages) nor an EvalExample; map a file's columns with harness.data first")
+        out.append("\n".join(parts))
+    return out
+
+
+# ------------------------------------------------------------------------- reading (I/O below)
+def training_rows(data: DataConfig, seed: int = 0) -> list[dict]:
+    """The normalised rows that harness.data.prepare(data, ..., seed=seed) trains on: the same reading,
+    column mapping, wikitext documents, max_rows, bad-row check (DataError for eval-only sets) and
+    validation split, stopping before tokenisation. So it keeps the few rows prepare would drop later
+    for a prompt longer than max_length, and the text past max_length: a slight over-count, never an
+    under-count."""
+    from harness import data as D
+
+    src = D._read_source(data.path, data.file_type, data.hub_split)
+    D._attach_parallel(src, [c for v in data.fields.values() for c in v.split(",")])
+    D._check_columns(src, data.fields, list(data.fields))
+    records = src.records
+    if data.format == "text" and src.kind == "text":
+        records = D._text_documents(records)
+    if data.max_rows > 0:
+        records = records[: data.max_rows]
+    where = f"data={data.name} ({src.path})"
+    if not records:
+        raise D.DataError(f"{where}: no rows to train on (empty file?).")
+    good, bad = [], []
+    for n, rec in records:
+        try:
+            good.append(D._normalise(rec, data, data.fields, need_target=True))
+        except D._Bad as exc:
+            bad.append({"row": n, "reason": str(exc)})
+    D._check_bad(where, len(records), bad, data.max_bad_share, src.columns())
+    val = D._val_indices([D._split_key(r) for r in good], data.val_size, seed, where)
+    return [r for i, r in enumerate(good) if i not in val]
+
+
+# ------------------------------------------------------------------------ the --table command
+@dataclass
+class _EvalSet:
+    name: str
+    used_by: str  # the shipped eval configs that score it
+    items: list[str]
+
+
+def _suites() -> dict[str, dict[str, list[str]]]:
+    """{"generation" | "lm_eval" | "perplexity": {data config / task / corpus path: [eval configs]}}."""
+    from harness.config import compose, group_options
+
+    used: dict[str, dict[str, list[str]]] = {"generation": {}, "lm_eval": {}, "perplexity": {}}
+    for name in group_options("eval"):
+        ev = compose([f"eval={name}"]).eval
+        for g in ev.generation:
+            used["generation"].setdefault(g.data, []).append(name)
+        for t in ev.lm_eval.tasks:
+            used["lm_eval"].setdefault(t, []).append(name)
+        for p in ev.perplexity:
+            used["perplexity"].setdefault(p.path, []).append(name)
+    return used
+
+
+def _lm_eval_items(task: str) -> list[str]:
+    """An lm-eval task's items as the model sees them, with every choice (or the answer) attached."""
+    import bz2
+
+    from harness.tasks import utils as tu
+
+    if task == "hellaswag":
+        docs = tu.parse_hellaswag(bz2.decompress(tu.data_file(tu.HELLASWAG_FILE).read_bytes()).decode("utf-8"))
+        return ["\n".join([d["query"], *d["choices"]]) for d in docs]
+    if task == "gsm8k":
+        docs = tu.parse_gsm8k(tu.data_file(tu.GSM8K_FILE).read_text("utf-8"))
+        return [d["question"] + "\n" + d["answer"] for d in docs]
+    return ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
+
+
+def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
+    """Every shipped eval set (data configs' eval examples, our offline lm-eval tasks, perplexity
+    corpora) and a line for each one that could not be read."""
+    from harness.config import PerplexitySuite, compose, group_options
+    from harness.data import DataError, load_eval_examples
+    from harness.lmeval import SHORT_NAMES
+    from harness.perplexity import load_documents
+
+    used = _suites()
+    sets, skipped = [], []
+    for name in group_options("data"):
+        dc = compose([f"data={name}"]).data
+        if dc.format == "text":
+            continue  # no prompts: its file is scored as a perplexity corpus below
+        where = ", ".join(f"eval={e}" for e in used["generation"].get(name, [])) or NO_SUITE
+        label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (seed {seed})")
+        try:
+            sets.append(_EvalSet(label, where, texts_of_rows(load_eval_examples(dc, seed=seed))))
+        except DataError as exc:
+            skipped.append(f"{label}: {str(exc).splitlines()[0]}")
+    for task in [t for t in SHORT_NAMES if t != "wikitext"] + sorted(set(used["lm_eval"]) - set(SHORT_NAMES)):
+        where = ", ".join(f"eval={e}" for e in used["lm_eval"].get(task, [])) or "eval.lm_eval.tasks only"
+        if task not in SHORT_NAMES:
+            skipped.append(f"lm-eval {task}: a built-in lm-eval task; its data comes from the Hub, not the data root")
+            continue
+        try:
+            sets.append(_EvalSet(f"lm-eval {task}", where, _lm_eval_items(task)))
+        except FileNotFoundError as exc:
+            skipped.append(f"lm-eval {task}: {exc}")
+    for path, evals in used["perplexity"].items():
+        docs = load_documents(PerplexitySuite(name="wikitext2" if "wikitext" in path else "corpus", path=path))
+        sets.append(_EvalSet(f"perplexity {path}", ", ".join(f"eval={e}" for e in evals), [d.page for d in docs]))
+    return sets, skipped
+
+
+def _cell(res: dict) -> str:
+    return f"{res['share']:.1%}" + (f" ({res['contaminated']})" if res["contaminated"] else "")
+
+
+def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0, log=print) -> str:
+    """The Markdown contamination table: every shipped eval set (rows) against the training split of every
+    shipped data config that can be trained on (columns). Reads the data kit; `log` gets progress lines."""
+    import time
+
+    from harness.config import compose, group_options
+    from harness.data import DataError
+
+    indices: dict[str, NgramIndex] = {}
+    notes = []
+    for name in group_options("data"):
+        dc = compose([f"data={name}"]).data
+        try:
+            rows = training_rows(dc, seed)
+        except DataError as exc:
+            notes.append(f"training data `{name}`: {dc.notes or str(exc).splitlines()[0]}")
+            continue
+        t0 = time.perf_counter()
+        indices[name] = index = build_index(texts_of_rows(rows), n, min_words)
+        log(f"index {name}: {index.texts} texts, {index.words} words, {index.ngrams} {n}-grams, "
+            f"{len(index.short_hashes)} {min_words}-grams, {time.perf_counter() - t0:.1f} s")
+    sets, skipped = _eval_sets(seed)
+    sets.sort(key=lambda es: es.used_by == NO_SUITE)  # stable: sets no shipped suite scores go last
+    head = ["eval set", "items", "scored by"] + [f"`{t}` ({indices[t].texts})" for t in indices]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for es in sets:
+        t0 = time.perf_counter()
+        grams = [_item_grams(t, n, min_words) for t in es.items]  # once, for every index
+        cells = [_cell(_score(grams, idx)) for idx in indices.values()]
+        short = sum(g is None for g in grams)
+        items = f"{len(es.items):,}" + (f" ({short} under {min_words} words)" if short else "")
+        lines.append(f"| {es.name} | {items} | {es.used_by} | " + " | ".join(cells) + " |")
+        log(f"{es.name}: {time.perf_counter() - t0:.1f} s")
+    notes += [f"eval set {s}" for s in skipped]
+    if notes:
+        lines += ["", "Not in the table:", ""] + [f"- {x}" for x in notes]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    from harness.config import ConfigError
+    from harness.data import DataError
+
+    parser = argparse.ArgumentParser(prog="python -m harness.contamination", description=__doc__.split("\n")[0])
+    parser.add_argument("--table", action="store_true", required=True,
+                        help="print the Markdown table: every shipped eval set x every shipped training set")
+    parser.add_argument("--n", type=int, default=DEFAULT_N, help="n-gram length in normalised words (default 13)")
+    parser.add_argument("--min-words", type=int, default=DEFAULT_MIN_WORDS,
+                        help="shorter items are never counted (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed of the validation split (default 0)")
+    args = parser.parse_args(argv)
+    if not 1 <= args.min_words <= args.n:
+        parser.error(f"--min-words {args.min_words} --n {args.n}: need 1 <= min-words <= n")
+    try:
+        print(table(args.n, args.min_words, args.seed, log=lambda s: print(s, file=sys.stderr)))
+    except (ConfigError, DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

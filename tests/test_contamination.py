@@ -1,0 +1,243 @@
+"""Train/eval contamination (harness/contamination.py): planted overlap is found after case, punctuation
+and whitespace changes, nothing else is; n and the short-item rule behave as documented; hashes do not
+depend on the process.
+
+    python -m pytest -q tests/test_contamination.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+from harness import contamination as C
+from harness.config import DataConfig
+from harness.data import DataError, EvalExample, load_eval_examples
+
+
+def _words(rng: random.Random, k: int) -> list[str]:
+    """k made-up words (6 letters from a 26^6 space): two independent draws share no 8-gram."""
+    return ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(6)) for _ in range(k)]
+
+
+def _noisy(words: list[str]) -> str:
+    """The same words as a human might type them: other case, punctuation, odd whitespace."""
+    out = []
+    for i, w in enumerate(words):
+        w = w.upper() if i % 3 == 0 else w.capitalize() if i % 3 == 1 else w
+        out.append(w + (",", ".", " --", "!", "")[i % 5])
+    return "  \t".join(out[:4]) + "\n\n" + " ".join(out[4:]) + "?"
+
+
+@pytest.fixture()
+def planted():
+    """Training texts, and 10 eval items of which items 1, 4 and 8 contain a 13-word run of them."""
+    rng = random.Random(0)
+    train = [" ".join(_words(rng, 60)) for _ in range(5)]
+    items, planted_ids = [], [1, 4, 8]
+    for i in range(10):
+        before, after = _words(rng, 7), _words(rng, 9)
+        if i in planted_ids:
+            src = train[i % 5].split()
+            middle = _noisy(src[10 + i:23 + i])  # 13 words of a training text
+        else:
+            middle = " ".join(_words(rng, 13))
+        items.append(" ".join(before) + " " + middle + " " + " ".join(after))
+    return train, items, planted_ids
+
+
+# ------------------------------------------------------------------------------------ overlap
+def test_planted_overlap_is_found_after_case_punctuation_and_whitespace_changes(planted):
+    train, items, planted_ids = planted
+    res = C.contamination(items, C.build_index(train))
+    assert (res["items"], res["contaminated"], res["share"]) == (10, 3, 0.3)
+    assert res["contaminated_ids"] == planted_ids
+    assert res["per_item"] == [int(i in planted_ids) for i in range(10)]
+    assert (res["n"], res["min_words"], res["too_short"]) == (13, 8, 0)
+    json.dumps(res)  # goes into eval.json as it is
+
+
+def test_no_overlap_gives_zero(planted):
+    train, _, _ = planted
+    rng = random.Random(1)
+    items = [" ".join(_words(rng, 30)) for _ in range(20)]
+    res = C.contamination(items, C.build_index(train))
+    assert (res["contaminated"], res["share"], res["contaminated_ids"]) == (0, 0.0, [])
+    assert res["per_item"] == [0] * 20
+
+
+def test_n_is_configurable_and_a_run_one_word_short_of_n_does_not_count():
+    rng = random.Random(2)
+    train = _words(rng, 40)
+    item = " ".join(_words(rng, 10) + train[5:17] + _words(rng, 10))  # 12 training words in a row
+    index13 = C.build_index([" ".join(train)])
+    assert C.contamination([item], index13)["contaminated"] == 0
+    index12 = C.build_index([" ".join(train)], n=12)
+    res = C.contamination([item], index12, n=12)
+    assert (res["n"], res["contaminated"]) == (12, 1)
+    assert C.contamination([item], index12)["n"] == 12  # n defaults to the index's
+    with pytest.raises(ValueError, match="build_index"):
+        C.contamination([item], index12, n=13)
+
+
+def test_ngrams_do_not_span_two_training_texts():
+    rng = random.Random(3)
+    a, b = _words(rng, 10), _words(rng, 10)
+    item = " ".join(a[3:] + b[:6])  # 13 words that only exist across the boundary of a and b
+    assert C.contamination([item], C.build_index([" ".join(a), " ".join(b)]))["contaminated"] == 0
+    assert C.contamination([item], C.build_index([" ".join(a + b)]))["contaminated"] == 1
+
+
+def test_short_items_rule():
+    rng = random.Random(4)
+    train = _words(rng, 50)
+    index = C.build_index([" ".join(train)])  # n=13, min_words=8
+    inside10 = _noisy(train[20:30])  # 10 words, all in training, in order
+    changed10 = " ".join(train[20:25] + ["zzzzzz"] + train[26:30])  # one word differs
+    inside8 = " ".join(train[0:8])  # exactly min_words
+    inside7 = " ".join(train[0:7])  # under min_words: never counted
+    apart9 = " ".join(train[40:48] + [train[10]])  # its second 8-word window is not in training
+    res = C.contamination([inside10, changed10, inside8, inside7, apart9], index)
+    assert res["per_item"] == [1, 0, 1, 0, 0]
+    assert res["too_short"] == 1
+    # The documented approximation: each 8-word window found, but at different places in training.
+    stitched = C.build_index([" ".join(train[:8]), " ".join(train[1:9])])
+    assert C.contamination([" ".join(train[:9])], stitched)["per_item"] == [1]
+    # min_words == n: nothing under n words is checked.
+    strict = C.build_index([" ".join(train)], n=13, min_words=13)
+    assert strict.short_hashes == frozenset()
+    assert C.contamination([inside10, " ".join(train[:13])], strict)["per_item"] == [0, 1]
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError):
+        C.build_index(["a b c"], n=5, min_words=6)
+    with pytest.raises(ValueError):
+        C.ngrams(["a"], 0)
+    with pytest.raises(ValueError, match="empty"):
+        C.contamination([], C.build_index(["a b c"]))
+
+
+def test_index_counts():
+    index = C.build_index(["one two three four five", "one two three", ""], n=3, min_words=2)
+    assert (index.texts, index.words, index.ngrams) == (3, 8, 3)  # the second text repeats the first 3-gram
+    assert len(index.short_hashes) == 4  # 2-grams: one two, two three, three four, four five
+
+
+# ------------------------------------------------------------------------------ normalisation
+@pytest.mark.parametrize("a,b", [
+    ("The Quick BROWN fox", "the quick brown fox"),
+    ("don't stop", "don 't stop"),  # WikiText-style tokenisation
+    ("well-known", "well @-@ known"),
+    ("a,b;c.d", "a b c d"),
+    ("tab\tnew\nline\r\nend", "tab new line end"),
+    ("ＦＵＬＬ ｗｉｄｔｈ １２", "full width 12"),  # NFKC
+    ("ﬁsh", "fish"),  # ligature
+    ("Straße", "STRASSE"),  # casefold
+    ("zero\u200bwidth", "zero width"),  # a format character separates
+    ("café", "cafe\u0301"),  # composed and decomposed accents agree
+])
+def test_normalisation_makes_these_equal(a, b):
+    assert C.normalise_words(a) == C.normalise_words(b)
+
+
+def test_normalisation_invariants():
+    text = "«Hello», she said — 3.5% of $1,000 isn't much!  ¿Qué? 東京 is big_ish.\n"
+    words = C.normalise_words(text)
+    assert words == ["hello", "she", "said", "3", "5", "of", "1", "000", "isn", "t", "much", "qué", "東京",
+                     "is", "big", "ish"]
+    assert C.normalise_words(" ".join(words)) == words  # idempotent
+    assert all(w and not any(ch.isspace() for ch in w) and w == w.casefold() for w in words)
+    assert C.normalise_words("") == C.normalise_words(" ... !!! \n") == []
+    assert C.normalise_words("naïve") != C.normalise_words("naive")  # accents are kept
+
+
+# -------------------------------------------------------------------------------------- hashes
+_HASH_SCRIPT = ("import json, sys; from harness.contamination import ngrams, normalise_words; "
+                "print(json.dumps(sorted(ngrams(normalise_words(sys.argv[1]), 3))))")
+
+
+def test_hashes_are_stable_across_processes_and_hash_seeds():
+    text = "Hashes must not depend on PYTHONHASHSEED, or indices built in two processes disagree."
+    here = sorted(C.ngrams(C.normalise_words(text), 3))
+    for seed in ("1", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, text], env=env, capture_output=True, text=True,
+                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(C.__file__))))
+        assert json.loads(out.stdout) == here
+    # and across versions and machines: BLAKE2b-64 of the space-joined words, big-endian
+    assert C.ngrams("the quick brown fox".split(), 4) == {15093929626858416814}
+
+
+def test_ngrams_of_short_sequences():
+    assert C.ngrams(["a", "b"], 3) == set()
+    assert len(C.ngrams(["a", "b", "a", "b"], 2)) == 2  # a b, b a (a set)
+    assert all(0 <= h < 2 ** 64 for h in C.ngrams(list("abcdefgh"), 2))
+
+
+# ------------------------------------------------------------------------------ rows -> texts
+def test_texts_of_rows_covers_every_format_and_drops_system_turns():
+    rows = [
+        {"instruction": "Add.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hi.", "input": "", "output": "Hi"},
+        {"prompt": "name[Aromi]", "completion": "Aromi is a pub."},
+        {"text": "A document."},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q?"},
+                      {"role": "assistant", "content": "A."}]},
+        EvalExample(id="x-0", messages=[{"role": "system", "content": "Summarise."}, {"role": "user", "content": "D."}],
+                    prompt="### Instruction:\nSummarise.\n\n### Input:\nD.\n\n### Response:\n",
+                    references=["S1", "S2"]),
+    ]
+    assert C.texts_of_rows(rows) == ["Add.\n2 and 3\n5", "Say hi.\nHi", "name[Aromi]\nAromi is a pub.",
+                                     "A document.", "Q?\nA.", "D.\nS1\nS2"]
+    with pytest.raises(ValueError, match="harness.data"):
+        C.texts_of_rows([{"mr": "name[Aromi]", "ref": "Aromi."}])
+
+
+# ------------------------------------------------------------------ training rows (harness.data)
+def _data_file(tmp_path, rows: list[dict]) -> str:
+    p = tmp_path / "set.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(p)
+
+
+def test_training_rows_are_the_train_split_and_its_own_val_split_is_clean(tmp_path):
+    rng = random.Random(5)
+    rows = [{"q": " ".join(_words(rng, 15)), "a": " ".join(_words(rng, 15))} for _ in range(40)]
+    cfg = DataConfig(name="toy", format="prompt_completion", path=_data_file(tmp_path, rows),
+                     fields={"prompt": "q", "completion": "a"}, val_size=0.25)
+    train = C.training_rows(cfg, seed=0)
+    val = load_eval_examples(cfg, seed=0)  # with no eval_path: the held-out split of the same seed
+    assert len(train) == 30 and len(val) == 10
+    assert {r["prompt"] for r in train}.isdisjoint(ex.messages[-1]["content"] for ex in val)
+    index = C.build_index(C.texts_of_rows(train))
+    assert C.contamination(C.texts_of_rows(val), index)["share"] == 0.0
+    # with val_size=0 every row is trained on, the held-out ones included
+    everything = C.build_index(C.texts_of_rows(C.training_rows(dataclasses.replace(cfg, val_size=0))))
+    assert C.contamination(C.texts_of_rows(val), everything)["share"] == 1.0
+
+
+def test_training_rows_refuses_eval_only_data(tmp_path):
+    cfg = DataConfig(name="questions", format="prompt_completion", path=_data_file(tmp_path, [{"text": "Why?"}] * 5),
+                     fields={"prompt": "text"})
+    with pytest.raises(DataError, match="eval"):
+        C.training_rows(cfg)
+
+
+# ------------------------------------------------------------------------------ the docs table
+@pytest.mark.slow  # reads every shipped data set: about 20 s on 2 CPU cores
+def test_the_docs_table_is_what_the_command_prints(repo_root):
+    from harness import paths
+
+    if not (paths.data_root() / "MANIFEST.md").is_file():
+        pytest.skip(f"the shared data kit is not at {paths.data_root()} (set HARNESS_DATA)")
+    doc = (repo_root / "docs" / "contamination.md").read_text(encoding="utf-8")
+    documented = [line for line in doc.splitlines() if line.startswith("| ")]
+    printed = [line for line in C.table(log=lambda _: None).splitlines() if line.startswith("| ")]
+    assert documented == printed, "rerun `python -m harness.contamination --table` and update docs/contamination.md"
