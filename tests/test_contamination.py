@@ -16,9 +16,11 @@ import sys
 
 import pytest
 
-from harness import contamination as C
+from harness import paths
 from harness.config import DataConfig
 from harness.data import DataError, EvalExample, load_eval_examples
+from harness.data.prepare import training_rows
+from harness.eval import contamination as C
 
 
 def _words(rng: random.Random, k: int) -> list[str]:
@@ -159,7 +161,7 @@ def test_normalisation_invariants():
 
 
 # -------------------------------------------------------------------------------------- hashes
-_HASH_SCRIPT = ("import json, sys; from harness.contamination import ngrams, normalise_words; "
+_HASH_SCRIPT = ("import json, sys; from harness.eval.contamination import ngrams, normalise_words; "
                 "print(json.dumps(sorted(ngrams(normalise_words(sys.argv[1]), 3))))")
 
 
@@ -169,7 +171,7 @@ def test_hashes_are_stable_across_processes_and_hash_seeds():
     for seed in ("1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         out = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, text], env=env, capture_output=True, text=True,
-                             check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(C.__file__))))
+                             check=True, cwd=str(paths.REPO_ROOT))
         assert json.loads(out.stdout) == here
     # and across versions and machines: BLAKE2b-64 of the space-joined words, big-endian
     assert C.ngrams("the quick brown fox".split(), 4) == {15093929626858416814}
@@ -212,14 +214,14 @@ def test_training_rows_are_the_train_split_and_its_own_val_split_is_clean(tmp_pa
     rows = [{"q": " ".join(_words(rng, 15)), "a": " ".join(_words(rng, 15))} for _ in range(40)]
     cfg = DataConfig(name="toy", format="prompt_completion", path=_data_file(tmp_path, rows),
                      fields={"prompt": "q", "completion": "a"}, val_size=0.25)
-    train = C.training_rows(cfg, seed=0)
+    train = training_rows(cfg, seed=0)
     val = load_eval_examples(cfg, seed=0)  # with no eval_path: the held-out split of the same seed
     assert len(train) == 30 and len(val) == 10
     assert {r["prompt"] for r in train}.isdisjoint(ex.messages[-1]["content"] for ex in val)
     index = C.build_index(C.texts_of_rows(train))
     assert C.contamination(C.texts_of_rows(val), index)["share"] == 0.0
     # with val_size=0 every row is trained on, the held-out ones included
-    everything = C.build_index(C.texts_of_rows(C.training_rows(dataclasses.replace(cfg, val_size=0))))
+    everything = C.build_index(C.texts_of_rows(training_rows(dataclasses.replace(cfg, val_size=0))))
     assert C.contamination(C.texts_of_rows(val), everything)["share"] == 1.0
 
 
@@ -227,17 +229,16 @@ def test_training_rows_refuses_eval_only_data(tmp_path):
     cfg = DataConfig(name="questions", format="prompt_completion", path=_data_file(tmp_path, [{"text": "Why?"}] * 5),
                      fields={"prompt": "text"})
     with pytest.raises(DataError, match="eval"):
-        C.training_rows(cfg)
+        training_rows(cfg)
 
 
 # ------------------------------------------------------------------------------ the docs table
 @pytest.mark.slow  # reads every shipped data set: about 20 s on 2 CPU cores
 def test_the_docs_table_is_what_the_command_prints(repo_root):
-    from harness import paths
 
     if not (paths.data_root() / "MANIFEST.md").is_file():
         pytest.skip(f"the shared data kit is not at {paths.data_root()} (set HARNESS_DATA)")
     doc = (repo_root / "docs" / "contamination.md").read_text(encoding="utf-8")
     documented = [line for line in doc.splitlines() if line.startswith("| ")]
     printed = [line for line in C.table(log=lambda _: None).splitlines() if line.startswith("| ")]
-    assert documented == printed, "rerun `python -m harness.contamination --table` and update docs/contamination.md"
+    assert documented == printed, "rerun `python -m harness.eval.contamination --table` and update docs/contamination.md"

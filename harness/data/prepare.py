@@ -8,6 +8,7 @@ read (harness/data/read.py) -> normalise (formats.py) -> split (split.py) -> tok
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from harness.config import DataConfig
@@ -19,6 +20,7 @@ from harness.data.read import (
     EvalExample,
     EvalSet,
     Prepared,
+    Source,
     attach_parallel,
     read_source,
 )
@@ -66,10 +68,21 @@ def _text_documents(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 
 
 # ------------------------------------------------------------------------------------ prepare
-def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing: bool, add_bos: bool) -> Prepared:
-    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring)."""
-    if max_length < 2:
-        raise DataError(f"max_length={max_length}: too short; use train.max_length >= 8.")
+@dataclass
+class NormalisedRows:
+    """A training data set read, normalised and split, before tokenisation."""
+
+    source: Source
+    where: str  # "data=NAME (path)", for messages
+    n_records: int
+    good: list[tuple[int, dict]]  # (row number, normalised row)
+    bad: list[dict]  # {"row", "reason"}
+    val_idx: set[int]  # indices into `good` held out for validation
+
+
+def read_normalised(data: DataConfig, seed: int) -> NormalisedRows:
+    """Read data.path, map its columns, normalise every row (bad rows recorded, DataError above
+    data.max_bad_share) and choose the validation rows; the first half of prepare()."""
     src = read_source(data.path, data.file_type, data.hub_split)
     attach_parallel(src, [c for v in data.fields.values() for c in v.split(",")])
     check_columns(src, data.fields, list(data.fields))
@@ -90,6 +103,22 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
             bad.append({"row": n, "reason": str(exc)})
     check_bad(where, len(records), bad, data.max_bad_share, src.columns())
     val_idx = val_indices([split_key(r) for _, r in good], data.val_size, seed, where)
+    return NormalisedRows(src, where, len(records), good, bad, val_idx)
+
+
+def training_rows(data: DataConfig, seed: int = 0) -> list[dict]:
+    """The normalised rows prepare(data, ..., seed=seed) trains on, before tokenisation (the contamination
+    check indexes these). It keeps the few rows prepare drops later for a prompt longer than max_length."""
+    rows = read_normalised(data, seed)
+    return [r for i, (_, r) in enumerate(rows.good) if i not in rows.val_idx]
+
+
+def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing: bool, add_bos: bool) -> Prepared:
+    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring)."""
+    if max_length < 2:
+        raise DataError(f"max_length={max_length}: too short; use train.max_length >= 8.")
+    rows = read_normalised(data, seed)
+    src, where, good, bad, val_idx, n_records = rows.source, rows.where, rows.good, rows.bad, rows.val_idx, rows.n_records
 
     eos = eos_token_id(tokenizer)
     truncated = 0
@@ -129,12 +158,12 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
                 truncated += 1
             encoded.append((n, make_example(ids, labels)))
     bad.sort(key=lambda b: b["row"])
-    check_bad(where, len(records), bad, data.max_bad_share, src.columns())
+    check_bad(where, n_records, bad, data.max_bad_share, src.columns())
 
     train_ex = [e for i, e in enumerate(encoded) if e is not None and i not in val_idx]
     val_ex = [e for i, e in enumerate(encoded) if e is not None and i in val_idx]
     stats: dict[str, Any] = {
-        "format": data.format, "rows": len(records), "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED],
+        "format": data.format, "rows": n_records, "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED],
         "train_rows": len(train_ex), "val_rows": len(val_ex), "truncated_rows": truncated,
         "max_length": max_length, "files": src.files, "row_numbers": "line" if src.kind in ("jsonl", "csv", "text") else "record",
     }

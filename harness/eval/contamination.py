@@ -1,7 +1,7 @@
 """Train/eval contamination: the share of an evaluation set's items that share a long n-gram with the
 training data of a run.
 
-    python -m harness.contamination --table        # every shipped training config x every shipped eval set
+    python -m harness.eval.contamination --table        # every shipped training config x every shipped eval set
                                                    # (the table in docs/contamination.md)
 
 The rule follows GPT-3's decontamination (Brown et al. 2020, appendix C), on words instead of tokens:
@@ -17,8 +17,8 @@ Items under min_words are never counted (a 3-word item such as "Yes, it is." wou
 corpus); they are reported as `too_short`.
 
 The top half is pure functions (text in, numbers out): normalise_words, ngrams, build_index,
-contamination, texts_of_rows. Below them, training_rows reads a data config's training split (I/O),
-and the --table command reads every shipped data config and eval set.
+contamination, texts_of_rows. The --table command reads every shipped data config's training split
+(harness.data.prepare.training_rows) and every shipped eval set.
 """
 
 from __future__ import annotations
@@ -26,10 +26,7 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
-
-if TYPE_CHECKING:
-    from harness.config import DataConfig
+from typing import Any, Iterable, Sequence
 
 DEFAULT_N = 13
 DEFAULT_MIN_WORDS = 8
@@ -178,36 +175,6 @@ def texts_of_rows(rows: Iterable[Any]) -> list[str]:
 
 
 # ------------------------------------------------------------------------- reading (I/O below)
-def training_rows(data: DataConfig, seed: int = 0) -> list[dict]:
-    """The normalised rows that harness.data.prepare(data, ..., seed=seed) trains on: the same reading,
-    column mapping, wikitext documents, max_rows, bad-row check (DataError for eval-only sets) and
-    validation split, stopping before tokenisation. So it keeps the few rows prepare would drop later
-    for a prompt longer than max_length, and the text past max_length: a slight over-count, never an
-    under-count."""
-    from harness import data as D
-
-    src = D._read_source(data.path, data.file_type, data.hub_split)
-    D._attach_parallel(src, [c for v in data.fields.values() for c in v.split(",")])
-    D._check_columns(src, data.fields, list(data.fields))
-    records = src.records
-    if data.format == "text" and src.kind == "text":
-        records = D._text_documents(records)
-    if data.max_rows > 0:
-        records = records[: data.max_rows]
-    where = f"data={data.name} ({src.path})"
-    if not records:
-        raise D.DataError(f"{where}: no rows to train on (empty file?).")
-    good, bad = [], []
-    for n, rec in records:
-        try:
-            good.append(D._normalise(rec, data, data.fields, need_target=True))
-        except D._Bad as exc:
-            bad.append({"row": n, "reason": str(exc)})
-    D._check_bad(where, len(records), bad, data.max_bad_share, src.columns())
-    val = D._val_indices([D._split_key(r) for r in good], data.val_size, seed, where)
-    return [r for i, r in enumerate(good) if i not in val]
-
-
 # ------------------------------------------------------------------------ the --table command
 @dataclass
 class _EvalSet:
@@ -236,7 +203,7 @@ def _lm_eval_items(task: str) -> list[str]:
     """An lm-eval task's items as the model sees them, with every choice (or the answer) attached."""
     import bz2
 
-    from harness.tasks import utils as tu
+    from harness.eval.tasks import utils as tu
 
     if task == "hellaswag":
         docs = tu.parse_hellaswag(bz2.decompress(tu.data_file(tu.HELLASWAG_FILE).read_bytes()).decode("utf-8"))
@@ -252,8 +219,8 @@ def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
     corpora) and a line for each one that could not be read."""
     from harness.config import PerplexitySuite, compose, group_options
     from harness.data import DataError, load_eval_examples
-    from harness.lmeval import SHORT_NAMES
-    from harness.perplexity import load_documents
+    from harness.eval.lm_eval import SHORT_NAMES
+    from harness.eval.perplexity import load_documents
 
     used = _suites()
     sets, skipped = [], []
@@ -299,6 +266,8 @@ def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0,
     for name in group_options("data"):
         dc = compose([f"data={name}"]).data
         try:
+            from harness.data.prepare import training_rows
+
             rows = training_rows(dc, seed)
         except DataError as exc:
             notes.append(f"training data `{name}`: {dc.notes or str(exc).splitlines()[0]}")
@@ -332,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness.config import ConfigError
     from harness.data import DataError
 
-    parser = argparse.ArgumentParser(prog="python -m harness.contamination", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.eval.contamination", description=__doc__.split("\n")[0])
     parser.add_argument("--table", action="store_true", required=True,
                         help="print the Markdown table: every shipped eval set x every shipped training set")
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="n-gram length in normalised words (default 13)")
