@@ -1,4 +1,4 @@
-"""Tests for `harness report` (harness/report.py, report_html.py, figures.py) on synthetic run records.
+"""Tests for `harness report` (harness/report/, harness/commands/report.py) on synthetic run records.
 
     python -m pytest tests/test_report.py -q
 
@@ -21,6 +21,8 @@ from harness.report.fmt import _num, csv_safe, fmt, metric_direction, timestamp
 from harness.report.stats import holm, mean_ci
 from tests.fixtures_runs import FORMULA_REASON, make_optuna_storage, make_study
 
+SCRIPT = "<script>alert(1)</script>"
+IMG = '"><img src=x onerror=alert(1)>'
 STAMP = re.compile(r"Generated: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
@@ -102,6 +104,90 @@ def test_model_outputs_and_user_strings_are_escaped(built):
     assert "Content-Security-Policy" in html and "http://" not in html.replace("http://evil.example", "")
     md = (out / "report.md").read_text()
     assert "<script" not in md.lower() and "&lt;script>window.__pwned" in md
+
+
+def _plant(runs: Path) -> None:
+    """Put SCRIPT and IMG into every place a run record feeds the page: a sweep axis (the configuration
+    label), config.yaml references, a suite name and a metric name in eval.json, model outputs and a
+    failure reason."""
+    import yaml
+
+    for summ_path in sorted(runs.rglob("summary.json")):
+        d = summ_path.parent
+        summ = json.loads(summ_path.read_text())
+        if summ["status"] == "failed":
+            summ["reason"] = f"{IMG} {SCRIPT}"
+        if summ["status"] == "completed" and summ["axes"]["method"] == "full":
+            summ["axes"]["data.template"] = f"{SCRIPT}{IMG}"  # one configuration: its label carries both
+            cfg = yaml.safe_load((d / "config.yaml").read_text())
+            cfg["data"] = {"template": f"{SCRIPT}{IMG}"}
+            cfg["references"] = [{"metric": "e2e.bleu", "value": 40.0, "tolerance": 5.0, "source": IMG, "note": SCRIPT}]
+            (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+        summ_path.write_text(json.dumps(summ))
+        if (d / "eval.json").exists():
+            ev = json.loads((d / "eval.json").read_text())
+            ev["suites"][SCRIPT] = {"kind": "custom", "metrics": {IMG: 0.5 + 0.1 * summ["seed"]},
+                                    "config_hash": f"h{summ['seed']}"}  # differing hashes: a warning names the suite
+            (d / "eval.json").write_text(json.dumps(ev))
+            rows = [json.loads(line) for line in (d / "samples" / "e2e.jsonl").read_text().splitlines()]
+            rows[0]["prediction"] = f"{SCRIPT} {IMG} {rows[0]['prediction']}"
+            (d / "samples" / "e2e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_planted_markup_in_records_configs_and_outputs_is_escaped(tmp_path):
+    from html.parser import HTMLParser
+
+    from markupsafe import escape
+
+    make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20)
+    _plant(tmp_path / "runs")
+    html = (build(tmp_path, "--no-svg", "--studies-dir", str(tmp_path / "none")) / "report.html").read_text()
+    for planted in (SCRIPT, IMG, "<img src=x", "<script"):
+        assert planted not in html
+    assert "<script" not in html.lower()
+
+    def section(sid: str) -> str:
+        return html.split(f'<section id="{sid}"', 1)[1].split("</section>", 1)[0]
+
+    script, img = str(escape(SCRIPT)), str(escape(IMG))
+    assert f"template={script}{img}" in section("leaderboard")  # the configuration label (a config value)
+    assert f"{script}.{img}" in section("leaderboard")  # a suite and metric name in the column head
+    assert f"for {script}: h0, h1" in section("warnings")  # the suite name in a warning
+    assert f"<td>{img}</td><td>{script}</td></tr>" in section("references")  # config.yaml reference source, note
+    assert section("samples").count(f"<td>{script} {img} ") == 2  # model outputs: best configuration and base model
+    assert f"<td>{img} {script}</td>" in section("failed")  # a failure reason
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+    p = Tags()
+    p.feed(html)
+    assert not [t for t, _ in p.tags if t in ("script", "iframe", "object", "embed", "link", "base", "form")]
+    assert not [(t, a) for t, a in p.tags if any(k.startswith("on") for k in a)]  # no event handler attribute
+    imgs = [a for t, a in p.tags if t == "img"]
+    assert len(imgs) >= 4 and all(set(a) == {"alt", "src"} and a["src"].startswith("data:image/png;base64,") for a in imgs)
+
+
+def test_report_template_environment_autoescapes():
+    import jinja2
+
+    from harness.report import html as report_html
+
+    env = report_html.environment()
+    assert env.autoescape is True and env.undefined is jinja2.StrictUndefined
+    assert env.from_string("{{ x }}|{{ n }}").render(x=SCRIPT, n=None) == "&lt;script&gt;alert(1)&lt;/script&gt;|"
+    assert report_html.TEMPLATES == Path(report_html.__file__).resolve().parent / "templates"
+    names = env.list_templates()
+    assert "report.html.j2" in names
+    for name in names:  # no template opts out of escaping
+        src = (report_html.TEMPLATES / name).read_text()
+        assert not re.search(r"\|\s*safe\b|autoescape\s+false|Markup", src), name
+    assert "Markup" not in Path(report_html.__file__).read_text()
 
 
 def test_csv_neutralises_formulas(built):
