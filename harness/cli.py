@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
@@ -56,7 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     except TypeError:  # a command with sub-commands of its own (harness human ...)
         args = parser.parse_args(argv[1:])
     args.command = command
-    return int(module.run(args) or 0)
+    try:
+        rc = int(module.run(args) or 0)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # the reader went away (`harness status | head`): nothing left to say to it, and no traceback.
+        # stdout points at /dev/null from here on so that the interpreter's own final flush is quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_tiny_model_is_deterministic_and_has_chat_template():
 
 def test_concurrent_conversion_is_safe(tmp_path):
     env = dict(os.environ, HARNESS_CACHE=str(tmp_path / "cache"))
-    code = "from harness import config, models; print(local_dir(config.compose(['model=tiny-gpt2']).model))"
+    code = "from harness import config; from harness.model.load import local_dir; print(local_dir(config.compose(['model=tiny-gpt2']).model))"
     procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate()[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)

@@ -1,4 +1,4 @@
-"""Tests for the sweep driver (harness/sweep.py) and `harness status` (harness/status.py).
+"""Tests for the sweep stage (harness/sweep/, harness/commands/sweep.py) and `harness status`.
 
     python -m pytest tests/test_sweep.py -x -q
 
@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 # The stand-in trainer: same overrides, same run record, behaviour chosen by `notes=`:
 #   ok | crash (exit 1 with a failed summary) | kill (SIGKILL itself, like the OOM killer) | sleep:S
 #   | sleepfirst:S (sleep only when not resuming: room to interrupt it even on a loaded machine)
-#   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through harness.pruning, exit 3 when told to)
+#   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through harness.sweep.pruning, exit 3 when told to)
 FAKE_TRAIN = textwrap.dedent('''
     import os, signal, sys, time
-    from harness import atomic, records
+    from harness import atomic
+    from harness.run import record as records
     ovs = sys.argv[1:]
     kv = dict(o.lstrip("+").split("=", 1) for o in ovs)  # light on purpose: no Hydra import per trial
     run_dir = records.run_dir_for(kv["output_dir"], kv["name"], kv["run_id"])
@@ -66,7 +67,7 @@ FAKE_TRAIN = textwrap.dedent('''
         atomic.write_json(run_dir / "summary.json", {**base, "status": "completed", "reason": ""})
         sys.exit(0)
     if mode == "prune":  # report to the study like the trainer's pruning callback
-        from harness.pruning import OptunaReporter
+        from harness.sweep.pruning import OptunaReporter
         reporter = OptunaReporter(kv["storage"], kv["study"], int(kv["trial"]))
         for step in (10, 20, 30):
             if reporter.report(step, loss + 1 / step):
@@ -241,6 +242,12 @@ def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, f
     st = harness(["status", "t", "--verbose"], fake_env, tmp_path)
     assert st.returncode == 0 and st.stdout.count("COMPLETE ") == 2 and st.stdout.count("FAIL ") == 4
     assert "SIGKILL" in st.stdout and "reproduce: harness train model=tiny-llama" in st.stdout
+    # `harness status t | head -1`: a reader that goes away ends the listing quietly, no BrokenPipeError
+    piped = subprocess.Popen([sys.executable, "-m", "harness", "status", "t", "--verbose"], env=fake_env, cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    piped.stdout.close()  # the reader is gone before the first line is written: every write fails with EPIPE
+    err = piped.stderr.read().decode()
+    assert piped.wait(timeout=90) == 0 and "BrokenPipe" not in err and "Traceback" not in err, err
 
 
 def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
