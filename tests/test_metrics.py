@@ -153,6 +153,18 @@ def test_bootstrap_matches_normal_theory_for_a_mean():
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
 
 
+def test_bootstrap_of_a_mean_is_scipy_percentile_bootstrap():
+    # the same generator and batches as scipy.stats.bootstrap on the values themselves
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(9).random(300)
+    lo, hi = mt.bootstrap_ci(_mean_stats(values), 700, seed=4, confidence=0.9, chunk=64)
+    ref = bootstrap((values,), np.mean, n_resamples=700, batch=64, vectorized=True, method="percentile",
+                    confidence_level=0.9, rng=np.random.default_rng(4)).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert mt.bootstrap_ci(_mean_stats([0.25]), 50, seed=0) == (0.25, 0.25)  # one item: every resample is it
+
+
 def test_bootstrap_deterministic_by_seed():
     stats = mt.sacrebleu_stats("bleu", README_SYS * 5, README_REFS * 5)
     a = mt.bootstrap_ci(stats, 200, seed=3)
