@@ -172,6 +172,18 @@ def test_bootstrap_matches_normal_theory_for_a_mean():
     assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
 
 
+def test_bootstrap_of_a_mean_is_scipy_percentile_bootstrap():
+    # the same generator and batches as scipy.stats.bootstrap on the values themselves
+    from scipy.stats import bootstrap
+
+    values = np.random.default_rng(9).random(300)
+    lo, hi = bootstrap_ci(_mean_stats(values), 700, seed=4, confidence=0.9, chunk=64)
+    ref = bootstrap((values,), np.mean, n_resamples=700, batch=64, vectorized=True, method="percentile",
+                    confidence_level=0.9, rng=np.random.default_rng(4)).confidence_interval
+    assert (lo, hi) == pytest.approx((ref.low, ref.high), rel=1e-12)
+    assert bootstrap_ci(_mean_stats([0.25]), 50, seed=0) == (0.25, 0.25)  # one item: every resample is it
+
+
 def test_bootstrap_deterministic_by_seed():
     stats = sacrebleu_stats("bleu", README_SYS * 5, README_REFS * 5)
     a = bootstrap_ci(stats, 200, seed=3)
@@ -241,7 +253,7 @@ def test_bad_inputs_raise_clear_errors(preds, refs, match):
         compute(["bleu"], preds, refs)
 
 
-# ------------------------------------------------------------- NIST, METEOR, CIDEr (harness/nlgmetrics.py)
+# ------------------------------------------------------------- NIST, METEOR, CIDEr (harness/eval/nlgmetrics.py)
 E2E_PREDS = ["The Eagle is a cheap coffee shop near Burger King.", "Zizzi serves French food in the city centre."]
 E2E_REFS = [["The Eagle is a low-priced coffee shop near Burger King.",
              "Near Burger King there is a cheap coffee shop called The Eagle."],
@@ -284,7 +296,6 @@ def test_meteor_runs_the_jar_and_orders_predictions():
 
 
 def test_meteor_without_java_says_what_to_install(monkeypatch):
-
     from harness.eval import nlgmetrics
 
     monkeypatch.setattr(nlgmetrics.shutil, "which", lambda name: None)

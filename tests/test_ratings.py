@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from harness.human.ratings import (
+    KRIPPENDORFF_LEVELS,
     bradley_terry,
     bradley_terry_bootstrap,
     bt_mle_exists,
@@ -199,3 +200,82 @@ def test_krippendorff_alpha_binary_two_observers_and_edges():
     assert math.isnan(krippendorff_alpha([[1, None], [2]], "nominal"))  # nothing pairable
     with pytest.raises(ValueError, match="level"):
         krippendorff_alpha([[1, 2]], "cardinal")
+
+
+# ------------------------------------------------------- each statistic against its library or by hand
+
+
+def test_bradley_terry_single_fit_is_choix_and_batch_mm_agrees():
+    choix = pytest.importorskip("choix")
+    rng = np.random.default_rng(4)
+    batch = []
+    for m in (2, 3, 5, 8):
+        w = rng.integers(0, 6, (m, m)).astype(float) + 0.5 * (rng.random((m, m)) < 0.3)  # some ties
+        np.fill_diagonal(w, 0.0)
+        for prior in (0.0, 1.0, 0.3):
+            if prior == 0.0 and not bt_mle_exists(w):
+                continue
+            # prior = virtual ties, prior/2 each way, added to the matrix (not choix's alpha)
+            aug = w + prior / 2.0 * (1 - np.eye(m))
+            ref = np.exp(choix.ilsr_pairwise_dense(aug, max_iter=10_000, tol=1e-12))
+            np.testing.assert_allclose(bradley_terry(w, prior=prior), ref, rtol=1e-8)
+        if m == 5:
+            batch = [w + 0.5 * (1 - np.eye(m)) for w in (w, w.T, w + w.T, np.triu(w) + 1 - np.eye(m))]
+    # the batched MM (used for bootstrap resamples) gives the ML estimates choix gives one by one
+    fits = bradley_terry(np.stack(batch))
+    for fit, w in zip(fits, batch):
+        np.testing.assert_allclose(fit, np.exp(choix.ilsr_pairwise_dense(w, max_iter=10_000, tol=1e-12)), rtol=1e-7)
+
+
+def test_wilson_interval_matches_scipy_and_fractional_counts_by_formula():
+    from scipy.stats import binomtest, norm
+
+    for n in (1, 7, 40, 263):
+        for k in sorted({0, 1, n // 3, n // 2, n - 1, n}):
+            for conf in (0.9, 0.95, 0.99):
+                ref = binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+                assert wilson_interval(k, n, conf) == pytest.approx((ref.low, ref.high), abs=1e-12)
+    # 2.5 of 7 (ties as half a success): Wilson's formula by hand, z = 1.959964
+    z, p, n = norm.ppf(0.975), 2.5 / 7, 7
+    denom = 1 + z * z / n
+    centre, half = (p + z * z / (2 * n)) / denom, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    assert wilson_interval(2.5, 7) == pytest.approx((centre - half, centre + half), abs=1e-12)
+
+
+def test_mean_ci_matches_scipy_t_interval():
+    from scipy import stats as sps
+
+    x = [0.2, 0.5, 0.9, 0.4, 0.45, 0.61]
+    lo, hi = sps.t.interval(0.9, len(x) - 1, loc=np.mean(x), scale=sps.sem(x))
+    assert mean_ci(x, 0.9) == pytest.approx((np.mean(x), lo, hi), rel=1e-12)
+
+
+def test_weighted_kappa_uses_label_values_by_hand():
+    # labels 1, 2, 5 (unevenly spaced). Table: (1,1), (2,5), (5,5), (5,2); both raters' marginals 1/4, 1/4, 1/2.
+    # linear: observed disagreement (3 + 3)/4 = 1.5; chance 2*(1/16*1 + 1/8*4 + 1/8*3) = 1.875 -> kappa 0.2
+    # quadratic: observed (9 + 9)/4 = 4.5; chance 2*(1/16*1 + 1/8*16 + 1/8*9) = 6.375 -> kappa 5/17
+    # (scikit-learn's cohen_kappa_score weights by label position 0, 1, 2 and gives 3/7 for linear)
+    a, b = [1, 2, 5, 5], [1, 5, 5, 2]
+    assert cohen_kappa(a, b, weights="linear") == pytest.approx(0.2)
+    assert cohen_kappa(a, b, weights="quadratic") == pytest.approx(5 / 17)
+    # the same labels evenly spaced: scikit-learn agrees
+    sk = pytest.importorskip("sklearn.metrics")
+    a3, b3 = [1, 2, 3, 3], [1, 3, 3, 2]
+    for w in ("linear", "quadratic"):
+        assert cohen_kappa(a3, b3, weights=w) == pytest.approx(sk.cohen_kappa_score(a3, b3, weights=w))
+    assert math.isnan(cohen_kappa([1, 1], [1, 1]))  # one category throughout: undefined
+
+
+def test_krippendorff_alpha_matches_krippendorff_package_on_reliability_data():
+    krippendorff = pytest.importorskip("krippendorff")
+    data = np.array([[np.nan if v is None else v for v in row] for row in KRIPP_OBSERVERS], dtype=float)
+    units = list(zip(*KRIPP_OBSERVERS))
+    for level in KRIPPENDORFF_LEVELS:
+        ref = krippendorff.alpha(reliability_data=data, level_of_measurement=level)
+        assert krippendorff_alpha(units, level) == pytest.approx(ref, rel=1e-12)
+    # strings, nominal
+    words = [["low", "low", "mid"], ["mid", "mid", None], ["high", "mid", "high"], ["low", None, "low"]]
+    coded = np.array([["nan" if v is None else v for v in unit] for unit in words]).T  # raters x units; "nan" = missing
+    ref = krippendorff.alpha(reliability_data=coded, level_of_measurement="nominal")
+    assert krippendorff_alpha(words, "nominal") == pytest.approx(ref, rel=1e-12)
+    assert math.isnan(krippendorff_alpha([[3, 3], [3, 3, None]], "interval"))  # one value throughout

@@ -1,10 +1,11 @@
-"""Tests for harness/stats.py against known values (textbook examples, scipy, hand computation).
+"""Tests for harness/stats.py against known values (textbook examples, scipy, statsmodels, hand computation).
 
     python -m pytest tests/test_stats.py -q
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -113,3 +114,85 @@ def test_paired_permutation_exact_small_case():
     _, exact = paired_permutation(a, b, n=5000)  # 2**12 <= 5000: exact
     _, approx = paired_permutation(a, b, n=4000, seed=1)
     assert approx == pytest.approx(exact, abs=0.03)
+
+
+# ------------------------------------------------------- each statistic against its library or by hand
+
+
+def test_paired_bootstrap_interval_is_scipy_bootstrap_paired_percentile():
+    # scipy's own paired API on (a, b), same generator: the same resamples, so the same interval and SE
+    rng = np.random.default_rng(5)
+    a = rng.normal(30, 8, 120)
+    b = a - rng.normal(0.5, 2, 120)
+    delta, (lo, hi), p = paired_bootstrap(a, b, n=1500, seed=11, confidence=0.9)
+    ref = sps.bootstrap((a, b), lambda x, y, axis: np.mean(x - y, axis=axis), paired=True, vectorized=True,
+                        n_resamples=1500, method="percentile", confidence_level=0.9, rng=np.random.default_rng(11))
+    assert (lo, hi) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-12)
+    assert p == pytest.approx(math.erfc(abs(delta) / (ref.standard_error * math.sqrt(2))), rel=1e-12)
+
+
+def test_paired_bootstrap_two_items_by_hand():
+    # differences 1 and 3: a resample mean is 1, 2 or 3 with chances 1/4, 1/2, 1/4, so the 95%
+    # percentile interval is (1, 3) and the bootstrap SE is sqrt(1/2); p = erfc(2 / (sqrt(1/2) sqrt 2)) = erfc(2)
+    delta, (lo, hi), p = paired_bootstrap([1.0, 3.0], [0.0, 0.0], n=4000, seed=0)
+    assert (delta, lo, hi) == (2.0, 1.0, 3.0)
+    assert p == pytest.approx(math.erfc(2.0), rel=0.1)
+    # one item: every resample is that item
+    assert paired_bootstrap([2.0], [1.0]) == (1.0, (1.0, 1.0), 0.0)
+    assert paired_bootstrap([2.0], [2.0]) == (0.0, (0.0, 0.0), 1.0)
+
+
+def test_mcnemar_exact_matches_statsmodels_mcnemar():
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    for b in range(0, 25):
+        for c in range(0, 25):
+            a_correct = [1] * b + [0] * c + [1] * 7 + [0] * 3
+            b_correct = [0] * b + [1] * c + [1] * 7 + [0] * 3
+            ref = mcnemar([[7, b], [c, 3]], exact=True).pvalue if b + c else 1.0
+            assert mcnemar_exact(a_correct, b_correct) == pytest.approx(ref, rel=1e-12)
+
+
+def _sign_flip_p_by_enumeration(d):
+    d = np.asarray(d, dtype=float)
+    obs = abs(d.mean())
+    hits = sum(abs(np.mean(np.array(signs) * d)) >= obs - 1e-12
+               for signs in itertools.product((1.0, -1.0), repeat=d.size))
+    return hits / 2 ** d.size
+
+
+def test_paired_permutation_exact_matches_enumeration_and_scipy():
+    rng = np.random.default_rng(3)
+    for size in range(1, 11):
+        a = rng.normal(0.4, 1, size).round(1)  # rounding makes ties, which must count as ">="
+        b = rng.normal(0, 1, size).round(1)
+        delta, p = paired_permutation(a, b, n=2 ** size)
+        assert p == pytest.approx(_sign_flip_p_by_enumeration(a - b), abs=1e-12)
+        if size >= 2:
+            ref = sps.permutation_test((a - b,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                                       n_resamples=np.inf, vectorized=True).pvalue
+            assert p == pytest.approx(ref, abs=1e-12)
+
+
+def test_paired_permutation_random_branch_by_hand():
+    # 20 equal differences: only the all-plus and all-minus patterns (chance 2 / 2**20) reach the
+    # observed |mean|, so 1000 random patterns almost surely hit none and p = (1 + 0) / (1000 + 1)
+    delta, p = paired_permutation([1.0] * 20, [0.0] * 20, n=1000, seed=0)
+    assert delta == 1.0 and p == pytest.approx(1 / 1001)
+    assert paired_permutation([0.0] * 20, [0.0] * 20, n=1000)[1] == 1.0
+
+
+def test_holm_matches_statsmodels_and_r_p_adjust():
+    from statsmodels.stats.multitest import multipletests
+
+    # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "holm") = 0.05 0.08 0.09 0.09 0.09
+    assert holm([0.01, 0.02, 0.03, 0.04, 0.05]) == pytest.approx([0.05, 0.08, 0.09, 0.09, 0.09])
+    rng = np.random.default_rng(0)
+    for _ in range(6):  # few: multipletests runs gc.collect() on every Holm call
+        p = rng.random(int(rng.integers(1, 12))) ** 3
+        p[rng.random(p.size) < 0.2] = np.nan  # skipped tests stay nan and do not count
+        ok = np.isfinite(p)
+        out = np.array(holm(p))
+        assert np.array_equal(np.isnan(out), ~ok)
+        if ok.any():
+            np.testing.assert_allclose(out[ok], multipletests(p[ok], method="holm")[1], rtol=1e-15)

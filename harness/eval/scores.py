@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Callable, Sequence
@@ -264,7 +265,9 @@ def bootstrap_ci(
 
     Resamples items with replacement `n_samples` times (numpy default_rng(seed)), recomputes the
     corpus score from the re-summed per-item statistics, and returns the (1-confidence)/2 and
-    (1+confidence)/2 percentiles. Deterministic for a given seed.
+    (1+confidence)/2 percentiles. Deterministic for a given seed. The resampling and the
+    percentiles are scipy.stats.bootstrap's (method="percentile"), run on item indices so that
+    each resample's score comes from its item counts (one matrix product per `chunk` resamples).
     """
     n = stats.stats.shape[0]
     if n == 0:
@@ -273,18 +276,23 @@ def bootstrap_ci(
         raise MetricError(f"bootstrap_ci: n_samples={n_samples}; use >= 1 (e.g. 1000)")
     if not 0 < confidence < 1:
         raise MetricError(f"bootstrap_ci: confidence={confidence}; use a share in (0, 1), e.g. 0.95")
-    rng = np.random.default_rng(seed)
-    scores = np.empty(n_samples)
-    done = 0
-    while done < n_samples:
-        b = min(chunk, n_samples - done)
-        idx = rng.integers(0, n, size=(b, n))
-        # how often each item was drawn in each resample, then one matrix product for all sums
+    if n == 1:  # scipy.stats.bootstrap needs two items; every resample of one item is that item
+        score = stats.score()
+        return score, score
+
+    def corpus_scores(idx: np.ndarray, axis: int = -1) -> np.ndarray:
+        # idx: (b, n) item indices, one resample per row -> how often each item was drawn, then
+        # one matrix product for all re-summed statistics
+        b = idx.shape[0]
         counts = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n)
         sums = counts.astype(np.float64) @ stats.stats
-        for i in range(b):
-            scores[done + i] = stats.aggregate(sums[i])
-        done += b
-    alpha = (1 - confidence) / 2
-    lo, hi = np.percentile(scores, [100 * alpha, 100 * (1 - alpha)])
-    return float(lo), float(hi)
+        return np.array([stats.aggregate(row) for row in sums], dtype=np.float64)
+
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():
+        if n_samples < 2:  # scipy's standard error (ddof=1) of one resample warns; it is not used here
+            warnings.simplefilter("ignore", RuntimeWarning)
+        res = bootstrap((np.arange(n),), corpus_scores, n_resamples=n_samples, batch=chunk, vectorized=True,
+                        method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)

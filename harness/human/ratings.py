@@ -6,19 +6,24 @@ QLoRA Elo reproduction (`python -m harness.recipes.qlora_elo`).
     elo_sequence(a, b, score_a, n_players)               one pass over the matches in the given order
     elo_orderings(a, b, score_a, n_players, orderings=10_000)   the same over random orderings (numpy,
                                                         all orderings advance one match at a time)
-    bradley_terry(wins) / bradley_terry_bootstrap(...)   MLE strengths (Hunter's MM algorithm)
-    wilson_interval(successes, n)                        binomial proportion interval
-    mean_ci(values)                                      mean with a Student-t interval
-    cohen_kappa(a, b) / krippendorff_alpha(units, level) inter-annotator agreement
+    bradley_terry(wins)                                  MLE strengths (choix.ilsr_pairwise_dense)
+    bradley_terry_bootstrap(...)                         the same on resamples (ours: Hunter's MM, batched)
+    wilson_interval(successes, n)                        binomial proportion interval (statsmodels)
+    mean_ci(values)                                      mean with a Student-t interval (scipy.stats.t)
+    cohen_kappa(a, b)                                    (weighted) kappa (statsmodels' cohens_kappa)
+    krippendorff_alpha(units, level)                     agreement with missing data (krippendorff.alpha)
 
 Matches are encoded as integer player indices `a`, `b` and `score_a` in {1, 0.5, 0} (a won, tie,
 b won). A tie counts as half a win for each side everywhere in this module.
+
+Elo and the batched Bradley-Terry bootstrap are our own code (each says why); tests/test_ratings.py
+checks every function against its library or a published value. The libraries (scipy.stats,
+statsmodels, choix, krippendorff) are imported inside the functions that use them.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -49,6 +54,7 @@ def elo_expected(r_a, r_b):
 
 def elo_sequence(a, b, score_a, n_players: int, k: float = 32.0, initial: float = 1000.0) -> np.ndarray:
     """Final ratings after playing the matches once, in the given order (classic online Elo)."""
+    # Ours: none of the pinned statistics libraries has online Elo updates.
     a, b, s = _check_matches(a, b, score_a, n_players)
     r = np.full(n_players, float(initial))
     for i, j, sc in zip(a, b, s):
@@ -66,6 +72,7 @@ def elo_orderings(a, b, score_a, n_players: int, k: float = 32.0, initial: float
     loop runs len(matches) times per chunk of orderings, not len(matches) * orderings times.
     Ordering o is the same permutation for a given seed whatever the chunk size.
     """
+    # Ours: no pinned library rates Elo over many orderings, let alone vectorised across them.
     a, b, s = _check_matches(a, b, score_a, n_players)
     if orderings < 1:
         raise ValueError(f"orderings must be >= 1, got {orderings}")
@@ -147,7 +154,10 @@ def bradley_terry(wins: np.ndarray, prior: float = 0.0, max_iter: int = 10_000, 
     wins: (..., m, m) matrix or a batch of them; W[i, j] = times i beat j (ties as 0.5 each way).
     prior: virtual ties added to every pair (prior/2 each way), which makes the estimate exist
     when some player never wins or never loses; 0 gives the plain MLE and raises if it does not exist.
-    Hunter's MM update: p_i <- W_i / sum_j N_ij / (p_i + p_j).
+    One matrix: choix.ilsr_pairwise_dense on W plus the virtual ties (its ML estimate, exp of its
+    centred log-strengths); tol bounds the L1 change of log-strengths between its iterations.
+    A batch: Hunter's MM update p_i <- W_i / sum_j N_ij / (p_i + p_j) on all matrices at once,
+    stopping when no strength moves by tol.
     """
     w = np.array(wins, dtype=np.float64)
     m = w.shape[-1]
@@ -155,12 +165,19 @@ def bradley_terry(wins: np.ndarray, prior: float = 0.0, max_iter: int = 10_000, 
         raise ValueError(f"wins must be square in its last two axes, got {w.shape}")
     eye = np.eye(m, dtype=bool)
     if prior:
+        # choix's own `alpha` is a different regulariser (a constant rate in its Markov chain), so the
+        # virtual ties go into the matrix and choix fits a plain MLE
         w = w + np.where(eye, 0.0, prior / 2.0)
     elif w.ndim == 2 and not bt_mle_exists(w):
         raise ValueError(
             "the Bradley-Terry MLE does not exist for these comparisons: some player never wins or never "
             "loses against the rest (the win graph is not strongly connected). Pass prior > 0 (virtual ties)."
         )
+    if w.ndim == 2:
+        import choix
+
+        return np.exp(choix.ilsr_pairwise_dense(w, max_iter=max_iter, tol=tol))
+    # Ours for a batch (bootstrap resamples): choix fits one matrix per call, ~7x slower over 1000 resamples.
     n = w + np.swapaxes(w, -1, -2)
     total = w.sum(axis=-1)
     p = np.ones(w.shape[:-1])
@@ -182,7 +199,10 @@ def bt_to_elo_scale(p: np.ndarray, base: float = 1000.0) -> np.ndarray:
 
 def bradley_terry_bootstrap(a, b, score_a, n_players: int, resamples: int = 1000, seed: int = 0,
                             prior: float = 1.0) -> np.ndarray:
-    """BT strengths on resamples of the matches (with replacement): shape (resamples, n_players)."""
+    """BT strengths on resamples of the matches (with replacement): shape (resamples, n_players).
+
+    All resamples are fitted at once by bradley_terry's batched MM (the single fits use choix; the
+    tests check that both give the same strengths)."""
     a, b, s = _check_matches(a, b, score_a, n_players)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(resamples, a.size))
@@ -196,21 +216,22 @@ def bradley_terry_bootstrap(a, b, score_a, n_players: int, resamples: int = 1000
 
 # ---------------------------------------------------------------------------------- intervals
 def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (Newcombe 1998, method 3)."""
+    """Wilson score interval for a binomial proportion (Newcombe 1998, method 3):
+    statsmodels' proportion_confint(method="wilson"), which also takes fractional successes."""
     if n <= 0:
         return (math.nan, math.nan)
     if not 0 <= successes <= n:
         raise ValueError(f"successes must lie in [0, n={n}], got {successes}")
-    z = _z(confidence)
-    phat = successes / n
-    denom = 1 + z * z / n
-    centre = (phat + z * z / (2 * n)) / denom
-    half = z * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    from statsmodels.stats.proportion import proportion_confint
+
+    lo, hi = proportion_confint(successes, n, alpha=1.0 - confidence, method="wilson")
+    return (max(0.0, float(lo)), min(1.0, float(hi)))
 
 
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-    """(mean, lo, hi) with a Student-t interval; (x, nan, nan) for a single value."""
+    """(mean, lo, hi) with a Student-t interval (scipy.stats.t.interval); (x, nan, nan) for a single value."""
     from scipy.stats import t
 
     x = np.asarray(values, dtype=np.float64)
@@ -219,41 +240,45 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     mean = float(x.mean())
     if x.size == 1:
         return (mean, math.nan, math.nan)
-    half = float(t.ppf(0.5 + confidence / 2, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
-    return (mean, mean - half, mean + half)
+    lo, hi = t.interval(confidence, x.size - 1, loc=mean, scale=x.std(ddof=1) / math.sqrt(x.size))
+    return (mean, float(lo), float(hi))
 
 
 # ---------------------------------------------------------------------------------- agreement
 def cohen_kappa(a: Sequence, b: Sequence, weights: str | None = None, labels: Sequence | None = None) -> float:
     """Cohen's kappa between two raters over the same items; weights None | 'linear' | 'quadratic'
-    (weighted kappa needs ordered numeric labels)."""
+    (weighted kappa needs ordered numeric labels; disagreement weights are |x - y| or (x - y)^2 of
+    the label values). Computed by statsmodels' cohens_kappa from the contingency table: unlike
+    scikit-learn's cohen_kappa_score, which weights by label positions, it takes the label values,
+    so unevenly spaced labels (1, 2, 5) weigh as their values say."""
     if len(a) != len(b):
         raise ValueError(f"both raters must rate the same items: {len(a)} vs {len(b)} ratings")
     if not a:
         return math.nan
+    if weights not in (None, "linear", "quadratic"):
+        raise ValueError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
     cats = list(labels) if labels is not None else sorted(set(a) | set(b), key=lambda v: (str(type(v)), v))
     index = {c: i for i, c in enumerate(cats)}
     k = len(cats)
-    obs = np.zeros((k, k))
+    table = np.zeros((k, k))
     for x, y in zip(a, b):
-        obs[index[x], index[y]] += 1
-    obs /= obs.sum()
-    exp = np.outer(obs.sum(axis=1), obs.sum(axis=0))
+        table[index[x], index[y]] += 1
+    # kappa is undefined when chance disagreement is 0 (both raters used one and the same category
+    # throughout); statsmodels would divide by zero there
+    expected = np.outer(table.sum(axis=1), table.sum(axis=0))
+    vals = np.asarray(cats, dtype=np.float64) if weights else None
     if weights is None:
-        d = 1.0 - np.eye(k)
+        chance = (expected * (1.0 - np.eye(k))).sum()
     else:
-        vals = np.asarray(cats, dtype=np.float64)
         diff = np.abs(vals[:, None] - vals[None, :])
-        if weights == "linear":
-            d = diff
-        elif weights == "quadratic":
-            d = diff ** 2
-        else:
-            raise ValueError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
-    de = float((d * exp).sum())
-    if de == 0:
-        return math.nan  # both raters used one and the same category throughout: kappa undefined
-    return 1.0 - float((d * obs).sum()) / de
+        chance = (expected * (diff if weights == "linear" else diff ** 2)).sum()
+    if chance == 0:
+        return math.nan
+    from statsmodels.stats.inter_rater import cohens_kappa
+
+    if weights is None:
+        return float(cohens_kappa(table, return_results=False))
+    return float(cohens_kappa(table, weights=vals, wt=weights, return_results=False))
 
 
 KRIPPENDORFF_LEVELS = ("nominal", "ordinal", "interval", "ratio")
@@ -263,7 +288,10 @@ def krippendorff_alpha(units: Sequence[Sequence], level: str = "nominal") -> flo
     """Krippendorff's alpha from units: each unit is the list of values its raters gave (None = missing).
 
     Coincidence-matrix form (Krippendorff 2011, "Computing Krippendorff's alpha-reliability"):
-    alpha = 1 - (n - 1) * sum o_ck d2_ck / sum n_c n_k d2_ck over pairable values.
+    alpha = 1 - (n - 1) * sum o_ck d2_ck / sum n_c n_k d2_ck over pairable values, computed by
+    krippendorff.alpha from the per-unit value counts. Units need not share raters, and values
+    may be any sortable labels (interval and ratio levels need numbers). nan when nothing is
+    pairable or no pairable values differ.
     """
     if level not in KRIPPENDORFF_LEVELS:
         raise ValueError(f"level must be one of {KRIPPENDORFF_LEVELS}, got {level!r}")
@@ -272,33 +300,16 @@ def krippendorff_alpha(units: Sequence[Sequence], level: str = "nominal") -> flo
     if not clean:
         return math.nan
     cats = sorted({v for u in clean for v in u})
-    index = {c: i for i, c in enumerate(cats)}
-    k = len(cats)
-    o = np.zeros((k, k))
-    for u in clean:
-        counts = Counter(index[v] for v in u)
-        m = len(u)
-        for c, nc in counts.items():
-            for kk, nk in counts.items():
-                o[c, kk] += (nc * (nc - 1) if c == kk else nc * nk) / (m - 1)
-    n_c = o.sum(axis=1)
-    n = n_c.sum()
-    if level == "nominal":
-        d2 = 1.0 - np.eye(k)
-    else:
-        v = np.asarray(cats, dtype=np.float64)
-        if level == "interval":
-            d2 = (v[:, None] - v[None, :]) ** 2
-        elif level == "ratio":
-            s = v[:, None] + v[None, :]
-            d2 = np.where(s == 0, 0.0, ((v[:, None] - v[None, :]) / np.where(s == 0, 1, s)) ** 2)
-        else:  # ordinal: (sum of n_g from c to k minus half the end points)^2
-            cum = np.cumsum(n_c)
-            lo = np.minimum.outer(np.arange(k), np.arange(k))
-            hi = np.maximum.outer(np.arange(k), np.arange(k))
-            between = cum[hi] - np.where(lo > 0, cum[lo - 1], 0.0)
-            d2 = (between - (n_c[lo] + n_c[hi]) / 2.0) ** 2
-    de = float((np.outer(n_c, n_c) * d2).sum())
-    if de == 0:
+    if len(cats) < 2:
         return math.nan  # a single value used throughout: no variation to agree on
-    return 1.0 - (n - 1) * float((o * d2).sum()) / de
+    index = {c: i for i, c in enumerate(cats)}
+    counts = np.zeros((len(clean), len(cats)))  # value_counts: how many raters gave unit u value c
+    for r, u in enumerate(clean):
+        for v in u:
+            counts[r, index[v]] += 1
+    import krippendorff
+
+    # columns in sorted order carry the ordinal ranks; interval and ratio distances need the values
+    domain = np.asarray(cats, dtype=np.float64) if level in ("interval", "ratio") else None
+    with np.errstate(invalid="ignore", divide="ignore"):  # ratio level with only v and -v: 0/0 -> nan
+        return float(krippendorff.alpha(value_counts=counts, value_domain=domain, level_of_measurement=level))

@@ -11,12 +11,22 @@ p-values of all comparisons shown for multiplicity, and to find the quality/cost
     holm([0.01, 0.04, 0.03])                    # Holm-adjusted p-values, same order
     pareto_front([(loss, mem), ...], ("min", "min"))   # indices of non-dominated points
 
+Which library computes what (tests/test_stats.py checks each against it or a textbook value):
+mean_ci's t quantile is scipy.special.stdtrit (what scipy.stats.t.ppf calls); paired_bootstrap
+resamples and takes percentiles with scipy.stats.bootstrap; mcnemar_exact is
+scipy.stats.binomtest on the discordant pairs; paired_permutation's exact p is
+scipy.stats.permutation_test; holm is statsmodels' multipletests(method="holm"). Our own code
+remains for the bootstrap p-value, the Monte Carlo sign-flip test and the Pareto front (each
+says why). scipy.stats and statsmodels are imported inside the functions that use them, so
+`import harness.stats` stays light (numpy only).
+
 Every random procedure takes a seed, so the same inputs always give the same numbers.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -35,7 +45,9 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     Non-finite values are ignored (n counts the finite ones). With n < 2 the interval is
     undefined and returned as (nan, nan); with n == 0 the mean is nan too.
     """
-    from scipy.special import stdtrit  # Student-t quantile (scipy.special imports much faster than scipy.stats)
+    # scipy.stats.t.interval computes the same (its t.ppf is this stdtrit), but scipy.stats takes ~1 s to import
+    # and every report calls mean_ci; scipy.special is a fraction of that.
+    from scipy.special import stdtrit  # Student-t quantile
 
     x = _finite(values)
     n = int(x.size)
@@ -68,7 +80,8 @@ def paired_bootstrap(
 ) -> tuple[float, tuple[float, float], float]:
     """Paired bootstrap of the difference in means, mean(a) - mean(b), over items.
 
-    Items are resampled with replacement (the same indices for a and b) `n` times. Returns
+    Items are resampled with replacement (the same indices for a and b) `n` times by
+    scipy.stats.bootstrap (method="percentile", rng=default_rng(seed)). Returns
     (delta, (lo, hi), p): the observed difference, its percentile confidence interval, and a
     two-sided p-value for "no difference" from the bootstrap standard error (normal
     approximation, p = erfc(|delta| / (se * sqrt 2))). Unlike the share of resamples crossing
@@ -79,16 +92,22 @@ def paired_bootstrap(
     if d.size == 0:
         return math.nan, (math.nan, math.nan), math.nan
     delta = float(d.mean())
-    rng = np.random.default_rng(seed)
-    means = np.empty(n, dtype=float)
-    chunk = max(1, min(n, 2_000_000 // max(1, d.size)))  # bound memory for large item counts
-    for start in range(0, n, chunk):
-        k = min(chunk, n - start)
-        idx = rng.integers(0, d.size, size=(k, d.size))
-        means[start : start + k] = d[idx].mean(axis=1)
-    alpha = (1.0 - confidence) / 2.0
-    lo, hi = (float(v) for v in np.quantile(means, [alpha, 1.0 - alpha]))
-    se = float(means.std(ddof=1)) if n > 1 else 0.0
+    if d.size == 1:  # scipy.stats.bootstrap needs two items; every resample of one item is that item
+        return delta, (delta, delta), 1.0 if delta == 0.0 else 0.0
+    from scipy.stats import bootstrap
+
+    # resamples are rows of default_rng(seed).integers(0, items, (batch, items)) and the interval
+    # is the linear-interpolation percentile of their means; `batch` bounds memory for many items
+    with warnings.catch_warnings():
+        if n < 2:  # scipy's standard error (ddof=1) of one resample warns; se is 0 then, below
+            warnings.simplefilter("ignore", RuntimeWarning)
+        res = bootstrap(
+            (d,), np.mean, n_resamples=n, batch=max(1, min(n, 2_000_000 // d.size)), vectorized=True,
+            method="percentile", confidence_level=confidence, rng=np.random.default_rng(seed),
+        )
+    lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    # the p-value is ours: scipy.stats.bootstrap gives an interval and a standard error, not a test
+    se = float(res.standard_error) if n > 1 else 0.0
     if se == 0.0:
         return delta, (lo, hi), 1.0 if delta == 0.0 else 0.0
     p = math.erfc(abs(delta) / (se * math.sqrt(2.0)))
@@ -99,10 +118,9 @@ def mcnemar_exact(a_correct: Sequence[int | bool], b_correct: Sequence[int | boo
     """Exact (binomial) two-sided McNemar test for paired 0/1 outcomes.
 
     Only discordant pairs count: b = a right and b wrong, c = a wrong and b right;
-    p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2). No discordant pairs: p = 1.
+    p = min(1, 2 * P(X <= min(b, c))) with X ~ Binomial(b + c, 1/2), which is
+    scipy.stats.binomtest(min(b, c), b + c, 0.5).pvalue. No discordant pairs: p = 1.
     """
-    from scipy.special import bdtr  # binomial CDF
-
     xa = np.asarray([int(v) for v in a_correct])
     xb = np.asarray([int(v) for v in b_correct])
     if xa.shape != xb.shape:
@@ -114,7 +132,9 @@ def mcnemar_exact(a_correct: Sequence[int | bool], b_correct: Sequence[int | boo
     c = int(np.sum((xa == 0) & (xb == 1)))
     if b + c == 0:
         return 1.0
-    return float(min(1.0, 2.0 * bdtr(min(b, c), b + c, 0.5)))
+    from scipy.stats import binomtest
+
+    return float(min(1.0, binomtest(min(b, c), b + c, 0.5).pvalue))
 
 
 def paired_permutation(
@@ -123,18 +143,26 @@ def paired_permutation(
     """Paired permutation (sign-flip) test of mean(a) - mean(b): returns (delta, two-sided p).
 
     Under the null each paired difference is equally likely to have either sign. When 2**items
-    is at most `n` every sign pattern is enumerated (exact p); otherwise `n` random patterns are
-    drawn and p = (1 + count) / (n + 1).
+    is at most `n` every sign pattern is enumerated: the exact p, share of patterns with
+    |mean| >= |delta|, computed by scipy.stats.permutation_test. Otherwise `n` random patterns are
+    drawn and p = (1 + count) / (n + 1), count = random patterns with |mean| >= |delta|.
     """
     d = _paired(a, b)
     if d.size == 0:
         return math.nan, math.nan
     delta = float(d.mean())
-    observed = abs(delta) - 1e-12
     if 2 ** d.size <= n:
-        signs = 1 - 2 * ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1)
-        stats = np.abs((signs * d).mean(axis=1))
-        return delta, float(np.mean(stats >= observed))
+        if d.size == 1:  # permutation_test needs two items; both signs of one item give |mean| = |delta|
+            return delta, 1.0
+        from scipy.stats import permutation_test
+
+        res = permutation_test((d,), lambda x, axis: np.mean(x, axis=axis), permutation_type="samples",
+                               n_resamples=2 ** d.size, batch=max(1, 2_000_000 // d.size), vectorized=True,
+                               alternative="two-sided")
+        return delta, float(res.pvalue)
+    # Ours when sampling: permutation_test's random branch draws other patterns and reports 2 x the
+    # smaller one-sided p, so the seeded p-values in reports would change; this keeps them.
+    observed = abs(delta) - 1e-12
     rng = np.random.default_rng(seed)
     count = 0
     chunk = max(1, min(n, 2_000_000 // max(1, d.size)))
@@ -149,20 +177,18 @@ def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni step-down adjusted p-values, in the order given.
 
     Sorted ascending, the i-th smallest (0-based) is multiplied by (m - i), running maxima keep
-    the adjusted values monotone, and everything is capped at 1. NaN p-values (tests that could
-    not run) stay NaN and do not count towards m.
+    the adjusted values monotone, and everything is capped at 1: statsmodels'
+    multipletests(method="holm"). NaN p-values (tests that could not run) stay NaN and do not
+    count towards m.
     """
     p = np.asarray([float(v) for v in pvalues], dtype=float)
     out = np.full(p.shape, math.nan)
-    ok = np.flatnonzero(np.isfinite(p))
-    m = ok.size
-    if m == 0:
+    ok = np.isfinite(p)
+    if not ok.any():
         return out.tolist()
-    order = ok[np.argsort(p[ok], kind="stable")]
-    running = 0.0
-    for i, idx in enumerate(order):
-        running = max(running, min(1.0, (m - i) * p[idx]))
-        out[idx] = running
+    from statsmodels.stats.multitest import multipletests
+
+    out[ok] = multipletests(p[ok], method="holm")[1]
     return out.tolist()
 
 
@@ -173,6 +199,7 @@ def pareto_front(points: Sequence[Sequence[float]], directions: Sequence[str]) -
     least as good in every coordinate and strictly better in one. Points with a non-finite
     coordinate are never on the front. Duplicates of a front point are all on the front.
     """
+    # Ours: none of scipy, statsmodels or scikit-learn has a non-dominated (Pareto) filter.
     if any(d not in ("min", "max") for d in directions):
         raise ValueError(f"directions must be 'min' or 'max' per coordinate, got {list(directions)}")
     if len(points) == 0:
