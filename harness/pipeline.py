@@ -19,7 +19,7 @@ from harness.eval.registry import EvalError, say
 from harness.eval.suites import eval_config_for_run, has_suites, run_suites
 from harness.model.load import load_run_model
 from harness.run.environment import environment, peak_rss_mb
-from harness.run.record import SCHEMA, new_run_id, now_iso, read_summary, run_dir_for
+from harness.run.record import SCHEMA, new_run_id, now_iso, read_summary, run_dir_for, write_manifest, write_summary
 from harness.train.callbacks import Outcome
 from harness.train.fit import fit
 
@@ -81,7 +81,7 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         "data": cfg.data.name, "seed": cfg.train.seed, "axes": axes_from_overrides(cfg, overrides),
         "started_at": prior.get("started_at", started), "resumed": bool(resuming and prior),
     }
-    atomic.write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     outcome = outcome if outcome is not None else Outcome()
     from harness.run.tracking import start
 
@@ -111,7 +111,7 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         peak_memory_mb=summary.get("peak_memory_mb") or peak_rss_mb(),
         finished_at=now_iso(),
     )
-    atomic.write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     try:
         tracker.finish(summary)
     except Exception as exc:
@@ -159,7 +159,7 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool =
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in ("completed", "baseline"):
         summary["eval_time_s"] = time.time() - t0
-        atomic.write_json(run_dir / "summary.json", summary)
+        write_summary(run_dir, summary)
     return run_dir / "eval.json"
 
 
@@ -195,7 +195,7 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         "data": cfg.data.name, "seed": cfg.eval.seed, "axes": axes,
         "trainable_params": 0, "started_at": started,
     }
-    atomic.write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
     try:
         from harness.model.methods import build_quant_config
 
@@ -206,7 +206,7 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
                     "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
                     "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
                     "seeds": {"eval": cfg.eval.seed}, "model": identity(cfg.model)}
-        atomic.write_json(run_dir / "manifest.json", manifest)
+        write_manifest(run_dir, manifest)
         say(progress, f"evaluating base {cfg.model.name} on {device} into {run_dir}")
         t0 = time.time()
         torch.manual_seed(cfg.eval.seed)
@@ -222,7 +222,7 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         raise
     finally:
         summary.update(wall_time_s=time.time() - t_start, finished_at=now_iso())
-        atomic.write_json(run_dir / "summary.json", summary)
+        write_summary(run_dir, summary)
     return run_dir / "eval.json"
 
 

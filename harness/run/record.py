@@ -8,8 +8,9 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import secrets
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, TypedDict
 
 from harness import atomic, paths
 
@@ -17,6 +18,121 @@ SCHEMA = 1
 
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned", "baseline")
+
+
+class RecordError(ValueError):
+    """A run record that does not fit its schema (a field the schema does not know, a wrong type)."""
+
+
+class Summary(TypedDict, total=False):
+    """summary.json (docs/run-record.md): a run's status, identity and cost. Written only by write_summary."""
+
+    schema: int
+    status: str  # one of STATUSES
+    reason: str
+    name: str
+    run_id: str
+    run_dir: str
+    study: str
+    trial: int
+    model: str
+    method: str
+    data: str
+    seed: int
+    axes: dict
+    resumed: bool
+    trainable_params: int
+    total_params: int
+    trainable_share: float
+    precision: str
+    device: str
+    model_bytes: int
+    adapter_bytes: int
+    peak_memory_mb: float
+    peak_memory_kind: str
+    wall_time_s: float
+    train_time_s: float
+    eval_time_s: float
+    train_tokens: int
+    tokens_per_s: float
+    steps: int
+    epochs_done: float
+    train_loss_mean: float
+    final_train_loss: float
+    final_val_loss: float
+    best_val_loss: float
+    pruned_at_step: int
+    started_at: str
+    finished_at: str
+
+
+class Manifest(TypedDict, total=False):
+    """manifest.json (docs/run-record.md): where and from what a run was made. Written only by write_manifest."""
+
+    schema: int
+    harness_version: str
+    command: list
+    git: dict
+    python: str
+    platform: str
+    hostname: str
+    user: str
+    cpu: str
+    cpu_count: int
+    packages: dict
+    torch: str
+    cuda: str
+    device: str
+    gpu: str
+    precision: str
+    seeds: dict
+    model: dict
+    data: dict
+    bf16_fast_backward_layers: int
+
+
+_TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,), list: (list, tuple)}
+
+
+def _type_ok(value: Any, tp: type) -> bool:
+    if value is None:  # every field may be null: not known yet, or not applicable
+        return True
+    if isinstance(value, bool) and tp is not bool:  # True is an int to Python, not a count to us
+        return False
+    return isinstance(value, _TYPES.get(tp, (object,)))
+
+
+def check_record(record: Mapping, schema: type, what: str) -> list[str]:
+    """Every field of `record` that `schema` (a TypedDict) does not declare, or whose value has another type."""
+    fields = typing.get_type_hints(schema)
+    errors = []
+    for key, value in record.items():
+        if key not in fields:
+            errors.append(f"{what}: unknown field {key!r}; {schema.__name__} in harness/run/record.py declares "
+                          f"{', '.join(sorted(fields))}")
+        elif not _type_ok(value, fields[key]):
+            errors.append(f"{what}: field {key!r} = {value!r} is not a {fields[key].__name__}")
+    if schema is Summary and record.get("status") not in (*STATUSES, None):
+        errors.append(f"{what}: status {record.get('status')!r} is not one of {', '.join(STATUSES)}")
+    return errors
+
+
+def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
+    """The one writer of summary.json: checked against Summary, written atomically."""
+    path = Path(run_dir) / "summary.json"
+    errors = check_record(summary, Summary, str(path))
+    if errors:
+        raise RecordError("; ".join(errors))
+    return atomic.write_json(path, dict(summary))
+
+
+def write_manifest(run_dir: str | Path, manifest: Mapping) -> Path:
+    """The one writer of manifest.json: checked against Manifest, written atomically."""
+    path = Path(run_dir) / "manifest.json"
+    errors = check_record(manifest, Manifest, str(path))
+    if errors:
+        raise RecordError("; ".join(errors))
+    return atomic.write_json(path, dict(manifest))
 
 
 def now_iso() -> str:

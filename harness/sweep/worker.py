@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import atomic
-from harness.run.record import EXIT_CODES, SCHEMA, flat_metrics, now_iso, read_summary, run_dir_for
+from harness.run.record import EXIT_CODES, SCHEMA, flat_metrics, now_iso, read_summary, run_dir_for, write_summary
 from harness.sweep.plan import bookkeeping_overrides, merge_overrides
 from harness.sweep.spec import SweepSpec
 from harness.sweep.storage import record_heartbeat
@@ -78,7 +78,7 @@ def _record_failure(run_dir: Path, fields: dict, status: str = "failed") -> None
                           "run_dir": str(run_dir), "started_at": fields.get("started_at")}
     summary.update(status=status, reason=fields["reason"], study=fields["study"], trial=fields["trial"],
                    finished_at=now_iso())
-    atomic.write_json(run_dir / "summary.json", summary)
+    write_summary(run_dir, summary)
 
 
 def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage) -> dict:

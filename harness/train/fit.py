@@ -17,7 +17,7 @@ from harness import atomic, config
 from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from harness.run.environment import environment, peak_rss_mb
-from harness.run.record import SCHEMA, read_metrics
+from harness.run.record import SCHEMA, read_metrics, write_manifest
 from harness.train.callbacks import Outcome, make_callback
 from harness.train.objectives import OBJECTIVES
 
@@ -92,7 +92,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     prepared = objective.prepare(cfg, tokenizer)
     st = prepared.stats
     manifest["data"] = {"name": cfg.data.name, **st}
-    atomic.write_json(run_dir / "manifest.json", manifest)
+    write_manifest(run_dir, manifest)
     if st.get("n_bad"):
         print(f"[harness] warning: {st['n_bad']} malformed rows skipped (listed in manifest.json data.bad_rows)")
     if st.get("truncated_rows"):
@@ -132,7 +132,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         from harness.train.bf16cpu import patch_linear_layers
 
         manifest["bf16_fast_backward_layers"] = patch_linear_layers(model)
-        atomic.write_json(run_dir / "manifest.json", manifest)
+        write_manifest(run_dir, manifest)
 
     # 6. train (resume from the last checkpoint of this run_id if there is one)
     ckpt = last_checkpoint(run_dir) if cfg.resume else None
