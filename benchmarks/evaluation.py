@@ -3,15 +3,15 @@
     python -m benchmarks.run --only evaluation [--quick]
 
 Three measurements, each in its own child process with the model loaded once:
-  perplexity   wikitext2: harness.perplexity (via harness.lmeval.crosscheck_wikitext, lm-eval's own
+  perplexity   wikitext2: harness.eval.perplexity (via harness.eval.lm_eval.crosscheck_wikitext, lm-eval's own
                windows: stride = max_length) vs lm-eval's loglikelihood_rolling through simple_evaluate,
                same model, documents and window length; time of each and relative difference of the
                word perplexity. Repeated --reps times; medians.
-  multiple     a multiple-choice task (arc_easy): harness.lmeval.run_tasks (HFLM around the model in
+  multiple     a multiple-choice task (arc_easy): harness.eval.lm_eval.run_tasks (HFLM around the model in
   choice       memory) vs lm-eval run directly (HFLM(pretrained=<model dir>) + simple_evaluate, as
                `lm_eval --model hf` does); items/s without model loading (loading is reported apart)
                and whether the accuracies agree.
-  generation   harness.generation.generate_batched (length-sorted, left-padded batches) vs one prompt at a
+  generation   harness.eval.generation.generate_batched (length-sorted, left-padded batches) vs one prompt at a
                time through model.generate, greedy, same prompts, max_new_tokens and stop tokens;
                generated tokens/s and how many outputs are identical.
 """

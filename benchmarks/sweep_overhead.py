@@ -11,8 +11,8 @@ trials for each (trials, workers) pair and reads every trial's records:
                   preparation, trainer construction, saving, record writing
 Part 2 times the same stages on the benchmark model (the real 135M one unless --quick), once in a
 fresh process, to project the overhead of a 60-second trial, and checks which of them a second trial
-gets from a cache (model conversion: harness.models' safetensors cache; data preparation:
-harness.datacache, timed against an uncached preparation in the same process).
+gets from a cache (model conversion: harness.model.load's safetensors cache; data preparation:
+harness.data.cache, timed against an uncached preparation in the same process).
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def child_stages(model: str, data: str, max_length: int) -> dict:
     import peft  # noqa: F401
     import torch  # noqa: F401
     import transformers  # noqa: F401
-    from transformers import Trainer  # noqa: F401  (what harness.train imports: no TRL)
+    from transformers import Trainer  # noqa: F401  (what the trainer, harness.train, imports: no TRL)
 
     t["import_libraries_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def child_stages(model: str, data: str, max_length: int) -> dict:
     t0 = time.perf_counter()
     p = hdata.prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_uncached_s"] = time.perf_counter() - t0
-    t0 = time.perf_counter()  # what harness.train does: hit if an earlier process stored this preparation
+    t0 = time.perf_counter()  # what the trainer does: hit if an earlier process stored this preparation
     p = prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_s"] = time.perf_counter() - t0
     t["data_cache"] = p.stats["cache"]
@@ -177,7 +177,7 @@ def run(opts: common.Options) -> dict:
         goals.append(common.goal("data preparation cached across trials",
                                  f"{second:.2f} s in process 2 ({stages[1]['data_cache']}) vs {uncached:.2f} s uncached",
                                  "process 2 reuses it", cached_data, "" if cached_data else
-                                 f"process 2's harness.datacache.prepare was a {stages[1]['data_cache']}"))
+                                 f"process 2's harness.data.cache.prepare was a {stages[1]['data_cache']}"))
     columns = ["trials", "workers", "sweep_wall_s", "trials_per_min", "driver_wall_s", "process_start_s",
                "in_process_overhead_s", "train_s", "overhead_s", "overhead_share", "completed", "load_1m"]
     if stages:

@@ -8,7 +8,7 @@ never mixed). The data is the subset of the data config's rows long enough to fi
 all three implementations train on full batch × max_length blocks with no padding and tokens/s
 compare like for like (padding efficiency is the packing benchmark's subject).
 
-  harness  harness.train.train() with train.log_every=1; step times and tokens from its metrics.jsonl
+  harness  harness.pipeline.train_run() with train.log_every=1; step times and tokens from its metrics.jsonl
   plain    what a user writes: AutoModelForCausalLM, peft / bitsandbytes, AdamW, torch.autocast(bf16),
            grad-norm clipping (as the harness does), one optimizer step per batch, timed per step
   trl      trl.SFTTrainer + SFTConfig defaults (gradient checkpointing on, bf16 on, its own chat-template

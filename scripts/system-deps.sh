@@ -6,7 +6,7 @@ set -uo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
-command -v java >/dev/null 2>&1 || need+=(default-jre-headless)  # METEOR 1.5 (harness/nlgmetrics.py)
+command -v java >/dev/null 2>&1 || need+=(default-jre-headless)  # METEOR 1.5 (harness/eval/nlgmetrics.py)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "system-deps: installing ${need[*]}"
