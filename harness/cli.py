@@ -1,14 +1,14 @@
-"""The `harness` command: one subcommand per stage, each implemented in the module named after it.
+"""The `harness` command: one subcommand per stage, each in harness/commands/<name>.py.
 
     harness validate [overrides]            config check only (harness.config)
-    harness train [overrides]               one run (harness.train)
-    harness eval RUN_DIR|overrides          evaluation suites (harness.evaluate)
+    harness train [overrides]               one run (harness.pipeline: fit, then evaluate)
+    harness eval RUN_DIR|overrides          evaluation suites (harness.eval)
     harness sweep sweeps/NAME.yaml          an Optuna study (harness.sweep)
-    harness status STUDY                    the trials of a study (harness.sweep)
+    harness status STUDY                    the trials of a study (harness.sweep storage)
     harness report STUDY|RUN_DIR...         reports/<study>/ (harness.report)
     harness human export|import|elo ...     human-evaluation round trips (harness.human)
 
-Heavy libraries are imported inside the subcommand modules, so `harness validate` stays fast.
+Heavy libraries are imported inside the stages, so `harness validate` stays fast.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@
 The only module that calls both the training stage (harness/train/) and the evaluation stage
 (harness/eval/): neither imports the other. Exit codes and statuses: harness/run/record.py.
 """
+
 from __future__ import annotations
 
 import time

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,19 @@ def test_a_second_training_run_reuses_the_first_runs_preparation(tiny_overrides,
         assert status == "completed", read_summary(run_dir)
         seen.append(json.loads((run_dir / "manifest.json").read_text())["data"]["cache"])
     assert seen == ["miss", "hit"]
+
+
+def test_the_key_covers_every_module_of_the_data_stage(cfg, tok, tmp_path, monkeypatch):
+    """Editing any preparation module (read, formats, split, tokenize, prepare) makes a new entry."""
+    from harness.data import cache
+
+    key = cache.cache_key(cfg, tok, max_length=64)
+    stage = tmp_path / "data"
+    stage.mkdir()
+    for f in Path(cache.hdata.__file__).parent.glob("*.py"):
+        (stage / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setattr(cache.hdata, "__file__", str(stage / "__init__.py"))
+    assert cache.cache_key(cfg, tok, max_length=64) == key
+    with open(stage / "tokenize.py", "a", encoding="utf-8") as f:
+        f.write("\n# an edit\n")
+    assert cache.cache_key(cfg, tok, max_length=64) != key

@@ -5,6 +5,7 @@
     harness eval model=smollm2-135m eval=quick    # the untrained base model -> runs/<model>-base/<run_id>/
     harness eval model=smollm2-135m --crosscheck  # our wikitext2 perplexity vs lm-eval's, same model
 """
+
 from __future__ import annotations
 
 import argparse

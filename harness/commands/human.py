@@ -1,4 +1,4 @@
-"""Human evaluation round trips: blinded rating sheets out, ratings back in, aggregates and Elo.
+"""`harness human export|import|elo`: human-evaluation round trips (the stage is harness/human/).
 
     harness human export RUN_DIR... --suite e2e --out human/e2e-r1 [--mode pointwise|pairwise]
         [--annotators 3 --overlap 1.0] [--criteria relevance,fluency,coherence,factual_accuracy]
@@ -13,6 +13,7 @@ random, ids blinded; key.json maps every blinded id back to (annotator, run, ite
 Import checks every row (unknown/duplicate ids, missing or out-of-range ratings: file and row named),
 then writes human.json (shape in docs/human-eval.md). Statistics come from harness.ratings.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""`harness report`: what won, by how much, at what cost, and how sure we are -- from run records only.
+"""`harness report` (the stage is harness/report/): what won, by how much, at what cost, and how sure we are -- from run records only.
 
     harness report STUDY [--runs-root runs] [--storage URL] [--out reports]
     harness report RUN_DIR [RUN_DIR ...] --name NAME
@@ -10,6 +10,7 @@ Statistics live in harness.stats, figures in harness.figures, HTML in harness.re
 module collects the records, aggregates them, runs the paired tests and writes the files.
 Same records -> same bytes, except the one "Generated:" line (honours SOURCE_DATE_EPOCH).
 """
+
 from __future__ import annotations
 
 import argparse

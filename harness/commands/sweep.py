@@ -1,22 +1,15 @@
-"""Sweep stage: a spec (sweeps/NAME.yaml) -> an Optuna study whose trials are `harness train` runs.
+"""`harness sweep SPEC`: run or resume a study (the sweep stage is harness/sweep/; spec format docs/sweeps.md).
 
     harness sweep sweeps/quickstart.yaml                       # run or resume the study
     harness sweep sweeps/quickstart.yaml --dry-run             # list the trials, train nothing
     harness sweep sweeps/method_comparison.yaml --workers 2    # two local worker processes
     harness sweep sweeps/lr_search.yaml --storage postgresql://user@host/db   # join from any machine
 
-Data flow: load_spec() (harness/sweepspec.py) parses and checks the spec; plan_grid() expands the grid
-(every cell x seed) and check_trials() composes EVERY trial's config before anything trains, reporting
-all errors at once. The study lives
-in Optuna storage (SQLite studies/<study>.db by default, any SQLAlchemy URL, or journal:PATH for a
-shared file system). Grid cells are enqueued exactly once under a storage-level lock and workers
-take WAITING trials under the same lock, so concurrent workers (local or on other machines) never
-duplicate or lose a cell. Each trial runs `python -m harness train ...` in its own child process;
-its exit code and run directory decide the trial's state (COMPLETE / PRUNED / FAIL with a reason).
-A worker that dies stops its trial's heartbeat; the next worker to look fails it and re-queues it
-(same run_id, so the trainer resumes from its checkpoint) up to max_retries times.
-Spec format: docs/sweeps.md. `harness status STUDY` (harness/status.py) lists the trials.
+Every trial's config is composed before anything trains (harness/sweep/plan.py check_trials); the grid
+is enqueued exactly once (harness/sweep/study.py); each trial runs in its own child process
+(harness/sweep/worker.py). `harness status STUDY` (harness/commands/status.py) lists the trials.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,5 +1,6 @@
 """`harness train [overrides]`: train (and evaluate) one run; exit code from its status (harness/run/record.py).
 """
+
 from __future__ import annotations
 
 import argparse

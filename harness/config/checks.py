@@ -1,6 +1,7 @@
 """Structure and type checks of a composed config tree against the schema dataclasses, and the
 dict -> dataclass conversion; one "Did you mean ...?" for every unknown name.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -8,6 +8,7 @@ and experiment for pinned recipes). The composed tree is checked against the sch
 before anything heavy is imported: unknown keys, wrong types, unknown group options, then the
 cross-field rules (harness.config.rules).
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """Cross-field rules of a RunConfig: validate(cfg) returns every problem at once, each naming the key,
 the value, why it is wrong and what would be right.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@ allowed values of each enumerated key, and ConfigError.
 
 Everything inward of the config stage speaks these dataclasses (harness.config.compose builds them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

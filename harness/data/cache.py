@@ -7,7 +7,7 @@ tokenise, truncate or pack) runs once per distinct input and later trials load i
 
 The key covers the data config, max_length, seed, packing, add_bos, the tokenizer (files, special tokens,
 chat template), the data files (content hash; size and modification time above 64 MB) and the source of
-harness/data.py, so editing a file,
+harness/data/, so editing a file,
 the tokenizer or the preparation code makes a new entry. Hub data sets are not cached (no
 local file to fingerprint; the datasets library caches them). Entries are written atomically; concurrent
 misses both prepare and write the same content. `data.cache=false` turns it off for a run.
@@ -65,12 +65,20 @@ def tokenizer_fingerprint(tokenizer) -> dict:
             "chat_template": hashlib.sha256(str(getattr(tokenizer, "chat_template", "") or "").encode()).hexdigest()}
 
 
+def code_fingerprint() -> str:
+    """sha256 of the data stage's source: every module of harness/data/ (the preparation code)."""
+    h = hashlib.sha256()
+    for f in sorted(Path(hdata.__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def cache_key(data: DataConfig, tokenizer, **params) -> str | None:
     """The entry's name, or None where the input cannot be fingerprinted."""
     source = source_fingerprint(data)
     if source is None:
         return None
-    code = hashlib.sha256(Path(hdata.__file__).read_bytes()).hexdigest()
+    code = code_fingerprint()
     blob = json.dumps({"data": to_dict(data), "params": params, "source": source,
                        "tokenizer": tokenizer_fingerprint(tokenizer), "code": code}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]

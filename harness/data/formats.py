@@ -7,6 +7,7 @@
 
 Column names are mapped through data.fields; a record that does not fit its format raises a bad-row reason.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -5,6 +5,7 @@
 
 read (harness/data/read.py) -> normalise (formats.py) -> split (split.py) -> tokenise, truncate or pack (tokenize.py).
 """
+
 from __future__ import annotations
 
 import sys

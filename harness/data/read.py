@@ -3,6 +3,7 @@ every unparsable record kept as a bad row (line number and reason), never silent
 
     rows = read_rows("../shared/data/alpaca/alpaca_data_cleaned.json")
 """
+
 from __future__ import annotations
 
 import csv

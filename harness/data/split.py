@@ -1,5 +1,6 @@
 """The train / validation split: which rows are held out, decided by each row's content and a seed.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Prompts and tokens: render a normalised row as the model sees it (chat template or the alpaca /
 plain template), tokenise it with the loss on the completion only, and pack rows into fixed windows.
 """
+
 from __future__ import annotations
 
 from harness.config import DataConfig

@@ -1,6 +1,6 @@
 """Generation suites: batched decoding on a held-out set, then BLEU / chrF / TER / ROUGE / exact match.
 
-    harness eval RUN_DIR eval=<config with eval.generation suites>   # harness/evaluate.py calls:
+    harness eval RUN_DIR eval=<config with eval.generation suites>   # harness/eval/suites.py calls:
     entry = run_generation_suite(model, tokenizer, suite, cfg, run_dir)  # -> eval.json["suites"][suite.name]
 
 Steps, top to bottom: load the examples of the data config named by `suite.data` (harness.data),
@@ -9,9 +9,9 @@ chat template when it has one and data.use_chat_template, else the plain prompt;
 model.add_bos), cut over-long prompts from the left (counted), sort by length, left-pad each batch and
 decode (greedy, beam search or sampling seeded by eval.seed), stop at EOS / end-of-turn or a stop
 string, cut the text at the first stop string, restore the original order, score with
-harness.metrics (95% bootstrap intervals), write samples/<suite>.jsonl and return the suite entry
+harness.eval.metrics (95% bootstrap intervals), write samples/<suite>.jsonl and return the suite entry
 documented in docs/run-record.md. Works with plain, peft-wrapped and bitsandbytes-quantized models.
-Metrics themselves are pure functions in harness/metrics.py; this module is the I/O around them.
+Metrics themselves are pure functions in harness/eval/scores.py (named in harness/eval/metrics.py); this module is the I/O around them.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def fit_prompt(ids: list[int], limit: int, keep_first: bool) -> list[int]:
 
 def suite_config_hash(suite: GenerationSuite) -> str:
     """sha256[:16] of the suite config without batch_size (it does not change the outputs: tested),
-    the same formula as harness.evaluate.config_hash."""
+    the same formula as harness.eval.registry.config_hash."""
     fields = {k: v for k, v in dataclasses.asdict(suite).items() if k != "batch_size"}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
 

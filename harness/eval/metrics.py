@@ -7,6 +7,7 @@
 The scoring functions live in harness/eval/scores.py (sacrebleu, rouge-score, exact match, final number)
 and harness/eval/nlgmetrics.py (NIST, METEOR, CIDEr).
 """
+
 from __future__ import annotations
 
 import difflib

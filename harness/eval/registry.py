@@ -10,6 +10,7 @@ A suite kind is one module that registers itself:
 run_suites (harness/eval/suites.py) runs the kinds in `order`; the sweep asks suite_names(cfg) which
 `<suite>.<metric>` objectives a config can produce. Neither knows any kind by name.
 """
+
 from __future__ import annotations
 
 import hashlib

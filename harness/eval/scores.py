@@ -1,8 +1,5 @@
-"""Generation metrics: pure functions, lists of strings in, numbers out (no model, no I/O).
-
-    from harness.eval import metrics
-    report = metrics.compute(["bleu", "chrf", "rouge"], predictions, references, bootstrap_samples=1000, seed=0)
-    report.metrics["bleu"], report.ci95["bleu"], report.signatures["bleu"]
+"""Generation metrics' scoring functions: pure functions, lists of strings in, numbers out (no model, no I/O).
+The registry that names them is harness/eval/metrics.py (`metrics.compute([...], predictions, references)`).
 
 Used by the generation suites (`harness eval ... eval=<suite config>`, harness/eval/generation.py).
 `references[i]` is the list of references of item i; items may have different numbers of them.
@@ -19,6 +16,7 @@ NIST's and METEOR's corpus scores do not decompose per item, so those two get no
 
 This module holds the scoring functions and the bootstrap; harness/eval/metrics.py is the registry.
 """
+
 from __future__ import annotations
 
 import functools

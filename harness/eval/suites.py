@@ -10,6 +10,7 @@ in memory (peft-wrapped, no reload). Suites, in order: `val` (harness/eval/val.p
 (harness/eval/generation.py). Each finished suite is merged into eval.json at once (atomic), with a
 config_hash (sha256[:16] of the suite config and, for lm-eval tasks, its task files) and versions.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """The `val` suite: loss and perplexity on the run's own validation split (harness.data.prepare).
 """
+
 from __future__ import annotations
 
 import dataclasses

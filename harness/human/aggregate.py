@@ -1,6 +1,7 @@
 """Ratings -> results: per-system means with intervals, annotator agreement, pairwise win tables and Elo.
 The statistics themselves are pure functions in harness/human/ratings.py.
 """
+
 from __future__ import annotations
 
 import itertools

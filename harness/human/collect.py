@@ -3,6 +3,7 @@ against the key, every bad row reported with its location.
 
     harness human import human/e2e-r1/annotator-*.csv --key human/e2e-r1/key.json
 """
+
 from __future__ import annotations
 
 import csv

@@ -3,6 +3,7 @@ and a Label Studio project, with the key that maps them back.
 
     harness human export RUN_DIR... --suite e2e --out human/e2e-r1 [--mode pointwise|pairwise]
 """
+
 from __future__ import annotations
 
 import csv

@@ -1,6 +1,7 @@
 """What a human-evaluation round trip agrees on: the schema version, the rating scale, criteria names,
 the accepted winners of a pairwise judgment, and the JSONL line reader shared by every reader.
 """
+
 from __future__ import annotations
 
 import json

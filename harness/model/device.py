@@ -1,5 +1,6 @@
 """Device and precision resolution, shared by training and evaluation (train.device, train.precision).
 """
+
 from __future__ import annotations
 
 from pathlib import Path

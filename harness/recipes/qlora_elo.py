@@ -7,7 +7,7 @@ The paper ranks the chatbots on the 80 Vicuna prompts by Elo (start 1000, K = 32
 (qlora-vicuna-gpt4-ratings/, 56 files `<answers1>-vs-<answers2>-gpt-4-reviewer-threeclass.jsonl`).
 This converts them to the pairwise-judgment JSONL that `harness human elo` reads (score 1 -> "a",
 2 -> "b", 3 -> "tie" (half a point each), -1 -> dropped and counted), ranks them with the same code
-(harness.human.rank_elo), and writes judgments.jsonl, results.json (ours vs the paper, rank
+(harness.human.aggregate.rank_elo), and writes judgments.jsonl, results.json (ours vs the paper, rank
 agreement, largest difference, sensitivity variants), references.json and report.md.
 Method and remaining differences: docs/reproductions/qlora-elo.md.
 """

@@ -1,6 +1,7 @@
 """Runs -> configurations: seeds of one configuration grouped, means with confidence intervals, the primary
 metric chosen, configurations ranked and the best value of each column marked.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The report model: one dict built from the runs (leaderboard, comparisons, references, provenance, samples),
 rendered by markdown.py and html.py. `build(name, runs, inputs, args) -> (model, figures)`.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Paired comparisons between configurations on the same evaluation items: per-item values from the runs'
 samples, paired tests (harness/report/stats.py), Holm-corrected p-values, and a verdict per pair.
 """
+
 from __future__ import annotations
 
 import math

@@ -1,6 +1,6 @@
 """Report figures: plain data in, deterministic PNG and SVG bytes out (matplotlib, no pyplot).
 
-Used by `harness report` (harness/report.py), which passes numbers it read from run records and
+Used by `harness report` (harness/report/build.py), which passes numbers it read from run records and
 from the Optuna storage; nothing here reads files. Each function returns a `Fig` (name, title,
 caption, png, svg). Rendering is deterministic: the Agg backend, a bundled font (DejaVu Sans),
 a fixed `svg.hashsalt`, and no dates or software versions in the file metadata, so the same

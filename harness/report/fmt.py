@@ -1,6 +1,7 @@
 """How the report writes numbers and strings: significant digits, p-values, percent scales, CSV cells that a
 spreadsheet will not run as formulas, and Markdown that a viewer will not render as HTML.
 """
+
 from __future__ import annotations
 
 import datetime as _dt

@@ -1,5 +1,6 @@
 """report.md, results.csv and results.json from the report model (harness/report/build.py).
 """
+
 from __future__ import annotations
 
 import csv

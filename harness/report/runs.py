@@ -1,6 +1,7 @@
 """The report's inputs: run directories (via harness.run.record readers), the study's Optuna storage,
 baselines, and human-evaluation files found beside them. Nothing here computes a statistic.
 """
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 Recorded in every run's manifest.json (docs/run-record.md) by the pipeline (harness/pipeline.py).
 """
+
 from __future__ import annotations
 
 import getpass

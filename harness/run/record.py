@@ -3,6 +3,7 @@
 Writers are used by the pipeline and the evaluator; readers by sweeps, status and reports.
 Reports import only this module's readers (no torch).
 """
+
 from __future__ import annotations
 
 import datetime as _dt

@@ -2,6 +2,7 @@
 `harness train` gets, axes pinned from the command line, and check_trials, which composes every trial's
 config before anything runs. Pure apart from composing configs.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """Sweep specs (sweeps/NAME.yaml): schema and parsing, every error at once with its fix. Pure apart from
 reading the spec file. Format: docs/sweeps.md. Planning the trials of a parsed spec: harness/sweep/plan.py.
 """
+
 from __future__ import annotations
 
 import dataclasses

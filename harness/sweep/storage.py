@@ -1,6 +1,7 @@
 """Optuna storage for sweep studies: URLs (SQLite by default, PostgreSQL or any SQLAlchemy URL, journal:PATH),
 opening them with heartbeats, and the storage-level locks that make enqueueing and taking trials exactly-once.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """The study side of a sweep: create or reopen it (refusing a changed spec), enqueue the grid exactly once,
 and hand the next trial to a worker (a queued grid cell, or a sampled point).
 """
+
 from __future__ import annotations
 
 import dataclasses

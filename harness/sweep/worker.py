@@ -1,6 +1,7 @@
 """A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`), record
 its outcome (COMPLETE / PRUNED / FAIL with a reason), keep its heartbeat, and go on until the study is done.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -12,7 +12,7 @@ benchmarks.run --only matmul` has the square-matrix table):
 that puts all three products in the "tn" layout: y = (xᵀ)ᵀ @ Wᵀ, grad_x = (gᵀ)ᵀ @ W, grad_W = gᵀ @ x, where
 (·ᵀ)ᵀ is a transposed contiguous copy (T x I or O x I elements, small beside the T x O x I product).
 Results equal autograd's up to bf16 rounding order. The trainer applies it only for
-train.precision=bf16 on a CPU without avx512_bf16/amx_bf16 (harness.train.cpu_has_native_bf16); a patched
+train.precision=bf16 on a CPU without avx512_bf16/amx_bf16 (harness.model.device.cpu_has_native_bf16); a patched
 layer runs its stock forward outside CPU autocast or without gradients (evaluation, generation).
 Quantized layers (bitsandbytes) are not plain nn.Linear and keep their own kernels.
 """

@@ -1,5 +1,6 @@
 """What the trainer records while it trains: metrics.jsonl rows, divergence, early stopping, pruning.
 """
+
 from __future__ import annotations
 
 import math

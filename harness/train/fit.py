@@ -5,6 +5,7 @@ from the last checkpoint if this run_id was interrupted) -> save. Method differe
 harness/model/methods.py; the objective's trainer from harness/train/objectives.py. Evaluation is not
 here: harness/pipeline.py runs it on the model fit() leaves in the Outcome.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """The training loss and its batches: right-padded collation of pre-tokenised rows, and a cross-entropy
 that runs the LM head only where a target follows (transformers' Trainer with one method overridden).
 """
+
 from __future__ import annotations
 
 

@@ -1,6 +1,6 @@
 """Offline lm-eval tasks on the shared data kit: loaders (lm-eval `custom_dataset`) and parsers.
 
-Used by the task YAMLs beside this file, through `harness eval ... eval=standard` (harness/lmeval.py
+Used by the task YAMLs beside this file, through `harness eval ... eval=standard` (harness/eval/lm_eval.py
 registers this folder with lm-eval's TaskManager). Files are found under the data root
 (harness.paths.data_root(): $HARNESS_DATA or ../shared/data), never by absolute path.
 
