@@ -7,6 +7,7 @@
     harness status STUDY                    the trials of a study (harness.sweep storage)
     harness report STUDY|RUN_DIR...         reports/<study>/ (harness.report)
     harness human export|import|elo ...     human-evaluation round trips (harness.human)
+    harness judge RUN_A RUN_B               a local model judges two runs' generations (harness.eval.judge)
 
 Heavy libraries are imported inside the stages, so `harness validate` stays fast.
 """
@@ -27,6 +28,7 @@ COMMANDS = {
     "status": ("harness.commands.status", "list the trials of a study"),
     "report": ("harness.commands.report", "write reports/<study>/ from run records"),
     "human": ("harness.commands.human", "human evaluation: export sheets, import ratings, Elo rankings"),
+    "judge": ("harness.commands.judge", "a local model judges two runs' generations (both orders) into judgments JSONL"),
 }
 
 

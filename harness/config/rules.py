@@ -116,6 +116,7 @@ def validate(cfg: RunConfig) -> list[str]:
     for i, suite in enumerate(cfg.eval.perplexity):
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
+    errs += preference_rules(cfg)
     # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
     from harness.eval.metrics import METRICS
 
@@ -128,4 +129,33 @@ def validate(cfg: RunConfig) -> list[str]:
                     f"eval.generation[{i}].metrics: unknown metric {metric!r}.{did_you_mean(metric, METRICS)}"
                     f" Known: {', '.join(sorted(METRICS))}"
                 )
+    return errs
+
+
+PREFERENCE_OBJECTIVES = ("dpo", "orpo")
+
+
+def preference_rules(cfg: RunConfig) -> list[str]:
+    """train.objective=dpo|orpo needs data.format=preference; the preference keys apply to those objectives only."""
+    errs: list[str] = []
+    t, d = cfg.train, cfg.data
+    pref = t.objective in PREFERENCE_OBJECTIVES
+    if pref and d.format != "preference":
+        errs.append(f"train.objective={t.objective} trains on preference pairs, but data={d.name} has "
+                    f"data.format={d.format}. Use a preference data config (e.g. data=dpo-en-demo), or train.objective=sft.")
+    # the other way round (SFT on preference data) is refused when training starts (objectives.prepare_sft), not
+    # here: `data=dpo-en-demo` must compose on its own (eval configs and shipped-config checks name it alone)
+    if t.beta <= 0:
+        errs.append(f"train.beta={t.beta}: must be > 0 (DPO's beta, commonly 0.05-0.5; ORPO's lambda, commonly 0.1).")
+    if t.loss_type != "sigmoid" and t.objective != "dpo":
+        errs.append(f"train.loss_type={t.loss_type} is a DPO loss; it applies to train.objective=dpo only "
+                    f"(here {t.objective}). Remove it, or set train.objective=dpo.")
+    if pref and t.packing:
+        errs.append(f"train.packing=true: preference pairs are not packed (train.objective={t.objective}); set train.packing=false.")
+    if pref and t.label_smoothing:
+        errs.append(f"train.label_smoothing={t.label_smoothing} smooths the SFT cross-entropy only; "
+                    f"train.objective={t.objective} does not use it. Set train.label_smoothing=0.")
+    for i, suite in enumerate(cfg.eval.preference):
+        if suite.batch_size < 1 or suite.limit < 0:
+            errs.append(f"eval.preference[{i}]: batch_size={suite.batch_size} must be >= 1 and limit={suite.limit} >= 0.")
     return errs

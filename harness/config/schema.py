@@ -73,7 +73,7 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     name: str = "???"
-    format: str = "alpaca"  # alpaca | prompt_completion | chat | text
+    format: str = "alpaca"  # alpaca | prompt_completion | chat | text | preference (prompt, chosen, rejected)
     path: str = ""  # file or dataset dir (relative = under HARNESS_DATA), or a Hub data set id
     file_type: str = "auto"  # auto | json | jsonl | csv | parquet | text | arrow
     hub_split: str = "train"
@@ -120,6 +120,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     num_threads: int = 0  # torch threads (0 = torch's default)
     save_model: bool = True  # write the adapter / full weights into the run directory
+    # preference objectives (train.objective=dpo|orpo; harness/train/preference.py, docs/preference.md)
+    beta: float = 0.1  # DPO: KL strength beta (implicit reward = beta * log-ratio); ORPO: odds-ratio weight lambda
+    loss_type: str = "sigmoid"  # DPO loss (TRL DPOConfig.loss_type): sigmoid | ipo | hinge | robust | ...
+    init_from: str = ""  # a completed run directory (same base model) whose adapter / full weights training starts from
 
 
 @dataclass
@@ -159,6 +163,14 @@ class GenerationSuite:
 
 
 @dataclass
+class PreferenceSuite:
+    name: str = "???"
+    data: str = "???"  # a data config name with data.format=preference (its eval_path, else its val split)
+    limit: int = 0  # pairs (0 = all)
+    batch_size: int = 4
+
+
+@dataclass
 class EvalConfig:
     name: str = "none"
     after_train: bool = True  # the trainer (and so each sweep trial) runs these suites at the end
@@ -166,6 +178,7 @@ class EvalConfig:
     perplexity: list[PerplexitySuite] = field(default_factory=list)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     generation: list[GenerationSuite] = field(default_factory=list)
+    preference: list[PreferenceSuite] = field(default_factory=list)  # chosen/rejected log-probs, implicit rewards
     bootstrap_samples: int = 1000
     seed: int = 0
 
@@ -204,10 +217,12 @@ ALLOWED = {
     "model.tiny.arch": ("llama", "gpt2"),
     "method.peft": ("none", "lora"),
     "method.quant": ("none", "nf4", "fp4", "int8"),
-    "data.format": ("alpaca", "prompt_completion", "chat", "text"),
+    "data.format": ("alpaca", "prompt_completion", "chat", "text", "preference"),
     "data.file_type": ("auto", "json", "jsonl", "csv", "parquet", "text", "arrow"),
     "data.prompt_template": ("alpaca", "plain"),
-    "train.objective": ("sft",),  # the keys of harness.train.objectives.OBJECTIVES (a test keeps them equal)
+    "train.objective": ("sft", "dpo", "orpo"),  # the keys of harness.train.objectives.OBJECTIVES (a test keeps them equal)
+    "train.loss_type": ("sigmoid", "hinge", "ipo", "robust", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                        "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm"),  # TRL 1.16 DPO losses
     "train.scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),

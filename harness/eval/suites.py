@@ -19,7 +19,7 @@ from harness import config
 from harness.config import ConfigError, RunConfig
 
 # the suite kinds register themselves on import (harness/eval/registry.py)
-from harness.eval import generation, lm_eval, perplexity, val  # noqa: F401
+from harness.eval import generation, lm_eval, perplexity, preference, val  # noqa: F401
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
 from harness.run.record import read_eval, read_samples, update_eval
 

@@ -42,6 +42,8 @@ def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict |
 
 @register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [])
 def run_val(ctx: SuiteContext) -> None:
+    if not ctx.cfg.eval.val_loss:  # eval.val_loss=false: the suite is off (names() already leaves it out)
+        return
     entry = val_suite(ctx.model, ctx.tokenizer, ctx.cfg, ctx.progress)
     if entry is not None:
         ctx.record("val", entry)

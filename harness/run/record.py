@@ -90,6 +90,8 @@ class Manifest(TypedDict, total=False):
     model: dict
     data: dict
     bf16_fast_backward_layers: int
+    reference_model: str  # preference objectives: "adapter disabled" | "adapter copy" | "copy" | "none" (docs/preference.md)
+    init_from: dict  # train.init_from: the finished run training started from (run_dir, kind, name, objective, method)
 
 
 _TYPES = {int: (int,), float: (int, float), str: (str,), bool: (bool,), dict: (dict,), list: (list, tuple)}

@@ -12,6 +12,15 @@ from harness import atomic
 from harness.config import RunConfig
 from harness.run.environment import rss_mb
 
+# what TRL's preference trainers log beside the loss (DPO, ORPO): kept in metrics.jsonl as rewards_accuracies, ...
+PREFERENCE_LOGS = ("rewards/", "logps/", "nll_loss", "log_odds_ratio", "log_odds_chosen")
+
+
+def preference_fields(logs: dict, prefix: str = "") -> dict:
+    """TRL's preference metrics from a log dict, '/' -> '_' (rewards/accuracies -> rewards_accuracies)."""
+    return {k[len(prefix):].replace("/", "_"): v for k, v in logs.items()
+            if k.startswith(prefix) and k[len(prefix):].startswith(PREFERENCE_LOGS)}
+
 
 @dataclass
 class Outcome:
@@ -49,7 +58,7 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
                 "step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": logs["loss"],
                 "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                 "tokens_seen": tokens, "tokens_per_s": (tokens - self.last[1]) / dt,
-                "mem_mb": rss_mb(), "time_s": now - self.t0,
+                "mem_mb": rss_mb(), "time_s": now - self.t0, **preference_fields(logs),
             }
             self.last = (now, tokens)
             atomic.append_jsonl(metrics_path, row)
@@ -64,7 +73,10 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
             loss = (metrics or {}).get("eval_loss")
             if loss is None:
                 return
-            row = {"step": state.global_step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0))}
+            row = {"step": state.global_step, "val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)),
+                   **{f"val_{k}": v for k, v in preference_fields(metrics, "eval_").items()}}
+            if cfg.train.objective != "sft":
+                row.pop("val_ppl")  # a DPO / ORPO loss is not a per-token cross-entropy
             atomic.append_jsonl(metrics_path, row)
             tracker.log(row, step=state.global_step)
             outcome.final_val_loss = loss

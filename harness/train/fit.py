@@ -45,6 +45,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     import torch
     from transformers import set_seed
 
+    from harness.model.init_from import load_init_adapter, load_init_weights, merge_init_adapter, resolve_init_from
     from harness.model.load import identity, load_model_and_tokenizer
     from harness.model.methods import build_peft_config, build_quant_config, linear_module_names
 
@@ -64,8 +65,16 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
 
     # 1. quantization config -> 2. load -> 3. PEFT
     quant = build_quant_config(cfg.method, compute_dtype)
-    model, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
+    init = resolve_init_from(cfg) if t.init_from else None  # train.init_from: a finished run's weights to start from
+    if init is not None and init.kind == "full":
+        model, tokenizer = load_init_weights(init, cfg.model, quant, device)
+    else:
+        model, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
+    if init is not None and init.kind == "adapter" and cfg.method.peft == "none":
+        model = merge_init_adapter(model, init)
     manifest["model"] = identity(cfg.model)
+    if init is not None:
+        manifest["init_from"] = init.record
     targets = config.target_modules(cfg)
     if cfg.method.peft != "none":
         present = linear_module_names(model)
@@ -80,7 +89,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     if lora is not None:
         from peft import get_peft_model
 
-        model = get_peft_model(model, lora)
+        model = load_init_adapter(model, init) if init is not None and init.kind == "adapter" else get_peft_model(model, lora)
         trainable, total = model.get_nb_trainable_parameters()
     else:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -127,6 +136,9 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     outcome.model, outcome.tokenizer = model, tokenizer
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
                                       val_rows=val_rows, callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
+    if getattr(trainer, "reference_model_kind", None):  # preference objectives: how the reference policy is held
+        manifest["reference_model"] = trainer.reference_model_kind
+        write_manifest(run_dir, manifest)
 
     if device == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
         # emulated bf16: autograd's input-gradient matmul is ~4x slower than the forward's (harness/bf16cpu.py)
@@ -171,7 +183,9 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         out = run_dir / ("adapter" if lora is not None else "model")
         tmp = run_dir / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
+        # the trained adapter only (a DPO run from an adapter also holds its frozen reference copy, "ref")
+        model.save_pretrained(str(tmp), safe_serialization=True,
+                              **({"selected_adapters": ["default"]} if lora is not None else {}))
         if lora is None:
             tokenizer.save_pretrained(str(tmp))
         shutil.rmtree(out, ignore_errors=True)

@@ -1,6 +1,9 @@
 """Training objectives by name (train.objective): what data an objective trains on and which trainer runs it.
 
     OBJECTIVES["sft"]   supervised fine-tuning: prompt/completion rows, loss on the completion tokens only
+    OBJECTIVES["dpo"]   direct preference optimisation on prompt/chosen/rejected pairs (TRL DPOTrainer;
+                        harness/train/preference.py), train.beta, train.loss_type
+    OBJECTIVES["orpo"]  odds-ratio preference optimisation, reference-free (TRL ORPOTrainer), train.beta = lambda
 
 fit() (harness/train/fit.py) is the same for every objective: it loads the model, applies the method, asks the
 objective for its prepared data and its trainer, trains, saves. A new objective (DPO, ORPO, ...) is one
@@ -13,8 +16,9 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.config import RunConfig
+from harness.config import ConfigError, RunConfig
 from harness.train.loss import make_trainer, pad_batch
+from harness.train.preference import build_dpo_trainer, build_orpo_trainer, prepare_pairs
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,9 @@ class Objective:
 def prepare_sft(cfg: RunConfig, tokenizer):
     from harness.data.cache import prepare
 
+    if cfg.data.format == "preference":
+        raise ConfigError([f"data={cfg.data.name} holds preference pairs (data.format=preference); train.objective=sft "
+                           "cannot train on them. Use train.objective=dpo or train.objective=orpo."])
     t = cfg.train
     return prepare(cfg.data, tokenizer, max_length=t.max_length, seed=t.seed, packing=t.packing,
                    add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
@@ -52,4 +59,6 @@ def build_sft_trainer(cfg: RunConfig, *, model, tokenizer, args, train_rows, val
 
 OBJECTIVES: dict[str, Objective] = {
     "sft": Objective("sft", prepare_sft, build_sft_trainer),
+    "dpo": Objective("dpo", prepare_pairs, build_dpo_trainer),
+    "orpo": Objective("orpo", prepare_pairs, build_orpo_trainer),
 }
