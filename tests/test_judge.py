@@ -115,6 +115,21 @@ def test_both_orders_fair_and_position_biased_judges(run_dirs, monkeypatch):
     assert consensus(js) == {("q-%d" % i, *sorted(labels)): "tie" for i in range(4)}  # inconsistent -> tie
 
 
+def test_calibration_removes_a_fixed_label_preference(run_dirs, monkeypatch):
+    labels, items, _ = load_items(run_dirs, "vicuna")
+
+    def biased_but_informed(prompt, label):  # likes "A" by 3 nats, and the careful answer by 2
+        bias = {"A": 3.0, "B": 0.0, "tie": -10.0}[label]
+        return bias + (2.0 if label in "AB" and "careful" in _answer_shown(prompt, label) else 0.0)
+    monkeypatch.setattr(judge_mod, "answer_logps", fake_scorer(biased_but_informed))
+    raw = judge(FakeModel(), FakeTokenizer(), labels, items, judge_name="j", suite="vicuna")
+    assert position_bias(raw)["first_wins"] == 1.0 and position_bias(raw)["flip_rate"] == 1.0
+    cal = judge(FakeModel(), FakeTokenizer(), labels, items, judge_name="j", suite="vicuna", calibrate=True)
+    assert position_bias(cal)["flip_rate"] == 0.0 and all(judge_mod.run_winner(j) == labels[0] for j in cal)
+    assert cal[0]["judge"] == "model:j+calibrated" and cal[0]["prior"] == {"a": 3.0, "b": 0.0, "tie": -10.0}
+    assert decide({"a": -2.0, "b": -2.0, "tie": -9.0}) == "tie"
+
+
 def test_agreement_is_cohens_kappa_on_the_consensus():
     x, y = "m1", "m2"
     model = [{"item_id": i, "model_a": a, "model_b": b, "winner": w} for i, a, b, w in [

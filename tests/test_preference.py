@@ -368,24 +368,58 @@ def test_dpo_run_with_the_preference_suite_records_it(pref_overrides):
 
 
 # ----------------------------------------------------------------------------------- real model
+def shuffled_pairs(path, n_words: int = 40, seed: int = 0) -> int:
+    """Pairs with one learnable preference, from the shared data: the question's last user turn, chosen = the first
+    n_words of the chosen answer, rejected = the same words shuffled (prompt / chosen / rejected rows)."""
+    import random
+
+    from harness.data.preference import load_preference_rows
+
+    d = config.compose(["data=dpo-en-demo", "train.objective=dpo"]).data
+    train, val, _ = load_preference_rows(d, seed=0)
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for r in train + val:
+            q = r["prompt"] if isinstance(r["prompt"], str) else [m for m in r["prompt"] if m["role"] == "user"][-1]["content"]
+            words = r["chosen"].split()[:n_words]
+            mixed = list(words)
+            while mixed == words and len(words) > 1:
+                rng.shuffle(mixed)
+            f.write(json.dumps({"prompt": q[:400], "chosen": " ".join(words), "rejected": " ".join(mixed)}) + "\n")
+    return len(train) + len(val)
+
+
 @pytest.mark.slow
 @needs_data
-def test_real_smollm2_dpo_raises_held_out_reward_accuracy(runs_dir):
-    """Before training the LoRA adapter is zero, so every implicit reward is 0 and reward accuracy is 0 (a tie is no
-    success); after a short DPO run it must be well above chance on the 30 held-out pairs, and the policy's own
-    log-prob margin (chosen - rejected) must grow against the base model's."""
-    ov = ["model=smollm2-135m", "method=lora", "data=dpo-en-demo", "train.objective=dpo", "eval=preference",
-          "tracker=none", "train=quick", "train.max_steps=40", "train.lr=5e-4", "train.beta=0.1", "train.eval_every=0",
-          "train.warmup_steps=0", f"output_dir={runs_dir}"]
+def test_real_smollm2_dpo_raises_held_out_reward_accuracy(runs_dir, tmp_path):
+    """Before training the LoRA adapter is zero, so every implicit reward is exactly 0 and reward accuracy is 0 (a tie
+    is no success, as in TRL); after 12 DPO steps it must be near 1 on 20 held-out pairs, and the policy's own
+    log-prob margin (chosen - rejected) must grow against the base model's. The pairs carry one consistent preference
+    (fluent answer > the same words shuffled) so 12 steps learn it reliably: measured on a loaded 2-core CPU,
+    reward accuracy 0.0 -> 1.0, reward margin 0 -> 5.2, logp margin 197 -> 249 (n=20, ~15 min). On dpo-en-demo's
+    own pairs 30 steps do not generalise (held-out reward accuracy 0.40, docs/preference.md)."""
     from harness.eval.preference import run_preference_suite
 
+    shuffled_pairs(tmp_path / "pairs.jsonl")
+    ov = ["model=smollm2-135m", "method=lora", "data=dpo-en-demo", f"data.path={tmp_path / 'pairs.jsonl'}",
+          "data.name=shuffled", "train.objective=dpo", "eval=preference", "eval.preference.0.data=shuffled",
+          "eval.preference.0.limit=20", "tracker=none", "train=quick", "train.max_steps=12", "train.lr=5e-4",
+          "train.beta=0.1", "train.eval_every=0", f"output_dir={runs_dir}"]
     cfg = config.compose(ov)
+    from peft import get_peft_model
+
+    from harness.model.methods import build_peft_config
+
     base, tok = load_model_and_tokenizer(cfg.model)
-    before = run_preference_suite(base, tok, cfg.eval.preference[0], cfg, runs_dir / "before", progress=False)
+    untrained = get_peft_model(base, build_peft_config(cfg.method, config.target_modules(cfg)))  # what training starts from
+    before = run_preference_suite(untrained, tok, cfg.eval.preference[0], cfg, tmp_path / "before", progress=False)
+    del base, untrained
     status, run_dir = _run(ov)
     assert status == "completed", read_summary(run_dir)
     after = read_eval(run_dir)["suites"]["prefs"]
     print("before", before["metrics"], "after", after["metrics"])
-    assert after["reference"] == "adapter disabled" and after["n"] == 30
-    assert after["metrics"]["reward_accuracy"] >= 0.6
+    assert before["reference"] == after["reference"] == "adapter disabled" and after["n"] == 20
+    assert before["metrics"]["reward_accuracy"] == 0.0 and before["metrics"]["reward_margin"] == 0.0
+    assert after["metrics"]["reward_accuracy"] >= 0.8
+    assert after["metrics"]["reward_margin"] > 0
     assert after["metrics"]["logp_margin"] > before["metrics"]["logp_margin"]

@@ -2,7 +2,7 @@
 and writes judgments JSONL that `harness human elo` reads; with --human, agreement with human raters.
 
     harness judge RUN_A RUN_B [--suite SUITE] [--judge model=NAME ...] [--template FILE] [--out FILE]
-        [--limit N] [--tie-margin 0] [--human human.judgments.jsonl ...] [--json FILE]
+        [--limit N] [--tie-margin 0] [--calibrate] [--human human.judgments.jsonl ...] [--json FILE]
 
 --suite defaults to the one generation suite both runs have samples for. --judge takes config overrides (repeat it:
 --judge model=gemma3-270m --judge model.add_bos=true); default model=smollm2-135m. The output defaults to
@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=0, help="judge the first N shared items (0 = all)")
     p.add_argument("--tie-margin", type=float, default=0.0,
                    help="call a tie when |logp(A) - logp(B)| is below this (default 0: ties only when 'tie' is likeliest)")
+    p.add_argument("--calibrate", action="store_true",
+                   help="subtract the labels' log-probabilities on a content-free prompt before deciding "
+                        "(contextual calibration: removes a judge's fixed preference for A or B)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--human", nargs="*", default=[], metavar="FILE",
                    help="human judgments JSONL (e.g. from harness human import) to rank beside the model judge and "
@@ -72,20 +75,21 @@ def run(args: argparse.Namespace) -> int:
         model, tokenizer, model_cfg = load_judge(args.judge or [DEFAULT_JUDGE])
         print(f"[harness] judge {model_cfg.name}: {len(items)} items x {len(labels) * (len(labels) - 1)} orders", flush=True)
         judgments = judge(model, tokenizer, labels, items, judge_name=model_cfg.name, suite=suite, template=template,
-                          tie_margin=args.tie_margin, add_bos=model_cfg.add_bos, batch_size=args.batch_size)
+                          tie_margin=args.tie_margin, add_bos=model_cfg.add_bos, batch_size=args.batch_size,
+                          calibrate=args.calibrate)
     except (ConfigError, EvalError, HumanEvalError, OSError, ValueError) as exc:
         print(f"harness judge: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out or f"judgments/{suite}.{model_cfg.name}.jsonl")
+    out = Path(args.out or f"judgments/{suite}.{model_cfg.name}{'-calibrated' if args.calibrate else ''}.jsonl")
     atomic.write_jsonl(out, judgments)
     bias = position_bias(judgments)
     print(f"{len(judgments)} judgments -> {out}  (rank them: harness human elo {out})")
     print(f"position bias: first shown wins {bias['first_wins']:.1%}, second {bias['second_wins']:.1%}, "
           f"ties {bias['ties']:.1%}; verdict flips with the order in {bias['flips']} of "
           f"{bias['pairs_both_orders']} pairs ({bias['flip_rate']:.1%})")
-    summary = {"suite": suite, "judge": model_cfg.name, "runs": labels, "out": str(out), "position_bias": bias,
+    summary = {"suite": suite, "judge": judgments[0]["judge"], "runs": labels, "out": str(out), "position_bias": bias,
                "elo_model": rank_elo(judgments, orderings=args.orderings)}
-    print(f"\nElo, judge model:{model_cfg.name}\n{format_elo_table(summary['elo_model'])}")
+    print(f"\nElo, judge {summary['judge']}\n{format_elo_table(summary['elo_model'])}")
     if human:
         summary["elo_human"] = rank_elo(human, orderings=args.orderings)
         summary["agreement"] = agr = judge_agreement(judgments, human)

@@ -8,7 +8,8 @@ every order (A-B, then B-A), the judge prompt (DEFAULT_TEMPLATE, or --template: 
 {answer_a}, {answer_b}) goes to the judge model as one user turn of its chat template (plain text followed by
 "\\nVerdict:" for a model without one). The verdict is read from the judge's log-probabilities of the three
 answers "A", "B" and "tie" right after the prompt (summed over each label's tokens): the most likely label wins,
-and with tie_margin > 0 a gap |logp(A) - logp(B)| below it is a tie. No free-form text is parsed, so even a
+and with tie_margin > 0 a gap |logp(A) - logp(B)| below it is a tie. calibrate=True first subtracts the labels'
+log-probabilities on a content-free prompt (a small judge's fixed liking for "A" then no longer decides). No free-form text is parsed, so even a
 135M judge gives a verdict for every pair (how good it is, the position-bias figures show).
 
 Each order is one judgment line: {item_id, model_a (shown first), model_b, winner a|b|tie, judge "model:<name>",
@@ -47,9 +48,9 @@ ANSWER_CHARS = 2000  # answers are cut to this many characters in the judge prom
 
 # ----------------------------------------------------------------------------------- pure helpers
 def decide(logp: dict[str, float], tie_margin: float = 0.0) -> str:
-    """The verdict from the labels' log-probabilities: the most likely of a / b / tie; a gap between a and b
-    smaller than tie_margin is a tie."""
-    if tie_margin > 0 and abs(logp["a"] - logp["b"]) < tie_margin:
+    """The verdict from the labels' log-probabilities: the most likely of a / b / tie; equal a and b, or a gap
+    between them smaller than tie_margin, is a tie."""
+    if logp["a"] == logp["b"] or (tie_margin > 0 and abs(logp["a"] - logp["b"]) < tie_margin):
         return "tie"
     return max(("a", "b", "tie"), key=lambda k: logp[k])
 
@@ -178,10 +179,14 @@ def label_sequences(prompt: str, tokenizer) -> list[tuple[list[int], list[int]]]
 
 def judge(model, tokenizer, labels: list[str], items: list[Item], *, judge_name: str, suite: str,
           template: str = DEFAULT_TEMPLATE, tie_margin: float = 0.0, add_bos: bool = False,
-          batch_size: int = 4) -> list[dict]:
-    """Judgments for every item, every pair of runs and both orders (the given run order first)."""
+          batch_size: int = 4, calibrate: bool = False) -> list[dict]:
+    """Judgments for every item, every pair of runs and both orders (the given run order first). With calibrate,
+    the labels' log-probabilities on a content-free prompt (question and answers "N/A") are subtracted before the
+    verdict (contextual calibration, Zhao et al. 2021): a judge's fixed preference for a label no longer decides."""
     check_template(template)
     jobs = []
+    if calibrate:
+        jobs.append(("", "", "", "prior", judge_input(render(template, "N/A", "N/A", "N/A"), tokenizer, add_bos)))
     for it in items:
         for x, y in itertools.combinations(labels, 2):
             for first, second, order in ((x, y, "ab"), (y, x, "ba")):
@@ -195,12 +200,19 @@ def judge(model, tokenizer, labels: list[str], items: list[Item], *, judge_name:
         logps = answer_logps(model, seqs, pad, batch_size)
     finally:
         model.train(was_training)
+    prior = dict(zip(LABELS, logps[:3])) if calibrate else dict.fromkeys(LABELS, 0.0)
     out = []
     for k, (item_id, first, second, order, _) in enumerate(jobs):
+        if order == "prior":
+            continue
         lp = dict(zip(LABELS, logps[3 * k: 3 * k + 3]))
-        out.append({"item_id": item_id, "model_a": first, "model_b": second, "winner": decide(lp, tie_margin),
-                    "judge": f"model:{judge_name}", "order": order, "suite": suite,
-                    "logp": {k2: round(v, 4) for k2, v in lp.items()}})
+        row = {"item_id": item_id, "model_a": first, "model_b": second,
+               "winner": decide({v: lp[v] - prior[v] for v in LABELS}, tie_margin),
+               "judge": f"model:{judge_name}" + ("+calibrated" if calibrate else ""), "order": order, "suite": suite,
+               "logp": {v: round(x, 4) for v, x in lp.items()}}
+        if calibrate:
+            row["prior"] = {v: round(x, 4) for v, x in prior.items()}
+        out.append(row)
     return out
 
 
