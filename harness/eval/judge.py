@@ -109,16 +109,23 @@ def run_label(run_dir: str | Path) -> str:
 
 
 def _questions(run_dir: Path, suite: str) -> dict[str, str]:
-    """The user's question per item id from the run's generation suite data (the samples hold the prompt after
-    the chat template); {} when the run's config does not name the suite (then the sample's prompt is used)."""
-    try:
-        from harness.eval.generation import load_examples, suite_data_config
+    """The user's question per item id from the suite's data (the samples hold the prompt after the chat
+    template): the run's own eval config, else conf/eval/<suite>.yaml (`harness eval RUN eval=vicuna` leaves the
+    run's config as it was); {} when neither names the suite (then the sample's prompt is used)."""
+    from harness.eval.generation import load_examples, suite_data_config
 
+    try:
         cfg = config.load_run_config(run_dir)
-        gen = next(s for s in cfg.eval.generation if s.name == suite)
-        return {str(e.id): e.messages[-1]["content"] for e in load_examples(gen, cfg, suite_data_config(gen, cfg))}
-    except Exception:  # noqa: BLE001 -- any failure falls back to the rendered prompt, never stops judging
+    except Exception:  # noqa: BLE001 -- no readable config: fall back to the rendered prompt
         return {}
+    for get_eval in (lambda: cfg.eval, lambda: config.compose([f"eval={suite}"]).eval):
+        try:
+            gen = next(s for s in get_eval().generation if s.name == suite)
+            data_cfg = suite_data_config(gen, cfg)
+            return {str(e.id): e.messages[-1]["content"] for e in load_examples(gen, cfg, data_cfg)}
+        except Exception:  # noqa: BLE001 -- any failure falls back, never stops judging
+            continue
+    return {}
 
 
 def load_items(run_dirs: Sequence[str | Path], suite: str, limit: int = 0) -> tuple[list[str], list[Item], list[str]]:

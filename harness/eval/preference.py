@@ -32,18 +32,19 @@ from harness import atomic, paths
 from harness.eval.registry import EvalError, SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
 
-# Metric metadata, ready for harness/eval/metrics.py's registry (higher_is_better, scale, per_item): "share" is a
-# 0-1 proportion (reports may show x100), "nats" a log-probability sum, "reward" beta x nats. per_item names the
-# samples/<suite>.jsonl key a paired test reads.
+# Metric metadata, ready for the metric registry (main's harness/eval/metrics.py: `for name, meta in
+# METRIC_META.items(): declare_metric(name, **meta)`); scales in that registry's vocabulary (harness/run/metric_meta.py
+# SCALES): "binary" = the mean of 0/1 per-item values, "raw" = nats or beta x nats. per_item names the
+# samples/<suite>.jsonl key a paired test reads (each metric's own name).
 METRIC_META = {
-    "reward_accuracy": {"higher_is_better": True, "scale": "share", "per_item": "reward_accuracy"},
-    "reward_margin": {"higher_is_better": True, "scale": "reward", "per_item": "reward_margin"},
-    "reward_chosen": {"higher_is_better": True, "scale": "reward", "per_item": "reward_chosen"},
-    "reward_rejected": {"higher_is_better": False, "scale": "reward", "per_item": "reward_rejected"},
-    "logp_accuracy": {"higher_is_better": True, "scale": "share", "per_item": "logp_accuracy"},
-    "logp_margin": {"higher_is_better": True, "scale": "nats", "per_item": "logp_margin"},
-    "logp_chosen": {"higher_is_better": True, "scale": "nats", "per_item": "logp_chosen"},
-    "logp_rejected": {"higher_is_better": False, "scale": "nats", "per_item": "logp_rejected"},
+    "reward_accuracy": {"higher_is_better": True, "scale": "binary", "per_item": "reward_accuracy"},
+    "reward_margin": {"higher_is_better": True, "scale": "raw", "per_item": "reward_margin"},
+    "reward_chosen": {"higher_is_better": True, "scale": "raw", "per_item": "reward_chosen"},
+    "reward_rejected": {"higher_is_better": False, "scale": "raw", "per_item": "reward_rejected"},
+    "logp_accuracy": {"higher_is_better": True, "scale": "binary", "per_item": "logp_accuracy"},
+    "logp_margin": {"higher_is_better": True, "scale": "raw", "per_item": "logp_margin"},
+    "logp_chosen": {"higher_is_better": True, "scale": "raw", "per_item": "logp_chosen"},
+    "logp_rejected": {"higher_is_better": False, "scale": "raw", "per_item": "logp_rejected"},
 }
 
 
