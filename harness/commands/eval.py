@@ -15,6 +15,7 @@ from pathlib import Path
 from harness.config import ConfigError
 from harness.eval.registry import EvalError
 from harness.eval.suites import rescore_run_dir
+from harness.model.load import ModelError
 from harness.pipeline import crosscheck, evaluate_base, evaluate_run_dir
 from harness.run.record import dumps
 
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                 raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "
                                 "evaluate a base model (e.g. harness eval model=smollm2-135m eval=quick)")
             out = evaluate_base(overrides, progress)
-    except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, EvalError, ModelError, FileNotFoundError, ValueError) as exc:
         print(f"harness eval: {exc}", file=sys.stderr)
         return 2
     print(f"[harness] results: {out}")
