@@ -20,11 +20,20 @@ from pathlib import Path
 
 from harness import atomic
 from harness.config import LmEvalConfig, ModelConfig, PerplexitySuite
+from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 SHORT_NAMES = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "social_iqa", "gsm8k",
                "wikitext")
+
+
+# What run_task writes to eval.json (task_metrics) and, per item, to samples/<task>.jsonl (sample_rows,
+# merge_filters): 0/1 acc and acc_norm for multiple choice, exact_match per filter for generative tasks
+# (gsm8k's second filter, harness_gsm8k.yaml, is named exact_match_flexible-extract), with lm-eval's stderr.
+for _metric in ("acc", "acc_norm", "exact_match", "exact_match_flexible-extract"):
+    declare_metric(_metric, higher_is_better=True, scale="binary", per_item=_metric)
+    declare_metric(f"{_metric}_stderr", higher_is_better=None, scale="fraction")
 
 
 def task_name(name: str) -> str:

@@ -27,10 +27,17 @@ from typing import Iterable, Sequence
 
 from harness import atomic, paths
 from harness.config import ModelConfig, PerplexitySuite
+from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
 
 LN2 = math.log(2.0)
+
+
+# The suite's four corpus metrics (perplexity_metrics). They are ratios of sums over documents; the samples
+# file holds each document's nll and counts, not a per-document value of the metric, so no per-item form.
+for _metric in ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"):
+    declare_metric(_metric, higher_is_better=False, scale="raw")
 
 
 # ------------------------------------------------------------------------------- pure math
