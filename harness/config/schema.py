@@ -72,7 +72,7 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     name: str = "???"
-    format: str = "alpaca"  # alpaca | prompt_completion | chat | text
+    format: str = "alpaca"  # a key of harness.data.formats.FORMATS: alpaca | prompt_completion | chat | text
     path: str = ""  # file or dataset dir (relative = under HARNESS_DATA), or a Hub data set id
     file_type: str = "auto"  # auto | json | jsonl | csv | parquet | text | arrow
     hub_split: str = "train"
@@ -203,7 +203,7 @@ ALLOWED = {
     "model.tiny.arch": ("llama", "gpt2"),
     "method.peft": ("none", "lora"),
     "method.quant": ("none", "nf4", "fp4", "int8"),
-    "data.format": ("alpaca", "prompt_completion", "chat", "text"),
+    "data.format": ("alpaca", "prompt_completion", "chat", "text"),  # the keys of harness.data.formats.FORMATS (tested)
     "data.file_type": ("auto", "json", "jsonl", "csv", "parquet", "text", "arrow"),
     "data.prompt_template": ("alpaca", "plain"),
     "train.objective": ("sft",),  # the keys of harness.train.objectives.OBJECTIVES (a test keeps them equal)

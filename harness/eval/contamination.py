@@ -147,29 +147,28 @@ def contamination(eval_items: Sequence[str], index: NgramIndex, n: int | None = 
 
 
 # ---------------------------------------------------------------------------- rows -> texts
-_ROW_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text")
-
-
 def texts_of_rows(rows: Iterable[Any]) -> list[str]:
     """One string per row, the fields joined by newlines:
-    - normalised training rows (harness.data's field names): alpaca instruction, input, output;
-      prompt_completion prompt, completion; text text; chat: the content of every message;
+    - normalised training rows (harness.data's field names): their format's texts (harness.data.formats.FORMATS):
+      alpaca instruction, input, output; prompt_completion prompt, completion; text text; chat: every message;
     - harness.data.EvalExample: the content of its messages, then its references.
     System messages are left out on both sides: they are the config's instruction (data.system_prompt)
     or a data set's fixed preamble, shared by every item, and would match every item of every set that
     uses the same one. The rendered prompt template is left out for the same reason (only content counts)."""
+    from harness.data.formats import FORMATS, row_format
+
     out = []
     for row in rows:
+        fmt = row_format(row) if isinstance(row, dict) else None
         if hasattr(row, "messages") and hasattr(row, "references"):  # an EvalExample
             parts = [m["content"] for m in row.messages if m["role"] != "system"] + list(row.references)
-        elif isinstance(row, dict) and "messages" in row:
-            parts = [m["content"] for m in row["messages"] if m["role"] != "system"]
-        elif isinstance(row, dict) and any(f in row for f in _ROW_FIELDS):
-            parts = [row[f] for f in _ROW_FIELDS if isinstance(row.get(f), str) and row[f]]
+        elif fmt is not None:
+            parts = fmt.texts(row)
         else:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({', '.join(_ROW_FIELDS)}, "
-                             "messages) nor an EvalExample; map a file's columns with harness.data first")
+            fields = ", ".join(f for f in dict.fromkeys(x for fm in FORMATS.values() for x in fm.fields))
+            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({fields}) nor an EvalExample; "
+                             "map a file's columns with harness.data first")
         out.append("\n".join(parts))
     return out
 
@@ -218,7 +217,7 @@ def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
     """Every shipped eval set (data configs' eval examples, our offline lm-eval tasks, perplexity
     corpora) and a line for each one that could not be read."""
     from harness.config import PerplexitySuite, compose, group_options
-    from harness.data import DataError, load_eval_examples
+    from harness.data import FORMATS, DataError, load_eval_examples
     from harness.eval.lm_eval import SHORT_NAMES
     from harness.eval.perplexity import load_documents
 
@@ -226,8 +225,8 @@ def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
     sets, skipped = [], []
     for name in group_options("data"):
         dc = compose([f"data={name}"]).data
-        if dc.format == "text":
-            continue  # no prompts: its file is scored as a perplexity corpus below
+        if FORMATS[dc.format].prompt is None:
+            continue  # no prompts (format text): its file is scored as a perplexity corpus below
         where = ", ".join(f"eval={e}" for e in used["generation"].get(name, [])) or NO_SUITE
         label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (seed {seed})")
         try:
