@@ -53,7 +53,7 @@ def test_a_new_format_is_one_registry_entry(tmp_path, tok, monkeypatch):
     cfg = DataConfig(name="qa", format="qa", path=str(path), fields={"question": "q", "answer": "a"}, val_size=0.25,
                      use_chat_template=False)
     # training: the prompt is masked, the answer + EOS carries the loss
-    p = data.prepare(cfg, tok, max_length=64, seed=0, packing=False, add_bos=False)
+    p = data.prepare(cfg, tok, max_length=64, packing=False, add_bos=False)
     assert (p.stats["train_rows"], p.stats["val_rows"], p.stats["n_bad"]) == (15, 5, 0)
     prompt = data.render_prompt(rows[0], tok, cfg, False)  # a file row: its columns are mapped by data.fields
     assert prompt == "Q: What is 0 plus 0?\nA: "
@@ -62,11 +62,11 @@ def test_a_new_format_is_one_registry_entry(tmp_path, tok, monkeypatch):
     assert ex["labels"][:k] == [-100] * k and tok.decode(ex["input_ids"][k:-1]) == "It is 0."
     assert ex["labels"][-1] == tok.eos_token_id
     # evaluation: the held-out questions with their answers as references, prompts rendered the same way
-    examples = data.load_eval_examples(cfg, seed=0)
+    examples = data.load_eval_examples(cfg)
     assert len(examples) == 5 and all(e.references == [f"It is {2 * int(e.prompt.split()[3])}."] for e in examples)
     assert data.render_prompt(examples[0], tok, cfg, False) == examples[0].prompt
     # contamination: training rows and their texts
-    train = training_rows(cfg, seed=0)
+    train = training_rows(cfg)
     assert len(train) == 15 and set(train[0]) == {"question", "answer"}
     assert C.texts_of_rows(train[:1]) == [train[0]["question"] + "\n" + train[0]["answer"]]
 
@@ -75,7 +75,7 @@ def test_an_unknown_format_names_the_registry(tmp_path, tok):
     path = tmp_path / "a.jsonl"
     path.write_text(json.dumps({"instruction": "x", "output": "y"}) + "\n", encoding="utf-8")
     with pytest.raises(data.DataError, match="data.format='qa': use one of alpaca, prompt_completion, chat, text"):
-        data.prepare(DataConfig(name="t", format="qa", path=str(path)), tok, max_length=64, seed=0, packing=False,
+        data.prepare(DataConfig(name="t", format="qa", path=str(path)), tok, max_length=64, packing=False,
                      add_bos=False)
 
 

@@ -1,8 +1,9 @@
-"""The prepared-data cache (harness/datacache.py): a second preparation of the same input is a hit with the
-same rows, and anything the result depends on (file, length, seed, tokenizer) makes a new entry."""
+"""The prepared-data cache (harness/data/cache.py): a second preparation of the same input is a hit with the
+same rows, and anything the result depends on (file, length, split seed, tokenizer) makes a new entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -32,7 +33,7 @@ def cfg(tmp_path, monkeypatch):
 
 
 def _prep(cfg, tok, **kw):
-    args = {"max_length": 64, "seed": 0, "packing": False, "add_bos": False, **kw}
+    args = {"max_length": 64, "packing": False, "add_bos": False, **kw}
     return prepare(cfg, tok, **args)
 
 
@@ -48,7 +49,7 @@ def test_second_preparation_is_a_hit_with_the_same_rows(cfg, tok):
 def test_what_the_result_depends_on_makes_a_new_entry(cfg, tok):
     base = _prep(cfg, tok)
     assert _prep(cfg, tok, max_length=32).stats["cache"] == "miss"
-    assert _prep(cfg, tok, seed=1).stats["cache"] == "miss"
+    assert _prep(dataclasses.replace(cfg, split_seed=1), tok).stats["cache"] == "miss"
     assert _prep(cfg, tok, packing=True).stats["cache"] == "miss"
     other_tok = load_tokenizer(config.compose(["model=tiny-gpt2"]).model)
     assert _prep(cfg, other_tok).stats["cache"] == "miss"
@@ -86,3 +87,15 @@ def test_a_second_training_run_reuses_the_first_runs_preparation(tiny_overrides,
         assert status == "completed", read_summary(run_dir)
         seen.append(json.loads((run_dir / "manifest.json").read_text())["data"]["cache"])
     assert seen == ["miss", "hit"]
+
+
+def test_the_key_covers_every_module_of_the_data_stage(tmp_path, monkeypatch):
+    from harness import data as hdata
+    from harness.data.cache import code_fingerprint
+
+    for name in ("__init__.py", "formats.py"):
+        (tmp_path / name).write_text(f"# {name}\n", encoding="utf-8")
+    monkeypatch.setattr(hdata, "__file__", str(tmp_path / "__init__.py"))
+    before = code_fingerprint()
+    (tmp_path / "formats.py").write_text("# formats.py, edited\n", encoding="utf-8")
+    assert code_fingerprint() != before

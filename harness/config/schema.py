@@ -79,7 +79,8 @@ class DataConfig:
     fields: dict[str, str] = field(default_factory=dict)  # our field name -> the file's column
     eval_path: str = ""  # held-out set for generation metrics (never trained on)
     eval_fields: dict[str, str] = field(default_factory=dict)
-    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by seed
+    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by split_seed
+    split_seed: int = 0  # seeds the train/val split; never train.seed, so every seed of a sweep scores the same rows
     max_rows: int = 0  # 0 = all rows
     completion_only_loss: bool = True  # instruction/chat data: loss on completion tokens only
     max_bad_share: float = 0.05  # fail when more than this share of rows is malformed

@@ -73,9 +73,9 @@ class NormalisedRows:
     val_idx: set[int]  # indices into `good` held out for validation
 
 
-def read_normalised(data: DataConfig, seed: int) -> NormalisedRows:
+def read_normalised(data: DataConfig) -> NormalisedRows:
     """Read data.path, map its columns, normalise every row (bad rows recorded, DataError above
-    data.max_bad_share) and choose the validation rows; the first half of prepare()."""
+    data.max_bad_share) and choose the validation rows (by data.split_seed); the first half of prepare()."""
     fmt = data_format(data)
     src = read_source(data.path, data.file_type, data.hub_split)
     attach_parallel(src, [c for v in data.fields.values() for c in v.split(",")])
@@ -96,22 +96,24 @@ def read_normalised(data: DataConfig, seed: int) -> NormalisedRows:
         except BadRow as exc:
             bad.append({"row": n, "reason": str(exc)})
     check_bad(where, len(records), bad, data.max_bad_share, src.columns())
-    val_idx = val_indices([fmt.split_key(r) for _, r in good], data.val_size, seed, where)
+    val_idx = val_indices([fmt.split_key(r) for _, r in good], data.val_size, data.split_seed, where)
     return NormalisedRows(src, where, len(records), good, bad, val_idx)
 
 
-def training_rows(data: DataConfig, seed: int = 0) -> list[dict]:
-    """The normalised rows prepare(data, ..., seed=seed) trains on, before tokenisation (the contamination
-    check indexes these). It keeps the few rows prepare drops later for a prompt longer than max_length."""
-    rows = read_normalised(data, seed)
+def training_rows(data: DataConfig) -> list[dict]:
+    """The normalised rows prepare(data, ...) trains on, before tokenisation (the contamination check indexes
+    these). It keeps the few rows prepare drops later for a prompt longer than max_length."""
+    rows = read_normalised(data)
     return [r for i, (_, r) in enumerate(rows.good) if i not in rows.val_idx]
 
 
-def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing: bool, add_bos: bool) -> Prepared:
-    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring)."""
+def prepare(data: DataConfig, tokenizer, *, max_length: int, packing: bool, add_bos: bool) -> Prepared:
+    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring). The
+    split depends only on the data and data.split_seed, not on the training seed: every seed of a sweep trains
+    and validates on the same rows."""
     if max_length < 2:
         raise DataError(f"max_length={max_length}: too short; use train.max_length >= 8.")
-    rows = read_normalised(data, seed)
+    rows = read_normalised(data)
     src, where, good, bad, val_idx, n_records = rows.source, rows.where, rows.good, rows.bad, rows.val_idx, rows.n_records
 
     fmt = data_format(data)
@@ -141,8 +143,8 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
     val_ex = [e for i, e in enumerate(encoded) if e is not None and i in val_idx]
     stats: dict[str, Any] = {
         "format": data.format, "rows": n_records, "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED],
-        "train_rows": len(train_ex), "val_rows": len(val_ex), "truncated_rows": truncated,
-        "max_length": max_length, "files": src.files, "row_numbers": "line" if src.kind in ("jsonl", "csv", "text") else "record",
+        "train_rows": len(train_ex), "val_rows": len(val_ex), "split_seed": data.split_seed,
+        "truncated_rows": truncated, "max_length": max_length, "files": src.files, "row_numbers": "line" if src.kind in ("jsonl", "csv", "text") else "record",
     }
     train = [e for _, e in train_ex]
     val = [e for _, e in val_ex]
@@ -164,9 +166,9 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet:
+def load_eval_set(data: DataConfig, limit: int = 0) -> EvalSet:
     """Eval examples and their stats, from data.eval_path (eval_fields over fields), or from the
-    validation split of data.path (split by seed, as in training) when eval_path is empty. Rows with
+    validation split of data.path (by data.split_seed, as in training) when eval_path is empty. Rows with
     the same prompt are one example with all their references when references come from a single
     column (E2E: 4,693 rows -> 630 MRs); with several reference columns each row is one example."""
     fmt = data_format(data)
@@ -204,7 +206,7 @@ def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet
         if data.val_size <= 0:
             raise DataError(f"data={data.name} has no eval_path and data.val_size=0, so no rows are held out: "
                             "every row is trained on. Set data.eval_path, or data.val_size > 0.")
-        val = val_indices([fmt.split_key(r) for _, r, _, _ in good], data.val_size, seed, where)
+        val = val_indices([fmt.split_key(r) for _, r, _, _ in good], data.val_size, data.split_seed, where)
         good = [g for i, g in enumerate(good) if i in val]
     # One reference column = one reference per row (E2E): rows sharing a prompt become one example.
     # Several reference columns/files (DialogSum, WMT) or none (Vicuna): each row is its own example.
@@ -227,13 +229,14 @@ def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet
     if limit > 0:
         examples = examples[:limit]
     stats = {"rows": len(records), "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED], "files": src.files,
-             "examples": len(examples), "source": "eval_path" if data.eval_path else f"val split of path (seed {seed})"}
+             "examples": len(examples),
+             "source": "eval_path" if data.eval_path else f"val split of path (split_seed {data.split_seed})"}
     return EvalSet(examples, stats)
 
 
-def load_eval_examples(data: DataConfig, limit: int = 0, *, seed: int = 0) -> list[EvalExample]:
+def load_eval_examples(data: DataConfig, limit: int = 0) -> list[EvalExample]:
     """The eval examples of load_eval_set(); malformed rows (under max_bad_share) are named on stderr."""
-    es = load_eval_set(data, limit, seed=seed)
+    es = load_eval_set(data, limit)
     if es.stats["n_bad"]:
         rows = ", ".join(str(b["row"]) for b in es.stats["bad_rows"][:10])
         print(f"[harness] warning: data={data.name}: {es.stats['n_bad']} malformed eval rows skipped (rows {rows}"
