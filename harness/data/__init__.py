@@ -21,9 +21,10 @@ Modules: read.py (files and bad rows) -> formats.py (FORMATS: normalised rows, p
 (the entry points; badrows.py: bad-row errors) -> cache.py (prepared data shared across trials).
 """
 
+from harness.data.badrows import describe_bad_rows
 from harness.data.formats import FORMATS, render_prompt
 from harness.data.prepare import load_eval_examples, load_eval_set, prepare
 from harness.data.read import DataError, EvalExample, EvalSet, Prepared, read_rows
 
-__all__ = ["FORMATS", "DataError", "EvalExample", "EvalSet", "Prepared", "load_eval_examples", "load_eval_set",
-           "prepare", "read_rows", "render_prompt"]
+__all__ = ["FORMATS", "DataError", "EvalExample", "EvalSet", "Prepared", "describe_bad_rows", "load_eval_examples",
+           "load_eval_set", "prepare", "read_rows", "render_prompt"]

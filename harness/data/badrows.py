@@ -1,8 +1,29 @@
-"""Bad rows: the error when more than data.max_bad_share of a data set is malformed.
+"""Bad rows: the error when more than data.max_bad_share of a data set is malformed, and the lines that name
+the first few, with their reasons, when fewer are (the trainer and the evaluator print those; stats keep them all).
+
+    print(describe_bad_rows(prepared.stats))   # "2 malformed rows skipped (row = line of the file):
+                                               #    row 3: invalid JSON: ... / row 7: field 'output' is empty"
 """
 from __future__ import annotations
 
 from harness.data.read import DataError
+
+ROW_NUMBERS = {"line": "line of the file", "record": "record of the file"}
+
+
+def describe_bad_rows(stats: dict, k: int = 5) -> str:
+    """The malformed rows a preparation skipped (stats of prepare() or load_eval_set()): their count, then the
+    first k with their reasons, one a line; "" when there are none."""
+    n = stats.get("n_bad", 0)
+    if not n:
+        return ""
+    listed = stats.get("bad_rows", [])[:k]
+    unit = ROW_NUMBERS.get(stats.get("row_numbers", ""))
+    lines = [f"{n} malformed row{'s' if n != 1 else ''} skipped" + (f" (row = {unit})" if unit else "") + ":"]
+    lines += [f"  row {b['row']}: {b['reason']}" for b in listed]
+    if n > len(listed):
+        lines.append(f"  ... and {n - len(listed)} more")
+    return "\n".join(lines)
 
 
 def check_bad(where: str, rows: int, bad: list[dict], max_share: float, columns: list[str]) -> None:

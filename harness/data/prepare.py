@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config import DataConfig
-from harness.data.badrows import check_bad
+from harness.data.badrows import check_bad, describe_bad_rows
 from harness.data.formats import check_columns, data_format, normalise, text_field
 from harness.data.read import (
     MAX_BAD_LISTED,
@@ -61,6 +61,11 @@ def _text_documents(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 
 
 # ------------------------------------------------------------------------------------ prepare
+def _row_numbers(src: Source) -> str:
+    """What a bad row's number counts: lines of the file, or records (JSON lists, Parquet, datasets)."""
+    return "line" if src.kind in ("jsonl", "csv", "text") else "record"
+
+
 @dataclass
 class NormalisedRows:
     """A training data set read, normalised and split, before tokenisation."""
@@ -144,7 +149,7 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, packing: bool, add_
     stats: dict[str, Any] = {
         "format": data.format, "rows": n_records, "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED],
         "train_rows": len(train_ex), "val_rows": len(val_ex), "split_seed": data.split_seed,
-        "truncated_rows": truncated, "max_length": max_length, "files": src.files, "row_numbers": "line" if src.kind in ("jsonl", "csv", "text") else "record",
+        "truncated_rows": truncated, "max_length": max_length, "files": src.files, "row_numbers": _row_numbers(src),
     }
     train = [e for _, e in train_ex]
     val = [e for _, e in val_ex]
@@ -229,6 +234,7 @@ def load_eval_set(data: DataConfig, limit: int = 0) -> EvalSet:
     if limit > 0:
         examples = examples[:limit]
     stats = {"rows": len(records), "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED], "files": src.files,
+             "row_numbers": _row_numbers(src),
              "examples": len(examples),
              "source": "eval_path" if data.eval_path else f"val split of path (split_seed {data.split_seed})"}
     return EvalSet(examples, stats)
@@ -238,7 +244,5 @@ def load_eval_examples(data: DataConfig, limit: int = 0) -> list[EvalExample]:
     """The eval examples of load_eval_set(); malformed rows (under max_bad_share) are named on stderr."""
     es = load_eval_set(data, limit)
     if es.stats["n_bad"]:
-        rows = ", ".join(str(b["row"]) for b in es.stats["bad_rows"][:10])
-        print(f"[harness] warning: data={data.name}: {es.stats['n_bad']} malformed eval rows skipped (rows {rows}"
-              f"{' ...' if es.stats['n_bad'] > 10 else ''}); use load_eval_set() for the reasons", file=sys.stderr)
+        print(f"[harness] warning: data={data.name} eval: {describe_bad_rows(es.stats)}", file=sys.stderr)
     return es.examples
