@@ -214,8 +214,8 @@ def test_training_rows_are_the_train_split_and_its_own_val_split_is_clean(tmp_pa
     rows = [{"q": " ".join(_words(rng, 15)), "a": " ".join(_words(rng, 15))} for _ in range(40)]
     cfg = DataConfig(name="toy", format="prompt_completion", path=_data_file(tmp_path, rows),
                      fields={"prompt": "q", "completion": "a"}, val_size=0.25)
-    train = training_rows(cfg, seed=0)
-    val = load_eval_examples(cfg, seed=0)  # with no eval_path: the held-out split of the same seed
+    train = training_rows(cfg)
+    val = load_eval_examples(cfg)  # with no eval_path: the held-out split (data.split_seed, as in training)
     assert len(train) == 30 and len(val) == 10
     assert {r["prompt"] for r in train}.isdisjoint(ex.messages[-1]["content"] for ex in val)
     index = C.build_index(C.texts_of_rows(train))

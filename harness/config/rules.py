@@ -103,8 +103,6 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"data.max_bad_share={d.max_bad_share}: must be in [0, 1].")
     if not d.path:
         errs.append(f"data={d.name}: data.path is empty; give a file, a dataset directory or a Hub id.")
-    if d.format == "text" and t.packing is False and d.completion_only_loss:
-        pass  # completion-only does not apply to plain text; the data stage ignores it by design
     for key, value in (("name", cfg.name), ("run_id", cfg.run_id), ("study", cfg.study)):
         if value:
             try:

@@ -73,14 +73,15 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     name: str = "???"
-    format: str = "alpaca"  # alpaca | prompt_completion | chat | text
+    format: str = "alpaca"  # a key of harness.data.formats.FORMATS: alpaca | prompt_completion | chat | text
     path: str = ""  # file or dataset dir (relative = under HARNESS_DATA), or a Hub data set id
     file_type: str = "auto"  # auto | json | jsonl | csv | parquet | text | arrow
     hub_split: str = "train"
     fields: dict[str, str] = field(default_factory=dict)  # our field name -> the file's column
     eval_path: str = ""  # held-out set for generation metrics (never trained on)
     eval_fields: dict[str, str] = field(default_factory=dict)
-    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by seed
+    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by split_seed
+    split_seed: int = 0  # seeds the train/val split; never train.seed, so every seed of a sweep scores the same rows
     max_rows: int = 0  # 0 = all rows
     completion_only_loss: bool = True  # instruction/chat data: loss on completion tokens only
     max_bad_share: float = 0.05  # fail when more than this share of rows is malformed
@@ -204,7 +205,7 @@ ALLOWED = {
     "model.tiny.arch": ("llama", "gpt2"),
     "method.peft": ("none", "lora"),
     "method.quant": ("none", "nf4", "fp4", "int8"),
-    "data.format": ("alpaca", "prompt_completion", "chat", "text"),
+    "data.format": ("alpaca", "prompt_completion", "chat", "text"),  # the keys of harness.data.formats.FORMATS (tested)
     "data.file_type": ("auto", "json", "jsonl", "csv", "parquet", "text", "arrow"),
     "data.prompt_template": ("alpaca", "plain"),
     "train.objective": ("sft",),  # the keys of harness.train.objectives.OBJECTIVES (a test keeps them equal)

@@ -147,29 +147,28 @@ def contamination(eval_items: Sequence[str], index: NgramIndex, n: int | None = 
 
 
 # ---------------------------------------------------------------------------- rows -> texts
-_ROW_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text")
-
-
 def texts_of_rows(rows: Iterable[Any]) -> list[str]:
     """One string per row, the fields joined by newlines:
-    - normalised training rows (harness.data's field names): alpaca instruction, input, output;
-      prompt_completion prompt, completion; text text; chat: the content of every message;
+    - normalised training rows (harness.data's field names): their format's texts (harness.data.formats.FORMATS):
+      alpaca instruction, input, output; prompt_completion prompt, completion; text text; chat: every message;
     - harness.data.EvalExample: the content of its messages, then its references.
     System messages are left out on both sides: they are the config's instruction (data.system_prompt)
     or a data set's fixed preamble, shared by every item, and would match every item of every set that
     uses the same one. The rendered prompt template is left out for the same reason (only content counts)."""
+    from harness.data.formats import FORMATS, row_format
+
     out = []
     for row in rows:
+        fmt = row_format(row) if isinstance(row, dict) else None
         if hasattr(row, "messages") and hasattr(row, "references"):  # an EvalExample
             parts = [m["content"] for m in row.messages if m["role"] != "system"] + list(row.references)
-        elif isinstance(row, dict) and "messages" in row:
-            parts = [m["content"] for m in row["messages"] if m["role"] != "system"]
-        elif isinstance(row, dict) and any(f in row for f in _ROW_FIELDS):
-            parts = [row[f] for f in _ROW_FIELDS if isinstance(row.get(f), str) and row[f]]
+        elif fmt is not None:
+            parts = fmt.texts(row)
         else:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({', '.join(_ROW_FIELDS)}, "
-                             "messages) nor an EvalExample; map a file's columns with harness.data first")
+            fields = ", ".join(f for f in dict.fromkeys(x for fm in FORMATS.values() for x in fm.fields))
+            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({fields}) nor an EvalExample; "
+                             "map a file's columns with harness.data first")
         out.append("\n".join(parts))
     return out
 
@@ -214,24 +213,31 @@ def _lm_eval_items(task: str) -> list[str]:
     return ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
 
 
-def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
+def _data_config(name: str, split_seed: int | None):
+    """conf/data/<name>.yaml, with data.split_seed overridden unless split_seed is None."""
+    from harness.config import compose
+
+    return compose([f"data={name}"] + ([] if split_seed is None else [f"data.split_seed={split_seed}"])).data
+
+
+def _eval_sets(split_seed: int | None) -> tuple[list[_EvalSet], list[str]]:
     """Every shipped eval set (data configs' eval examples, our offline lm-eval tasks, perplexity
     corpora) and a line for each one that could not be read."""
-    from harness.config import PerplexitySuite, compose, group_options
-    from harness.data import DataError, load_eval_examples
+    from harness.config import PerplexitySuite, group_options
+    from harness.data import FORMATS, DataError, load_eval_examples
     from harness.eval.lm_eval import SHORT_NAMES
     from harness.eval.perplexity import load_documents
 
     used = _suites()
     sets, skipped = [], []
     for name in group_options("data"):
-        dc = compose([f"data={name}"]).data
-        if dc.format == "text":
-            continue  # no prompts: its file is scored as a perplexity corpus below
+        dc = _data_config(name, split_seed)
+        if FORMATS[dc.format].prompt is None:
+            continue  # no prompts (format text): its file is scored as a perplexity corpus below
         where = ", ".join(f"eval={e}" for e in used["generation"].get(name, [])) or NO_SUITE
-        label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (seed {seed})")
+        label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (split_seed {dc.split_seed})")
         try:
-            sets.append(_EvalSet(label, where, texts_of_rows(load_eval_examples(dc, seed=seed))))
+            sets.append(_EvalSet(label, where, texts_of_rows(load_eval_examples(dc))))
         except DataError as exc:
             skipped.append(f"{label}: {str(exc).splitlines()[0]}")
     for task in [t for t in SHORT_NAMES if t != "wikitext"] + sorted(set(used["lm_eval"]) - set(SHORT_NAMES)):
@@ -253,22 +259,23 @@ def _cell(res: dict) -> str:
     return f"{res['share']:.1%}" + (f" ({res['contaminated']})" if res["contaminated"] else "")
 
 
-def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0, log=print) -> str:
+def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, split_seed: int | None = None, log=print) -> str:
     """The Markdown contamination table: every shipped eval set (rows) against the training split of every
-    shipped data config that can be trained on (columns). Reads the data kit; `log` gets progress lines."""
+    shipped data config that can be trained on (columns), split by each config's data.split_seed (or by
+    `split_seed` for all). Reads the data kit; `log` gets progress lines."""
     import time
 
-    from harness.config import compose, group_options
+    from harness.config import group_options
     from harness.data import DataError
 
     indices: dict[str, NgramIndex] = {}
     notes = []
     for name in group_options("data"):
-        dc = compose([f"data={name}"]).data
+        dc = _data_config(name, split_seed)
         try:
             from harness.data.prepare import training_rows
 
-            rows = training_rows(dc, seed)
+            rows = training_rows(dc)
         except DataError as exc:
             notes.append(f"training data `{name}`: {dc.notes or str(exc).splitlines()[0]}")
             continue
@@ -276,7 +283,7 @@ def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0,
         indices[name] = index = build_index(texts_of_rows(rows), n, min_words)
         log(f"index {name}: {index.texts} texts, {index.words} words, {index.ngrams} {n}-grams, "
             f"{len(index.short_hashes)} {min_words}-grams, {time.perf_counter() - t0:.1f} s")
-    sets, skipped = _eval_sets(seed)
+    sets, skipped = _eval_sets(split_seed)
     sets.sort(key=lambda es: es.used_by == NO_SUITE)  # stable: sets no shipped suite scores go last
     head = ["eval set", "items", "scored by"] + [f"`{t}` ({indices[t].texts})" for t in indices]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -307,12 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="n-gram length in normalised words (default 13)")
     parser.add_argument("--min-words", type=int, default=DEFAULT_MIN_WORDS,
                         help="shorter items are never counted (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="train.seed of the validation split (default 0)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="data.split_seed of every train/validation split (default: each data config's own, 0)")
     args = parser.parse_args(argv)
     if not 1 <= args.min_words <= args.n:
         parser.error(f"--min-words {args.min_words} --n {args.n}: need 1 <= min-words <= n")
     try:
-        print(table(args.n, args.min_words, args.seed, log=lambda s: print(s, file=sys.stderr)))
+        print(table(args.n, args.min_words, args.split_seed, log=lambda s: print(s, file=sys.stderr)))
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -110,10 +110,10 @@ def suite_data_config(suite: GenerationSuite, cfg: RunConfig) -> DataConfig:
 
 def load_examples(suite: GenerationSuite, cfg: RunConfig, data_cfg: DataConfig) -> list[Any]:
     """The suite's held-out examples (harness.data.load_eval_examples), limited to suite.limit.
-    The split seed is train.seed, so a data config without eval_path yields the run's own val split."""
+    A data config without eval_path yields the run's own val split (by data.split_seed, as in training)."""
     from harness.data import load_eval_examples
 
-    examples = list(load_eval_examples(data_cfg, limit=suite.limit, seed=cfg.train.seed))
+    examples = list(load_eval_examples(data_cfg, limit=suite.limit))
     return examples[: suite.limit] if suite.limit > 0 else examples
 
 

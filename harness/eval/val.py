@@ -24,8 +24,8 @@ def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict |
 
     t0 = time.time()
     try:
-        prepared = prepare(cfg.data, tokenizer, max_length=cfg.train.max_length, seed=cfg.train.seed,
-                                     packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
+        prepared = prepare(cfg.data, tokenizer, max_length=cfg.train.max_length,  # split by data.split_seed
+                           packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
     except data.DataError as exc:  # e.g. an eval-only data config: say so, run the other suites
         say(True, f"val suite skipped: data={cfg.data.name} gives no validation split: {exc}")
         return None
@@ -38,8 +38,8 @@ def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict |
     res = val_loss(model, rows, batch_size=cfg.train.batch_size,
                               pad_id=tokenizer.pad_token_id or 0, progress=progress)
     wall = time.time() - t0
-    hash_cfg = {"data": dataclasses.asdict(cfg.data), "max_length": cfg.train.max_length, "seed": cfg.train.seed,
-                "rows": len(rows)}
+    # no train.seed: the rows depend on data.split_seed (in cfg.data), so every seed of a sweep is comparable
+    hash_cfg = {"data": dataclasses.asdict(cfg.data), "max_length": cfg.train.max_length, "rows": len(rows)}
     return {"kind": "val", "metrics": {"loss": res["loss"], "perplexity": res["perplexity"]}, "n": len(rows),
             "tokens": res["tokens"], "config_hash": config_hash(hash_cfg), "wall_time_s": wall,
             "tokens_per_s": res["tokens"] / wall if wall > 0 else None}

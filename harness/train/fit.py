@@ -95,7 +95,10 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     manifest["data"] = {"name": cfg.data.name, **st}
     write_manifest(run_dir, manifest)
     if st.get("n_bad"):
-        print(f"[harness] warning: {st['n_bad']} malformed rows skipped (listed in manifest.json data.bad_rows)")
+        from harness.data.badrows import describe_bad_rows
+
+        print(f"[harness] warning: data={cfg.data.name}: {describe_bad_rows(st)}\n"
+              f"  (manifest.json data.bad_rows lists the first {len(st.get('bad_rows', []))})")
     if st.get("truncated_rows"):
         print(f"[harness] note: {st['truncated_rows']} rows truncated to train.max_length={t.max_length}")
     if not prepared.train:

@@ -30,7 +30,7 @@ def prepare_sft(cfg: RunConfig, tokenizer):
     from harness.data.cache import prepare
 
     t = cfg.train
-    return prepare(cfg.data, tokenizer, max_length=t.max_length, seed=t.seed, packing=t.packing,
+    return prepare(cfg.data, tokenizer, max_length=t.max_length, packing=t.packing,
                    add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
 
 
