@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from harness import config
+from harness import config, paths
 from harness.pipeline import train_run
-from harness.run.record import read_metrics, read_summary, run_dir_for
+from harness.run.record import RunError, read_metrics, read_summary, run_dir_for
 from harness.train import fit as fit_module
 from harness.train.callbacks import Outcome
 from harness.train.fit import last_checkpoint
@@ -227,6 +227,61 @@ def test_completed_run_id_is_not_retrained(tiny_overrides):
     status2, run_dir2 = _run(tiny_overrides + ["run_id=done"])
     assert status2 == "completed" and run_dir2 == run_dir
     assert (run_dir / "summary.json").read_text() == before
+
+
+def _mark(run_dir, status):
+    s = read_summary(run_dir)
+    s["status"] = status
+    (run_dir / "summary.json").write_text(json.dumps(s))
+
+
+def test_resuming_with_a_changed_config_is_refused_and_force_records_the_change(tiny_overrides):
+    ov = tiny_overrides + ["run_id=again"]
+    status, run_dir = _run(ov)
+    assert status == "completed"
+    recorded = (run_dir / "config.yaml").read_text(), (run_dir / "overrides.yaml").read_text()
+    for st in ("completed", "interrupted"):  # finished or not: another config is never filed under this run_id
+        _mark(run_dir, st)
+        with pytest.raises(RunError) as e:
+            _run(ov + ["train.lr=0.001", "method.r=4"])
+        msg = str(e.value)
+        assert "train.lr: 0.0002 -> 0.001" in msg and "method.r: 16 -> 4" in msg and "2 key(s) differ" in msg
+        assert ("--force" in msg) == (st == "interrupted")
+        assert ((run_dir / "config.yaml").read_text(), (run_dir / "overrides.yaml").read_text()) == recorded
+    r = subprocess.run([sys.executable, "-m", "harness", "train", *ov, "train.lr=0.001"], capture_output=True, text=True)
+    assert r.returncode == 2 and "train.lr: 0.0002 -> 0.001" in r.stderr, r.stdout + r.stderr
+    cfg = config.compose(ov + ["train.lr=0.001"])
+    status, _ = train_run(cfg, ov + ["train.lr=0.001"], force=True)
+    s = read_summary(run_dir)
+    assert status == "completed" and s["config_changes_on_resume"] == ["train.lr: 0.0002 -> 0.001"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 0.001
+
+
+def test_a_sweep_retry_with_the_same_overrides_resumes(tiny_overrides, runs_dir):
+    """The sweep re-queues an interrupted trial with the same run_id and overrides under a new trial number
+    (and study tags): bookkeeping keys, not a changed config."""
+    def trial(n, tags):
+        return tiny_overrides + ["name=st", "study=st", f"trial={n}", "run_id=cell0", f"output_dir={runs_dir}",
+                                 f"++tracker.tags=[{tags}]"]
+    status, run_dir = _run(trial(0, "st"))
+    _mark(run_dir, "interrupted")
+    status, run_dir2 = _run(trial(3, "st,more"))
+    assert status == "completed" and run_dir2 == run_dir and read_summary(run_dir)["trial"] == 3
+    assert "config_changes_on_resume" not in read_summary(run_dir)
+
+
+def test_model_and_data_given_by_path_name_the_run_and_its_record(byo_model_dir, tiny_overrides, tmp_path):
+    data = tmp_path / "my_recipes.json"
+    data.write_text((paths.data_root() / "alpaca" / "alpaca_tiny.json").read_text())
+    ov = [o for o in tiny_overrides if not o.startswith(("model=", "data="))] + [
+        "model.source=hub", f"model.path={byo_model_dir}", f"data.path={data}", "data.format=alpaca"]
+    status, run_dir = _run(ov)
+    assert status == "completed", read_summary(run_dir)
+    assert run_dir.parent.name == "My-Model-v2-lora-my_recipes"
+    s = read_summary(run_dir)
+    assert (s["model"], s["data"]) == ("My-Model-v2", "my_recipes")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "My-Model-v2" and manifest["model"]["path"] == str(byo_model_dir)
 
 
 def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.commands.common import add_config_dir, use_config_dirs
 from harness.config import ConfigError
 from harness.eval.registry import EvalError
 from harness.eval.suites import rescore_run_dir
@@ -33,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="RUN_DIR: recompute the generation suites' metrics from their saved samples with the "
                         "eval config's metric lists (e.g. after adding a metric); no model is loaded")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    add_config_dir(p)
 
 
 def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
@@ -51,6 +53,7 @@ def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    use_config_dirs(args)
     progress = not args.quiet
     try:
         run_dir, overrides = split_targets(args.targets)

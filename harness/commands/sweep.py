@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from harness import paths
+from harness.commands.common import add_config_dir, use_config_dirs
 from harness.sweep.plan import (
     check_trials,
     expand_grid,
@@ -80,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="", help="study name instead of the spec's `study:`")
     p.add_argument("--stream", action="store_true", help="echo each trial's output (always kept in <run_dir>/train.log)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
+    add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
 
 
 def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[PlannedTrial], list[str]]:
@@ -124,6 +126,7 @@ def _print_plan(spec: SweepSpec, planned: list[PlannedTrial], url: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    use_config_dirs(args)
     try:
         study_name = args.study or load_spec(args.spec).study
         url = args.storage or default_storage_url(study_name)

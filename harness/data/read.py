@@ -22,17 +22,10 @@ from harness import paths
 MAX_BAD_LISTED = 50  # bad rows kept in stats (the count is always complete)
 
 
-EXT_TYPES = {
-    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
-    ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow",
-    ".txt": "text", ".raw": "text", ".text": "text", ".tokens": "text",
-}
+EXT_TYPES = paths.DATA_FILE_TYPES  # one list, in harness/paths.py: `harness validate` checks data paths by it too
 
 
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (decoded with surrogateescape)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class DataError(ValueError):
@@ -280,7 +273,7 @@ def read_source(path: str, file_type: str = "auto", hub_split: str = "train") ->
         raise DataError("data.path is empty; give a file, a saved dataset directory or a Hub data set id.")
     p = paths.resolve_data_path(path)
     if not p.exists():
-        if _HUB_ID.fullmatch(path) and Path(path).suffix.lower() not in EXT_TYPES:
+        if paths.is_hub_data_id(path):
             return _read_hub(path, hub_split)
         raise DataError(
             f"data file not found: {p} (data.path={path!r}; relative paths are under the data root "

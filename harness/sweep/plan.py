@@ -1,6 +1,7 @@
 """A parsed sweep spec -> its trials: grid expansion (every cell x seed), the override list each trial's
 `harness train` gets, axes pinned from the command line, and check_trials, which composes every trial's
-config before anything runs. Pure apart from composing configs.
+config and runs the preflight checks (harness/model/preflight.py: data files, CUDA, a model given by
+path) before anything runs. Pure apart from composing configs and those checks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import config
+from harness.model.preflight import preflight
 from harness.sweep.spec import PlannedTrial, SweepSpec, _coerce, _override_key
 
 
@@ -140,7 +142,8 @@ def _suites(cfg: config.RunConfig) -> set[str]:
 
 def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = "") -> tuple[list[str], list[str]]:
     """Compose every planned trial's config (config.compose) with the driver's bookkeeping
-    overrides as the child will get them. Returns (errors, the base tracker tags)."""
+    overrides as the child will get them, and run the preflight checks on it. Returns (errors, the
+    base tracker tags)."""
     errs: list[str] = []
     tags: list[str] = []
     for t in planned:
@@ -153,6 +156,7 @@ def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = ""
         except config.ConfigError as exc:
             errs += [f"{label}: {e}" for e in exc.errors]
             continue
+        errs += [f"{label}: {e}" for e in preflight(cfg)]
         suites = _suites(cfg)
         for o in spec.objectives:
             suite = o.metric.split(".")[0]
