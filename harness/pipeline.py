@@ -190,7 +190,8 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool =
     model, tokenizer, kind = load_run_model(run_dir, cfg, device)
     say(progress, f"loaded {cfg.model.name} ({kind}) from {run_dir} on {device}")
     t0 = time.time()
-    run_suites(model, tokenizer, cfg, run_dir, progress)
+    # a baseline run's model saw no training data: no contamination to check
+    run_suites(model, tokenizer, cfg, run_dir, progress, trained=kind != "base model")
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in ("completed", "baseline"):
         summary["eval_time_s"] = time.time() - t0
@@ -245,7 +246,7 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         say(progress, f"evaluating base {cfg.model.name} on {device} into {run_dir}")
         t0 = time.time()
         torch.manual_seed(cfg.eval.seed)
-        run_suites(model, tokenizer, cfg, run_dir, progress)
+        run_suites(model, tokenizer, cfg, run_dir, progress, trained=False)  # no training data: no contamination
         from harness.run.environment import peak_rss_mb
 
         summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,

@@ -89,6 +89,10 @@ def test_run_suites_on_a_peft_model_in_memory(tmp_path):
     assert ev["suites"]["val"]["metrics"]["perplexity"] > 1
     flat = flat_metrics(tmp_path)
     assert "arc_easy.acc" in flat and "wikitext2.bits_per_byte" in flat and "val.loss" in flat
+    # a trained run (the default): each suite's items against alpaca-tiny's training split, as many as it scored
+    contam = {name: entry["contamination"] for name, entry in ev["suites"].items()}
+    assert contam["arc_easy"]["items"] == 3 and contam["wikitext2"]["items"] == w["n"]
+    assert contam["val"]["items"] == 10 and all(c["train_data"] == "alpaca-tiny" for c in contam.values())
 
 
 def _baseline_run_dir(root, *overrides):
@@ -113,6 +117,7 @@ def test_harness_eval_run_dir_end_to_end(tmp_path, capsys):
         assert e["n"] == 3 and e["limit"] == 3 and (run_dir / e["samples"]).exists()
         assert (run_dir / e["lm_eval_results"]).exists()
     assert (read_summary(run_dir) or {})["eval_time_s"] > 0
+    assert not any("contamination" in e for e in ev["suites"].values())  # a base model saw no training data
 
     # extra eval overrides are composed with the run's overrides.yaml; other suites are kept
     assert cli.main(["eval", str(run_dir), "eval=perplexity", FAST_PPL.replace("max_tokens:300", "max_tokens:100"),
@@ -170,6 +175,7 @@ def test_harness_eval_base_model_creates_a_baseline_run(tmp_path, capsys):
     assert manifest["model"]["name"] == "tiny-llama" and manifest["packages"]["lm_eval"] == "0.4.13"
     assert config.load_run_config(run_dir).eval.name == "perplexity"
     assert "wikitext2" in read_eval(run_dir)["suites"]
+    assert "contamination" not in read_eval(run_dir)["suites"]["wikitext2"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"[harness] results: {run_dir / 'eval.json'}"
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from harness import config, paths
 from harness.pipeline import train_run
-from harness.run.record import RunError, read_metrics, read_summary, run_dir_for
+from harness.run.record import RunError, read_eval, read_metrics, read_summary, run_dir_for
 from harness.train import fit as fit_module
 from harness.train.callbacks import Outcome
 from harness.train.fit import last_checkpoint
@@ -388,3 +388,47 @@ def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overr
         vals.append((s["final_val_loss"], s["final_train_loss"]))
     assert vals[0][0] == pytest.approx(vals[1][0], rel=1e-5)  # validation: identical
     assert vals[1][1] > vals[0][1]  # training loss: smoothing adds its term
+
+
+# ------------------------------------------------------------- one definition of validation loss
+def _val_run(overrides, outcome=None):
+    """A tiny LoRA run with the `val` suite after training; -> (summary, eval.json val entry, metrics, run_dir)."""
+    ov = ["method=lora"] + overrides + ["eval=quick", "eval.perplexity=[]", "eval.lm_eval.tasks=[]"]
+    status, run_dir = _run(ov, outcome)
+    assert status == "completed", read_summary(run_dir)
+    return read_summary(run_dir), read_eval(run_dir)["suites"]["val"], read_metrics(run_dir), run_dir
+
+
+@pytest.mark.parametrize("eval_every", [0, 3])  # the final evaluation call, and the scheduled one at the last step
+def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides, eval_every):
+    """The trainer's validation loss (metrics.jsonl, summary best/final_val_loss) and the `val` suite after
+    training are one number (harness/model/scoring.py) on one set of rows (the train.eval_batches cap)."""
+    summary, val, metrics, _ = _val_run(tiny_overrides + [f"train.eval_every={eval_every}", "train.eval_batches=2"])
+    assert val["n"] == 2 * 4  # eval_batches x batch_size, as the trainer takes them
+    assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
+    assert [r["val_loss"] for r in metrics if "val_loss" in r][-1] == summary["final_val_loss"]
+
+
+def test_val_loss_does_not_depend_on_the_batch_size(tiny_overrides):
+    """Token-weighted: the same model state (one step at lr 1e-12) gives the same val_loss at batch size 2 and 5
+    (a mean of per-batch means would not)."""
+    losses = []
+    for bs in (2, 5):
+        ov = tiny_overrides + ["method=lora", "train.max_steps=1", "train.lr=1e-12", f"train.batch_size={bs}",
+                               f"run_id=bs{bs}"]
+        status, run_dir = _run(ov)
+        assert status == "completed"
+        losses.append(read_summary(run_dir)["final_val_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_val_loss_under_bf16_training_is_the_fp32_number_of_the_saved_run(tiny_overrides):
+    """Training in bf16 autocast does not leak into the validation loss: the trainer's number, the `val` suite
+    right after training and `harness eval RUN_DIR` on the saved adapter (a fresh fp32 model) agree."""
+    from harness.pipeline import evaluate_run_dir
+
+    summary, val, _, run_dir = _val_run(tiny_overrides + ["train.precision=bf16", "method=full", "train.lr=3e-3"])
+    evaluate_run_dir(run_dir, [], progress=False)
+    reloaded = read_eval(run_dir)["suites"]["val"]["metrics"]["loss"]
+    assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
+    assert summary["final_val_loss"] == pytest.approx(reloaded, rel=1e-6)

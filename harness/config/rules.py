@@ -114,6 +114,12 @@ def validate(cfg: RunConfig) -> list[str]:
     for i, suite in enumerate(cfg.eval.perplexity):
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
+    ev = cfg.eval
+    if ev.contamination_n < 4:
+        errs.append(f"eval.contamination_n={ev.contamination_n}: n-grams that short match ordinary phrases; "
+                    "use >= 4 (13 is the default, as GPT-3's decontamination).")
+    if not 0 <= ev.contamination_warn <= 1:
+        errs.append(f"eval.contamination_warn={ev.contamination_warn}: a share, must be in [0, 1] (e.g. 0.01).")
     # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
     from harness.eval.metrics import METRICS
 

@@ -169,6 +169,9 @@ class EvalConfig:
     generation: list[GenerationSuite] = field(default_factory=list)
     bootstrap_samples: int = 1000
     seed: int = 0
+    contamination: bool = True  # trained runs: each suite's share of items with an n-gram in the training data
+    contamination_n: int = 13  # n-gram length in normalised words (harness/eval/contamination.py)
+    contamination_warn: float = 0.01  # print a warning for a suite whose share is above this
 
 
 @dataclass

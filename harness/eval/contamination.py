@@ -3,6 +3,8 @@ training data of a run.
 
     python -m harness.eval.contamination --table        # every shipped training config x every shipped eval set
                                                    # (the table in docs/contamination.md)
+    harness train ... / harness eval RUN_DIR            # every suite of a trained run: eval.json `contamination`
+                                                   # (RunCheck, called by harness/eval/suites.py run_suites)
 
 The rule follows GPT-3's decontamination (Brown et al. 2020, appendix C), on words instead of tokens:
 text is reduced to normalised words (normalise_words); an eval item is contaminated when any of its
@@ -17,8 +19,9 @@ Items under min_words are never counted (a 3-word item such as "Yes, it is." wou
 corpus); they are reported as `too_short`.
 
 The top half is pure functions (text in, numbers out): normalise_words, ngrams, build_index,
-contamination, texts_of_rows. The --table command reads every shipped data config's training split
-(harness.data.prepare.training_rows) and every shipped eval set.
+contamination, texts_of_rows. Below them, what a run records (run_index, record_field, RunCheck) and the
+--table command, which reads every shipped data config's training split (harness.data.prepare.training_rows)
+and every shipped eval set.
 """
 
 from __future__ import annotations
@@ -173,6 +176,83 @@ def texts_of_rows(rows: Iterable[Any]) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------- a run's eval.json (I/O below)
+def run_index(data, n: int = DEFAULT_N) -> NgramIndex:
+    """The index of a run's training split: the rows prepare(data, ...) trains on (split by data.split_seed;
+    harness.data.prepare.training_rows), min_words = min(8, n)."""
+    from harness.data.prepare import training_rows
+
+    return build_index(texts_of_rows(training_rows(data)), n, min(DEFAULT_MIN_WORDS, n))
+
+
+def record_field(ids: Sequence[Any], texts: Sequence[str], index: NgramIndex, train_data: str,
+                 warn_above: float) -> dict[str, Any]:
+    """The `contamination` field of an eval.json suite entry (docs/run-record.md): contamination() of the
+    suite's item texts, without per_item and with the first 20 contaminated items named by their ids."""
+    res = contamination(texts, index)
+    return {"n": res["n"], "min_words": res["min_words"], "items": res["items"], "contaminated": res["contaminated"],
+            "too_short": res["too_short"], "share": res["share"],
+            "contaminated_ids": [ids[i] for i in res["contaminated_ids"]], "train_data": train_data,
+            "warn_above": warn_above}
+
+
+class RunCheck:
+    """The contamination check of a trained run's suites (harness/eval/suites.py run_suites calls it as each
+    suite is recorded): the training index is built once, on first use; `seconds` adds up its whole cost."""
+
+    def __init__(self, cfg, say):
+        self.cfg, self.say = cfg, say
+        self.index: NgramIndex | None = None
+        self.failed = False
+        self.seconds = 0.0
+
+    def _index(self) -> NgramIndex | None:
+        from harness.data import DataError
+
+        if self.index is None and not self.failed:
+            try:
+                self.index = run_index(self.cfg.data, self.cfg.eval.contamination_n)
+            except DataError as exc:
+                self.failed = True
+                self.say(f"contamination not checked: the training rows of data={self.cfg.data.name} cannot be "
+                         f"read: {str(exc).splitlines()[0]}")
+        return self.index
+
+    def __call__(self, name: str, entry: dict, items) -> dict | None:
+        """The `contamination` field for suite `name`, or None (with a note) when its items cannot be read.
+        `items` is the suite kind's items function (harness/eval/registry.py)."""
+        import time
+
+        from harness.data import DataError
+
+        t0 = time.perf_counter()
+        try:
+            index = self._index()
+            if index is None or items is None:
+                return None
+            got = items(self.cfg, name, entry)
+            if got is None:
+                self.say(f"contamination of {name} not checked: its items are not readable here (an lm-eval "
+                         "task that is not ours: its data comes from the Hub)")
+                return None
+            ids, texts = got
+            if not texts:
+                return None
+            ev = self.cfg.eval
+            field = record_field(ids, texts, index, self.cfg.data.name, ev.contamination_warn)
+        except (DataError, OSError, ValueError) as exc:
+            self.say(f"contamination of {name} not checked: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return None
+        finally:
+            self.seconds += time.perf_counter() - t0
+        if field["share"] > ev.contamination_warn:
+            shown = ", ".join(str(i) for i in field["contaminated_ids"][:5])
+            print(f"[harness] warning: {name}: {field['contaminated']} of {field['items']} items ({field['share']:.1%}) "
+                  f"share a {field['n']}-word run with the training data (data={field['train_data']}), above "
+                  f"eval.contamination_warn={ev.contamination_warn}; e.g. ids {shown}", flush=True)
+        return field
+
+
 # ------------------------------------------------------------------------- reading (I/O below)
 # ------------------------------------------------------------------------ the --table command
 @dataclass
@@ -198,21 +278,6 @@ def _suites() -> dict[str, dict[str, list[str]]]:
     return used
 
 
-def _lm_eval_items(task: str) -> list[str]:
-    """An lm-eval task's items as the model sees them, with every choice (or the answer) attached."""
-    import bz2
-
-    from harness.eval.tasks import utils as tu
-
-    if task == "hellaswag":
-        docs = tu.parse_hellaswag(bz2.decompress(tu.data_file(tu.HELLASWAG_FILE).read_bytes()).decode("utf-8"))
-        return ["\n".join([d["query"], *d["choices"]]) for d in docs]
-    if task == "gsm8k":
-        docs = tu.parse_gsm8k(tu.data_file(tu.GSM8K_FILE).read_text("utf-8"))
-        return [d["question"] + "\n" + d["answer"] for d in docs]
-    return ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
-
-
 def _data_config(name: str, split_seed: int | None):
     """conf/data/<name>.yaml, with data.split_seed overridden unless split_seed is None."""
     from harness.config import compose
@@ -225,7 +290,7 @@ def _eval_sets(split_seed: int | None) -> tuple[list[_EvalSet], list[str]]:
     corpora) and a line for each one that could not be read."""
     from harness.config import PerplexitySuite, group_options
     from harness.data import FORMATS, DataError, load_eval_examples
-    from harness.eval.lm_eval import SHORT_NAMES
+    from harness.eval.lm_eval import SHORT_NAMES, task_items
     from harness.eval.perplexity import load_documents
 
     used = _suites()
@@ -246,7 +311,7 @@ def _eval_sets(split_seed: int | None) -> tuple[list[_EvalSet], list[str]]:
             skipped.append(f"lm-eval {task}: a built-in lm-eval task; its data comes from the Hub, not the data root")
             continue
         try:
-            sets.append(_EvalSet(f"lm-eval {task}", where, _lm_eval_items(task)))
+            sets.append(_EvalSet(f"lm-eval {task}", where, task_items(task)))
         except FileNotFoundError as exc:
             skipped.append(f"lm-eval {task}: {exc}")
     for path, evals in used["perplexity"].items():

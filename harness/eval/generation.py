@@ -353,7 +353,18 @@ def _position_limit(model) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 1 << 30
 
 
-@register_suite_kind("generation", order=3, names=lambda cfg: [s.name for s in cfg.eval.generation])
+def generation_items(cfg: RunConfig, name: str, entry: dict) -> tuple[list, list[str]]:
+    """The suite's examples (its limit applied), as (their ids, their prompt content and references), for the
+    contamination check."""
+    from harness.eval.contamination import texts_of_rows
+
+    suite = next(s for s in cfg.eval.generation if s.name == name)
+    examples = load_examples(suite, cfg, suite_data_config(suite, cfg))
+    return [str(e.id) for e in examples], texts_of_rows(examples)
+
+
+@register_suite_kind("generation", order=3, names=lambda cfg: [s.name for s in cfg.eval.generation],
+                     items=generation_items)
 def run_generation(ctx: SuiteContext) -> None:
     for gsuite in ctx.cfg.eval.generation:
         entry = run_generation_suite(ctx.model, ctx.tokenizer, gsuite, ctx.cfg, ctx.run_dir)

@@ -216,6 +216,40 @@ def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | N
     return suites
 
 
+# ---------------------------------------------------------------------------------- items
+def task_items(task: str, limit: int = 0) -> list[str] | None:
+    """The items of one of our offline tasks in doc_id order (the first `limit`; 0 = all), as the model sees
+    them with every choice (or the answer) attached: hellaswag context + endings, multiple choice question +
+    choices, gsm8k question + worked answer, wikitext the article. None for a task that is not ours."""
+    import bz2
+    import itertools
+
+    from harness.eval.tasks import utils as tu
+
+    task = short_name(task)
+    if task not in SHORT_NAMES:
+        return None
+    if task == "hellaswag":  # 6 lines per item; a limit decompresses only the start of the file
+        with bz2.open(tu.data_file(tu.HELLASWAG_FILE), "rt", encoding="utf-8", newline="\n") as f:
+            lines = [line.rstrip("\n") for line in itertools.islice(f, 6 * limit if limit > 0 else None)]
+        return ["\n".join([d["query"], *d["choices"]]) for d in tu.parse_hellaswag("\n".join(lines))]
+    if task == "gsm8k":
+        docs = tu.parse_gsm8k(tu.data_file(tu.GSM8K_FILE).read_text("utf-8"))
+        items = [d["question"] + "\n" + d["answer"] for d in docs]
+    elif task == "wikitext":
+        items = [d["page"] for d in tu.load_wikitext()["test"]]
+    else:
+        items = ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
+    return items[:limit] if limit > 0 else items
+
+
+def lm_eval_items(cfg, name: str, entry: dict) -> tuple[list, list[str]] | None:
+    """The items the task scored (doc_id 0 .. n-1: lm-eval's limit takes the first ones), for the
+    contamination check; None for a task that is not ours."""
+    items = task_items(name, limit=entry["n"])
+    return None if items is None else (list(range(len(items))), items)
+
+
 # -------------------------------------------------------------------------------- cross-check
 def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: int = 4, limit: int = 0,
                         model_cfg: ModelConfig | None = None, path: str = "wikitext-2-raw/wiki.test.raw",
@@ -267,7 +301,8 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
             "tokens": sum(r["tokens"] for r in rows), "ours_wall_s": ours_s, "lm_eval_wall_s": theirs_s}
 
 
-@register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks])
+@register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks],
+                     items=lm_eval_items)
 def run_lm_eval(ctx: SuiteContext) -> None:
     ev = ctx.cfg.eval
     if not ev.lm_eval.tasks:

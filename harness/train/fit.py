@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import atomic, config
 from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from harness.model.scoring import eval_rows
 from harness.run.environment import environment, peak_rss_mb
 from harness.run.record import SCHEMA, read_metrics, write_manifest
 from harness.train.callbacks import Outcome, make_callback
@@ -107,9 +108,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     # 5. trainer (the objective's: harness/train/objectives.py)
     from transformers import TrainingArguments
 
-    val_rows = prepared.val
-    if t.eval_batches and val_rows:
-        val_rows = val_rows[: t.eval_batches * t.batch_size]
+    val_rows = eval_rows(prepared.val, t.eval_batches, t.batch_size)  # the rows the `val` suite scores too
     eval_every = t.eval_every if val_rows else 0
     save_steps = t.save_every or eval_every or 100
     args = TrainingArguments(
