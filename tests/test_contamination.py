@@ -246,7 +246,7 @@ def planted_run(tmp_path):
     train_file = tmp_path / "train.jsonl"
     train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     cfg0 = DataConfig(name="x", format="alpaca", path=str(train_file), val_size=0.25)
-    trained_on = training_rows(cfg0, seed=0)
+    trained_on = training_rows(cfg0)
     fresh = [{"instruction": " ".join(_words(rng, 5)), "input": "", "output": " ".join(_words(rng, 15))} for _ in range(3)]
     eval_rows = [trained_on[0], fresh[0], trained_on[1], fresh[1], fresh[2]]
     eval_file = tmp_path / "eval.jsonl"
@@ -277,7 +277,7 @@ def test_every_suite_of_a_trained_run_records_its_contamination(planted_run, tmp
     cfg = make_cfg()
     built = []
     monkeypatch.setattr(C, "run_index", lambda *a, **k: built.append(a) or C.build_index(
-        C.texts_of_rows(training_rows(cfg.data, cfg.train.seed)), 13, 8))
+        C.texts_of_rows(training_rows(cfg.data)), 13, 8))
     model, tok = _tiny_model(cfg)
     run_suites(model, tok, cfg, tmp_path / "run", progress=False)
     suites = read_eval(tmp_path / "run")["suites"]
