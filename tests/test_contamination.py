@@ -255,7 +255,9 @@ def planted_run(tmp_path):
     corpus.write_text(" ".join(_words(rng, 30)) + "\n" + trained_on[3]["output"] + "\n", encoding="utf-8")
     overrides = [
         "model=tiny-llama", "data=alpaca-tiny", "tracker=none", "train.max_length=256", "eval=quick",
-        f"data.path={train_file}", f"data.eval_path={eval_file}", "data.val_size=0.25", "eval.lm_eval.tasks=[]",
+        # data.name kept: the generation suite below names the run's data config (a path alone renames it)
+        "data.name=alpaca-tiny", f"data.path={train_file}", f"data.eval_path={eval_file}", "data.val_size=0.25",
+        "eval.lm_eval.tasks=[]",
         f"eval.perplexity=[{{name:corpus,path:{corpus},max_length:64,stride:64,batch_size:4}}]",
         "eval.generation=[{name:planted,data:alpaca-tiny,max_new_tokens:2,batch_size:8,metrics:[]}]",
     ]
