@@ -4,7 +4,7 @@
     harness eval model=smollm2-135m --crosscheck       # our wikitext2 perplexity vs lm-eval's
 
 The model is wrapped in lm-eval's HFLM (pretrained=<model instance>), so a freshly trained peft model is
-evaluated without a save/reload. Our offline tasks live in harness/tasks/ (data from the shared kit) and
+evaluated without a save/reload. Our offline tasks live in harness/eval/tasks/ (data from the shared kit) and
 are registered with a TaskManager; short names (`hellaswag`) map to ours (`harness_hellaswag`).
 Per task we keep lm-eval's own results JSON (lm_eval/<task>.json) and one line per item in
 samples/<task>.jsonl ({id: doc_id, acc, acc_norm, target, pred}) for paired tests between runs.
@@ -61,11 +61,11 @@ def check_task_names(names: list[str], known) -> None:
             close = difflib.get_close_matches(n, [*SHORT_NAMES, *known], n=1, cutoff=0.6)
             errors.append(f"lm-eval task {n!r} is unknown.{f' Did you mean {close[0]!r}?' if close else ''}")
     if errors:
-        raise ValueError(" ".join(errors) + f" Offline tasks shipped here: {', '.join(SHORT_NAMES)} (harness/tasks/).")
+        raise ValueError(" ".join(errors) + f" Offline tasks shipped here: {', '.join(SHORT_NAMES)} (harness/eval/tasks/).")
 
 
 def task_manager(names: list[str]):
-    """A TaskManager over harness/tasks, plus lm-eval's built-ins (a slow index, and their data sets come
+    """A TaskManager over harness/eval/tasks, plus lm-eval's built-ins (a slow index, and their data sets come
     from the Hub) only when a task is not ours. Unknown names fail here, before any model call."""
     from lm_eval.tasks import TaskManager
 
