@@ -42,11 +42,11 @@ def _val_rows(cfg, tok, monkeypatch) -> dict:
     """What each caller of the split holds out for `cfg`."""
     seen = {}
 
-    def fake_val_loss(model, rows, **kw):
+    def fake_score_rows(model, rows, **kw):
         seen["val suite"] = [r["input_ids"] for r in rows]
         return {"loss": 1.0, "perplexity": 2.718, "tokens": sum(len(r["input_ids"]) for r in rows)}
 
-    monkeypatch.setattr("harness.eval.perplexity.val_loss", fake_val_loss)
+    monkeypatch.setattr("harness.model.scoring.score_rows", fake_score_rows)  # what the val suite scores with
     prepared = prepare_sft(cfg, tok)  # the trainer's preparation, through the cache
     entry = val.val_suite(None, tok, cfg, progress=False)
     suite = GenerationSuite(name="g", data=cfg.data.name)
