@@ -11,7 +11,7 @@ from harness.config import RunConfig
 from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind, say
 
-# Mean next-token loss on the validation split and its exp (perplexity.val_loss): one number per run, no samples.
+# Mean next-token loss on the validation split and its exp (harness.model.scoring.score_rows): one number per run, no samples.
 for _metric in ("loss", "perplexity"):
     declare_metric(_metric, higher_is_better=False, scale="raw")
 
