@@ -83,6 +83,7 @@ def test_score_rows_bypasses_the_mixed_precision_wrapper_of_a_model_in_training(
 
     model, rows = _tiny_lm(), _rows()
     ref = score_rows(model, rows, batch_size=4)["loss"]
+    AcceleratorState._reset_state(reset_partial_state=True)  # an earlier test's Trainer left its own state
     try:
         prepared = Accelerator(mixed_precision="bf16", cpu=True).prepare_model(model)
         batch = {"input_ids": torch.tensor([rows[1]["input_ids"]]), "labels": torch.tensor([rows[1]["labels"]])}
