@@ -23,3 +23,17 @@ def use_config_dirs(args: argparse.Namespace) -> None:
     if dirs:
         rest = [d for d in os.environ.get("HARNESS_CONFIG_PATH", "").split(os.pathsep) if d.strip()]
         os.environ["HARNESS_CONFIG_PATH"] = os.pathsep.join(dict.fromkeys([*dirs, *rest]))
+
+
+def compose_checked(args: argparse.Namespace):
+    """The run config of a command's overrides, composed with the user's config folders and put through the
+    preflight checks (harness/model/preflight.py); ConfigError lists every problem."""
+    from harness import config
+    from harness.model.preflight import preflight
+
+    use_config_dirs(args)
+    cfg = config.compose(args.overrides)
+    problems = preflight(cfg)
+    if problems:
+        raise config.ConfigError(problems)
+    return cfg

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness import config
-from harness.commands.common import add_config_dir, use_config_dirs
+from harness.commands.common import add_config_dir, compose_checked
 from harness.config import ConfigError
-from harness.model.preflight import preflight
 from harness.pipeline import train_run
 from harness.run.record import EXIT_CODES, RunError, read_summary
 
@@ -29,12 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    use_config_dirs(args)
     try:
-        cfg = config.compose(args.overrides)
-        problems = preflight(cfg)
-        if problems:
-            raise ConfigError(problems)
+        cfg = compose_checked(args)
         status, run_dir = train_run(cfg, args.overrides, force=args.force)
     except (ConfigError, RunError) as exc:
         print(f"harness train: {exc}", file=sys.stderr)

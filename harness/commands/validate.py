@@ -16,9 +16,8 @@ import argparse
 import yaml
 
 from harness import config
-from harness.commands.common import add_config_dir, use_config_dirs
+from harness.commands.common import add_config_dir, compose_checked
 from harness.config.search import shadowed
-from harness.model.preflight import preflight
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,12 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    use_config_dirs(args)
     try:
-        cfg = config.compose(args.overrides)
-        problems = preflight(cfg)
-        if problems:
-            raise config.ConfigError(problems)
+        cfg = compose_checked(args)
     except config.ConfigError as exc:
         print(exc)
         return 1

@@ -151,22 +151,22 @@ def check_record(record: Mapping, schema: type, what: str) -> list[str]:
     return errors
 
 
-def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
-    """The one writer of summary.json: checked against Summary, written atomically."""
-    path = Path(run_dir) / "summary.json"
-    errors = check_record(summary, Summary, str(path))
+def _write_checked(run_dir: str | Path, name: str, record: Mapping, schema: type) -> Path:
+    path = Path(run_dir) / name
+    errors = check_record(record, schema, str(path))
     if errors:
         raise RecordError("; ".join(errors))
-    return atomic.write_json(path, dict(summary))
+    return atomic.write_json(path, dict(record))
+
+
+def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
+    """The one writer of summary.json: checked against Summary, written atomically."""
+    return _write_checked(run_dir, "summary.json", summary, Summary)
 
 
 def write_manifest(run_dir: str | Path, manifest: Mapping) -> Path:
     """The one writer of manifest.json: checked against Manifest, written atomically."""
-    path = Path(run_dir) / "manifest.json"
-    errors = check_record(manifest, Manifest, str(path))
-    if errors:
-        raise RecordError("; ".join(errors))
-    return atomic.write_json(path, dict(manifest))
+    return _write_checked(run_dir, "manifest.json", manifest, Manifest)
 
 
 def now_iso() -> str:
