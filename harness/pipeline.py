@@ -19,7 +19,7 @@ from harness.config import ConfigError, RunConfig
 from harness.eval.registry import EvalError, say
 from harness.eval.suites import eval_config_for_run, has_suites, run_suites
 from harness.model.load import load_run_model
-from harness.run.environment import environment, peak_rss_mb
+from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import (
     BOOKKEEPING_KEYS,
     SCHEMA,
@@ -238,17 +238,13 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         quant = build_quant_config(cfg.method, torch.float32) if quantized else None
         model, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
         total = sum(p.numel() for p in model.parameters())
-        manifest = {"schema": SCHEMA, **environment(), "torch": torch.__version__,
-                    "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
-                    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                    "seeds": {"eval": cfg.eval.seed}, "model": identity(cfg.model)}
+        manifest = {"schema": SCHEMA, **run_environment(device), "seeds": {"eval": cfg.eval.seed},
+                    "model": identity(cfg.model)}
         write_manifest(run_dir, manifest)
         say(progress, f"evaluating base {cfg.model.name} on {device} into {run_dir}")
         t0 = time.time()
         torch.manual_seed(cfg.eval.seed)
         run_suites(model, tokenizer, cfg, run_dir, progress, trained=False)  # no training data: no contamination
-        from harness.run.environment import peak_rss_mb
-
         summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,
                        model_bytes=int(model.get_memory_footprint()), peak_memory_mb=peak_rss_mb(),
                        peak_memory_kind="rss" if device == "cpu" else "cuda_max_allocated")

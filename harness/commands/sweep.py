@@ -30,6 +30,7 @@ from typing import Any
 
 from harness import paths
 from harness.commands.common import add_config_dir, use_config_dirs
+from harness.run.record import EXIT_CODES
 from harness.sweep.plan import (
     check_trials,
     expand_grid,
@@ -39,9 +40,9 @@ from harness.sweep.plan import (
     plan_grid,
     validation_points,
 )
-from harness.sweep.spec import BOOKKEEPING, PlannedTrial, SpecError, SweepSpec, _override_key, load_spec
 from harness.sweep.retry import retry_failed, unfinished
 from harness.sweep.spawn import emit_json, spawn_workers
+from harness.sweep.spec import BOOKKEEPING, PlannedTrial, SpecError, SweepSpec, _override_key, load_spec
 from harness.sweep.storage import default_storage_url, study_lock
 from harness.sweep.study import enqueue_grid, open_study, study_counts
 from harness.sweep.worker import DriverError, WorkerOptions, worker_loop
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
     counts = study_counts(study)
     print(f"study {spec.study}: {counts} after {time.time() - t0:.0f}s. `harness status {spec.study}"
           f"{' --storage ' + shlex.quote(url) if args.storage else ''}` lists the trials.")
-    if rc == 130:
+    if rc == EXIT_CODES["interrupted"]:
         print("interrupted: run the same command again to resume (finished trials are kept; interrupted ones are retried).")
         return rc
     left = _report_unfinished(spec, study, planned, args.spec)

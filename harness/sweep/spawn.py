@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 
+from harness.run.record import EXIT_CODES
 from harness.sweep.worker import die_with_parent
 
 EVENT_PREFIX = "@@harness-sweep "  # worker processes report to their driver with these lines
@@ -59,4 +60,5 @@ def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
         rcs = [p.wait() for p in procs]
     for t in threads:
         t.join(timeout=5)
-    return 130 if 130 in rcs else max(rcs)
+    interrupted = EXIT_CODES["interrupted"]
+    return interrupted if interrupted in rcs else max(rcs)

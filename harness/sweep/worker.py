@@ -359,4 +359,4 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
             until = time.time() + min(spec.heartbeat_interval, 5)
             while stop.signum is None and time.time() < until:
                 time.sleep(0.2)
-    return 130
+    return EXIT_CODES["interrupted"]

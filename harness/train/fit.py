@@ -18,7 +18,7 @@ from harness import atomic, config
 from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from harness.model.scoring import eval_rows
-from harness.run.environment import environment, peak_rss_mb
+from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, read_metrics, write_manifest
 from harness.train.callbacks import Outcome, make_callback
 from harness.train.objectives import OBJECTIVES
@@ -58,10 +58,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     set_seed(t.seed)
 
     # manifest: environment now, data and model identity once known
-    manifest = {"schema": SCHEMA, **environment(), "torch": torch.__version__,
-                "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
-                "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                "precision": precision, "seeds": {"train": t.seed}}
+    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed}}
 
     # 1. quantization config -> 2. load -> 3. PEFT
     quant = build_quant_config(cfg.method, compute_dtype)
