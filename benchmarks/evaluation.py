@@ -123,7 +123,7 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
 
     cfg, net, tok = _load(model)
     data_cfg = config.compose([f"data={data}"]).data
-    examples = list(load_eval_examples(data_cfg, limit=prompts, seed=0))[:prompts]
+    examples = list(load_eval_examples(data_cfg, limit=prompts))[:prompts]
     chat = bool(getattr(tok, "chat_template", None)) and data_cfg.use_chat_template
     texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) if chat else e.prompt
              for e in examples]

@@ -56,8 +56,8 @@ def run(opts: common.Options) -> dict:
     }
     rows, notes, goals = [], [], []
     for name, cmd in commands.items():
-        if common.missing_modules(f"harness.{name.split()[1]}"):
-            rows.append({"command": name, "error": f"not measured: harness.{name.split()[1]} missing"})
+        if common.missing_modules(f"harness.commands.{name.split()[1]}"):
+            rows.append({"command": name, "error": f"not measured: harness.commands.{name.split()[1]} missing"})
             continue
         walls, peaks, err = [], [], ""
         for i in range(opts.reps):

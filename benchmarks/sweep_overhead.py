@@ -114,10 +114,10 @@ def child_stages(model: str, data: str, max_length: int) -> dict:
     environment()
     t["environment_record_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    p = hdata.prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
+    p = hdata.prepare(cfg.data, tok, max_length=max_length, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_uncached_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()  # what the trainer does: hit if an earlier process stored this preparation
-    p = prepare(cfg.data, tok, max_length=max_length, seed=0, packing=False, add_bos=cfg.model.add_bos)
+    p = prepare(cfg.data, tok, max_length=max_length, packing=False, add_bos=cfg.model.add_bos)
     t["data_prepare_s"] = time.perf_counter() - t0
     t["data_cache"] = p.stats["cache"]
     t["train_rows"] = len(p.train)

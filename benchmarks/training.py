@@ -123,7 +123,7 @@ def write_long_rows(model: str, data: str, max_length: int, need: int, out_path:
     tok = load_tokenizer(cfg.model)
     raw = json.loads(paths.resolve_data_path(cfg.data.path).read_text(encoding="utf-8"))
     cfg.data.val_size = 0
-    prepared = hdata.prepare(cfg.data, tok, max_length=10 ** 6, seed=0, packing=False, add_bos=cfg.model.add_bos)
+    prepared = hdata.prepare(cfg.data, tok, max_length=10 ** 6, packing=False, add_bos=cfg.model.add_bos)
     if len(prepared.train) != len(raw):
         raise ValueError(f"data={data}: {len(raw)} rows but {len(prepared.train)} prepared (malformed rows?); "
                          "cannot map rows to token lengths")
@@ -225,7 +225,7 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
         net = get_peft_model(net, lora)
     tok = load_tokenizer(cfg.model)
     cfg.data.path, cfg.data.val_size = data_path or cfg.data.path, 0
-    rows = hdata.prepare(cfg.data, tok, max_length=max_length, seed=seed, packing=False, add_bos=cfg.model.add_bos).train
+    rows = hdata.prepare(cfg.data, tok, max_length=max_length, packing=False, add_bos=cfg.model.add_bos).train
     params = [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()

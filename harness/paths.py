@@ -4,6 +4,8 @@ One setting each, environment first:
   HARNESS_DATA   data root for the ready-made data configs (default: ../shared/data beside the repo)
   HARNESS_CACHE  converted models and other caches (default: ~/.cache/harness)
   HARNESS_CONF   the Hydra config directory (default: conf/ in the repository)
+  HARNESS_CONFIG_PATH  the user's own config folders, dir1:dir2 (os.pathsep-separated), searched before
+                 conf/ for group options (data/, model/, ... inside each); `--config-dir DIR` adds to it
 Run names are checked here so that no name can escape the output directory.
 """
 
@@ -35,6 +37,12 @@ def conf_dir() -> Path:
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "conf"
 
 
+def user_config_dirs() -> list[Path]:
+    """The user's config folders from HARNESS_CONFIG_PATH, in order (the first wins), absolute."""
+    env = os.environ.get("HARNESS_CONFIG_PATH", "")
+    return [Path(d).expanduser().resolve() for d in env.split(os.pathsep) if d.strip()]
+
+
 def resolve_data_path(path: str) -> Path:
     """A data path in a config: absolute, ~, ./relative (to the working directory), or relative to
     the data root (the default for the shipped configs, e.g. `alpaca/alpaca_en_demo.json`)."""
@@ -44,6 +52,22 @@ def resolve_data_path(path: str) -> Path:
     if path.startswith(("./", "../")):
         return p.resolve()
     return data_root() / p
+
+
+# File extensions the data reader knows (harness/data/read.py picks a reader by them).
+DATA_FILE_TYPES = {
+    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
+    ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow",
+    ".txt": "text", ".raw": "text", ".text": "text", ".tokens": "text",
+}
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def is_hub_data_id(path: str) -> bool:
+    """Whether a data.path that does not exist locally is read as a Hub data set id: `name` or
+    `owner/name`, without a data-file extension (`alpaca/missing.json` is a missing file)."""
+    return bool(_HUB_ID.fullmatch(path)) and Path(path).suffix.lower() not in DATA_FILE_TYPES
 
 
 def check_name(name: str, what: str = "run name") -> str:

@@ -19,12 +19,23 @@ from harness.config import ConfigError, RunConfig
 from harness.eval.registry import EvalError, say
 from harness.eval.suites import eval_config_for_run, has_suites, run_suites
 from harness.model.load import load_run_model
-from harness.run.environment import environment, peak_rss_mb
-from harness.run.record import SCHEMA, new_run_id, now_iso, read_summary, run_dir_for, write_manifest, write_summary
+from harness.run.environment import peak_rss_mb, run_environment
+from harness.run.record import (
+    BOOKKEEPING_KEYS,
+    SCHEMA,
+    RunError,
+    config_changes,
+    new_run_id,
+    now_iso,
+    read_summary,
+    run_dir_for,
+    write_manifest,
+    write_summary,
+)
 from harness.train.callbacks import Outcome
 from harness.train.fit import fit
 
-_NOT_AXES = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker.tags")
+_NOT_AXES = BOOKKEEPING_KEYS
 
 
 def axes_from_overrides(cfg: RunConfig, overrides: list[str]) -> dict:
@@ -46,30 +57,51 @@ def axes_from_overrides(cfg: RunConfig, overrides: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------------- the run
-def prepare_run_dir(cfg: RunConfig, overrides: list[str]) -> tuple[Path, bool]:
-    """Create (or reopen for resume) the run directory; write config.yaml and overrides.yaml."""
+def resume_changes(cfg: RunConfig, run_dir: Path) -> list[str]:
+    """How cfg differs from the config run_dir recorded (config.yaml), bookkeeping keys left out."""
+    recorded = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    now = yaml.safe_load(yaml.safe_dump(config.to_dict(cfg), sort_keys=False))  # the same round trip as the record
+    return config_changes(recorded, now)
+
+
+def prepare_run_dir(cfg: RunConfig, overrides: list[str], force: bool = False) -> tuple[Path, bool, list[str]]:
+    """Create (or reopen for resume) the run directory; write config.yaml and overrides.yaml. Returns
+    (run_dir, resuming, the config changes a forced resume accepted). An existing run_id whose
+    recorded config differs (bookkeeping keys aside) raises RunError listing the keys, unless force
+    (then the new config is recorded and the changes go into summary.json); a completed one always."""
     name = config.default_run_name(cfg)
     run_id = cfg.run_id or new_run_id()
     run_dir = run_dir_for(cfg.output_dir, name, run_id)
     resuming = run_dir.exists() and (run_dir / "config.yaml").exists()
+    changes: list[str] = []
     if resuming:
-        old = read_summary(run_dir) or {}
-        if old.get("status") == "completed":
-            return run_dir, True
+        status = (read_summary(run_dir) or {}).get("status")
+        changes = resume_changes(cfg, run_dir)
+        if changes and (status == "completed" or not force):
+            listed = "\n".join(f"  {c}" for c in changes)
+            fix = ("start a new run (another run_id=, or none for a fresh one)" if status == "completed" else
+                   "run it with the recorded config, start a new run (another run_id=, or none), or pass --force "
+                   "to continue it under the new config (the changes are written to its summary.json)")
+            raise RunError(f"run {run_dir} ({status or 'no status'}) was recorded with another config; "
+                           f"{len(changes)} key(s) differ (recorded -> now):\n{listed}\nTo go on: {fix}.")
+        if status == "completed":
+            return run_dir, True, []
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_id = run_id
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
     atomic.write_text(run_dir / "overrides.yaml", yaml.safe_dump(list(overrides)))
-    return run_dir, resuming
+    return run_dir, resuming, changes
 
 
-def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outcome | None = None) -> tuple[str, Path]:
+def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outcome | None = None,
+              force: bool = False) -> tuple[str, Path]:
     """Train one run end to end; returns (status, run_dir). Never raises for a training failure:
     it is recorded in summary.json (status failed / diverged / interrupted) instead. Pass an
-    Outcome to get the trained model back in outcome.model."""
+    Outcome to get the trained model back in outcome.model. Raises RunError, before anything is
+    written, when run_id names a run recorded with another config (force: continue it anyway)."""
     overrides = list(overrides or [])
     started, t_start = now_iso(), time.time()
-    run_dir, resuming = prepare_run_dir(cfg, overrides)
+    run_dir, resuming, changes = prepare_run_dir(cfg, overrides, force)
     prior = read_summary(run_dir) or {}
     if prior.get("status") == "completed":
         print(f"[harness] run {run_dir} already completed; nothing to do")
@@ -82,6 +114,8 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         "data": cfg.data.name, "seed": cfg.train.seed, "axes": axes_from_overrides(cfg, overrides),
         "started_at": prior.get("started_at", started), "resumed": bool(resuming and prior),
     }
+    if changes or prior.get("config_changes_on_resume"):  # a --force resume: what changed, recorded -> now
+        summary["config_changes_on_resume"] = [*prior.get("config_changes_on_resume", []), *changes]
     write_summary(run_dir, summary)
     outcome = outcome if outcome is not None else Outcome()
     from harness.run.tracking import start
@@ -156,7 +190,8 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool =
     model, tokenizer, kind = load_run_model(run_dir, cfg, device)
     say(progress, f"loaded {cfg.model.name} ({kind}) from {run_dir} on {device}")
     t0 = time.time()
-    run_suites(model, tokenizer, cfg, run_dir, progress)
+    # a baseline run's model saw no training data: no contamination to check
+    run_suites(model, tokenizer, cfg, run_dir, progress, trained=kind != "base model")
     summary = read_summary(run_dir)
     if summary is not None and summary.get("status") in ("completed", "baseline"):
         summary["eval_time_s"] = time.time() - t0
@@ -203,17 +238,13 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         quant = build_quant_config(cfg.method, torch.float32) if quantized else None
         model, tokenizer = load_model_and_tokenizer(cfg.model, quantization_config=quant, device=device)
         total = sum(p.numel() for p in model.parameters())
-        manifest = {"schema": SCHEMA, **environment(), "torch": torch.__version__,
-                    "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
-                    "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                    "seeds": {"eval": cfg.eval.seed}, "model": identity(cfg.model)}
+        manifest = {"schema": SCHEMA, **run_environment(device), "seeds": {"eval": cfg.eval.seed},
+                    "model": identity(cfg.model)}
         write_manifest(run_dir, manifest)
         say(progress, f"evaluating base {cfg.model.name} on {device} into {run_dir}")
         t0 = time.time()
         torch.manual_seed(cfg.eval.seed)
-        run_suites(model, tokenizer, cfg, run_dir, progress)
-        from harness.run.environment import peak_rss_mb
-
+        run_suites(model, tokenizer, cfg, run_dir, progress, trained=False)  # no training data: no contamination
         summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,
                        model_bytes=int(model.get_memory_footprint()), peak_memory_mb=peak_rss_mb(),
                        peak_memory_kind="rss" if device == "cpu" else "cuda_max_allocated")

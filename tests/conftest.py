@@ -44,3 +44,19 @@ def tiny_overrides(runs_dir):
         "train.max_steps=3", "train.batch_size=4", "train.max_length=128", "train.log_every=1",
         f"output_dir={runs_dir}",
     ]
+
+
+@pytest.fixture(scope="session")
+def byo_model_dir(tmp_path_factory) -> Path:
+    """A user's own model: a tiny Llama (context 256) saved as a plain directory (config.json, safetensors,
+    tokenizer), under a name with a space that a run name cannot hold."""
+    import shutil
+
+    from harness.config import ModelConfig, TinySpec
+    from harness.model.load import local_dir
+
+    built = local_dir(ModelConfig(name="byo-src", source="tiny", context_length=256,
+                                  tiny=TinySpec(hidden_size=32, intermediate_size=64)))
+    target = tmp_path_factory.mktemp("models") / "My Model v2"
+    shutil.copytree(built, target)
+    return target

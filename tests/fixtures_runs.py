@@ -11,6 +11,10 @@ stable item ids. Extra runs: one failed (reason starts with "=" to test CSV neut
 diverged, one pruned, one interrupted, and a baseline (status "baseline") whose first e2e
 prediction is `<script>window.__pwned=1</script>` (planted to test HTML escaping).
 Everything is derived from a seeded generator: the same arguments write the same bytes.
+
+eval.json suite entries carry `metric_meta` as the evaluator writes it (META; metric_meta=False writes
+records from before it existed) and, with `contamination={suite: share}`, the `contamination` field of a
+trained run's entries (docs/run-record.md).
 """
 
 from __future__ import annotations
@@ -27,6 +31,22 @@ PLANTED = "<script>window.__pwned=1;document.title='PWNED'</script>"
 FORMULA_REASON = "=HYPERLINK(\"http://evil.example\",\"click\") RuntimeError: CUDA out of memory"
 METHODS = ("full", "lora", "qlora")
 BLEU_SIG = "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0"
+MODEL_SHA = "feedface" * 8
+DATA_SHA = "bcc37c64db1a739a" + "0" * 48
+
+
+def _meta(higher_is_better, scale, per_item=None) -> dict:
+    return {"higher_is_better": higher_is_better, "scale": scale, "per_item": per_item}
+
+
+# metric_meta as harness.eval.suites records it (tests/test_metrics.py checks these against the registry)
+META = {
+    "hellaswag": {"acc": _meta(True, "binary", "acc"), "acc_stderr": _meta(None, "fraction"),
+                  "acc_norm": _meta(True, "binary", "acc_norm")},
+    "e2e": {"bleu": _meta(True, "percent", "bleu"), "chrf": _meta(True, "percent", "chrf"),
+            "rougeL": _meta(True, "fraction", "rougeL")},
+    "val": {"loss": _meta(False, "raw"), "perplexity": _meta(False, "raw")},
+}
 
 
 def _write(path: Path, obj) -> None:
@@ -61,9 +81,11 @@ def _effect(axes: dict) -> float:
 
 def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str, items: int, *,
          reason: str = "", pruned_at: int | None = None, config_hash: str = "cfg-hs-1",
-         plant: bool = False, references: list | None = None, in_study: bool = True) -> Path:
+         plant: bool = False, references: list | None = None, in_study: bool = True,
+         metric_meta: bool = True, contamination: dict | None = None, model_sha: str = MODEL_SHA,
+         data_sha: str = DATA_SHA, eval_config: dict | None = None, name: str = "") -> Path:
     method = axes["method"]
-    name = f"{study}-{method}" if method != "base" else "tiny-llama-base"
+    name = name or (f"{study}-{method}" if method != "base" else "tiny-llama-base")
     run_id = f"t{trial:04d}-s{seed}" if trial >= 0 else "baseline"
     run_dir = root / name / run_id
     rng = np.random.default_rng([trial + 10, seed])
@@ -109,6 +131,8 @@ def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str,
     config = {"model": {"name": axes["model"]}, "method": {"name": method, "r": axes.get("method.r", 16)},
               "train": {"lr": lr, "seed": seed}, "study": study, "trial": trial, "references": references or [],
               "notes": "synthetic fixture <b>not bold</b>"}
+    if eval_config is not None:
+        config["eval"] = eval_config
     manifest = {
         "schema": 1, "harness_version": "0.1.0", "command": ["harness", "train"],
         "git": {"commit": "0123456789abcdef0123456789abcdef01234567", "dirty": False},
@@ -116,8 +140,8 @@ def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str,
         "device": "cpu", "cpu": "Fixture CPU @ 2.0GHz", "gpu": None,
         "packages": {"transformers": "5.23.0", "peft": "0.21.2", "trl": "1.16.0"},
         "seeds": {"train": seed},
-        "data": {"name": "alpaca-demo", "files": [{"path": "alpaca/alpaca_en_demo.json", "sha256": "bcc37c64db1a739a" + "0" * 48, "rows": 999}]},
-        "model": {"name": axes["model"], "source": "tiny", "path": "", "sha256": "feedface" * 8},
+        "data": {"name": "alpaca-demo", "files": [{"path": "alpaca/alpaca_en_demo.json", "sha256": data_sha, "rows": 999}]},
+        "model": {"name": axes["model"], "source": "tiny", "path": "", "sha256": model_sha},
     }
     _write(run_dir / "summary.json", summary)
     _write(run_dir / "config.yaml", config)
@@ -151,7 +175,9 @@ def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str,
           "suites": {
               "hellaswag": {"kind": "lm_eval", "metrics": {"acc": float(acc.mean()), "acc_stderr": float(acc.std() / math.sqrt(items)),
                                                          "acc_norm": float(acc_norm.mean())},
-                            "n": items, "limit": items, "num_fewshot": 0, "config_hash": config_hash,
+                            "n": items, "limit": items,
+                            "num_fewshot": ((eval_config or {}).get("lm_eval") or {}).get("num_fewshot", 0),
+                            "config_hash": config_hash,
                             "samples": "samples/hellaswag.jsonl"},
               "e2e": {"kind": "generation", "metrics": {"bleu": float(np.mean([g["bleu"] for g in gen])),
                                                        "chrf": float(np.mean([g["chrf"] for g in gen])),
@@ -159,6 +185,15 @@ def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str,
                       "signatures": {"bleu": BLEU_SIG}, "n": items, "config_hash": "cfg-e2e-1", "samples": "samples/e2e.jsonl"},
               "val": {"kind": "val", "metrics": {"loss": val_loss, "perplexity": math.exp(val_loss)}, "n": 100},
           }}
+    for suite, entry in ev["suites"].items():
+        if metric_meta:
+            entry["metric_meta"] = {m: META[suite][m] for m in entry["metrics"]}
+        if status == "completed" and suite in (contamination or {}):
+            share = contamination[suite]
+            hit = round(share * items)
+            entry["contamination"] = {"n": 13, "min_words": 8, "items": items, "contaminated": hit, "too_short": 2,
+                                      "share": hit / items, "contaminated_ids": list(range(min(hit, 20))),
+                                      "train_data": "alpaca-demo", "warn_above": 0.01}
     _write(run_dir / "eval.json", ev)
     _write(run_dir / "samples" / "hellaswag.jsonl", hs)
     _write(run_dir / "samples" / "e2e.jsonl", gen)
@@ -167,12 +202,19 @@ def _run(root: Path, study: str, trial: int, seed: int, axes: dict, status: str,
 
 def make_study(root, study: str = "demo", n_configs: int = 6, seeds: int = 3, items: int = 60, *,
                failures: bool = True, baseline: bool = True, mismatch: bool = False,
-               references: bool = True, baseline_in_study: bool = True) -> list[Path]:
+               references: bool = True, baseline_in_study: bool = True, metric_meta: bool = True,
+               contamination: dict | None = None, fewshot_mismatch: bool = False, changed_data: bool = False,
+               baseline_sha: str = MODEL_SHA) -> list[Path]:
     """Write a synthetic study under `root`; return the run directories written (sorted).
 
     mismatch=True gives the last configuration's runs a different hellaswag config_hash (the
     report must warn that those numbers are not comparable). baseline_in_study=False writes the
-    baseline as `harness eval model=...` does outside a sweep (empty study).
+    baseline as `harness eval model=...` does outside a sweep (empty study). metric_meta=False writes
+    eval.json as the evaluator did before it recorded metric_meta. contamination={suite: share} adds the
+    contamination field to trained runs' entries of those suites. fewshot_mismatch=True records an
+    eval section in config.yaml and evaluates the last configuration's hellaswag with num_fewshot 5
+    (no sweep axis varies it). changed_data=True gives configuration 0's odd-seed runs other data files.
+    baseline_sha: the baseline's weights hash (the trained runs start from MODEL_SHA).
     """
     root = Path(root)
     out = []
@@ -183,20 +225,25 @@ def make_study(root, study: str = "demo", n_configs: int = 6, seeds: int = 3, it
     for c in range(n_configs):
         axes = config_axes(c)
         for s in range(seeds):
-            h = "cfg-hs-2" if (mismatch and c == n_configs - 1) else "cfg-hs-1"
+            odd = c == n_configs - 1 and (mismatch or fewshot_mismatch)
+            h = "cfg-hs-2" if odd else "cfg-hs-1"
+            ev_cfg = {"lm_eval": {"limit": items, "num_fewshot": 5 if odd else 0, "seed": 0, "batch_size": 8},
+                      "seed": 0} if fewshot_mismatch else None
             out.append(_run(root, study, trial, s, axes, "completed", items, config_hash=h,
-                            references=refs if (references and c == 0) else None))
+                            references=refs if (references and c == 0) else None, metric_meta=metric_meta,
+                            contamination=contamination, eval_config=ev_cfg,
+                            data_sha="0badc0de" * 8 if (changed_data and c == 0 and s % 2) else DATA_SHA))
             trial += 1
     if failures:
         extra = [("failed", FORMULA_REASON, None), ("diverged", "loss became nan at step 15", None),
                  ("pruned", "pruned at step 10 by MedianPruner", 10), ("interrupted", "SIGTERM received at step 20", None)]
         for status, reason, pruned in extra:
             out.append(_run(root, study, trial, 0, config_axes(trial % max(1, n_configs)), status, items,
-                            reason=reason, pruned_at=pruned))
+                            reason=reason, pruned_at=pruned, metric_meta=metric_meta))
             trial += 1
     if baseline:
         out.append(_run(root, study, -1, 0, {"model": "tiny-llama", "method": "base"}, "baseline", items, plant=True,
-                        in_study=baseline_in_study))
+                        in_study=baseline_in_study, metric_meta=metric_meta, model_sha=baseline_sha))
     return sorted(out)
 
 

@@ -214,8 +214,8 @@ def test_training_rows_are_the_train_split_and_its_own_val_split_is_clean(tmp_pa
     rows = [{"q": " ".join(_words(rng, 15)), "a": " ".join(_words(rng, 15))} for _ in range(40)]
     cfg = DataConfig(name="toy", format="prompt_completion", path=_data_file(tmp_path, rows),
                      fields={"prompt": "q", "completion": "a"}, val_size=0.25)
-    train = training_rows(cfg, seed=0)
-    val = load_eval_examples(cfg, seed=0)  # with no eval_path: the held-out split of the same seed
+    train = training_rows(cfg)
+    val = load_eval_examples(cfg)  # with no eval_path: the held-out split (data.split_seed, as in training)
     assert len(train) == 30 and len(val) == 10
     assert {r["prompt"] for r in train}.isdisjoint(ex.messages[-1]["content"] for ex in val)
     index = C.build_index(C.texts_of_rows(train))
@@ -230,6 +230,114 @@ def test_training_rows_refuses_eval_only_data(tmp_path):
                      fields={"prompt": "text"})
     with pytest.raises(DataError, match="eval"):
         training_rows(cfg)
+
+
+# ------------------------------------------------------------- every trained run's eval.json
+@pytest.fixture()
+def planted_run(tmp_path):
+    """A data file whose even rows share a 20-word sentence (so do the validation rows among them), a held-out
+    eval file whose items 0 and 2 repeat training rows word for word, and a text corpus that quotes one."""
+    from harness import config
+
+    rng = random.Random(11)
+    shared = " ".join(_words(rng, 20))
+    rows = [{"instruction": " ".join(_words(rng, 5)), "input": "",
+             "output": " ".join(_words(rng, 15)) + (". " + shared if i % 2 == 0 else "")} for i in range(40)]
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    cfg0 = DataConfig(name="x", format="alpaca", path=str(train_file), val_size=0.25)
+    trained_on = training_rows(cfg0)
+    fresh = [{"instruction": " ".join(_words(rng, 5)), "input": "", "output": " ".join(_words(rng, 15))} for _ in range(3)]
+    eval_rows = [trained_on[0], fresh[0], trained_on[1], fresh[1], fresh[2]]
+    eval_file = tmp_path / "eval.jsonl"
+    eval_file.write_text("".join(json.dumps(r) + "\n" for r in eval_rows), encoding="utf-8")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(_words(rng, 30)) + "\n" + trained_on[3]["output"] + "\n", encoding="utf-8")
+    overrides = [
+        "model=tiny-llama", "data=alpaca-tiny", "tracker=none", "train.max_length=256", "eval=quick",
+        # data.name kept: the generation suite below names the run's data config (a path alone renames it)
+        "data.name=alpaca-tiny", f"data.path={train_file}", f"data.eval_path={eval_file}", "data.val_size=0.25",
+        "eval.lm_eval.tasks=[]",
+        f"eval.perplexity=[{{name:corpus,path:{corpus},max_length:64,stride:64,batch_size:4}}]",
+        "eval.generation=[{name:planted,data:alpaca-tiny,max_new_tokens:2,batch_size:8,metrics:[]}]",
+    ]
+    return lambda *extra: config.compose(overrides + list(extra)), shared
+
+
+def _tiny_model(cfg):
+    from harness.model.load import load_model_and_tokenizer
+
+    return load_model_and_tokenizer(cfg.model)
+
+
+def test_every_suite_of_a_trained_run_records_its_contamination(planted_run, tmp_path, capsys, monkeypatch):
+    from harness.eval.suites import run_suites
+    from harness.eval.val import val_items
+    from harness.run.record import read_eval
+
+    make_cfg, shared = planted_run
+    cfg = make_cfg()
+    built = []
+    monkeypatch.setattr(C, "run_index", lambda *a, **k: built.append(a) or C.build_index(
+        C.texts_of_rows(training_rows(cfg.data)), 13, 8))
+    model, tok = _tiny_model(cfg)
+    run_suites(model, tok, cfg, tmp_path / "run", progress=False)
+    suites = read_eval(tmp_path / "run")["suites"]
+    assert len(built) == 1  # one training index per run, not per suite
+
+    keys = ["n", "min_words", "items", "contaminated", "too_short", "share", "contaminated_ids", "train_data", "warn_above"]
+    for name in ("val", "corpus", "planted"):
+        c = suites[name]["contamination"]
+        assert sorted(c) == sorted(keys), name
+        assert (c["n"], c["min_words"], c["train_data"], c["warn_above"]) == (13, 8, "alpaca-tiny", 0.01)
+    gen = suites["planted"]["contamination"]
+    assert (gen["items"], gen["contaminated"], gen["share"]) == (5, 2, 0.4)
+    assert gen["contaminated_ids"] == ["alpaca-tiny-0000", "alpaca-tiny-0002"]  # the generation samples' ids
+    assert suites["corpus"]["contamination"]["contaminated"] == 1
+    ids, texts = val_items(cfg, "val", suites["val"])  # the held-out rows: contaminated exactly where they hold `shared`
+    val = suites["val"]["contamination"]
+    assert val["items"] == 10 and val["contaminated_ids"] == [i for i, t in zip(ids, texts) if shared in t] != []
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "warning" in line]
+    assert len(warnings) == 3 and all("eval.contamination_warn=0.01" in w for w in warnings)
+    assert any(w.startswith("[harness] warning: planted: 2 of 5 items (40.0%)") for w in warnings)
+
+
+def test_contamination_is_not_recorded_for_a_base_model_or_when_off(planted_run, tmp_path):
+    from harness.eval.suites import run_suites
+
+    make_cfg, _ = planted_run
+    for i, (cfg, trained) in enumerate([(make_cfg(), False), (make_cfg("eval.contamination=false"), True)]):
+        model, tok = _tiny_model(cfg)
+        suites = run_suites(model, tok, cfg, tmp_path / str(i), progress=False, trained=trained)
+        assert set(suites) == {"val", "corpus", "planted"}
+        assert not any("contamination" in e for e in suites.values())
+
+
+def test_contamination_n_and_the_warning_threshold_are_config(planted_run, tmp_path, capsys):
+    from harness.config import ConfigError
+    from harness.eval.suites import run_suites
+
+    make_cfg, _ = planted_run
+    cfg = make_cfg("eval.contamination_n=21", "eval.contamination_warn=0.5", "eval.val_loss=false",
+                   "eval.perplexity=[]")
+    model, tok = _tiny_model(cfg)
+    c = run_suites(model, tok, cfg, tmp_path, progress=False)["planted"]["contamination"]
+    assert (c["n"], c["min_words"], c["warn_above"], c["contaminated"]) == (21, 8, 0.5, 2)
+    assert "warning" not in capsys.readouterr().out  # 40% is under 50%
+    for bad in ("eval.contamination_n=3", "eval.contamination_warn=1.5", "eval.contamination_warn=-0.1"):
+        with pytest.raises(ConfigError, match=bad.split("=")[0]):
+            make_cfg(bad)
+
+
+def test_lm_eval_items_are_the_scored_docs_with_their_choices():
+    from harness.eval.lm_eval import lm_eval_items, task_items
+
+    if not (paths.data_root() / "multiple-choice").is_dir():
+        pytest.skip(f"the shared data kit is not at {paths.data_root()} (set HARNESS_DATA)")
+    ids, texts = lm_eval_items(None, "arc_easy", {"n": 3})
+    assert ids == [0, 1, 2] and texts == task_items("arc_easy")[:3]
+    assert texts[0].count("\n") >= 3  # the question, then every choice
+    assert task_items("some_hub_task") is None
 
 
 # ------------------------------------------------------------------------------ the docs table

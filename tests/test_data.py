@@ -53,8 +53,8 @@ def dcfg(path, **kw) -> DataConfig:
     return DataConfig(path=str(path), **kw)
 
 
-def prep(cfg, tok, max_length=256, seed=0, packing=False, add_bos=False):
-    return data.prepare(cfg, tok, max_length=max_length, seed=seed, packing=packing, add_bos=add_bos)
+def prep(cfg, tok, max_length=256, packing=False, add_bos=False):
+    return data.prepare(cfg, tok, max_length=max_length, packing=packing, add_bos=add_bos)
 
 
 # ------------------------------------------------------------------------------ labels and prompts
@@ -222,7 +222,7 @@ def test_split_is_deterministic_by_seed_and_keeps_prompt_groups_together(tmp_pat
     cfg = dcfg(write_json(tmp_path / "s.json", rows), val_size=0.2)
 
     def val_prompts(seed):
-        p = prep(cfg, tok, seed=seed)
+        p = prep(dataclasses.replace(cfg, split_seed=seed), tok)
         return [tok.decode(e["input_ids"]) for e in p.val], [tok.decode(e["input_ids"]) for e in p.train], p.stats
 
     v0, t0, st = val_prompts(0)
@@ -299,16 +299,16 @@ def test_raw_text_documents_and_chunks(tmp_path, tok):
 # ------------------------------------------------------------------------------------ evaluation
 def test_eval_falls_back_to_the_val_split(tmp_path, tok):
     rows = [{"instruction": f"q{i}", "input": "", "output": f"a{i}"} for i in range(40)]
-    cfg = dcfg(write_json(tmp_path / "e.json", rows), val_size=0.25)
-    p = prep(cfg, tok, seed=3)
-    examples = data.load_eval_examples(cfg, seed=3)
+    cfg = dcfg(write_json(tmp_path / "e.json", rows), val_size=0.25, split_seed=3)
+    p = prep(cfg, tok)
+    examples = data.load_eval_examples(cfg)
     assert len(examples) == p.stats["val_rows"] == 10
     train_text = " ".join(tok.decode(e["input_ids"]) for e in p.train)
     for ex in examples:
         q = ex.messages[-1]["content"]
         assert ex.id == f"t-{int(q[1:]) + 1:04d}" and ex.references == [f"a{q[1:]}"]
         assert f"\n{q}<|im_end|>" not in train_text
-    assert len(data.load_eval_examples(cfg, limit=4, seed=3)) == 4
+    assert len(data.load_eval_examples(cfg, limit=4)) == 4
     with pytest.raises(data.DataError, match="no rows are held out"):
         data.load_eval_examples(dataclasses.replace(cfg, val_size=0))
 

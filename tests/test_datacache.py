@@ -1,8 +1,9 @@
-"""The prepared-data cache (harness/datacache.py): a second preparation of the same input is a hit with the
-same rows, and anything the result depends on (file, length, seed, tokenizer) makes a new entry."""
+"""The prepared-data cache (harness/data/cache.py): a second preparation of the same input is a hit with the
+same rows, and anything the result depends on (file, length, split seed, tokenizer) makes a new entry."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -33,7 +34,7 @@ def cfg(tmp_path, monkeypatch):
 
 
 def _prep(cfg, tok, **kw):
-    args = {"max_length": 64, "seed": 0, "packing": False, "add_bos": False, **kw}
+    args = {"max_length": 64, "packing": False, "add_bos": False, **kw}
     return prepare(cfg, tok, **args)
 
 
@@ -49,7 +50,7 @@ def test_second_preparation_is_a_hit_with_the_same_rows(cfg, tok):
 def test_what_the_result_depends_on_makes_a_new_entry(cfg, tok):
     base = _prep(cfg, tok)
     assert _prep(cfg, tok, max_length=32).stats["cache"] == "miss"
-    assert _prep(cfg, tok, seed=1).stats["cache"] == "miss"
+    assert _prep(dataclasses.replace(cfg, split_seed=1), tok).stats["cache"] == "miss"
     assert _prep(cfg, tok, packing=True).stats["cache"] == "miss"
     other_tok = load_tokenizer(config.compose(["model=tiny-gpt2"]).model)
     assert _prep(cfg, other_tok).stats["cache"] == "miss"

@@ -11,7 +11,7 @@ import yaml
 
 from harness import atomic, cli, config, paths
 from harness.eval.registry import config_hash, versions
-from harness.eval.suites import run_suites
+from harness.eval.suites import run_suites, with_metric_meta
 from harness.model.load import load_model_and_tokenizer
 from harness.run.record import find_run_dirs, flat_metrics, read_eval, read_samples, read_summary
 
@@ -41,6 +41,15 @@ def test_versions_name_the_scoring_libraries():
     assert v["lm_eval"] == "0.4.13"
 
 
+def test_every_suite_entry_gets_the_metadata_of_its_metrics():
+    entry = with_metric_meta({"kind": "lm_eval", "metrics": {"acc": 0.5, "acc_stderr": 0.1, "mcc": 0.2}})
+    assert entry["metric_meta"] == {
+        "acc": {"higher_is_better": True, "scale": "binary", "per_item": "acc"},
+        "acc_stderr": {"higher_is_better": None, "scale": "fraction", "per_item": None},
+        "mcc": {"higher_is_better": None, "scale": "raw", "per_item": None},  # declared by nobody: said so
+    }
+
+
 def test_every_shipped_eval_config_composes():
     for name in config.group_options("eval"):
         cfg = _cfg(f"eval={name}")
@@ -68,6 +77,11 @@ def test_run_suites_on_a_peft_model_in_memory(tmp_path):
     assert set(ev["suites"]) == set(suites) and ev["versions"]["lm_eval"] == "0.4.13"
     for name, entry in ev["suites"].items():
         assert len(entry["config_hash"]) == 16, name
+        assert set(entry["metric_meta"]) == set(entry["metrics"]), name  # recorded for every metric
+    assert ev["suites"]["arc_easy"]["metric_meta"]["acc"] == {"higher_is_better": True, "scale": "binary", "per_item": "acc"}
+    assert "acc" in read_samples(tmp_path, "arc_easy")[0]  # the per-item key is in the samples rows
+    assert ev["suites"]["wikitext2"]["metric_meta"]["word_perplexity"]["higher_is_better"] is False
+    assert ev["suites"]["val"]["metric_meta"]["loss"] == {"higher_is_better": False, "scale": "raw", "per_item": None}
     w = ev["suites"]["wikitext2"]
     rows = read_samples(tmp_path, "wikitext2")
     assert w["n"] == len(rows) >= 1 and w["tokens"] == sum(r["tokens"] for r in rows) >= 300
@@ -75,6 +89,10 @@ def test_run_suites_on_a_peft_model_in_memory(tmp_path):
     assert ev["suites"]["val"]["metrics"]["perplexity"] > 1
     flat = flat_metrics(tmp_path)
     assert "arc_easy.acc" in flat and "wikitext2.bits_per_byte" in flat and "val.loss" in flat
+    # a trained run (the default): each suite's items against alpaca-tiny's training split, as many as it scored
+    contam = {name: entry["contamination"] for name, entry in ev["suites"].items()}
+    assert contam["arc_easy"]["items"] == 3 and contam["wikitext2"]["items"] == w["n"]
+    assert contam["val"]["items"] == 10 and all(c["train_data"] == "alpaca-tiny" for c in contam.values())
 
 
 def _baseline_run_dir(root, *overrides):
@@ -99,6 +117,7 @@ def test_harness_eval_run_dir_end_to_end(tmp_path, capsys):
         assert e["n"] == 3 and e["limit"] == 3 and (run_dir / e["samples"]).exists()
         assert (run_dir / e["lm_eval_results"]).exists()
     assert (read_summary(run_dir) or {})["eval_time_s"] > 0
+    assert not any("contamination" in e for e in ev["suites"].values())  # a base model saw no training data
 
     # extra eval overrides are composed with the run's overrides.yaml; other suites are kept
     assert cli.main(["eval", str(run_dir), "eval=perplexity", FAST_PPL.replace("max_tokens:300", "max_tokens:100"),
@@ -156,6 +175,7 @@ def test_harness_eval_base_model_creates_a_baseline_run(tmp_path, capsys):
     assert manifest["model"]["name"] == "tiny-llama" and manifest["packages"]["lm_eval"] == "0.4.13"
     assert config.load_run_config(run_dir).eval.name == "perplexity"
     assert "wikitext2" in read_eval(run_dir)["suites"]
+    assert "contamination" not in read_eval(run_dir)["suites"]["wikitext2"]
     assert capsys.readouterr().out.strip().splitlines()[-1] == f"[harness] results: {run_dir / 'eval.json'}"
 
 
@@ -186,6 +206,9 @@ def test_rescore_adds_metrics_from_saved_samples_without_decoding(tmp_path, caps
     assert after["metrics"]["bleu"] == before["metrics"]["bleu"]  # same predictions, same score
     assert (run_dir / before["samples"]).read_text() == samples  # nothing was generated again
     assert after["config_hash"] != before["config_hash"] and after["n"] == before["n"] == 3
+    assert set(before["metric_meta"]) == {"bleu"} and set(after["metric_meta"]) == {"bleu", "nist", "cider"}
+    assert after["metric_meta"]["nist"] == {"higher_is_better": True, "scale": "raw", "per_item": None}
+    assert "bleu" in atomic.read_jsonl(run_dir / before["samples"])[0]  # bleu's per-item key
 
     # other decoding settings would make the saved predictions the wrong ones: refused
     capsys.readouterr()

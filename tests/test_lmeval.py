@@ -1,4 +1,4 @@
-"""lm-eval stage (harness/lmeval.py, harness/tasks/): every data row parses, every shipped task runs
+"""lm-eval stage (harness/lmeval.py, harness/eval/tasks/): every data row parses, every shipped task runs
 on the tiny Llama, samples are paired by doc id, and our perplexity agrees with lm-eval's.
 
     python -m pytest tests/test_lmeval.py -x -q            (slow: -m slow, the smollm2-135m cross-check)

@@ -13,7 +13,15 @@ import time
 import numpy as np
 import pytest
 
-from harness.eval.metrics import METRICS, check_metric_names, compute, register_metric
+from harness.eval.metrics import (
+    METRIC_META,
+    METRICS,
+    check_metric_names,
+    compute,
+    declare_metric,
+    describe_metric,
+    register_metric,
+)
 from harness.eval.scores import (
     CorpusStats,
     MetricError,
@@ -223,7 +231,85 @@ def test_registry_and_did_you_mean():
     with pytest.raises(MetricError, match="Did you mean 'rouge'"):
         check_metric_names(["bleu", "rogue"])
     with pytest.raises(MetricError, match="register"):
-        register_metric("bleu")(lambda p, r: {})
+        register_metric("bleu", higher_is_better=True, scale="percent", per_item="bleu")(lambda p, r: {})
+
+
+# ------------------------------------------------------------------------------ metric metadata
+# every metric any suite kind writes to eval.json (generation, lm_eval, perplexity, val)
+WRITTEN = {
+    "generation": ["bleu", "chrf", "ter", "rouge1", "rouge2", "rougeL", "rougeLsum", "exact_match", "final_number",
+                   "nist", "meteor", "cider"],
+    "lm_eval": ["acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "exact_match", "exact_match_stderr",
+                "exact_match_flexible-extract", "exact_match_flexible-extract_stderr"],
+    "perplexity": ["word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"],
+    "val": ["loss", "perplexity"],
+}
+
+
+def test_every_metric_a_suite_writes_declares_its_metadata():
+    import harness.eval.suites  # noqa: F401  (the suite kinds declare their outputs on import)
+
+    missing = [m for names in WRITTEN.values() for m in names if describe_metric(m) is None]
+    assert missing == []
+    r = {m: describe_metric(m).to_record() for names in WRITTEN.values() for m in names}
+    assert r["acc"] == {"higher_is_better": True, "scale": "binary", "per_item": "acc"}
+    assert r["acc_norm"]["per_item"] == "acc_norm" and r["acc_stderr"]["higher_is_better"] is None
+    assert r["exact_match_flexible-extract"]["per_item"] == "exact_match_flexible-extract"
+    assert r["bleu"] == {"higher_is_better": True, "scale": "percent", "per_item": "bleu"}
+    assert r["ter"]["higher_is_better"] is False and r["ter"]["per_item"] is None
+    # one registered metric, several outputs: each its own entry; only rougeL has per-item values in samples
+    assert {k: r[k]["per_item"] for k in ("rouge1", "rouge2", "rougeL", "rougeLsum")} == {
+        "rouge1": None, "rouge2": None, "rougeL": "rougeL", "rougeLsum": None}
+    assert all(r[k]["scale"] == "fraction" and r[k]["higher_is_better"] for k in ("rouge1", "rougeL"))
+    for m in WRITTEN["perplexity"] + WRITTEN["val"]:
+        assert r[m] == {"higher_is_better": False, "scale": "raw", "per_item": None}, m
+    # every registered generation metric's outputs are declared (compute() refuses an undeclared one)
+    assert set(compute(["bleu", "chrf", "ter", "rouge", "exact_match", "final_number"], README_SYS, README_REFS,
+                       0).metrics) <= set(METRIC_META)
+
+
+def test_per_item_keys_are_what_lm_eval_rows_hold():
+    import harness.eval.suites  # noqa: F401
+    from harness.eval.lm_eval import merge_filters, sample_rows
+
+    mc = sample_rows([{"doc_id": 0, "target": 0, "filtered_resps": [[-1.0, False], [-2.0, False]], "acc": 1.0,
+                       "acc_norm": 0.0, "doc": {"choices": ["a", "b"]}}], "multiple_choice")
+    gen = merge_filters([{"id": 0, "target": "1", "pred": "1", "filter": f, "exact_match": 1.0}
+                         for f in ("strict-match", "flexible-extract")])
+    for m, rows in (("acc", mc), ("acc_norm", mc), ("exact_match", gen), ("exact_match_flexible-extract", gen)):
+        assert describe_metric(m).per_item in rows[0], m
+
+
+def test_the_fixture_records_carry_the_registrys_metadata():
+    import harness.eval.suites  # noqa: F401
+    from tests.fixtures_runs import META
+
+    for suite, metas in META.items():
+        for m, rec in metas.items():
+            assert describe_metric(m).to_record() == rec, (suite, m)
+
+
+def test_metadata_is_required_and_declared_once():
+    with pytest.raises(TypeError):
+        register_metric("needs_meta")  # higher_is_better and scale are keyword-only and required
+    with pytest.raises(MetricError, match="different metadata"):
+        declare_metric("bleu", higher_is_better=False, scale="percent", per_item="bleu")
+    assert declare_metric("bleu", higher_is_better=True, scale="percent", per_item="bleu") == describe_metric("bleu")
+    with pytest.raises(ValueError, match="scale"):
+        declare_metric("new_metric_x", higher_is_better=True, scale="furlongs")
+    assert "new_metric_x" not in METRIC_META
+
+    def two_outputs(p, r):
+        stats = METRICS["exact_match"](p, r)["exact_match"]
+        return {"declared_out": stats, "undeclared_out": stats}
+
+    try:
+        register_metric("two_outputs", higher_is_better=True, scale="binary", outputs={"declared_out": None})(two_outputs)
+        with pytest.raises(MetricError, match="undeclared_out"):
+            compute(["two_outputs"], README_SYS, README_REFS, 0)
+    finally:
+        METRICS.pop("two_outputs", None)
+        METRIC_META.pop("declared_out", None)
 
 
 def test_compute_report():

@@ -24,12 +24,12 @@ from harness.eval.perplexity import (
     run_suite,
     score_token_lists,
     select_documents,
-    val_loss,
     wikitext_detokenize,
     wikitext_documents,
     window_spans,
 )
 from harness.model.load import load_model_and_tokenizer
+from harness.model.scoring import score_rows
 
 
 # ------------------------------------------------------------------------------------ pure math
@@ -188,7 +188,7 @@ def test_run_suite_on_a_plain_text_file(tiny, tmp_path):
     assert entry["tokens_per_s"] > 0
 
 
-def test_val_loss_equals_the_models_own_loss(tiny):
+def test_val_loss_equals_the_models_own_loss(tiny):  # the `val` suite's number: harness/model/scoring.py
     import torch
 
     model, tok, cfg = tiny
@@ -196,13 +196,13 @@ def test_val_loss_equals_the_models_own_loss(tiny):
     labels = [-100] * 6 + ids[6:]
     with torch.no_grad():
         ref = float(model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss)
-    res = val_loss(model, [{"input_ids": ids, "labels": labels}], batch_size=4)
+    res = score_rows(model, [{"input_ids": ids, "labels": labels}], batch_size=4)
     assert res["loss"] == pytest.approx(ref, rel=1e-5)
     assert res["tokens"] == len(ids) - 6
     assert res["perplexity"] == pytest.approx(math.exp(ref), rel=1e-5)
     # padding beside a longer row must not change it
-    res2 = val_loss(model, [{"input_ids": ids, "labels": labels}, {"input_ids": ids * 2, "labels": ids * 2}],
-                               batch_size=1)
+    res2 = score_rows(model, [{"input_ids": ids, "labels": labels}, {"input_ids": ids * 2, "labels": ids * 2}],
+                      batch_size=2)
     assert res2["tokens"] == res["tokens"] + 2 * len(ids) - 1
 
 

@@ -17,7 +17,7 @@ from harness import config, data, paths
 from harness.config import ConfigError, DataConfig
 from harness.data.preference import encode_pairs, fit_pair, load_preference_rows, normalise_preference, prepare_preference
 from harness.data.read import BadRow
-from harness.data.tokenize import render_prompt
+from harness.data.formats import render_prompt
 from harness.model.load import load_model_and_tokenizer, load_tokenizer
 from harness.pipeline import train_run
 from harness.run.record import read_eval, read_metrics, read_samples, read_summary
@@ -99,7 +99,7 @@ def test_pairs_tokenise_like_sft_with_eos_and_long_pairs_are_cut(tok):
     d = dcfg("x")
     row = normalise_preference(SHAREGPT, d)
     (enc,), cuts = encode_pairs([row], tok, d, add_bos=True, max_length=512)
-    prompt = render_prompt({"messages": [*row["prompt"], {"role": "assistant", "content": ""}]}, tok, d, True)
+    prompt = render_prompt(row, tok, d, True)
     assert enc["prompt_ids"] == tok(prompt, add_special_tokens=False)["input_ids"]
     assert enc["prompt_ids"][0] == tok.bos_token_id and prompt.endswith("<|im_start|>assistant\n")
     assert enc["chosen_ids"][-1] == enc["rejected_ids"][-1] == tok.eos_token_id
@@ -111,11 +111,18 @@ def test_pairs_tokenise_like_sft_with_eos_and_long_pairs_are_cut(tok):
 
 
 @needs_data
-def test_sft_on_preference_data_fails_with_the_fix(runs_dir):
+def test_sft_on_preference_data_learns_the_chosen_answers(runs_dir, tok):
+    from harness.data.formats import FORMATS
+
+    d = config.compose(["data=dpo-en-demo"]).data
+    row = normalise_preference(SHAREGPT, d)
+    ((ids, labels),) = FORMATS["preference"].encode([row], tok, d, True)
+    learned = tok.decode([i for i, lab in zip(ids, labels) if lab != -100])
+    assert learned.startswith("Paris.") and "Lyon" not in learned  # the chosen answer (+ EOS), never the rejected
     ov = ["model=tiny-llama", "data=dpo-en-demo", "tracker=none", "eval=none", "train.max_steps=1",
-          f"output_dir={runs_dir}"]
+          "data.max_rows=40", "data.max_bad_share=0.8", f"output_dir={runs_dir}"]  # long prompts: bad rows for SFT
     status, run_dir = train_run(config.compose(ov), ov)
-    assert status == "failed" and "train.objective=dpo" in read_summary(run_dir)["reason"]
+    assert status == "completed", read_summary(run_dir).get("reason")
 
 
 @needs_data

@@ -279,3 +279,7 @@ def test_krippendorff_alpha_matches_krippendorff_package_on_reliability_data():
     ref = krippendorff.alpha(reliability_data=coded, level_of_measurement="nominal")
     assert krippendorff_alpha(words, "nominal") == pytest.approx(ref, rel=1e-12)
     assert math.isnan(krippendorff_alpha([[3, 3], [3, 3, None]], "interval"))  # one value throughout
+
+
+def test_mean_ci_of_equal_values_is_a_point_not_nan():
+    assert mean_ci([4.0, 4.0, 4.0]) == (4.0, 4.0, 4.0)

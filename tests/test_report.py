@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness import cli
-from harness.report.fmt import _num, csv_safe, fmt, metric_direction, timestamp
+from harness.report.fmt import _num, csv_safe, fmt, timestamp
 from harness.report.stats import holm, mean_ci
 from tests.fixtures_runs import FORMULA_REASON, make_optuna_storage, make_study
 
@@ -314,14 +314,7 @@ def test_clear_errors(tmp_path, capsys):
         assert message in err and "Traceback" not in err
 
 
-def test_metric_direction_and_format():
-    assert metric_direction("hellaswag.acc") == "max"
-    assert metric_direction("e2e.ter") == "min"
-    assert metric_direction("summary.peak_memory_mb") == "min"
-    assert metric_direction("summary.tokens_per_s") == "max"
-    assert metric_direction("wikitext2.bits_per_byte") == "min"
-    assert metric_direction("e2e.rougeL") == "max"
-    assert metric_direction("val.loss") == "min"
+def test_format():
     assert fmt(1_000_000.0) == "1,000,000" and fmt(0.41234) == "0.4123" and fmt(None) == "—"
     assert math.isnan(_num("nan")) and _num(3) == 3.0 and math.isnan(_num("x"))
 

@@ -66,7 +66,9 @@ def _run(args, tmp_path, timeout=900):
 def test_lora_e2e_recipe_runs_and_reports_beside_the_paper(tmp_path):
     """The README's E2E command pair on the tiny model: two training steps, beam 2 on three MRs."""
     runs, storage, out = tmp_path / "runs", f"sqlite:///{tmp_path / 'e2e.db'}", tmp_path / "reports"
+    # train.max_length=256: the tiny tokenizer splits E2E prompts into up to ~150 tokens (SmolLM2: under 128)
     _run(["sweep", "sweeps/reproduce-lora-e2e.yaml", "model=tiny-llama", "train.max_steps=2", "train.warmup_steps=0",
+          "train.max_length=256",
           "train.eval_every=1", "eval.generation.0.limit=3", "eval.generation.0.num_beams=2",
           "eval.generation.0.max_new_tokens=8", "eval.generation.0.metrics=[bleu,nist,cider,rouge]",  # METEOR: its own slow test
           "--runs-root", str(runs), "--storage", storage], tmp_path)

@@ -3,10 +3,10 @@
     python -m pytest tests/test_sweep.py -x -q
 
 Pure parts (spec parsing, grid expansion, trial -> overrides) are tested directly. The driver runs
-as a real `harness sweep` process; most trials use a stand-in trainer (FAKE_TRAIN below, selected by
-HARNESS_SWEEP_TRAIN_CMD) that composes the same config and writes the same run record, so crashes,
-SIGKILLs, pruning and resumes are exercised in seconds. Two tests run the real `harness train` on
-tiny-llama (the second, a grid, is marked slow).
+as a real `harness sweep` process; most trials use a stand-in trainer (FAKE_TRAIN in tests/sweep_fakes.py,
+selected by HARNESS_SWEEP_TRAIN_CMD) that takes the same overrides and writes the same run record, so
+crashes, SIGKILLs, pruning and resumes are exercised in seconds. Two tests run the real `harness train` on
+tiny-llama (the second, a grid, is marked slow). Driver kills and bad inputs: tests/faults/.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,91 +29,9 @@ from harness.sweep.spec import SpecError, load_spec, parse_spec
 from harness.sweep.storage import default_storage_url, open_storage
 from harness.sweep.study import enqueue_grid, open_study
 from harness.sweep.worker import TRAIN_CMD_ENV
+from tests.sweep_fakes import BASE, FAKE_TRAIN, by_state, fake_env, harness, trials_of, write_spec  # noqa: F401 (fixture; FAKE_TRAIN for test_sweep_postgres)
 
 REPO = Path(__file__).resolve().parent.parent
-
-# The stand-in trainer: same overrides, same run record, behaviour chosen by `notes=`:
-#   ok | crash (exit 1 with a failed summary) | kill (SIGKILL itself, like the OOM killer) | sleep:S
-#   | sleepfirst:S (sleep only when not resuming: room to interrupt it even on a loaded machine)
-#   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through harness.sweep.pruning, exit 3 when told to)
-FAKE_TRAIN = textwrap.dedent('''
-    import os, signal, sys, time
-    from harness import atomic
-    from harness.run import record as records
-    ovs = sys.argv[1:]
-    kv = dict(o.lstrip("+").split("=", 1) for o in ovs)  # light on purpose: no Hydra import per trial
-    run_dir = records.run_dir_for(kv["output_dir"], kv["name"], kv["run_id"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / "overrides.yaml", "".join(f"- {o!r}\\n" for o in ovs))
-    seed, r, mode = int(kv.get("train.seed", 0)), int(kv.get("method.r", 16)), kv.get("notes", "ok")
-    base = {"schema": 1, "name": kv["name"], "run_id": kv["run_id"], "run_dir": str(run_dir), "study": kv["study"],
-            "trial": int(kv["trial"]), "seed": seed}
-    prior = records.read_summary(run_dir) or {}
-    atomic.write_json(run_dir / "summary.json", {**base, "status": "running", "resumed": bool(prior)})
-    print("fake training", mode, flush=True)
-    if mode.startswith("sleep:"):
-        time.sleep(float(mode.split(":")[1]))
-    if mode.startswith("sleepfirst:") and not prior:  # a long first attempt to interrupt; a resume is quick
-        time.sleep(float(mode.split(":")[1]))
-    if mode == "kill":
-        os.kill(os.getpid(), signal.SIGKILL)
-    if mode == "crash":
-        atomic.write_json(run_dir / "summary.json", {**base, "status": "failed", "reason": "RuntimeError: boom"})
-        print("Traceback: RuntimeError: boom", flush=True)
-        sys.exit(1)
-    loss = 1.0 + r / 100 + seed / 1000
-    if mode == "nometric":  # completes, but the run record lacks the objective
-        atomic.write_json(run_dir / "summary.json", {**base, "status": "completed", "reason": ""})
-        sys.exit(0)
-    if mode == "prune":  # report to the study like the trainer's pruning callback
-        from harness.sweep.pruning import OptunaReporter
-        reporter = OptunaReporter(kv["storage"], kv["study"], int(kv["trial"]))
-        for step in (10, 20, 30):
-            if reporter.report(step, loss + 1 / step):
-                atomic.write_json(run_dir / "summary.json", {**base, "status": "pruned", "reason": f"pruned at step {step}",
-                                                             "pruned_at_step": step})
-                sys.exit(3)
-    atomic.write_json(run_dir / "summary.json", {**base, "status": "completed", "reason": "", "best_val_loss": loss,
-                      "peak_memory_mb": 100.0 + r, "train_time_s": 0.01, "eval_time_s": 0.0, "resumed": bool(prior)})
-''')
-
-BASE = ["model=tiny-llama", "data=alpaca-tiny", "tracker=none", "train.max_steps=2", "method=lora"]
-
-
-@pytest.fixture()
-def fake_env(tmp_path, monkeypatch):
-    """cwd = a temp dir (studies/ and runs/ land there) and the stand-in trainer selected."""
-    script = tmp_path / "fake_train.py"
-    script.write_text(FAKE_TRAIN)
-    monkeypatch.chdir(tmp_path)
-    env = dict(os.environ, **{TRAIN_CMD_ENV: f"{sys.executable} {script}", "PYTHONPATH": str(REPO)})
-    return env
-
-
-def write_spec(path: Path, **kw) -> Path:
-    tree = {"study": "t", "base": BASE, "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}],
-            "heartbeat": {"interval_s": 1, "grace_period_s": 3}, **kw}
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
-    return path
-
-
-def harness(args: list[str], env: dict, cwd: Path, timeout: float = 90) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness", *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-def trials_of(cwd: Path, study: str = "t"):
-    import optuna
-
-    url = default_storage_url(study, cwd / "studies")
-    return optuna.load_study(study_name=study, storage=open_storage(url)).get_trials(deepcopy=False)
-
-
-def by_state(trials) -> dict[str, list]:
-    out: dict[str, list] = {}
-    for t in trials:
-        out.setdefault(t.state.name, []).append(t)
-    return out
-
 
 # ------------------------------------------------------------------------------------ pure
 def test_expand_grid_is_union_of_products_in_order_without_duplicates():
@@ -218,9 +135,11 @@ def test_every_trial_config_is_checked_before_training(tmp_path, fake_env, capsy
 
 # ---------------------------------------------------------------------------------- driver
 def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, fake_env):
-    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok", "crash", "kill"]}, seeds=[0, 1])
+    spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok", "crash", "kill"]}, seeds=[0, 1], max_retries=0)
     r = harness(["sweep", str(spec)], fake_env, tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 1, r.stdout + r.stderr  # cells left unfinished: each listed with its trial, params and reason
+    assert "4 cell(s) unfinished" in r.stderr and "notes=crash seed=1: child exited with code 1" in r.stderr
+    assert "Traceback" not in r.stderr
     trials = trials_of(tmp_path)
     assert len(trials) == 6 and len({t.user_attrs["cell"] for t in trials}) == 6
     states = {(t.user_attrs["params"]["notes"], t.user_attrs["seed"]): t for t in trials}
@@ -236,7 +155,7 @@ def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, f
         assert json.loads((Path(ok.user_attrs["run_dir"]) / "summary.json").read_text())["trial"] == ok.number
     # a second run of the same command re-runs nothing
     r2 = harness(["sweep", str(spec)], fake_env, tmp_path)
-    assert r2.returncode == 0 and "0 trials queued now" in r2.stdout
+    assert r2.returncode == 1 and "0 trials queued now" in r2.stdout and "4 cell(s) unfinished" in r2.stderr
     assert len(trials_of(tmp_path)) == 6
     # status lists every trial with its reason; --verbose prints the reproduce command
     st = harness(["status", "t", "--verbose"], fake_env, tmp_path)
@@ -255,7 +174,8 @@ def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
     # a run whose record lacks the objective fails with the metric named
     spec = write_spec(tmp_path / "s.yaml", grid=[{"method.r": [4, 64], "notes": ["prune"]}, {"notes": ["nometric"]}],
                       pruner={"type": "median", "n_startup_trials": 1})
-    assert harness(["sweep", str(spec)], fake_env, tmp_path).returncode == 0
+    r = harness(["sweep", str(spec)], fake_env, tmp_path)
+    assert r.returncode == 1 and "1 cell(s) unfinished" in r.stderr, r.stdout + r.stderr  # the nometric cell
     first, second, third = trials_of(tmp_path)
     assert first.state.name == "COMPLETE"
     assert second.state.name == "PRUNED" and second.user_attrs["pruned_at_step"] == 10 and "step 10" in second.user_attrs["reason"]
@@ -326,11 +246,13 @@ def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
     assert r.returncode == 0, r.stdout + r.stderr
     trials = trials_of(tmp_path)
     assert len(trials) == 6 and all(t.state.name == "COMPLETE" for t in trials)
-    groups: dict = {}
     for t in trials:
-        groups.setdefault(json.dumps(t.params, sort_keys=True), []).append(t.user_attrs["seed"])
         assert 2 <= t.params["method.r"] <= 32 and t.params["method"] in ("lora", "qlora")
-    assert all(sorted(s) == [0, 1] for s in groups.values())  # each sampled configuration ran for both seeds
+    sampled = [t for t in trials if t.user_attrs.get("origin") == "sampled"]
+    assert len(sampled) == 3 and [t.user_attrs["seed"] for t in sampled] == [0, 0, 0]
+    for t in sampled:  # each sampled configuration ran for the other seed too, with the same params
+        copies = [c for c in trials if c.user_attrs.get("group") == t.number]
+        assert [(c.user_attrs["seed"], c.params) for c in copies] == [(1, t.params)]
 
 
 def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, fake_env):

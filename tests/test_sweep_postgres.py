@@ -49,7 +49,7 @@ def pg_url() -> str:
 
 def test_two_workers_on_one_postgres_study_run_each_cell_once(pg_url, tmp_path, monkeypatch):
     import optuna
-    from test_sweep import FAKE_TRAIN, write_spec  # the stand-in trainer and spec writer
+    from tests.sweep_fakes import FAKE_TRAIN, write_spec  # the stand-in trainer and spec writer
 
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAIN)

@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 
-from harness import config
+from harness import config, paths
 from harness.pipeline import train_run
-from harness.run.record import read_metrics, read_summary, run_dir_for
+from harness.run.record import RunError, read_eval, read_metrics, read_summary, run_dir_for
 from harness.train import fit as fit_module
 from harness.train.callbacks import Outcome
 from harness.train.fit import last_checkpoint
@@ -229,6 +229,61 @@ def test_completed_run_id_is_not_retrained(tiny_overrides):
     assert (run_dir / "summary.json").read_text() == before
 
 
+def _mark(run_dir, status):
+    s = read_summary(run_dir)
+    s["status"] = status
+    (run_dir / "summary.json").write_text(json.dumps(s))
+
+
+def test_resuming_with_a_changed_config_is_refused_and_force_records_the_change(tiny_overrides):
+    ov = tiny_overrides + ["run_id=again"]
+    status, run_dir = _run(ov)
+    assert status == "completed"
+    recorded = (run_dir / "config.yaml").read_text(), (run_dir / "overrides.yaml").read_text()
+    for st in ("completed", "interrupted"):  # finished or not: another config is never filed under this run_id
+        _mark(run_dir, st)
+        with pytest.raises(RunError) as e:
+            _run(ov + ["train.lr=0.001", "method.r=4"])
+        msg = str(e.value)
+        assert "train.lr: 0.0002 -> 0.001" in msg and "method.r: 16 -> 4" in msg and "2 key(s) differ" in msg
+        assert ("--force" in msg) == (st == "interrupted")
+        assert ((run_dir / "config.yaml").read_text(), (run_dir / "overrides.yaml").read_text()) == recorded
+    r = subprocess.run([sys.executable, "-m", "harness", "train", *ov, "train.lr=0.001"], capture_output=True, text=True)
+    assert r.returncode == 2 and "train.lr: 0.0002 -> 0.001" in r.stderr, r.stdout + r.stderr
+    cfg = config.compose(ov + ["train.lr=0.001"])
+    status, _ = train_run(cfg, ov + ["train.lr=0.001"], force=True)
+    s = read_summary(run_dir)
+    assert status == "completed" and s["config_changes_on_resume"] == ["train.lr: 0.0002 -> 0.001"]
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 0.001
+
+
+def test_a_sweep_retry_with_the_same_overrides_resumes(tiny_overrides, runs_dir):
+    """The sweep re-queues an interrupted trial with the same run_id and overrides under a new trial number
+    (and study tags): bookkeeping keys, not a changed config."""
+    def trial(n, tags):
+        return tiny_overrides + ["name=st", "study=st", f"trial={n}", "run_id=cell0", f"output_dir={runs_dir}",
+                                 f"++tracker.tags=[{tags}]"]
+    status, run_dir = _run(trial(0, "st"))
+    _mark(run_dir, "interrupted")
+    status, run_dir2 = _run(trial(3, "st,more"))
+    assert status == "completed" and run_dir2 == run_dir and read_summary(run_dir)["trial"] == 3
+    assert "config_changes_on_resume" not in read_summary(run_dir)
+
+
+def test_model_and_data_given_by_path_name_the_run_and_its_record(byo_model_dir, tiny_overrides, tmp_path):
+    data = tmp_path / "my_recipes.json"
+    data.write_text((paths.data_root() / "alpaca" / "alpaca_tiny.json").read_text())
+    ov = [o for o in tiny_overrides if not o.startswith(("model=", "data="))] + [
+        "model.source=hub", f"model.path={byo_model_dir}", f"data.path={data}", "data.format=alpaca"]
+    status, run_dir = _run(ov)
+    assert status == "completed", read_summary(run_dir)
+    assert run_dir.parent.name == "My-Model-v2-lora-my_recipes"
+    s = read_summary(run_dir)
+    assert (s["model"], s["data"]) == ("My-Model-v2", "my_recipes")
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["model"]["name"] == "My-Model-v2" and manifest["model"]["path"] == str(byo_model_dir)
+
+
 def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
         "train.max_steps=100", "train.save_every=5", "run_id=crash", "method=lora", "train.eval_every=0"]
@@ -333,3 +388,47 @@ def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overr
         vals.append((s["final_val_loss"], s["final_train_loss"]))
     assert vals[0][0] == pytest.approx(vals[1][0], rel=1e-5)  # validation: identical
     assert vals[1][1] > vals[0][1]  # training loss: smoothing adds its term
+
+
+# ------------------------------------------------------------- one definition of validation loss
+def _val_run(overrides, outcome=None):
+    """A tiny LoRA run with the `val` suite after training; -> (summary, eval.json val entry, metrics, run_dir)."""
+    ov = ["method=lora"] + overrides + ["eval=quick", "eval.perplexity=[]", "eval.lm_eval.tasks=[]"]
+    status, run_dir = _run(ov, outcome)
+    assert status == "completed", read_summary(run_dir)
+    return read_summary(run_dir), read_eval(run_dir)["suites"]["val"], read_metrics(run_dir), run_dir
+
+
+@pytest.mark.parametrize("eval_every", [0, 3])  # the final evaluation call, and the scheduled one at the last step
+def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides, eval_every):
+    """The trainer's validation loss (metrics.jsonl, summary best/final_val_loss) and the `val` suite after
+    training are one number (harness/model/scoring.py) on one set of rows (the train.eval_batches cap)."""
+    summary, val, metrics, _ = _val_run(tiny_overrides + [f"train.eval_every={eval_every}", "train.eval_batches=2"])
+    assert val["n"] == 2 * 4  # eval_batches x batch_size, as the trainer takes them
+    assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
+    assert [r["val_loss"] for r in metrics if "val_loss" in r][-1] == summary["final_val_loss"]
+
+
+def test_val_loss_does_not_depend_on_the_batch_size(tiny_overrides):
+    """Token-weighted: the same model state (one step at lr 1e-12) gives the same val_loss at batch size 2 and 5
+    (a mean of per-batch means would not)."""
+    losses = []
+    for bs in (2, 5):
+        ov = tiny_overrides + ["method=lora", "train.max_steps=1", "train.lr=1e-12", f"train.batch_size={bs}",
+                               f"run_id=bs{bs}"]
+        status, run_dir = _run(ov)
+        assert status == "completed"
+        losses.append(read_summary(run_dir)["final_val_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+
+
+def test_val_loss_under_bf16_training_is_the_fp32_number_of_the_saved_run(tiny_overrides):
+    """Training in bf16 autocast does not leak into the validation loss: the trainer's number, the `val` suite
+    right after training and `harness eval RUN_DIR` on the saved adapter (a fresh fp32 model) agree."""
+    from harness.pipeline import evaluate_run_dir
+
+    summary, val, _, run_dir = _val_run(tiny_overrides + ["train.precision=bf16", "method=full", "train.lr=3e-3"])
+    evaluate_run_dir(run_dir, [], progress=False)
+    reloaded = read_eval(run_dir)["suites"]["val"]["metrics"]["loss"]
+    assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
+    assert summary["final_val_loss"] == pytest.approx(reloaded, rel=1e-6)

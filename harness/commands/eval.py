@@ -12,9 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from harness.commands.common import add_config_dir, use_config_dirs
 from harness.config import ConfigError
 from harness.eval.registry import EvalError
 from harness.eval.suites import rescore_run_dir
+from harness.model.load import ModelError
 from harness.pipeline import crosscheck, evaluate_base, evaluate_run_dir
 from harness.run.record import dumps
 
@@ -32,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="RUN_DIR: recompute the generation suites' metrics from their saved samples with the "
                         "eval config's metric lists (e.g. after adding a metric); no model is loaded")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    add_config_dir(p)
 
 
 def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
@@ -50,6 +53,7 @@ def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    use_config_dirs(args)
     progress = not args.quiet
     try:
         run_dir, overrides = split_targets(args.targets)
@@ -74,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
                 raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "
                                 "evaluate a base model (e.g. harness eval model=smollm2-135m eval=quick)")
             out = evaluate_base(overrides, progress)
-    except (ConfigError, EvalError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, EvalError, ModelError, FileNotFoundError, ValueError) as exc:
         print(f"harness eval: {exc}", file=sys.stderr)
         return 2
     print(f"[harness] results: {out}")

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="reports", help="output root; the report goes to OUT/<name>/ (default: reports)")
     p.add_argument("--name", default="", help="report name (required for run directories from no single study)")
     p.add_argument("--metric", default="", help="primary metric, a flat name like e2e.bleu (default: the study's, else a sensible one)")
-    p.add_argument("--direction", choices=("max", "min"), default=None, help="is higher or lower --metric better (default: from the name)")
+    p.add_argument("--direction", choices=("max", "min"), default=None,
+                   help="is higher or lower --metric better (default: the study's, else the runs' recorded metric_meta)")
     p.add_argument("--paired-test", choices=("bootstrap", "permutation"), default="bootstrap",
                    help="test for continuous per-item scores (accuracy always uses McNemar's exact test)")
     p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")

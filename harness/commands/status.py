@@ -28,13 +28,15 @@ def trial_rows(study) -> list[dict]:
     """Plain rows for every trial of a study (also used by tests and reports)."""
     trials = study.get_trials(deepcopy=False)
     objectives = study.user_attrs.get("objectives") or [f"value{i}" for i in range(len(study.directions))]
+    from harness.sweep.retry import NOT_RETRIED, TRIAL_FAILED, ended
+
     successor: dict[int, int] = {}
     for t in trials:
         origin = t.system_attrs.get("requeued_from")
         history = t.system_attrs.get("retry_history") or []
-        if origin is not None:  # re-queued after a Ctrl-C (it keeps the retry history it had)
+        if origin is not None:  # re-queued (harness/sweep/retry.py requeue)
             successor[origin] = t.number
-        elif history:  # a stale trial retried by RetryHeartbeatStaleTrialCallback
+        elif history:  # a stale trial retried by Optuna's RetryHeartbeatStaleTrialCallback (studies of older versions)
             successor[history[-1]] = t.number
     rows = []
     for t in trials:
@@ -42,17 +44,21 @@ def trial_rows(study) -> list[dict]:
         duration = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         reason = ua.get("reason", "")
         if t.state.name == "FAIL" and not reason:
-            reason = "interrupted: its worker stopped (no heartbeat within the grace period)"
+            reason = "interrupted: its driver stopped (no heartbeat within the grace period)"
         if t.number in successor:
             reason += f"; retried as trial {successor[t.number]}"
-        elif t.state.name == "FAIL" and reason.startswith("interrupted"):
-            reason += "; retries exhausted (max_retries)"
+        elif t.state.name == "FAIL" and ended(t) in (TRIAL_FAILED, NOT_RETRIED):
+            used = f"after {ua.get('failures', 0)} retries (max_retries); " if ended(t) == TRIAL_FAILED else ""
+            reason += f"; not retried {used}`harness sweep SPEC --retry-failed` queues it again"
+        elif t.state.name == "FAIL":
+            reason += "; re-queued by the next `harness sweep` run"
         rows.append({
             "number": t.number, "state": t.state.name, "params": ua.get("params", dict(t.params)), "seed": ua.get("seed"),
             "values": dict(zip(objectives, t.values)) if t.values else {}, "duration_s": duration,
             "wall_time_s": ua.get("wall_time_s"), "overhead_s": ua.get("overhead_s"),
             "run_dir": ua.get("run_dir", ""), "host": ua.get("host", ""), "reason": reason.lstrip("; "),
             "pruned_at_step": ua.get("pruned_at_step"), "overrides": ua.get("overrides", []),
+            "queued_because": ua.get("queued_because", ""),
         })
     return rows
 
@@ -106,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{r['number']:>4}  {r['state']:<8} {axes:<40} {vals:<30} {dur:>8}  {run_dir}")
         if r["reason"]:
             print(f"{'':>6}reason: {r['reason']}")
+        if args.verbose and r["queued_because"]:
+            print(f"{'':>6}queued: {r['queued_because']}")
         if args.verbose and r["overrides"]:
             print(f"{'':>6}reproduce: harness {study.user_attrs.get('command', 'train')} {shlex.join(r['overrides'])}")
     return 0

@@ -2,12 +2,20 @@
 
     harness sweep sweeps/quickstart.yaml                       # run or resume the study
     harness sweep sweeps/quickstart.yaml --dry-run             # list the trials, train nothing
+    harness sweep sweeps/quickstart.yaml --retry-failed        # queue the failed cells again, then run
     harness sweep sweeps/method_comparison.yaml --workers 2    # two local worker processes
     harness sweep sweeps/lr_search.yaml --storage postgresql://user@host/db   # join from any machine
 
-Every trial's config is composed before anything trains (harness/sweep/plan.py check_trials); the grid
-is enqueued exactly once (harness/sweep/study.py); each trial runs in its own child process
-(harness/sweep/worker.py). `harness status STUDY` (harness/commands/status.py) lists the trials.
+Data flow: load_spec() (harness/sweep/spec.py) parses and checks the spec; plan_grid() expands the grid
+(every cell x seed) and check_trials() composes EVERY trial's config, with its real run id, before anything
+trains, reporting all errors at once (exit code 2). The study lives in Optuna storage; grid cells are
+enqueued exactly once under a storage-level lock and workers take WAITING trials under the same lock.
+Each trial runs `python -m harness train ...` in its own child process (harness/sweep/worker.py). A driver
+that dies (kill -9, reboot) is not a failure of its trial: the trial is re-queued (same run_id, so the
+trainer resumes) without limit; failures of the trial itself are retried up to max_retries times
+(harness/sweep/retry.py). Exit codes: 0 every cell finished (COMPLETE or PRUNED), 1 cells left unfinished
+(each listed with its trial, params and reason) or the driver failed (one message, no traceback),
+2 a bad spec or command line, 130 interrupted. Spec format: docs/sweeps.md.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ import argparse
 import shlex
 import sys
 import time
+import traceback
+from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.commands.common import add_config_dir, use_config_dirs
+from harness.run.record import EXIT_CODES
 from harness.sweep.plan import (
     check_trials,
     expand_grid,
@@ -28,10 +40,12 @@ from harness.sweep.plan import (
     plan_grid,
     validation_points,
 )
+from harness.sweep.retry import retry_failed, unfinished
+from harness.sweep.spawn import emit_json, spawn_workers
 from harness.sweep.spec import BOOKKEEPING, PlannedTrial, SpecError, SweepSpec, _override_key, load_spec
 from harness.sweep.storage import default_storage_url, study_lock
 from harness.sweep.study import enqueue_grid, open_study, study_counts
-from harness.sweep.worker import WorkerOptions, _emit_json, _spawn_workers, worker_loop
+from harness.sweep.worker import DriverError, WorkerOptions, worker_loop
 
 
 def _fmt_params(params: dict, seed: Any) -> str:
@@ -55,12 +69,14 @@ class Printer:
             vals = " ".join(f"{k}={v:.4g}" for k, v in (ev.get("values") or {}).items())
             why = f"  ({ev['reason']})" if ev.get("reason") else ""
             line = f"[{self.study}] trial {n} {ev['state']:<8} {ev['wall_time_s']:.1f}s  {_fmt_params(ev['params'], ev['seed'])}  {vals}{why}"
-            if ev.get("state") != "INTERRUPTED":
+            if ev.get("state") not in ("INTERRUPTED", "TAKEN OVER"):  # those cells run again
                 self.bar.update(1)
         elif kind == "output":
             line = f"[trial {n}] {ev['line']}"
         elif kind == "wait":
             line = f"[{self.study}] nothing queued; waiting for {ev['running']} running trial(s) (stale ones are retried)"
+        elif kind == "requeue":
+            line = f"[{self.study}] trial {n} re-queued as trial {ev['new']}: {ev['why']}"
         else:
             line = f"[{self.study}] {ev}"
         self.bar.write(line)
@@ -79,7 +95,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-root", default="runs", help="run directories go to RUNS_ROOT/<study>/<run_id>/ (default runs)")
     p.add_argument("--study", default="", help="study name instead of the spec's `study:`")
     p.add_argument("--stream", action="store_true", help="echo each trial's output (always kept in <run_dir>/train.log)")
+    p.add_argument("--retry-failed", action="store_true", help="queue the failed cells again (same params and run_id) before running")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
+    add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
 
 
 def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[PlannedTrial], list[str]]:
@@ -96,12 +114,13 @@ def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[Pl
         spec.base = merge_overrides(spec.base, [f"references={format_value(spec.references)}"])
     if args.worker:  # started by a driver that has checked everything already
         return spec, plan_grid(spec) if spec.sampler == "grid" else [], []
+    runs_root = str(Path(args.runs_root).resolve())  # as the workers pass it to each trial
     if spec.sampler == "grid":
         planned = plan_grid(spec)
-        errs, tags = check_trials(spec, planned, url)
+        errs, tags = check_trials(spec, planned, url, runs_root)
     else:
         planned = []
-        errs, tags = check_trials(spec, validation_points(spec), url)
+        errs, tags = check_trials(spec, validation_points(spec), url, runs_root)
     if errs:
         raise SpecError(args.spec, errs)
     return spec, planned, tags
@@ -123,7 +142,31 @@ def _print_plan(spec: SweepSpec, planned: list[PlannedTrial], url: str) -> None:
         print(f"  {len(validation_points(spec))} corner configurations composed and checked")
 
 
+def _driver_error(exc: Exception) -> str:
+    """One line for an error of the driver: the message, and where an unexpected one was raised."""
+    if isinstance(exc, DriverError):
+        return f"sweep stopped: {exc}"
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" (at {Path(frame.filename).name}:{frame.lineno})" if frame else ""
+    return f"sweep stopped by an error in the driver: {type(exc).__name__}: {exc}{where}. Trials it was running are re-queued by the next run."
+
+
+def _report_unfinished(spec: SweepSpec, study, planned: list[PlannedTrial], source: str) -> int:
+    """List the cells without a COMPLETE or PRUNED trial (trial, params, reason); 1 if there are any."""
+    left = unfinished(study, planned if spec.sampler == "grid" else None)
+    if not left:
+        return 0
+    print(f"study {spec.study}: {len(left)} cell(s) unfinished:", file=sys.stderr)
+    for u in left:
+        trial = f"trial {u.trial}" if u.trial is not None else "no trial"
+        print(f"  {trial:<10} {u.state:<10} {_fmt_params(u.params, u.seed)}: {u.reason}", file=sys.stderr)
+    print(f"`harness sweep {source} --retry-failed` queues the failed ones again; `harness status {spec.study}` lists every trial.",
+          file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
+    use_config_dirs(args)
     try:
         study_name = args.study or load_spec(args.spec).study
         url = args.storage or default_storage_url(study_name)
@@ -136,36 +179,48 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: config OK for every trial listed; nothing trained")
         return 0
     if args.worker:
-        return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=_emit_json))
+        try:
+            return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=emit_json))
+        except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
+            print(_driver_error(exc), file=sys.stderr)
+            return 1
     try:
         study, storage = open_study(spec, url, create=True)
-        if planned:
-            added = enqueue_grid(study, storage, url, spec, planned)
-            # let workers carry the base tracker tags of the composed config
-            if tags:
-                with study_lock(storage, url, spec.study):
-                    study.set_user_attr("tags", tags)
-        else:
-            added = 0
+        added = enqueue_grid(study, storage, url, spec, planned) if planned else 0
+        with study_lock(storage, url, spec.study):
+            if tags:  # let workers carry the base tracker tags of the composed config
+                study.set_user_attr("tags", tags)
+            retried = retry_failed(study, {t.cell for t in planned} if planned else None) if args.retry_failed else []
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - storage unreachable, read-only studies dir, ...
+        print(_driver_error(exc), file=sys.stderr)
+        return 1
     counts = study_counts(study)
     finished = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
     total = len(planned) if planned else (spec.n_trials * len(spec.seeds) if spec.n_trials else None)
     print(f"study {spec.study} at {url}: {added} trials queued now, existing {counts or 'none'}; runs under {args.runs_root}/{spec.study}/")
+    for old, new, why in retried:
+        print(f"  --retry-failed: trial {old} re-queued as trial {new} ({why.split(': ', 1)[-1][:200]})")
     printer = Printer(spec.study, total, min(finished, total) if total else finished)
     t0 = time.time()
     try:
         if args.workers > 1:
-            rc = _spawn_workers(args, args.workers, url, printer)
+            rc = spawn_workers(args, args.workers, url, printer)
         else:
             rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer), study, storage)
+    except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
+        printer.close()
+        print(_driver_error(exc), file=sys.stderr)
+        return 1
     finally:
         printer.close()
     counts = study_counts(study)
     print(f"study {spec.study}: {counts} after {time.time() - t0:.0f}s. `harness status {spec.study}"
           f"{' --storage ' + shlex.quote(url) if args.storage else ''}` lists the trials.")
-    if rc == 130:
+    if rc == EXIT_CODES["interrupted"]:
         print("interrupted: run the same command again to resume (finished trials are kept; interrupted ones are retried).")
-    return rc
+        return rc
+    left = _report_unfinished(spec, study, planned, args.spec)
+    return rc or left

@@ -1,4 +1,10 @@
 """`harness train [overrides]`: train (and evaluate) one run; exit code from its status (harness/run/record.py).
+
+    harness train model=tiny-llama data=alpaca-tiny run_id=try1     # again with the same run_id: resumes it
+    harness train ... run_id=try1 train.lr=1e-3 --force             # resume it under a changed config anyway
+
+Exit code 2, before anything loads, for a config that cannot run (compose and preflight) or a run_id
+recorded with another config.
 """
 
 from __future__ import annotations
@@ -6,24 +12,27 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness import config
+from harness.commands.common import add_config_dir, compose_checked
 from harness.config import ConfigError
 from harness.pipeline import train_run
-from harness.run.record import EXIT_CODES, read_summary
+from harness.run.record import EXIT_CODES, RunError, read_summary
 
 
 # ------------------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=smollm2-135m method=qlora train.max_steps=20")
+    p.add_argument("--force", action="store_true",
+                   help="resume run_id= even though its recorded config differs (the changes go into its summary.json)")
+    add_config_dir(p)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = config.compose(args.overrides)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        cfg = compose_checked(args)
+        status, run_dir = train_run(cfg, args.overrides, force=args.force)
+    except (ConfigError, RunError) as exc:
+        print(f"harness train: {exc}", file=sys.stderr)
         return 2
-    status, run_dir = train_run(cfg, args.overrides)
     summary = read_summary(run_dir) or {}
     bits = [f"{k}={summary[k]:.4g}" for k in ("best_val_loss", "final_train_loss", "tokens_per_s") if isinstance(summary.get(k), (int, float))]
     reason = f" ({summary.get('reason')})" if summary.get("reason") else ""

@@ -4,8 +4,9 @@
     cfg = config.compose(["method=qlora", "train.max_steps=20"])   # ConfigError lists every problem, each with its fix
 
 schema.py (dataclasses, ConfigError) <- checks.py (structure, types, "Did you mean") <- rules.py (cross-field
-rules) <- compose.py (Hydra compose, run configs on disk). This package imports nothing heavy: `harness
-validate` runs without torch.
+rules), search.py (conf/ plus the user's config folders: HARNESS_CONFIG_PATH, --config-dir), identity.py (a
+model or data set given by path is named after it) <- compose.py (Hydra compose, run configs on disk). This
+package imports nothing heavy: `harness validate` runs without torch.
 """
 
 from harness.config.checks import check_structure, to_dict

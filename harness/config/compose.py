@@ -4,9 +4,12 @@
     harness validate method=qlora model=tiny-llama           # the same check from the shell
 
 Composition uses Hydra's compose API on conf/ (groups: model, method, data, train, eval, tracker,
-and experiment for pinned recipes). The composed tree is checked against the schema dataclasses
-before anything heavy is imported: unknown keys, wrong types, unknown group options, then the
-cross-field rules (harness.config.rules).
+and experiment for pinned recipes) and on the user's config folders searched before it
+(HARNESS_CONFIG_PATH / --config-dir: harness.config.search). A model or data set given by path is
+named after that path (harness.config.identity). The composed tree is checked against the schema
+dataclasses before anything heavy is imported: unknown keys, wrong types, unknown group options, then
+the cross-field rules (harness.config.rules). Checks that read the files a run will use (data files,
+a user model's layers, CUDA): harness/model/preflight.py, run by `harness validate` and sweeps.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.config import identity, search
 from harness.config.checks import _build, check_structure, did_you_mean
 from harness.config.rules import validate
 from harness.config.schema import GROUPS, ConfigError, RunConfig
@@ -36,8 +40,8 @@ def from_dict(tree: dict) -> RunConfig:
 
 # ------------------------------------------------------------------------------- composition
 def group_options(group: str) -> list[str]:
-    d = paths.conf_dir() / group
-    return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
+    """The options of a group: conf/<group>/*.yaml and the user's config folders' (harness.config.search)."""
+    return search.group_options(group)
 
 
 def check_key(dotted: str) -> str | None:
@@ -62,6 +66,13 @@ def check_key(dotted: str) -> str | None:
 
 def _check_group_choices(overrides: list[str]) -> list[str]:
     errors = []
+    user = ", ".join(map(str, paths.user_config_dirs()))
+
+    def where(group: str) -> str:
+        if user:
+            return f"conf/{group}/ or the config folders {user}"
+        return f"conf/{group}/ (for your own: a folder with {group}/NAME.yaml, by --config-dir or HARNESS_CONFIG_PATH)"
+
     for ov in overrides:
         key, sep, value = ov.lstrip("+~").partition("=")
         if sep and "." in key and not key.startswith("hydra"):
@@ -76,7 +87,7 @@ def _check_group_choices(overrides: list[str]) -> list[str]:
             choice = choice.strip()
             if choice and choice not in ("null", "none") and choice not in options:
                 errors.append(
-                    f"{key}={choice}: no such option in conf/{key}/.{did_you_mean(choice, options)}"
+                    f"{key}={choice}: no such option in {where(key)}.{did_you_mean(choice, options)}"
                     f" Options: {', '.join(options)}"
                 )
             elif choice == "none" and "none" not in options:
@@ -86,15 +97,21 @@ def _check_group_choices(overrides: list[str]) -> list[str]:
 
 def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Compose conf/config.yaml with Hydra's compose API and return a plain dict (no checks)."""
+    return _compose_with_choices(overrides)[0]
+
+
+def _compose_with_choices(overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict]:
+    """The composed tree and the option chosen in each group (Hydra's runtime choices)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf, open_dict
 
     overrides = list(overrides)
-    errors = _check_group_choices(overrides)
+    errors = search.check_user_dirs() + _check_group_choices(overrides)
     if errors:
         raise ConfigError(errors)
+    search.register_with_hydra()
     # A dotted key that the schema knows (checked above) may be absent from the group's YAML
     # (schema defaults fill it later): `++` sets it whether or not the YAML lists it.
     overrides = [
@@ -105,7 +122,7 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict:
     try:
         with initialize_config_dir(config_dir=str(paths.conf_dir()), version_base="1.3"):
             try:
-                composed = hydra_compose(config_name="config", overrides=overrides)
+                composed = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
             except Exception as exc:  # Hydra's override grammar / missing key errors
                 msg = str(exc).split("\n")[0]
                 hint = ""
@@ -114,17 +131,21 @@ def compose_tree(overrides: list[str] | tuple[str, ...] = ()) -> dict:
                 raise ConfigError([f"cannot compose overrides {overrides}: {msg}{hint}"]) from None
     finally:
         GlobalHydra.instance().clear()
-    return OmegaConf.to_container(composed, resolve=True)
+    choices = {k: v for k, v in composed.hydra.runtime.choices.items() if not k.startswith("hydra/")}
+    with open_dict(composed):
+        del composed["hydra"]
+    return OmegaConf.to_container(composed, resolve=True), choices
 
 
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Compose and check a RunConfig; raises ConfigError with every problem at once."""
-    tree = compose_tree(overrides)
+    tree, choices = _compose_with_choices(overrides)
     errors = check_structure(tree, RunConfig)
     if errors:
         raise ConfigError(errors)
+    errors = identity.apply(tree, list(overrides), choices)  # model / data given by path
     cfg = _build(RunConfig, tree)
-    errors = validate(cfg)
+    errors += validate(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg

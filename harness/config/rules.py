@@ -103,8 +103,6 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"data.max_bad_share={d.max_bad_share}: must be in [0, 1].")
     if not d.path:
         errs.append(f"data={d.name}: data.path is empty; give a file, a dataset directory or a Hub id.")
-    if d.format == "text" and t.packing is False and d.completion_only_loss:
-        pass  # completion-only does not apply to plain text; the data stage ignores it by design
     for key, value in (("name", cfg.name), ("run_id", cfg.run_id), ("study", cfg.study)):
         if value:
             try:
@@ -116,6 +114,12 @@ def validate(cfg: RunConfig) -> list[str]:
     for i, suite in enumerate(cfg.eval.perplexity):
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
+    ev = cfg.eval
+    if ev.contamination_n < 4:
+        errs.append(f"eval.contamination_n={ev.contamination_n}: n-grams that short match ordinary phrases; "
+                    "use >= 4 (13 is the default, as GPT-3's decontamination).")
+    if not 0 <= ev.contamination_warn <= 1:
+        errs.append(f"eval.contamination_warn={ev.contamination_warn}: a share, must be in [0, 1] (e.g. 0.01).")
     errs += preference_rules(cfg)
     # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
     from harness.eval.metrics import METRICS
@@ -143,8 +147,7 @@ def preference_rules(cfg: RunConfig) -> list[str]:
     if pref and d.format != "preference":
         errs.append(f"train.objective={t.objective} trains on preference pairs, but data={d.name} has "
                     f"data.format={d.format}. Use a preference data config (e.g. data=dpo-en-demo), or train.objective=sft.")
-    # the other way round (SFT on preference data) is refused when training starts (objectives.prepare_sft), not
-    # here: `data=dpo-en-demo` must compose on its own (eval configs and shipped-config checks name it alone)
+    # the other way round is allowed: train.objective=sft on preference data learns the chosen answers
     if t.beta <= 0:
         errs.append(f"train.beta={t.beta}: must be > 0 (DPO's beta, commonly 0.05-0.5; ORPO's lambda, commonly 0.1).")
     if t.loss_type != "sigmoid" and t.objective != "dpo":

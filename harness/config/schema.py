@@ -73,14 +73,15 @@ class MethodConfig:
 @dataclass
 class DataConfig:
     name: str = "???"
-    format: str = "alpaca"  # alpaca | prompt_completion | chat | text | preference (prompt, chosen, rejected)
+    format: str = "alpaca"  # a key of harness.data.formats.FORMATS: alpaca | prompt_completion | chat | text | preference (prompt, chosen, rejected)
     path: str = ""  # file or dataset dir (relative = under HARNESS_DATA), or a Hub data set id
     file_type: str = "auto"  # auto | json | jsonl | csv | parquet | text | arrow
     hub_split: str = "train"
     fields: dict[str, str] = field(default_factory=dict)  # our field name -> the file's column
     eval_path: str = ""  # held-out set for generation metrics (never trained on)
     eval_fields: dict[str, str] = field(default_factory=dict)
-    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by seed
+    val_size: float = 0.1  # validation split: share (<1) or row count (>=1), deterministic by split_seed
+    split_seed: int = 0  # seeds the train/val split; never train.seed, so every seed of a sweep scores the same rows
     max_rows: int = 0  # 0 = all rows
     completion_only_loss: bool = True  # instruction/chat data: loss on completion tokens only
     max_bad_share: float = 0.05  # fail when more than this share of rows is malformed
@@ -181,6 +182,9 @@ class EvalConfig:
     preference: list[PreferenceSuite] = field(default_factory=list)  # chosen/rejected log-probs, implicit rewards
     bootstrap_samples: int = 1000
     seed: int = 0
+    contamination: bool = True  # trained runs: each suite's share of items with an n-gram in the training data
+    contamination_n: int = 13  # n-gram length in normalised words (harness/eval/contamination.py)
+    contamination_warn: float = 0.01  # print a warning for a suite whose share is above this
 
 
 @dataclass
@@ -217,7 +221,7 @@ ALLOWED = {
     "model.tiny.arch": ("llama", "gpt2"),
     "method.peft": ("none", "lora"),
     "method.quant": ("none", "nf4", "fp4", "int8"),
-    "data.format": ("alpaca", "prompt_completion", "chat", "text", "preference"),
+    "data.format": ("alpaca", "prompt_completion", "chat", "text", "preference"),  # the keys of harness.data.formats.FORMATS (tested)
     "data.file_type": ("auto", "json", "jsonl", "csv", "parquet", "text", "arrow"),
     "data.prompt_template": ("alpaca", "plain"),
     "train.objective": ("sft", "dpo", "orpo"),  # the keys of harness.train.objectives.OBJECTIVES (a test keeps them equal)

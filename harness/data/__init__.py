@@ -3,9 +3,9 @@
     harness train model=smollm2-135m data=e2e      # the pipeline calls prepare() through harness.data.cache
     harness eval RUN_DIR                           # the evaluator calls load_eval_examples() and render_prompt()
 
-Formats (data.format): alpaca (instruction, input, output), prompt_completion (prompt, completion),
-chat (messages: [{role, content}]), text (a `text` column or a raw .txt/.raw file). data.fields maps
-these names to the file's columns. Files: JSON list, JSONL, CSV/TSV, Parquet, plain text (one row a
+Formats (data.format, the FORMATS registry in formats.py): alpaca (instruction, input, output), prompt_completion
+(prompt, completion), chat (messages: [{role, content}]), text (a `text` column or a raw .txt/.raw file).
+data.fields maps these names to the file's columns. Files: JSON list, JSONL, CSV/TSV, Parquet, plain text (one row a
 line), a saved `datasets` directory, or a Hub data set id (needs network). For a text source, a field
 mapped to anything other than `text` names a line-aligned parallel file (comma-separated for several
 references): that is how wmt22-de-en pairs its source file with two reference files.
@@ -16,13 +16,15 @@ prompt/completion boundary is exact. Malformed rows are counted with their 1-bas
 (line numbers for JSONL, CSV and text; record numbers for JSON, Parquet and datasets) and either
 reported in stats or, above data.max_bad_share, raised as a DataError. Details: docs/data.md.
 
-Modules: read.py (files and bad rows) -> formats.py (normalised rows) -> split.py (train/val) -> tokenize.py
-(prompts, masking, packing) -> prepare.py (the entry points) -> cache.py (prepared data shared across trials).
+Modules: read.py (files and bad rows) -> formats.py (FORMATS: normalised rows, prompts, encodings per format)
+-> split.py (train/val) -> tokenize.py (prompt templates, masking, packing; shared by the formats) -> prepare.py
+(the entry points; badrows.py: bad-row errors) -> cache.py (prepared data shared across trials).
 """
 
+from harness.data.badrows import describe_bad_rows
+from harness.data.formats import FORMATS, render_prompt
 from harness.data.prepare import load_eval_examples, load_eval_set, prepare
 from harness.data.read import DataError, EvalExample, EvalSet, Prepared, read_rows
-from harness.data.tokenize import render_prompt
 
-__all__ = ["DataError", "EvalExample", "EvalSet", "Prepared", "load_eval_examples", "load_eval_set", "prepare",
-           "read_rows", "render_prompt"]
+__all__ = ["FORMATS", "DataError", "EvalExample", "EvalSet", "Prepared", "describe_bad_rows", "load_eval_examples",
+           "load_eval_set", "prepare", "read_rows", "render_prompt"]

@@ -5,10 +5,10 @@ tokenise, truncate or pack) runs once per distinct input and later trials load i
 
     $HARNESS_CACHE/data/<key>.json      key = sha256 of everything prepare's result depends on
 
-The key covers the data config, max_length, seed, packing, add_bos, the tokenizer (files, special tokens,
-chat template), the data files (content hash; size and modification time above 64 MB) and the source of
-harness/data/, so editing a file,
-the tokenizer or the preparation code makes a new entry. Hub data sets are not cached (no
+The key covers the data config (data.split_seed included), max_length, packing, add_bos, the tokenizer (files,
+special tokens, chat template), the data files (content hash; size and modification time above 64 MB) and the
+source of every module of harness/data/, so editing a file, the tokenizer or the preparation code makes a new
+entry. The training seed is not in it: the trials of a seed sweep share one entry. Hub data sets are not cached (no
 local file to fingerprint; the datasets library caches them). Entries are written atomically; concurrent
 misses both prepare and write the same content. `data.cache=false` turns it off for a run.
 """
@@ -66,10 +66,10 @@ def tokenizer_fingerprint(tokenizer) -> dict:
 
 
 def code_fingerprint() -> str:
-    """sha256 of the data stage's source: every module of harness/data/ (the preparation code)."""
+    """sha256 of the source of every module of the data stage (harness/data/*.py)."""
     h = hashlib.sha256()
     for f in sorted(Path(hdata.__file__).parent.glob("*.py")):
-        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+        h.update(f"{f.name}\0".encode() + f.read_bytes())
     return h.hexdigest()
 
 
@@ -88,10 +88,10 @@ def cache_dir() -> Path:
     return paths.cache_root() / "data"
 
 
-def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing: bool, add_bos: bool,
+def prepare(data: DataConfig, tokenizer, *, max_length: int, packing: bool, add_bos: bool,
             use_cache: bool = True) -> hdata.Prepared:
     """data.prepare, through the cache. stats["cache"] says "hit", "miss" (prepared and stored) or "off"."""
-    params = {"max_length": max_length, "seed": seed, "packing": packing, "add_bos": add_bos}
+    params = {"max_length": max_length, "packing": packing, "add_bos": add_bos}
     key = cache_key(data, tokenizer, **params) if use_cache else None
     entry = cache_dir() / f"{key}.json" if key else None
     if entry is not None and entry.is_file():

@@ -3,14 +3,7 @@
     harness train data=dpo-en-demo train.objective=dpo method=lora     # the objective calls prepare_preference()
     harness eval RUN_DIR eval=preference                              # the preference suite calls load_preference_eval()
 
-Two row shapes (column names mapped through data.fields):
-  prompt / chosen / rejected      prompt: text, or a list of {role, content} messages ending with a user turn;
-                                  chosen / rejected: text, an assistant message, or a one-message list (TRL's shape)
-  ShareGPT (LLaMA-Factory)        conversations: [{from, value}] ending with a human turn (system and earlier turns
-                                  allowed), chosen: {from: gpt, value}, rejected: {from: gpt, value}
-
-normalise_preference() gives {"prompt": text | messages, "chosen": text, "rejected": text} or raises BadRow (missing
-prompt, an empty side, chosen == rejected, a conversation that does not end with a user turn, ...). Bad rows are
+Rows are normalised by harness/data/pairs.py (the two row shapes, and why a row is bad). Bad rows are
 counted and listed like every other format's (DataError above data.max_bad_share). The split keeps pairs that share
 a prompt on the same side (harness/data/split.py). Tokenisation renders the prompt exactly as SFT training and
 generation do (harness/data/tokenize.py: chat template or data.prompt_template, BOS once when model.add_bos) and
@@ -22,103 +15,18 @@ Tokenised pairs are {"prompt_ids", "chosen_ids", "rejected_ids"}, the shape TRL'
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from harness import atomic
 from harness.config import DataConfig
-from harness.data.formats import check_bad, check_columns
-from harness.data.read import MAX_BAD_LISTED, UNDECODABLE, BadRow, Broken, DataError, Prepared, read_source
+from harness.data.badrows import check_bad
+from harness.data.formats import FORMATS, check_columns
+from harness.data.pairs import normalise_preference, prompt_key
+from harness.data.read import MAX_BAD_LISTED, BadRow, DataError, Prepared, read_source
 from harness.data.split import val_indices
-from harness.data.tokenize import encode_single
-
-ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "bot": "assistant",
-         "model": "assistant", "system": "system"}
+from harness.data.tokenize import encode_prompt_completion, render
 
 
-# ------------------------------------------------------------------------------------ rows
-def _text(v: Any, where: str) -> str:
-    if not isinstance(v, str):
-        raise BadRow(f"{where} is {'null' if v is None else type(v).__name__}, not text")
-    if UNDECODABLE.search(v):
-        raise BadRow(f"{where} is not valid UTF-8 text")
-    return v
-
-
-def _answer(rec: dict, ours: str, fields: dict[str, str]) -> str:
-    """chosen / rejected: text, a {from, value} or {role, content} message, or a one-message list."""
-    col = fields.get(ours, ours)
-    if col not in rec:
-        raise BadRow(f"missing field {col!r}" + ("" if col == ours else f" (data.fields.{ours})"))
-    v = rec[col]
-    if isinstance(v, list):
-        if len(v) != 1 or not isinstance(v[0], dict):
-            raise BadRow(f"field {col!r} must be text, one message, or a list holding one message")
-        v = v[0]
-    if isinstance(v, dict):
-        role = v.get("role", v.get("from"))
-        if role is not None and ROLES.get(role) != "assistant":
-            raise BadRow(f"{ours} answer has role {role!r}; it must be an assistant (gpt) turn")
-        v = v.get("content", v.get("value"))
-    text = _text(v, f"{ours} answer")
-    if not text.strip():
-        raise BadRow(f"empty {ours} answer")
-    return text
-
-
-def _conversation(raw: Any, col: str, system_prompt: str) -> list[dict]:
-    if not isinstance(raw, list) or not raw:
-        raise BadRow(f"missing prompt: field {col!r} must be a non-empty list of messages")
-    msgs = []
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict):
-            raise BadRow(f"{col}[{i}] is a {type(m).__name__}, not a message")
-        role = ROLES.get(m.get("role", m.get("from")))
-        if role is None:
-            raise BadRow(f"{col}[{i}] has role {m.get('role', m.get('from'))!r}; use system, user (human) or assistant (gpt)")
-        content = _text(m.get("content", m.get("value")), f"{col}[{i}] content")
-        if not content.strip():
-            raise BadRow(f"{col}[{i}] is empty")
-        msgs.append({"role": role, "content": content})
-    turns = [m for m in msgs if m["role"] != "system"]
-    if not turns:
-        raise BadRow(f"missing prompt: {col!r} has only system turns")
-    if turns[0]["role"] != "user" or msgs[-1]["role"] != "user":
-        raise BadRow(f"{col!r} must start with a user turn and end with the user turn the answers reply to")
-    if system_prompt and msgs[0]["role"] != "system":
-        msgs.insert(0, {"role": "system", "content": system_prompt})
-    return msgs
-
-
-def normalise_preference(record: Any, data_cfg: DataConfig, fields: dict[str, str] | None = None) -> dict:
-    """A file record -> {"prompt": text | messages, "chosen": text, "rejected": text}; raises BadRow with the reason."""
-    if isinstance(record, Broken):
-        raise BadRow(record.reason)
-    fields = data_cfg.fields if fields is None else fields
-    pcol, ccol = fields.get("prompt", "prompt"), fields.get("conversations", "conversations")
-    if record.get(pcol) is not None:
-        raw = record[pcol]
-        if isinstance(raw, list):
-            prompt: str | list[dict] = _conversation(raw, pcol, data_cfg.system_prompt)
-        else:
-            prompt = _text(raw, f"field {pcol!r}")
-            if not prompt.strip():
-                raise BadRow(f"missing prompt: field {pcol!r} is empty")
-    elif ccol in record:
-        prompt = _conversation(record[ccol], ccol, data_cfg.system_prompt)
-    else:
-        raise BadRow(f"missing prompt: no field {pcol!r} or {ccol!r}")
-    chosen, rejected = _answer(record, "chosen", fields), _answer(record, "rejected", fields)
-    if chosen.strip() == rejected.strip():
-        raise BadRow("chosen == rejected: the pair prefers nothing")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-
-
-def prompt_key(row: dict) -> str:
-    """What the split groups by: pairs with the same prompt stay on the same side."""
-    p = row["prompt"]
-    return p if isinstance(p, str) else json.dumps(p, sort_keys=True)
-
-
+# ------------------------------------------------------------------------------------ reading
 def _read_pairs(data: DataConfig, path: str, fields: dict[str, str]) -> tuple[list[dict], dict, str, list[str]]:
     """(normalised rows with their 1-based `row`, stats with every bad row, where, the file's columns)."""
     src = read_source(path, data.file_type, data.hub_split)
@@ -158,13 +66,6 @@ def load_preference_rows(data_cfg: DataConfig, seed: int) -> tuple[list[dict], l
 
 
 # ------------------------------------------------------------------------------- tokenising
-def _render_row(prompt: str | list[dict], answer: str) -> dict:
-    """The row shape harness/data/tokenize.py renders: a prompt_completion row, or a chat row whose last turn is the answer."""
-    if isinstance(prompt, str):
-        return {"prompt": prompt, "completion": answer}
-    return {"messages": [*prompt, {"role": "assistant", "content": answer}], "completion": answer}
-
-
 def fit_pair(p: list[int], c: list[int], r: list[int], max_length: int, keep_first: bool):
     """Cut a pair to max_length: the prompt loses tokens from the left (its end, where the answers attach, stays;
     a leading BOS stays when keep_first) down to at most half of max_length, then the answers are cut from the right
@@ -183,15 +84,17 @@ def fit_pair(p: list[int], c: list[int], r: list[int], max_length: int, keep_fir
 def encode_pairs(rows: list[dict], tokenizer, data: DataConfig, *, add_bos: bool,
                  max_length: int) -> tuple[list[dict], dict]:
     """Tokenise pairs -> ([{"prompt_ids", "chosen_ids", "rejected_ids"}], {"truncated_prompts", "truncated_answers"}).
-    The prompt is rendered and tokenised as SFT does (encode_single: the same string generation sees); each
+    The prompt is rendered and tokenised as SFT does (the same string generation sees); each
     answer ends with EOS; over-long pairs are cut by fit_pair (counted, never dropped)."""
     if max_length < 8:
         raise DataError(f"max_length={max_length}: too short for a prompt and two answers; use train.max_length >= 8.")
     counts = {"truncated_pairs": 0, "truncated_prompts": 0, "truncated_answers": 0}
     if not rows:
         return [], counts
-    chosen = encode_single([_render_row(r["prompt"], r["chosen"]) for r in rows], tokenizer, data, add_bos)
-    rejected = encode_single([_render_row(r["prompt"], r["rejected"]) for r in rows], tokenizer, data, add_bos)
+    parts = FORMATS["preference"].prompt
+    prompts = [render(*parts(r, data), tokenizer, data, add_bos) for r in rows]
+    chosen = encode_prompt_completion(prompts, [r["chosen"] for r in rows], tokenizer)
+    rejected = encode_prompt_completion(prompts, [r["rejected"] for r in rows], tokenizer)
     out = []
     for (p, c), (_, rj) in zip(chosen, rejected):
         p, c, rj, p_cut, a_cut = fit_pair(p, c, rj, max_length, keep_first=add_bos)

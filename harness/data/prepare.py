@@ -4,6 +4,7 @@
     harness eval RUN_DIR                           # the evaluator calls load_eval_examples() and render_prompt()
 
 read (harness/data/read.py) -> normalise (formats.py) -> split (split.py) -> tokenise, truncate or pack (tokenize.py).
+What differs between data formats comes from their FORMATS entry (formats.py); nothing here names a format.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.config import DataConfig
-from harness.data.formats import check_bad, check_columns, normalise, text_field
+from harness.data.badrows import check_bad, describe_bad_rows
+from harness.data.formats import check_columns, data_format, normalise, text_field
 from harness.data.read import (
     MAX_BAD_LISTED,
     BadRow,
@@ -25,17 +27,8 @@ from harness.data.read import (
     attach_parallel,
     read_source,
 )
-from harness.data.split import split_key, val_indices
-from harness.data.tokenize import (
-    encode_chat,
-    encode_single,
-    eos_token_id,
-    make_example,
-    n_loss,
-    pack_chunks,
-    prompt_parts,
-    token_ids,
-)
+from harness.data.split import val_indices
+from harness.data.tokenize import eos_token_id, make_example, n_loss, pack_chunks
 
 
 def _text_documents(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -69,6 +62,11 @@ def _text_documents(records: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
 
 
 # ------------------------------------------------------------------------------------ prepare
+def _row_numbers(src: Source) -> str:
+    """What a bad row's number counts: lines of the file, or records (JSON lists, Parquet, datasets)."""
+    return "line" if src.kind in ("jsonl", "csv", "text") else "record"
+
+
 @dataclass
 class NormalisedRows:
     """A training data set read, normalised and split, before tokenisation."""
@@ -81,14 +79,15 @@ class NormalisedRows:
     val_idx: set[int]  # indices into `good` held out for validation
 
 
-def read_normalised(data: DataConfig, seed: int) -> NormalisedRows:
+def read_normalised(data: DataConfig) -> NormalisedRows:
     """Read data.path, map its columns, normalise every row (bad rows recorded, DataError above
-    data.max_bad_share) and choose the validation rows; the first half of prepare()."""
+    data.max_bad_share) and choose the validation rows (by data.split_seed); the first half of prepare()."""
+    fmt = data_format(data)
     src = read_source(data.path, data.file_type, data.hub_split)
     attach_parallel(src, [c for v in data.fields.values() for c in v.split(",")])
     check_columns(src, data.fields, list(data.fields))
     records = src.records
-    if data.format == "text" and src.kind == "text":
+    if fmt.documents and src.kind == "text":
         records = _text_documents(records)
     if data.max_rows > 0:
         records = records[: data.max_rows]
@@ -103,61 +102,46 @@ def read_normalised(data: DataConfig, seed: int) -> NormalisedRows:
         except BadRow as exc:
             bad.append({"row": n, "reason": str(exc)})
     check_bad(where, len(records), bad, data.max_bad_share, src.columns())
-    val_idx = val_indices([split_key(r) for _, r in good], data.val_size, seed, where)
+    val_idx = val_indices([fmt.split_key(r) for _, r in good], data.val_size, data.split_seed, where)
     return NormalisedRows(src, where, len(records), good, bad, val_idx)
 
 
-def training_rows(data: DataConfig, seed: int = 0) -> list[dict]:
-    """The normalised rows prepare(data, ..., seed=seed) trains on, before tokenisation (the contamination
-    check indexes these). It keeps the few rows prepare drops later for a prompt longer than max_length."""
-    rows = read_normalised(data, seed)
+def training_rows(data: DataConfig) -> list[dict]:
+    """The normalised rows prepare(data, ...) trains on, before tokenisation (the contamination check indexes
+    these). It keeps the few rows prepare drops later for a prompt longer than max_length."""
+    rows = read_normalised(data)
     return [r for i, (_, r) in enumerate(rows.good) if i not in rows.val_idx]
 
 
-def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing: bool, add_bos: bool) -> Prepared:
-    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring)."""
+def prepare(data: DataConfig, tokenizer, *, max_length: int, packing: bool, add_bos: bool) -> Prepared:
+    """Read, check, split, tokenise and truncate/pack data.path for training (see the module docstring). The
+    split depends only on the data and data.split_seed, not on the training seed: every seed of a sweep trains
+    and validates on the same rows."""
     if max_length < 2:
         raise DataError(f"max_length={max_length}: too short; use train.max_length >= 8.")
-    rows = read_normalised(data, seed)
+    rows = read_normalised(data)
     src, where, good, bad, val_idx, n_records = rows.source, rows.where, rows.good, rows.bad, rows.val_idx, rows.n_records
 
+    fmt = data_format(data)
     eos = eos_token_id(tokenizer)
     truncated = 0
     encoded: list[tuple[int, dict] | None] = []
-    if data.format == "text":
-        bos = [tokenizer.bos_token_id] if add_bos and tokenizer.bos_token_id is not None else []
-        if add_bos and not bos:
-            raise DataError("model.add_bos=true but the tokenizer has no bos_token; set model.add_bos=false.")
-        for (n, _), ids in zip(good, token_ids(tokenizer, [r["text"] for _, r in good])):
-            full = bos + ids + [eos]
-            encoded.append((n, make_example(full, list(full))))
-    else:
-        if data.format == "chat":
-            pairs = []
-            for n, r in good:
-                try:
-                    pairs.append(encode_chat(r, tokenizer, data, add_bos))
-                except BadRow as exc:
-                    bad.append({"row": n, "reason": str(exc)})
-                    pairs.append(None)
-        else:
-            pairs = [(p + c, ([-100] * len(p) if data.completion_only_loss else list(p)) + c)
-                     for p, c in encode_single([r for _, r in good], tokenizer, data, add_bos)]
-        for (n, _), pair in zip(good, pairs):
-            if pair is None:
+    for (n, _), pair in zip(good, fmt.encode([r for _, r in good], tokenizer, data, add_bos)):
+        if isinstance(pair, BadRow):
+            bad.append({"row": n, "reason": str(pair)})
+            encoded.append(None)
+            continue
+        ids, labels = pair
+        if len(ids) > max_length and not fmt.documents:  # documents are cut into blocks below, not truncated
+            ids, labels = ids[:max_length], labels[:max_length]
+            if data.completion_only_loss and n_loss(labels) == 0:
+                prompt_len = next((i for i, x in enumerate(pair[1]) if x != -100), len(pair[1]))
+                bad.append({"row": n, "reason": f"prompt longer than max_length ({prompt_len} prompt tokens, "
+                                                f"max_length {max_length}): no room for the completion"})
                 encoded.append(None)
                 continue
-            ids, labels = pair
-            if len(ids) > max_length:
-                ids, labels = ids[:max_length], labels[:max_length]
-                if data.completion_only_loss and n_loss(labels) == 0:
-                    prompt_len = next((i for i, x in enumerate(pair[1]) if x != -100), len(pair[1]))
-                    bad.append({"row": n, "reason": f"prompt longer than max_length ({prompt_len} prompt tokens, "
-                                                    f"max_length {max_length}): no room for the completion"})
-                    encoded.append(None)
-                    continue
-                truncated += 1
-            encoded.append((n, make_example(ids, labels)))
+            truncated += 1
+        encoded.append((n, make_example(ids, labels)))
     bad.sort(key=lambda b: b["row"])
     check_bad(where, n_records, bad, data.max_bad_share, src.columns())
 
@@ -165,17 +149,17 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
     val_ex = [e for i, e in enumerate(encoded) if e is not None and i in val_idx]
     stats: dict[str, Any] = {
         "format": data.format, "rows": n_records, "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED],
-        "train_rows": len(train_ex), "val_rows": len(val_ex), "truncated_rows": truncated,
-        "max_length": max_length, "files": src.files, "row_numbers": "line" if src.kind in ("jsonl", "csv", "text") else "record",
+        "train_rows": len(train_ex), "val_rows": len(val_ex), "split_seed": data.split_seed,
+        "truncated_rows": truncated, "max_length": max_length, "files": src.files, "row_numbers": _row_numbers(src),
     }
     train = [e for _, e in train_ex]
     val = [e for _, e in val_ex]
-    packed = packing or data.format == "text"
+    packed = packing or fmt.documents
     if packed:
-        sep = eos if (data.format == "text" or not data.completion_only_loss) else -100
+        sep = eos if (fmt.documents or not data.completion_only_loss) else -100
         train, pack_stats = pack_chunks(train, max_length, eos, sep)
         stats.update(pack_stats)
-    if data.format == "text":  # long documents: blocks within each document, never across
+    if fmt.documents:  # long documents: blocks within each document, never across
         per_doc = [pack_chunks([e], max_length, eos, eos) for e in val]
         val = [b for blocks, _ in per_doc for b in blocks]
         stats["val_tokens_without_loss"] = sum(st["tokens_without_loss"] for _, st in per_doc)
@@ -188,23 +172,23 @@ def prepare(data: DataConfig, tokenizer, *, max_length: int, seed: int, packing:
 
 
 # ------------------------------------------------------------------------------ evaluation
-def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet:
+def load_eval_set(data: DataConfig, limit: int = 0) -> EvalSet:
     """Eval examples and their stats, from data.eval_path (eval_fields over fields), or from the
-    validation split of data.path (split by seed, as in training) when eval_path is empty. Rows with
+    validation split of data.path (by data.split_seed, as in training) when eval_path is empty. Rows with
     the same prompt are one example with all their references when references come from a single
     column (E2E: 4,693 rows -> 630 MRs); with several reference columns each row is one example."""
-    if data.format == "text":
-        raise DataError(f"data={data.name} is plain text (format text): it has no prompts or references. "
-                        "Use its file in an eval.perplexity suite instead of a generation suite.")
+    fmt = data_format(data)
+    if fmt.prompt is None:
+        raise DataError(f"data={data.name} (format {fmt.name}) has no prompts or references: "
+                        "use its file in an eval.perplexity suite instead of a generation suite.")
     fields = {**data.fields, **data.eval_fields}
-    target = {"alpaca": "output", "prompt_completion": "completion", "chat": ""}[data.format]
     if "references" in fields:
         ref_cols = [c.strip() for c in fields["references"].split(",") if c.strip()]
     else:
-        ref_cols = [fields.get(target, target)] if target else []
+        ref_cols = [fields.get(fmt.target, fmt.target)] if fmt.target else []
     src = read_source(data.eval_path or data.path, data.file_type, data.hub_split)
     attach_parallel(src, [c for k, v in fields.items() if k != "id" for c in v.split(",")])
-    check_columns(src, fields, [k for k in fields if k in data.eval_fields or k in ("prompt", "instruction", "input", "messages")])
+    check_columns(src, fields, [k for k in fields if k in data.eval_fields or k in fmt.prompt_fields])
     if "references" not in fields and ref_cols and ref_cols[0] not in src.columns():
         ref_cols = []  # a prompt-only set (e.g. vicuna-questions): no references
     where = f"data={data.name} eval ({src.path})"
@@ -216,11 +200,7 @@ def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet
     for n, rec in records:
         try:
             row = normalise(rec, data, fields, need_target=False)
-            if data.format == "chat":
-                msgs = row["messages"]
-                refs = [msgs[-1]["content"]] if msgs[-1]["role"] == "assistant" else []
-            else:
-                refs = [text_field(rec, c, {}) for c in ref_cols]
+            refs = fmt.references(row) if fmt.references else [text_field(rec, c, {}) for c in ref_cols]
             ident = rec.get(fields["id"]) if "id" in fields else None
             if "id" in fields and not isinstance(ident, (str, int)):
                 raise BadRow(f"id field {fields['id']!r} is missing or not a string/integer")
@@ -232,14 +212,14 @@ def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet
         if data.val_size <= 0:
             raise DataError(f"data={data.name} has no eval_path and data.val_size=0, so no rows are held out: "
                             "every row is trained on. Set data.eval_path, or data.val_size > 0.")
-        val = val_indices([split_key(r) for _, r, _, _ in good], data.val_size, seed, where)
+        val = val_indices([fmt.split_key(r) for _, r, _, _ in good], data.val_size, data.split_seed, where)
         good = [g for i, g in enumerate(good) if i in val]
     # One reference column = one reference per row (E2E): rows sharing a prompt become one example.
     # Several reference columns/files (DialogSum, WMT) or none (Vicuna): each row is its own example.
-    grouped = data.format != "chat" and len(ref_cols) == 1
+    grouped = fmt.references is None and len(ref_cols) == 1
     groups: dict[str, list] = {}
     for i, (n, row, refs, ident) in enumerate(good):
-        key = split_key(row) if grouped else str(i)
+        key = fmt.split_key(row) if grouped else str(i)
         if key in groups:
             groups[key][2].extend(refs)
         else:
@@ -250,20 +230,20 @@ def load_eval_set(data: DataConfig, limit: int = 0, *, seed: int = 0) -> EvalSet
         if ex_id in seen:
             raise DataError(f"{where}: example id {ex_id!r} occurs twice (row {n}); the id column must be unique.")
         seen.add(ex_id)
-        messages, prompt = prompt_parts(row, data)
+        messages, prompt = fmt.prompt(row, data)
         examples.append(EvalExample(id=ex_id, messages=messages, prompt=prompt, references=refs))
     if limit > 0:
         examples = examples[:limit]
     stats = {"rows": len(records), "n_bad": len(bad), "bad_rows": bad[:MAX_BAD_LISTED], "files": src.files,
-             "examples": len(examples), "source": "eval_path" if data.eval_path else f"val split of path (seed {seed})"}
+             "row_numbers": _row_numbers(src),
+             "examples": len(examples),
+             "source": "eval_path" if data.eval_path else f"val split of path (split_seed {data.split_seed})"}
     return EvalSet(examples, stats)
 
 
-def load_eval_examples(data: DataConfig, limit: int = 0, *, seed: int = 0) -> list[EvalExample]:
+def load_eval_examples(data: DataConfig, limit: int = 0) -> list[EvalExample]:
     """The eval examples of load_eval_set(); malformed rows (under max_bad_share) are named on stderr."""
-    es = load_eval_set(data, limit, seed=seed)
+    es = load_eval_set(data, limit)
     if es.stats["n_bad"]:
-        rows = ", ".join(str(b["row"]) for b in es.stats["bad_rows"][:10])
-        print(f"[harness] warning: data={data.name}: {es.stats['n_bad']} malformed eval rows skipped (rows {rows}"
-              f"{' ...' if es.stats['n_bad'] > 10 else ''}); use load_eval_set() for the reasons", file=sys.stderr)
+        print(f"[harness] warning: data={data.name} eval: {describe_bad_rows(es.stats)}", file=sys.stderr)
     return es.examples

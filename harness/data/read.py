@@ -1,5 +1,6 @@
 """Read a data set's rows: local JSON / JSONL / CSV / Parquet / Arrow / text files or a Hub data set, with
-every unparsable record kept as a bad row (line number and reason), never silently dropped.
+every unparsable record kept as a bad row (line number and reason), never silently dropped. A CSV quote that is
+never closed is a bad row at its line, not a row merged from the lines it swallowed (_parse_csv).
 
     rows = read_rows("../shared/data/alpaca/alpaca_data_cleaned.json")
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 import re
 from dataclasses import dataclass
@@ -20,17 +22,10 @@ from harness import paths
 MAX_BAD_LISTED = 50  # bad rows kept in stats (the count is always complete)
 
 
-EXT_TYPES = {
-    ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "csv",
-    ".parquet": "parquet", ".pq": "parquet", ".arrow": "arrow",
-    ".txt": "text", ".raw": "text", ".text": "text", ".tokens": "text",
-}
+EXT_TYPES = paths.DATA_FILE_TYPES  # one list, in harness/paths.py: `harness validate` checks data paths by it too
 
 
 UNDECODABLE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 (decoded with surrogateescape)
-
-
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 class DataError(ValueError):
@@ -143,28 +138,91 @@ def _parse_json(text: str, p: Path) -> tuple[str, list[tuple[int, Any]]]:
                     for i, r in enumerate(obj, 1)]
 
 
-def _parse_csv(text: str, p: Path) -> list[tuple[int, Any]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+def _ends_inside_quotes(text: str, delim: str) -> bool:
+    """Whether CSV text ends inside a quoted field (the csv module's default dialect: a quote opens a field only
+    at the field's start; "" inside a quoted field is a literal quote)."""
+    quoted, at_start, i = False, True, 0
+    while i < len(text):
+        c = text[i]
+        if quoted:
+            if c == '"':
+                if text.startswith('"', i + 1):
+                    i += 1
+                else:
+                    quoted = False
+        elif c == '"' and at_start:
+            quoted = True
+        at_start = not quoted and c in (delim, "\n", "\r")
+        i += 1
+    return quoted
+
+
+def _unterminated_quote(lines: list[str], first: int, last: int, delim: str, n_cols: int) -> str:
+    """Why the record on lines first..last (1-based) is not a record but the work of a quote that is never closed,
+    or "" when it is a proper record. A quoted field may hold line breaks when it is properly closed: the record
+    parses under strict quoting (each closing quote followed by the delimiter or the line end) into n_cols
+    values. A one-line record is only checked for ending the file inside quotes."""
+    text = "".join(lines[first - 1: last])
+    what = f"unterminated quote: the quoted field opened on line {first}"
+    swallowed = {0: "", 1: f", swallowing line {last}"}.get(last - first, f", swallowing lines {first + 1}-{last}")
+    if last == len(lines) and _ends_inside_quotes(text, delim):
+        return f"{what} is still open at the end of the file{swallowed}"
+    if last == first:
+        return ""
     try:
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{p}: empty CSV file (no header row).")
-        dupes = sorted({h for h in header if header.count(h) > 1})
-        if dupes:
-            raise DataError(f"{p}: the CSV header repeats column(s) {dupes}; give every column a unique name.")
-        records: list[tuple[int, Any]] = []
-        start = reader.line_num + 1
-        for values in reader:
-            n, start = start, reader.line_num + 1
-            if not values:
-                continue  # a blank line is not a record
-            if len(values) != len(header):
-                records.append((n, Broken(f"{len(values)} values but the header has {len(header)} columns "
-                                           "(an unquoted comma or quote?)")))
-            else:
-                records.append((n, dict(zip(header, values))))
+        values = next(csv.reader(io.StringIO(text, newline=""), delimiter=delim, strict=True))
     except csv.Error as exc:
-        raise DataError(f"{p}: unreadable CSV near line {reader.line_num}: {exc}. Fix the quoting there.") from None
+        why = f"and then {exc}"
+    else:
+        if len(values) == n_cols:
+            return ""
+        why = f"and the merged record has {len(values)} values for {n_cols} columns"
+    return f"{what} runs over the line breaks{swallowed}, {why}"
+
+
+def _csv_records(lines: list[str], pos: int, delim: str, p: Path):
+    """(first line, last line, values) of each CSV record from the 0-based line index pos on (1-based lines)."""
+    reader = csv.reader(itertools.islice(lines, pos, None), delimiter=delim)
+    start = pos
+    try:
+        for values in reader:
+            last = pos + reader.line_num
+            yield start + 1, last, values
+            start = last
+    except csv.Error as exc:
+        raise DataError(f"{p}: unreadable CSV near line {pos + reader.line_num}: {exc}. "
+                        "Fix the quoting there.") from None
+
+
+def _parse_csv(text: str, p: Path) -> list[tuple[int, Any]]:
+    """(first line, record) for every CSV/TSV record. A record merged by a quote that is never closed (see
+    _unterminated_quote) is a bad row at the line where it starts, and reading goes on at the next line, so the
+    rows the quote swallowed are read as rows of their own, not as one merged row."""
+    delim = "\t" if p.suffix.lower() == ".tsv" else ","
+    lines = io.StringIO(text, newline="").readlines()
+    pending = _csv_records(lines, 0, delim, p)
+    _, _, header = next(pending, (0, 0, None))
+    if not header:
+        raise DataError(f"{p}: empty CSV file (no header row).")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes:
+        raise DataError(f"{p}: the CSV header repeats column(s) {dupes}; give every column a unique name.")
+    records: list[tuple[int, Any]] = []
+    while (item := next(pending, None)) is not None:
+        first, last, values = item
+        if not values:
+            continue  # a blank line is not a record
+        unterminated = _unterminated_quote(lines, first, last, delim, len(header))
+        if unterminated:
+            after = "; the lines after it are read as rows of their own" if last > first else ""
+            records.append((first, Broken(f'{unterminated}{after}. Close the quote, or double a quote inside a '
+                                          'quoted field ("").')))
+            pending = _csv_records(lines, first, delim, p)  # read on from the next line
+        elif len(values) != len(header):
+            records.append((first, Broken(f"{len(values)} values but the header has {len(header)} columns "
+                                          "(an unquoted comma or quote?)")))
+        else:
+            records.append((first, dict(zip(header, values))))
     return records
 
 
@@ -215,7 +273,7 @@ def read_source(path: str, file_type: str = "auto", hub_split: str = "train") ->
         raise DataError("data.path is empty; give a file, a saved dataset directory or a Hub data set id.")
     p = paths.resolve_data_path(path)
     if not p.exists():
-        if _HUB_ID.fullmatch(path) and Path(path).suffix.lower() not in EXT_TYPES:
+        if paths.is_hub_data_id(path):
             return _read_hub(path, hub_split)
         raise DataError(
             f"data file not found: {p} (data.path={path!r}; relative paths are under the data root "

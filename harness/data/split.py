@@ -1,22 +1,12 @@
-"""The train / validation split: which rows are held out, decided by each row's content and a seed.
+"""The train / validation split: which rows are held out, decided by each row's split key (its format's
+split_key: rows sharing a prompt share it) and a seed.
 """
 
 from __future__ import annotations
 
-import json
 import random
 
 from harness.data.read import DataError
-from harness.data.tokenize import prompt_messages
-
-
-# -------------------------------------------------------------------------------- splitting
-def split_key(row: dict) -> str:
-    if "messages" in row:
-        return json.dumps(prompt_messages(row), sort_keys=True)
-    if "instruction" in row:
-        return row["instruction"] + "\0" + row.get("input", "")
-    return row.get("prompt", row.get("text", ""))
 
 
 def val_indices(keys: list[str], val_size: float, seed: int, where: str) -> set[int]:

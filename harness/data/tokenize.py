@@ -1,16 +1,17 @@
-"""Prompts and tokens: render a normalised row as the model sees it (chat template or the alpaca /
-plain template), tokenise it with the loss on the completion only, and pack rows into fixed windows.
+"""Prompts and tokens, the same for every data format: the prompt templates (the tokenizer's chat template, or
+data.prompt_template alpaca / plain), tokenising a prompt and its completion with an exact boundary, a
+conversation turn by turn with the loss on the assistant turns, and packing rows into fixed windows.
+The data formats (harness/data/formats.py) build their rows' prompts and encodings from these pieces.
 """
 
 from __future__ import annotations
 
 from harness.config import DataConfig
-from harness.data.formats import normalise
-from harness.data.read import BadRow, DataError, EvalExample
+from harness.data.read import BadRow, DataError
 
 
 # ------------------------------------------------------------------------------- prompts
-def _alpaca_prompt(instruction: str, inp: str, preamble: str = "") -> str:
+def alpaca_prompt(instruction: str, inp: str, preamble: str = "") -> str:
     if inp.strip():
         head = preamble or ("Below is a task instruction, paired with input that gives more context. "
                             "Write a response that completes the task.")
@@ -19,7 +20,7 @@ def _alpaca_prompt(instruction: str, inp: str, preamble: str = "") -> str:
     return f"{head}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-def _plain_chat(messages: list[dict], add_generation_prompt: bool, template: str) -> str:
+def plain_chat(messages: list[dict], add_generation_prompt: bool, template: str) -> str:
     """Role-tagged conversation text for chat data when the chat template is not used."""
     heads = ({"user": "### User:\n", "assistant": "### Assistant:\n"} if template == "alpaca"
              else {"user": "User: ", "assistant": "Assistant: "})
@@ -28,39 +29,27 @@ def _plain_chat(messages: list[dict], add_generation_prompt: bool, template: str
     return out + (heads["assistant"] if add_generation_prompt else "")
 
 
-def prompt_messages(row: dict) -> list[dict]:
-    """For chat rows: the conversation up to (not including) the last assistant turn."""
-    msgs = row["messages"]
+def prompt_messages(msgs: list[dict]) -> list[dict]:
+    """The conversation up to (not including) its last assistant turn: what the model is prompted with."""
     last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=len(msgs))
     return msgs[:last]
 
 
-def prompt_parts(row: dict, data: DataConfig) -> tuple[list[dict], str]:
-    """(chat messages, plain-text prompt) for one normalised row."""
-    if "messages" in row:
-        msgs = prompt_messages(row)
-        return msgs, _plain_chat(msgs, True, data.prompt_template)
-    sys_ = data.system_prompt
-    if "instruction" in row:
-        instruction, inp = row["instruction"], row.get("input", "")
-        user = instruction + (f"\n\n{inp}" if inp.strip() else "")
-        plain = (_alpaca_prompt(instruction, inp, sys_) if data.prompt_template == "alpaca"
-                 else (f"{sys_}\n\n" if sys_ else "") + user + "\n")
-    else:
-        user = row["prompt"]
-        if data.prompt_template == "alpaca":  # a system prompt is the instruction, the row's prompt its input
-            plain = _alpaca_prompt(sys_, user) if sys_ else _alpaca_prompt(user, "")
-        else:
-            plain = (f"{sys_}\n\n" if sys_ else "") + user + "\n"
-    msgs = ([{"role": "system", "content": sys_}] if sys_ else []) + [{"role": "user", "content": user}]
-    return msgs, plain
+def plain_prompt(system: str, user: str) -> str:
+    """The `plain` template: the system prompt and a blank line (if any), the user text, a newline."""
+    return (f"{system}\n\n" if system else "") + user + "\n"
 
 
-def _uses_chat_template(tokenizer, data: DataConfig) -> bool:
+def single_turn(system: str, user: str) -> list[dict]:
+    """[system?, user] chat messages."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def uses_chat_template(tokenizer, data: DataConfig) -> bool:
     return bool(data.use_chat_template and getattr(tokenizer, "chat_template", None))
 
 
-def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
+def apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool) -> str:
     from jinja2.exceptions import TemplateError
 
     try:
@@ -69,12 +58,12 @@ def _apply_template(tokenizer, messages: list[dict], add_generation_prompt: bool
         # Templates without a system role (e.g. Gemma's) raise: fold the system text into the first user turn.
         if len(messages) > 1 and messages[0]["role"] == "system" and messages[1]["role"] == "user":
             merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
-            return _apply_template(tokenizer, merged + messages[2:], add_generation_prompt)
+            return apply_template(tokenizer, merged + messages[2:], add_generation_prompt)
         raise DataError(f"the tokenizer's chat template rejected the messages ({exc}); "
                         "set data.use_chat_template=false to use data.prompt_template instead.") from None
 
 
-def _with_bos(text: str, tokenizer, add_bos: bool) -> str:
+def with_bos(text: str, tokenizer, add_bos: bool) -> str:
     if not add_bos:
         return text
     bos = getattr(tokenizer, "bos_token", None)
@@ -83,18 +72,11 @@ def _with_bos(text: str, tokenizer, add_bos: bool) -> str:
     return text if text.startswith(bos) else bos + text
 
 
-def render_prompt(example_or_row: EvalExample | dict, tokenizer, data: DataConfig, add_bos: bool) -> str:
-    """The exact prompt string the model sees for generation, identical to the prompt part used in
-    training. Tokenise it with add_special_tokens=False (BOS, if wanted, is already in the string)."""
-    if isinstance(example_or_row, EvalExample):
-        messages, plain = example_or_row.messages, example_or_row.prompt
-    else:
-        row = example_or_row
-        if not any(k in row for k in ("instruction", "prompt", "messages")):
-            row = normalise(row, data, data.fields, need_target=False)  # a file row: map its columns
-        messages, plain = prompt_parts(row, data)
-    text = _apply_template(tokenizer, messages, True) if _uses_chat_template(tokenizer, data) else plain
-    return _with_bos(text, tokenizer, add_bos)
+def render(messages: list[dict], plain: str, tokenizer, data: DataConfig, add_bos: bool) -> str:
+    """The generation prompt: the chat template applied to `messages` (assistant turn opened) when the tokenizer
+    has one and data.use_chat_template, else `plain`; BOS in front when add_bos."""
+    text = apply_template(tokenizer, messages, True) if uses_chat_template(tokenizer, data) else plain
+    return with_bos(text, tokenizer, add_bos)
 
 
 # ---------------------------------------------------------------------------- tokenising
@@ -120,16 +102,14 @@ def make_example(ids: list[int], labels: list[int]) -> dict:
     return {"input_ids": ids, "labels": labels, "attention_mask": [1] * len(ids)}
 
 
-def encode_single(rows: list[dict], tokenizer, data: DataConfig, add_bos: bool) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, completion ids + EOS) for alpaca / prompt_completion rows. The prompt is tokenised on
-    its own (what generation sees); the completion keeps the joint tokenisation when the prompt's tokens
-    are a prefix of it, else it is tokenised on its own, so the boundary is exact either way."""
-    prompts = [render_prompt(r, tokenizer, data, add_bos) for r in rows]
-    outputs = [r["output"] if "output" in r else r["completion"] for r in rows]
+def encode_prompt_completion(prompts: list[str], completions: list[str], tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, completion ids + EOS) for rendered prompts and their completions. The prompt is tokenised on
+    its own (what generation sees); the completion keeps the joint tokenisation when the prompt's tokens are a
+    prefix of it, else it is tokenised on its own, so the boundary is exact either way."""
     eos = eos_token_id(tokenizer)
     p_ids = token_ids(tokenizer, prompts)
-    joint = token_ids(tokenizer, [p + o for p, o in zip(prompts, outputs)])
-    alone = token_ids(tokenizer, outputs)
+    joint = token_ids(tokenizer, [p + o for p, o in zip(prompts, completions)])
+    alone = token_ids(tokenizer, completions)
     out = []
     for p, j, o in zip(p_ids, joint, alone):
         comp = j[len(p):] if j[: len(p)] == p and len(j) > len(p) else o
@@ -137,15 +117,15 @@ def encode_single(rows: list[dict], tokenizer, data: DataConfig, add_bos: bool) 
     return out
 
 
-def encode_chat(row: dict, tokenizer, data: DataConfig, add_bos: bool) -> tuple[list[int], list[int]]:
-    """(ids, labels) of a conversation; assistant turns carry loss when completion_only_loss."""
-    msgs = row["messages"]
-    if _uses_chat_template(tokenizer, data):
+def encode_conversation(msgs: list[dict], tokenizer, data: DataConfig, add_bos: bool) -> tuple[list[int], list[int]]:
+    """(ids, labels) of a conversation; only assistant turns carry loss when completion_only_loss. Raises BadRow
+    when the template does not render the conversation turn by turn."""
+    if uses_chat_template(tokenizer, data):
         def render(m: list[dict], gen: bool) -> str:
-            return _apply_template(tokenizer, m, gen)
+            return apply_template(tokenizer, m, gen)
     else:
         def render(m: list[dict], gen: bool) -> str:
-            return _plain_chat(m, gen, data.prompt_template)
+            return plain_chat(m, gen, data.prompt_template)
     segments: list[tuple[str, bool]] = []
     done = ""
     for i, m in enumerate(msgs):
@@ -161,7 +141,7 @@ def encode_chat(row: dict, tokenizer, data: DataConfig, add_bos: bool) -> tuple[
     if full.startswith(done) and len(full) > len(done):
         segments.append((full[len(done):], False))
     if add_bos:
-        segments[0] = (_with_bos(segments[0][0], tokenizer, True), segments[0][1])
+        segments[0] = (with_bos(segments[0][0], tokenizer, True), segments[0][1])
     ids: list[int] = []
     labels: list[int] = []
     for (text, loss), seg_ids in zip(segments, token_ids(tokenizer, [s for s, _ in segments])):

@@ -3,6 +3,8 @@ training data of a run.
 
     python -m harness.eval.contamination --table        # every shipped training config x every shipped eval set
                                                    # (the table in docs/contamination.md)
+    harness train ... / harness eval RUN_DIR            # every suite of a trained run: eval.json `contamination`
+                                                   # (RunCheck, called by harness/eval/suites.py run_suites)
 
 The rule follows GPT-3's decontamination (Brown et al. 2020, appendix C), on words instead of tokens:
 text is reduced to normalised words (normalise_words); an eval item is contaminated when any of its
@@ -17,8 +19,9 @@ Items under min_words are never counted (a 3-word item such as "Yes, it is." wou
 corpus); they are reported as `too_short`.
 
 The top half is pure functions (text in, numbers out): normalise_words, ngrams, build_index,
-contamination, texts_of_rows. The --table command reads every shipped data config's training split
-(harness.data.prepare.training_rows) and every shipped eval set.
+contamination, texts_of_rows. Below them, what a run records (run_index, record_field, RunCheck) and the
+--table command, which reads every shipped data config's training split (harness.data.prepare.training_rows)
+and every shipped eval set.
 """
 
 from __future__ import annotations
@@ -147,31 +150,107 @@ def contamination(eval_items: Sequence[str], index: NgramIndex, n: int | None = 
 
 
 # ---------------------------------------------------------------------------- rows -> texts
-_ROW_FIELDS = ("instruction", "input", "output", "prompt", "completion", "text")
-
-
 def texts_of_rows(rows: Iterable[Any]) -> list[str]:
     """One string per row, the fields joined by newlines:
-    - normalised training rows (harness.data's field names): alpaca instruction, input, output;
-      prompt_completion prompt, completion; text text; chat: the content of every message;
+    - normalised training rows (harness.data's field names): their format's texts (harness.data.formats.FORMATS):
+      alpaca instruction, input, output; prompt_completion prompt, completion; text text; chat: every message;
     - harness.data.EvalExample: the content of its messages, then its references.
     System messages are left out on both sides: they are the config's instruction (data.system_prompt)
     or a data set's fixed preamble, shared by every item, and would match every item of every set that
     uses the same one. The rendered prompt template is left out for the same reason (only content counts)."""
+    from harness.data.formats import FORMATS, row_format
+
     out = []
     for row in rows:
+        fmt = row_format(row) if isinstance(row, dict) else None
         if hasattr(row, "messages") and hasattr(row, "references"):  # an EvalExample
             parts = [m["content"] for m in row.messages if m["role"] != "system"] + list(row.references)
-        elif isinstance(row, dict) and "messages" in row:
-            parts = [m["content"] for m in row["messages"] if m["role"] != "system"]
-        elif isinstance(row, dict) and any(f in row for f in _ROW_FIELDS):
-            parts = [row[f] for f in _ROW_FIELDS if isinstance(row.get(f), str) and row[f]]
+        elif fmt is not None:
+            parts = fmt.texts(row)
         else:
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({', '.join(_ROW_FIELDS)}, "
-                             "messages) nor an EvalExample; map a file's columns with harness.data first")
+            fields = ", ".join(f for f in dict.fromkeys(x for fm in FORMATS.values() for x in fm.fields))
+            raise ValueError(f"texts_of_rows: {keys} is neither a normalised row ({fields}) nor an EvalExample; "
+                             "map a file's columns with harness.data first")
         out.append("\n".join(parts))
     return out
+
+
+# ----------------------------------------------------------------- a run's eval.json (I/O below)
+def run_index(data, n: int = DEFAULT_N) -> NgramIndex:
+    """The index of a run's training split: the rows prepare(data, ...) trains on (split by data.split_seed;
+    harness.data.prepare.training_rows), min_words = min(8, n)."""
+    from harness.data.prepare import training_rows
+
+    return build_index(texts_of_rows(training_rows(data)), n, min(DEFAULT_MIN_WORDS, n))
+
+
+def record_field(ids: Sequence[Any], texts: Sequence[str], index: NgramIndex, train_data: str,
+                 warn_above: float) -> dict[str, Any]:
+    """The `contamination` field of an eval.json suite entry (docs/run-record.md): contamination() of the
+    suite's item texts, without per_item and with the first 20 contaminated items named by their ids."""
+    res = contamination(texts, index)
+    return {"n": res["n"], "min_words": res["min_words"], "items": res["items"], "contaminated": res["contaminated"],
+            "too_short": res["too_short"], "share": res["share"],
+            "contaminated_ids": [ids[i] for i in res["contaminated_ids"]], "train_data": train_data,
+            "warn_above": warn_above}
+
+
+class RunCheck:
+    """The contamination check of a trained run's suites (harness/eval/suites.py run_suites calls it as each
+    suite is recorded): the training index is built once, on first use; `seconds` adds up its whole cost."""
+
+    def __init__(self, cfg, say):
+        self.cfg, self.say = cfg, say
+        self.index: NgramIndex | None = None
+        self.failed = False
+        self.seconds = 0.0
+
+    def _index(self) -> NgramIndex | None:
+        from harness.data import DataError
+
+        if self.index is None and not self.failed:
+            try:
+                self.index = run_index(self.cfg.data, self.cfg.eval.contamination_n)
+            except DataError as exc:
+                self.failed = True
+                self.say(f"contamination not checked: the training rows of data={self.cfg.data.name} cannot be "
+                         f"read: {str(exc).splitlines()[0]}")
+        return self.index
+
+    def __call__(self, name: str, entry: dict, items) -> dict | None:
+        """The `contamination` field for suite `name`, or None (with a note) when its items cannot be read.
+        `items` is the suite kind's items function (harness/eval/registry.py)."""
+        import time
+
+        from harness.data import DataError
+
+        t0 = time.perf_counter()
+        try:
+            index = self._index()
+            if index is None or items is None:
+                return None
+            got = items(self.cfg, name, entry)
+            if got is None:
+                self.say(f"contamination of {name} not checked: its items are not readable here (an lm-eval "
+                         "task that is not ours: its data comes from the Hub)")
+                return None
+            ids, texts = got
+            if not texts:
+                return None
+            ev = self.cfg.eval
+            field = record_field(ids, texts, index, self.cfg.data.name, ev.contamination_warn)
+        except (DataError, OSError, ValueError) as exc:
+            self.say(f"contamination of {name} not checked: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            return None
+        finally:
+            self.seconds += time.perf_counter() - t0
+        if field["share"] > ev.contamination_warn:
+            shown = ", ".join(str(i) for i in field["contaminated_ids"][:5])
+            print(f"[harness] warning: {name}: {field['contaminated']} of {field['items']} items ({field['share']:.1%}) "
+                  f"share a {field['n']}-word run with the training data (data={field['train_data']}), above "
+                  f"eval.contamination_warn={ev.contamination_warn}; e.g. ids {shown}", flush=True)
+        return field
 
 
 # ------------------------------------------------------------------------- reading (I/O below)
@@ -199,39 +278,31 @@ def _suites() -> dict[str, dict[str, list[str]]]:
     return used
 
 
-def _lm_eval_items(task: str) -> list[str]:
-    """An lm-eval task's items as the model sees them, with every choice (or the answer) attached."""
-    import bz2
+def _data_config(name: str, split_seed: int | None):
+    """conf/data/<name>.yaml, with data.split_seed overridden unless split_seed is None."""
+    from harness.config import compose
 
-    from harness.eval.tasks import utils as tu
-
-    if task == "hellaswag":
-        docs = tu.parse_hellaswag(bz2.decompress(tu.data_file(tu.HELLASWAG_FILE).read_bytes()).decode("utf-8"))
-        return ["\n".join([d["query"], *d["choices"]]) for d in docs]
-    if task == "gsm8k":
-        docs = tu.parse_gsm8k(tu.data_file(tu.GSM8K_FILE).read_text("utf-8"))
-        return [d["question"] + "\n" + d["answer"] for d in docs]
-    return ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
+    return compose([f"data={name}"] + ([] if split_seed is None else [f"data.split_seed={split_seed}"])).data
 
 
-def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
+def _eval_sets(split_seed: int | None) -> tuple[list[_EvalSet], list[str]]:
     """Every shipped eval set (data configs' eval examples, our offline lm-eval tasks, perplexity
     corpora) and a line for each one that could not be read."""
-    from harness.config import PerplexitySuite, compose, group_options
-    from harness.data import DataError, load_eval_examples
-    from harness.eval.lm_eval import SHORT_NAMES
+    from harness.config import PerplexitySuite, group_options
+    from harness.data import FORMATS, DataError, load_eval_examples
+    from harness.eval.lm_eval import SHORT_NAMES, task_items
     from harness.eval.perplexity import load_documents
 
     used = _suites()
     sets, skipped = [], []
     for name in group_options("data"):
-        dc = compose([f"data={name}"]).data
-        if dc.format == "text":
-            continue  # no prompts: its file is scored as a perplexity corpus below
+        dc = _data_config(name, split_seed)
+        if FORMATS[dc.format].prompt is None:
+            continue  # no prompts (format text): its file is scored as a perplexity corpus below
         where = ", ".join(f"eval={e}" for e in used["generation"].get(name, [])) or NO_SUITE
-        label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (seed {seed})")
+        label = f"{name}: " + (dc.eval_path if dc.eval_path else f"val split (split_seed {dc.split_seed})")
         try:
-            sets.append(_EvalSet(label, where, texts_of_rows(load_eval_examples(dc, seed=seed))))
+            sets.append(_EvalSet(label, where, texts_of_rows(load_eval_examples(dc))))
         except DataError as exc:
             skipped.append(f"{label}: {str(exc).splitlines()[0]}")
     for task in [t for t in SHORT_NAMES if t != "wikitext"] + sorted(set(used["lm_eval"]) - set(SHORT_NAMES)):
@@ -240,7 +311,7 @@ def _eval_sets(seed: int) -> tuple[list[_EvalSet], list[str]]:
             skipped.append(f"lm-eval {task}: a built-in lm-eval task; its data comes from the Hub, not the data root")
             continue
         try:
-            sets.append(_EvalSet(f"lm-eval {task}", where, _lm_eval_items(task)))
+            sets.append(_EvalSet(f"lm-eval {task}", where, task_items(task)))
         except FileNotFoundError as exc:
             skipped.append(f"lm-eval {task}: {exc}")
     for path, evals in used["perplexity"].items():
@@ -253,22 +324,23 @@ def _cell(res: dict) -> str:
     return f"{res['share']:.1%}" + (f" ({res['contaminated']})" if res["contaminated"] else "")
 
 
-def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0, log=print) -> str:
+def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, split_seed: int | None = None, log=print) -> str:
     """The Markdown contamination table: every shipped eval set (rows) against the training split of every
-    shipped data config that can be trained on (columns). Reads the data kit; `log` gets progress lines."""
+    shipped data config that can be trained on (columns), split by each config's data.split_seed (or by
+    `split_seed` for all). Reads the data kit; `log` gets progress lines."""
     import time
 
-    from harness.config import compose, group_options
+    from harness.config import group_options
     from harness.data import DataError
 
     indices: dict[str, NgramIndex] = {}
     notes = []
     for name in group_options("data"):
-        dc = compose([f"data={name}"]).data
+        dc = _data_config(name, split_seed)
         try:
             from harness.data.prepare import training_rows
 
-            rows = training_rows(dc, seed)
+            rows = training_rows(dc)
         except DataError as exc:
             notes.append(f"training data `{name}`: {dc.notes or str(exc).splitlines()[0]}")
             continue
@@ -276,7 +348,7 @@ def table(n: int = DEFAULT_N, min_words: int = DEFAULT_MIN_WORDS, seed: int = 0,
         indices[name] = index = build_index(texts_of_rows(rows), n, min_words)
         log(f"index {name}: {index.texts} texts, {index.words} words, {index.ngrams} {n}-grams, "
             f"{len(index.short_hashes)} {min_words}-grams, {time.perf_counter() - t0:.1f} s")
-    sets, skipped = _eval_sets(seed)
+    sets, skipped = _eval_sets(split_seed)
     sets.sort(key=lambda es: es.used_by == NO_SUITE)  # stable: sets no shipped suite scores go last
     head = ["eval set", "items", "scored by"] + [f"`{t}` ({indices[t].texts})" for t in indices]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -307,12 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=DEFAULT_N, help="n-gram length in normalised words (default 13)")
     parser.add_argument("--min-words", type=int, default=DEFAULT_MIN_WORDS,
                         help="shorter items are never counted (default 8)")
-    parser.add_argument("--seed", type=int, default=0, help="train.seed of the validation split (default 0)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="data.split_seed of every train/validation split (default: each data config's own, 0)")
     args = parser.parse_args(argv)
     if not 1 <= args.min_words <= args.n:
         parser.error(f"--min-words {args.min_words} --n {args.n}: need 1 <= min-words <= n")
     try:
-        print(table(args.n, args.min_words, args.seed, log=lambda s: print(s, file=sys.stderr)))
+        print(table(args.n, args.min_words, args.split_seed, log=lambda s: print(s, file=sys.stderr)))
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -110,10 +110,10 @@ def suite_data_config(suite: GenerationSuite, cfg: RunConfig) -> DataConfig:
 
 def load_examples(suite: GenerationSuite, cfg: RunConfig, data_cfg: DataConfig) -> list[Any]:
     """The suite's held-out examples (harness.data.load_eval_examples), limited to suite.limit.
-    The split seed is train.seed, so a data config without eval_path yields the run's own val split."""
+    A data config without eval_path yields the run's own val split (by data.split_seed, as in training)."""
     from harness.data import load_eval_examples
 
-    examples = list(load_eval_examples(data_cfg, limit=suite.limit, seed=cfg.train.seed))
+    examples = list(load_eval_examples(data_cfg, limit=suite.limit))
     return examples[: suite.limit] if suite.limit > 0 else examples
 
 
@@ -353,7 +353,18 @@ def _position_limit(model) -> int:
     return int(n) if isinstance(n, int) and n > 0 else 1 << 30
 
 
-@register_suite_kind("generation", order=3, names=lambda cfg: [s.name for s in cfg.eval.generation])
+def generation_items(cfg: RunConfig, name: str, entry: dict) -> tuple[list, list[str]]:
+    """The suite's examples (its limit applied), as (their ids, their prompt content and references), for the
+    contamination check."""
+    from harness.eval.contamination import texts_of_rows
+
+    suite = next(s for s in cfg.eval.generation if s.name == name)
+    examples = load_examples(suite, cfg, suite_data_config(suite, cfg))
+    return [str(e.id) for e in examples], texts_of_rows(examples)
+
+
+@register_suite_kind("generation", order=3, names=lambda cfg: [s.name for s in cfg.eval.generation],
+                     items=generation_items)
 def run_generation(ctx: SuiteContext) -> None:
     for gsuite in ctx.cfg.eval.generation:
         entry = run_generation_suite(ctx.model, ctx.tokenizer, gsuite, ctx.cfg, ctx.run_dir)

@@ -4,7 +4,7 @@
     harness eval model=smollm2-135m --crosscheck       # our wikitext2 perplexity vs lm-eval's
 
 The model is wrapped in lm-eval's HFLM (pretrained=<model instance>), so a freshly trained peft model is
-evaluated without a save/reload. Our offline tasks live in harness/tasks/ (data from the shared kit) and
+evaluated without a save/reload. Our offline tasks live in harness/eval/tasks/ (data from the shared kit) and
 are registered with a TaskManager; short names (`hellaswag`) map to ours (`harness_hellaswag`).
 Per task we keep lm-eval's own results JSON (lm_eval/<task>.json) and one line per item in
 samples/<task>.jsonl ({id: doc_id, acc, acc_norm, target, pred}) for paired tests between runs.
@@ -20,11 +20,20 @@ from pathlib import Path
 
 from harness import atomic
 from harness.config import LmEvalConfig, ModelConfig, PerplexitySuite
+from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 SHORT_NAMES = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "social_iqa", "gsm8k",
                "wikitext")
+
+
+# What run_task writes to eval.json (task_metrics) and, per item, to samples/<task>.jsonl (sample_rows,
+# merge_filters): 0/1 acc and acc_norm for multiple choice, exact_match per filter for generative tasks
+# (gsm8k's second filter, harness_gsm8k.yaml, is named exact_match_flexible-extract), with lm-eval's stderr.
+for _metric in ("acc", "acc_norm", "exact_match", "exact_match_flexible-extract"):
+    declare_metric(_metric, higher_is_better=True, scale="binary", per_item=_metric)
+    declare_metric(f"{_metric}_stderr", higher_is_better=None, scale="fraction")
 
 
 def task_name(name: str) -> str:
@@ -52,11 +61,11 @@ def check_task_names(names: list[str], known) -> None:
             close = difflib.get_close_matches(n, [*SHORT_NAMES, *known], n=1, cutoff=0.6)
             errors.append(f"lm-eval task {n!r} is unknown.{f' Did you mean {close[0]!r}?' if close else ''}")
     if errors:
-        raise ValueError(" ".join(errors) + f" Offline tasks shipped here: {', '.join(SHORT_NAMES)} (harness/tasks/).")
+        raise ValueError(" ".join(errors) + f" Offline tasks shipped here: {', '.join(SHORT_NAMES)} (harness/eval/tasks/).")
 
 
 def task_manager(names: list[str]):
-    """A TaskManager over harness/tasks, plus lm-eval's built-ins (a slow index, and their data sets come
+    """A TaskManager over harness/eval/tasks, plus lm-eval's built-ins (a slow index, and their data sets come
     from the Hub) only when a task is not ours. Unknown names fail here, before any model call."""
     from lm_eval.tasks import TaskManager
 
@@ -207,6 +216,40 @@ def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | N
     return suites
 
 
+# ---------------------------------------------------------------------------------- items
+def task_items(task: str, limit: int = 0) -> list[str] | None:
+    """The items of one of our offline tasks in doc_id order (the first `limit`; 0 = all), as the model sees
+    them with every choice (or the answer) attached: hellaswag context + endings, multiple choice question +
+    choices, gsm8k question + worked answer, wikitext the article. None for a task that is not ours."""
+    import bz2
+    import itertools
+
+    from harness.eval.tasks import utils as tu
+
+    task = short_name(task)
+    if task not in SHORT_NAMES:
+        return None
+    if task == "hellaswag":  # 6 lines per item; a limit decompresses only the start of the file
+        with bz2.open(tu.data_file(tu.HELLASWAG_FILE), "rt", encoding="utf-8", newline="\n") as f:
+            lines = [line.rstrip("\n") for line in itertools.islice(f, 6 * limit if limit > 0 else None)]
+        return ["\n".join([d["query"], *d["choices"]]) for d in tu.parse_hellaswag("\n".join(lines))]
+    if task == "gsm8k":
+        docs = tu.parse_gsm8k(tu.data_file(tu.GSM8K_FILE).read_text("utf-8"))
+        items = [d["question"] + "\n" + d["answer"] for d in docs]
+    elif task == "wikitext":
+        items = [d["page"] for d in tu.load_wikitext()["test"]]
+    else:
+        items = ["\n".join([d["question"], *d["choices"]]) for d in tu.parse_mc_file(task)]
+    return items[:limit] if limit > 0 else items
+
+
+def lm_eval_items(cfg, name: str, entry: dict) -> tuple[list, list[str]] | None:
+    """The items the task scored (doc_id 0 .. n-1: lm-eval's limit takes the first ones), for the
+    contamination check; None for a task that is not ours."""
+    items = task_items(name, limit=entry["n"])
+    return None if items is None else (list(range(len(items))), items)
+
+
 # -------------------------------------------------------------------------------- cross-check
 def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: int = 4, limit: int = 0,
                         model_cfg: ModelConfig | None = None, path: str = "wikitext-2-raw/wiki.test.raw",
@@ -258,7 +301,8 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
             "tokens": sum(r["tokens"] for r in rows), "ours_wall_s": ours_s, "lm_eval_wall_s": theirs_s}
 
 
-@register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks])
+@register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks],
+                     items=lm_eval_items)
 def run_lm_eval(ctx: SuiteContext) -> None:
     ev = ctx.cfg.eval
     if not ev.lm_eval.tasks:

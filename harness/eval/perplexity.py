@@ -1,4 +1,4 @@
-"""Perplexity stage: sliding-window log-likelihood of a text corpus, and loss on the run's val split.
+"""Perplexity stage: sliding-window log-likelihood of a text corpus (the `val` loss is harness/model/scoring.py).
 
     harness eval RUN_DIR eval=perplexity          # wikitext2 suite (conf/eval/perplexity.yaml)
     harness eval model=smollm2-135m eval=quick     # + `val` and lm-eval tasks
@@ -27,10 +27,17 @@ from typing import Iterable, Sequence
 
 from harness import atomic, paths
 from harness.config import ModelConfig, PerplexitySuite
+from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
 
 LN2 = math.log(2.0)
+
+
+# The suite's four corpus metrics (perplexity_metrics). They are ratios of sums over documents; the samples
+# file holds each document's nll and counts, not a per-document value of the metric, so no per-item form.
+for _metric in ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity"):
+    declare_metric(_metric, higher_is_better=False, scale="raw")
 
 
 # ------------------------------------------------------------------------------- pure math
@@ -258,63 +265,20 @@ def run_suite(model, tokenizer, suite: PerplexitySuite, model_cfg: ModelConfig |
     return entry, rows
 
 
-# ---------------------------------------------------------------------------- validation loss
-def _row_targets(row: dict) -> tuple[list[int], list[int]]:
-    """(input_ids, labels with -100 on unscored positions) for one prepared data row."""
-    ids = list(row["input_ids"])
-    if "labels" in row and row["labels"] is not None:
-        return ids, list(row["labels"])
-    mask = row.get("completion_mask") or row.get("assistant_masks")
-    if mask is not None:
-        return ids, [t if m else -100 for t, m in zip(ids, mask)]
-    return ids, ids
-
-
-def val_loss(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0, progress: bool = False) -> dict:
-    """Mean next-token NLL over the scored (completion) tokens of prepared rows -> {loss, perplexity, tokens}."""
-    import torch
-    import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
-    if not rows:
-        raise ValueError("val_loss: the validation split is empty (data.val_size=0?)")
-    total, count = 0.0, 0
-    rows = sorted(rows, key=lambda r: len(r["input_ids"]))  # similar lengths per batch: less padding, same sum
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for b in tqdm(range(0, len(rows), batch_size), desc="val", disable=not progress, leave=False):
-                pairs = [_row_targets(r) for r in rows[b:b + batch_size]]
-                width = max(len(p[0]) for p in pairs)
-                ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-                labels = torch.full((len(pairs), width), -100, dtype=torch.long)
-                mask = torch.zeros((len(pairs), width), dtype=torch.long)
-                for i, (inp, lab) in enumerate(pairs):
-                    ids[i, :len(inp)] = torch.tensor(inp)
-                    labels[i, :len(lab)] = torch.tensor(lab)
-                    mask[i, :len(inp)] = 1
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-                shift_labels = labels[:, 1:].to(logits.device)
-                nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
-                                      ignore_index=-100, reduction="sum")
-                total += float(nll)
-                count += int((shift_labels != -100).sum())
-    finally:
-        if was_training:
-            model.train()
-    if count == 0:
-        raise ValueError("val_loss: no scored tokens in the validation rows (all labels are -100)")
-    loss = total / count
-    return {"loss": loss, "perplexity": math.exp(loss), "tokens": count}
-
-
 def corpus_path(suite: PerplexitySuite) -> Path:
     return paths.resolve_data_path(suite.path)
 
 
-@register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity])
+def perplexity_items(cfg, name: str, entry: dict) -> tuple[list, list[str]]:
+    """The documents the suite scored (the first entry["n"]), as (their ids, their original text), for the
+    contamination check."""
+    suite = next(s for s in cfg.eval.perplexity if s.name == name)
+    docs = load_documents(suite)[: entry["n"]]
+    return [d.id for d in docs], [d.page for d in docs]
+
+
+@register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity],
+                     items=perplexity_items)
 def run_perplexity(ctx: SuiteContext) -> None:
     for suite in ctx.cfg.eval.perplexity:
         entry, rows = run_suite(ctx.model, ctx.tokenizer, suite, ctx.cfg.model, progress=ctx.progress)

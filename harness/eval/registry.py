@@ -8,7 +8,9 @@ A suite kind is one module that registers itself:
         ...
 
 run_suites (harness/eval/suites.py) runs the kinds in `order`; the sweep asks suite_names(cfg) which
-`<suite>.<metric>` objectives a config can produce. Neither knows any kind by name.
+`<suite>.<metric>` objectives a config can produce. Neither knows any kind by name. A kind that can say
+what it scored passes `items=fn`, fn(cfg, suite name, entry) -> (item ids, item texts) or None: run_suites
+checks those texts against the run's training data (harness/eval/contamination.py).
 """
 
 from __future__ import annotations
@@ -63,24 +65,29 @@ class SuiteContext:
     record: Callable[[str, dict], None]
 
 
+# (RunConfig, suite name, its eval.json entry) -> (item ids, item texts): what the suite scored, or None
+ItemsFn = Callable[[Any, str, dict], "tuple[list, list[str]] | None"]
+
+
 @dataclass(frozen=True)
 class SuiteKind:
     name: str
     order: int  # kinds run in this order (cheap ones first)
     names: Callable[[Any], list[str]]  # RunConfig -> the suite names (eval.json keys) this kind will write
     run: Callable[[SuiteContext], None]
+    items: ItemsFn | None = None  # for the contamination check; None: this kind cannot say
 
 
 SUITE_KINDS: dict[str, SuiteKind] = {}
 
 
-def register_suite_kind(name: str, *, order: int, names: Callable[[Any], list[str]]):
+def register_suite_kind(name: str, *, order: int, names: Callable[[Any], list[str]], items: ItemsFn | None = None):
     """Register `run(ctx)` as the runner of suite kind `name` (the `kind` field of its eval.json entries)."""
 
     def deco(fn: Callable[[SuiteContext], None]) -> Callable[[SuiteContext], None]:
         if name in SUITE_KINDS:
             raise ValueError(f"suite kind {name!r} is registered twice")
-        SUITE_KINDS[name] = SuiteKind(name, order, names, fn)
+        SUITE_KINDS[name] = SuiteKind(name, order, names, fn, items)
         return fn
 
     return deco

@@ -8,7 +8,9 @@
 in memory (peft-wrapped, no reload). Suites, in order: `val` (harness/eval/val.py), eval.perplexity
 (harness/eval/perplexity.py), eval.lm_eval tasks (harness/eval/lm_eval.py), eval.generation
 (harness/eval/generation.py). Each finished suite is merged into eval.json at once (atomic), with a
-config_hash (sha256[:16] of the suite config and, for lm-eval tasks, its task files) and versions.
+config_hash (sha256[:16] of the suite config and, for lm-eval tasks, its task files), versions,
+metric_meta: what each of its metrics means (harness/eval/metrics.py), and for a trained run its
+`contamination` field (the share of its items found in the training data).
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from pathlib import Path
 from harness import config
 from harness.config import ConfigError, RunConfig
 
-# the suite kinds register themselves on import (harness/eval/registry.py)
+# the suite kinds register themselves, and declare their metrics, on import (harness/eval/registry.py)
 from harness.eval import generation, lm_eval, perplexity, preference, val  # noqa: F401
+from harness.eval.contamination import RunCheck
+from harness.eval.metrics import describe_metric
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
+from harness.run.metric_meta import UNKNOWN
 from harness.run.record import read_eval, read_samples, update_eval
 
 
@@ -29,14 +34,31 @@ def suite_names(cfg: RunConfig) -> list[str]:
     return [n for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order) for n in kind.names(cfg)]
 
 
-def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: bool = True) -> dict:
-    """Run every suite of cfg.eval on the model in memory; record each into eval.json; return them all."""
+def with_metric_meta(entry: dict) -> dict:
+    """Add `metric_meta` to a suite entry: for every metric in entry["metrics"], its declared higher_is_better,
+    scale and per-item key (harness.eval.metrics.METRIC_META), so the run record says what its numbers mean.
+    A metric nobody declared is recorded with no direction, raw scale and no per-item form."""
+    entry["metric_meta"] = {m: (describe_metric(m) or UNKNOWN).to_record() for m in entry.get("metrics") or {}}
+    return entry
+
+
+def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: bool = True,
+               trained: bool = True) -> dict:
+    """Run every suite of cfg.eval on the model in memory; record each into eval.json; return them all.
+    For a trained run (not a base model: trained=False) with eval.contamination on, each entry gets a
+    `contamination` field: its items against the run's training split (harness/eval/contamination.py)."""
     run_dir = Path(run_dir)
     vers = versions()
     suites: dict = {}
+    check = RunCheck(cfg, lambda msg: say(True, msg)) if trained and cfg.eval.contamination else None
 
     def record(name: str, entry: dict) -> None:
-        suites[name] = entry
+        kind = SUITE_KINDS.get(entry.get("kind"))
+        if check is not None and kind is not None:
+            field = check(name, entry, kind.items)
+            if field is not None:
+                entry["contamination"] = field
+        suites[name] = with_metric_meta(entry)
         update_eval(run_dir, {name: entry}, vers)
         shown = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
                           if isinstance(v, (int, float)) and not k.endswith("_stderr"))
@@ -55,6 +77,10 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
             kind.run(ctx)
     finally:
         model.train(was_training)
+    if check is not None and check.index is not None:
+        idx = check.index
+        say(progress, f"contamination: {idx.n}-grams of data={cfg.data.name} ({idx.texts} training texts) vs every "
+                      f"suite's items: {check.seconds:.2f} s")
     return suites
 
 
@@ -89,7 +115,7 @@ def rescore_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = 
             raise EvalError(f"{run_dir}: suite {suite.name!r} would decode differently than its samples were made "
                             f"({', '.join(diff)} changed); rescoring would mislabel them. Run `harness eval` without --rescore.")
         rows = read_samples(run_dir, suite.name)
-        new = rescore_entry(entry, rows, suite, cfg.eval.bootstrap_samples, cfg.eval.seed)
+        new = with_metric_meta(rescore_entry(entry, rows, suite, cfg.eval.bootstrap_samples, cfg.eval.seed))
         update_eval(run_dir, {suite.name: new}, versions())
         shown = ", ".join(f"{k}={v:.4g}" for k, v in new["metrics"].items())
         say(progress, f"{suite.name} rescored from {len(rows)} samples: {shown}")

@@ -1,4 +1,5 @@
-"""The `val` suite: loss and perplexity on the run's own validation split (harness.data.prepare).
+"""The `val` suite: loss and perplexity on the run's own validation split (harness.data.prepare), the number
+the trainer records as val_loss (one definition for both: harness/model/scoring.py).
 """
 
 from __future__ import annotations
@@ -7,7 +8,12 @@ import dataclasses
 import time
 
 from harness.config import RunConfig
+from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind, say
+
+# Mean next-token loss on the validation split and its exp (harness.model.scoring.score_rows): one number per run, no samples.
+for _metric in ("loss", "perplexity"):
+    declare_metric(_metric, higher_is_better=False, scale="raw")
 
 
 # ------------------------------------------------------------------------------------ suites
@@ -15,32 +21,41 @@ def val_suite(model, tokenizer, cfg: RunConfig, progress: bool = True) -> dict |
     """Loss/perplexity on the run's own validation split (harness.data.prepare), or None with a note."""
     from harness import data
     from harness.data.cache import prepare
-    from harness.eval.perplexity import val_loss
+    from harness.model.scoring import eval_rows, score_rows
 
     t0 = time.time()
     try:
-        prepared = prepare(cfg.data, tokenizer, max_length=cfg.train.max_length, seed=cfg.train.seed,
-                                     packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
+        prepared = prepare(cfg.data, tokenizer, max_length=cfg.train.max_length,  # split by data.split_seed
+                           packing=False, add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
     except data.DataError as exc:  # e.g. an eval-only data config: say so, run the other suites
         say(True, f"val suite skipped: data={cfg.data.name} gives no validation split: {exc}")
         return None
-    rows = list(prepared.val)
-    if cfg.train.eval_batches > 0:  # the trainer's cap on validation batches applies here too
-        rows = rows[:cfg.train.eval_batches * cfg.train.batch_size]
+    rows = eval_rows(prepared.val, cfg.train.eval_batches, cfg.train.batch_size)  # the trainer's rows
     if not rows:
         say(True, f"val suite skipped: data={cfg.data.name} has no validation rows (data.val_size={cfg.data.val_size})")
         return None
-    res = val_loss(model, rows, batch_size=cfg.train.batch_size,
-                              pad_id=tokenizer.pad_token_id or 0, progress=progress)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    res = score_rows(model, rows, batch_size=cfg.train.batch_size, pad_id=pad_id, progress=progress)
     wall = time.time() - t0
-    hash_cfg = {"data": dataclasses.asdict(cfg.data), "max_length": cfg.train.max_length, "seed": cfg.train.seed,
-                "rows": len(rows)}
+    # no train.seed: the rows depend on data.split_seed (in cfg.data), so every seed of a sweep is comparable
+    hash_cfg = {"data": dataclasses.asdict(cfg.data), "max_length": cfg.train.max_length, "rows": len(rows)}
     return {"kind": "val", "metrics": {"loss": res["loss"], "perplexity": res["perplexity"]}, "n": len(rows),
             "tokens": res["tokens"], "config_hash": config_hash(hash_cfg), "wall_time_s": wall,
             "tokens_per_s": res["tokens"] / wall if wall > 0 else None}
 
 
-@register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [])
+def val_items(cfg: RunConfig, name: str, entry: dict) -> tuple[list, list[str]]:
+    """The validation split's rows (all of them: train.eval_batches caps how many are scored), as
+    (their row numbers in data.path, their texts), for the contamination check."""
+    from harness.data.prepare import read_normalised
+    from harness.eval.contamination import texts_of_rows
+
+    rows = read_normalised(cfg.data)  # split by data.split_seed, like the scored rows
+    held_out = [(n, r) for i, (n, r) in enumerate(rows.good) if i in rows.val_idx]
+    return [n for n, _ in held_out], texts_of_rows([r for _, r in held_out])
+
+
+@register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [], items=val_items)
 def run_val(ctx: SuiteContext) -> None:
     if not ctx.cfg.eval.val_loss:  # eval.val_loss=false: the suite is off (names() already leaves it out)
         return

@@ -240,7 +240,10 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, f
     mean = float(x.mean())
     if x.size == 1:
         return (mean, math.nan, math.nan)
-    lo, hi = t.interval(confidence, x.size - 1, loc=mean, scale=x.std(ddof=1) / math.sqrt(x.size))
+    scale = x.std(ddof=1) / math.sqrt(x.size)
+    if scale == 0:  # every value equal: a zero-width interval (scipy would give nan for scale 0)
+        return (mean, mean, mean)
+    lo, hi = t.interval(confidence, x.size - 1, loc=mean, scale=scale)
     return (mean, float(lo), float(hi))
 
 

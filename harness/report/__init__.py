@@ -2,8 +2,10 @@
 
     harness report STUDY [--runs-root runs] [--storage URL] [--out reports]
 
-runs.py (read run directories and the Optuna study) -> aggregate.py (configurations, means, ranks) ->
-compare.py (paired tests, verdicts; statistics in stats.py) -> build.py (the report model) ->
-markdown.py (report.md, results.csv, results.json), html.py (report.html from templates/),
-figures.py (PNG/SVG). fmt.py formats numbers and escapes strings. Never imports torch.
+runs.py (read run directories and the Optuna study) -> meta.py (what each metric means, from the records)
+-> aggregate.py (configurations, means, ranks) -> compare.py (paired tests; statistics in stats.py) ->
+verdict.py (a best configuration only where a test supports it) -> checks.py (comparability, identity,
+contamination, provenance) -> build.py (the report model) -> markdown.py (report.md, results.csv,
+results.json), html.py (report.html from templates/), figures.py (PNG/SVG). fmt.py formats numbers and
+escapes strings. Never imports torch, nor eval/: a metric's metadata is read from eval.json.
 """

@@ -1,5 +1,6 @@
-"""The report model: one dict built from the runs (leaderboard, comparisons, references, provenance, samples),
-rendered by markdown.py and html.py. `build(name, runs, inputs, args) -> (model, figures)`.
+"""The report model: one dict built from the runs (leaderboard, comparisons, verdict, references, contamination,
+provenance, samples), rendered by markdown.py and html.py. `build(name, runs, inputs, args) -> (model, figures)`.
+What each metric means comes from the records (meta.py); the checks on the runs from checks.py.
 """
 
 from __future__ import annotations
@@ -9,12 +10,15 @@ import math
 import time
 from pathlib import Path
 
-from harness import __version__, atomic
+from harness import atomic
 from harness.report.aggregate import Config, aggregate, best_marks, choose_primary, rank, study_objectives
+from harness.report.checks import comparability, contamination, identity_notes, provenance
 from harness.report.compare import SampleCache, compare
-from harness.report.fmt import _num, fmt, metric_direction
+from harness.report.fmt import _num, fmt
+from harness.report.meta import directions, metric_metas
 from harness.report.runs import Run, find_human, find_inputs, load_optuna, varying_axes
 from harness.report.stats import pareto_front
+from harness.report.verdict import beaten, primary_verdict
 from harness.run.record import read_metrics
 
 COST = (  # (flat metric, header)
@@ -69,61 +73,6 @@ def reference_rows(refs: list[dict], configs: list[Config], best: Config | None)
     return rows
 
 
-def comparability(runs: list[Run]) -> list[str]:
-    """Warnings when runs that are compared differ in task config, data or metric signature."""
-    seen: dict[str, dict[str, set]] = {}
-
-    def add(what, key, value):
-        if value not in (None, ""):
-            seen.setdefault(what, {}).setdefault(key, set()).add(str(value))
-
-    for r in runs:
-        if r.status not in ("completed", "baseline"):
-            continue
-        for s, res in (r.eval.get("suites") or {}).items():
-            add("eval config_hash", s, res.get("config_hash"))
-            for m, sig in (res.get("signatures") or {}).items():
-                add("metric signature", f"{s}.{m}", sig)
-        data = r.manifest.get("data") or {}
-        add("data hash", str(data.get("name", "")), ",".join(str(f.get("sha256", ""))[:16] for f in data.get("files") or []))
-        model = r.manifest.get("model") or {}
-        add("model weights hash", str(model.get("name", "")), (model.get("sha256") or "")[:16] or None)
-    out = []
-    for what, keys in sorted(seen.items()):
-        for k, vals in sorted(keys.items()):
-            if len(vals) > 1:
-                out.append(f"Runs differ in {what} for {k}: {', '.join(sorted(vals))}. Numbers across these runs are not comparable.")
-    return out
-
-
-def provenance(runs: list[Run]) -> dict:
-    def many(values):
-        return sorted({str(v) for v in values if v not in (None, "")})
-
-    ok = [r for r in runs if not r.error]
-    pk: dict[str, set] = {}
-    for r in ok:
-        for k, v in (r.manifest.get("packages") or {}).items():
-            pk.setdefault(k, set()).add(str(v))
-        if r.manifest.get("torch"):
-            pk.setdefault("torch", set()).add(str(r.manifest["torch"]))
-    return {
-        "report harness version": [__version__],
-        "run harness versions": many(r.manifest.get("harness_version") for r in ok),
-        "git commits": many(f"{(r.manifest.get('git') or {}).get('commit')}" + (" (dirty)" if (r.manifest.get("git") or {}).get("dirty") else "")
-                            for r in ok if (r.manifest.get("git") or {}).get("commit")),
-        "python": many(r.manifest.get("python") for r in ok),
-        "devices": many(r.manifest.get("device") for r in ok),
-        "cpus": many(r.manifest.get("cpu") for r in ok),
-        "gpus": many(r.manifest.get("gpu") for r in ok),
-        "data files": many(f"{f.get('path')} sha256:{str(f.get('sha256'))[:16]}" for r in ok
-                           for f in (r.manifest.get("data") or {}).get("files") or []),
-        "models": many(f"{(r.manifest.get('model') or {}).get('name')} sha256:{str((r.manifest.get('model') or {}).get('sha256'))[:16]}"
-                       for r in ok if r.manifest.get("model")),
-        "packages": {k: sorted(v) for k, v in sorted(pk.items())},
-    }
-
-
 # ------------------------------------------------------------------------------------ the model
 def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, list]:
     from harness.report.figures import history, importances, loss_curves, param_panels, scatter_front
@@ -144,16 +93,27 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
     trained_quality = quality_of([r for r in ok_runs if r.status == "completed"])  # rank by what trained runs have
     trained_quality += [m for m in quality if m.startswith("summary.")]
     primary = choose_primary(trained_quality if not args.metric else quality, args.metric, optuna_info)
-    objs, dirs = study_objectives(optuna_info), (optuna_info or {}).get("directions") or []
-    study_dir = {"maximize": "max", "minimize": "min"}.get(dirs[objs.index(primary)]) if primary in objs[: len(dirs)] else None
-    direction = args.direction or study_dir or metric_direction(primary) or "max"
     quality = [primary] + [m for m in quality if m != primary]
+    metas, meta_notes = metric_metas(ok_runs, quality + cost)
+    dirs = directions(metas)
+    objs, study_dirs = study_objectives(optuna_info), (optuna_info or {}).get("directions") or []
+    study_dir = ({"maximize": "max", "minimize": "min"}.get(study_dirs[objs.index(primary)])
+                 if primary in objs[: len(study_dirs)] else None)
+    direction = args.direction or study_dir or dirs.get(primary)
+    dirs[primary] = direction
     configs = rank(aggregate(runs, quality + cost), primary, direction)
     trained = [c for c in configs if not c.baseline]
-    best = trained[0] if trained and primary in trained[0].cells else None
+    top = trained[0] if trained and primary in trained[0].cells else None
     cache = SampleCache()
-    comparisons, cmp_notes = compare(configs, cache, args)
-    warnings = comparability(runs) + cmp_notes
+    comparisons, cmp_notes = compare(configs, cache, args, metas, dirs)
+    verdict = primary_verdict(trained, primary, direction, metas.get(primary), comparisons, args.max_compare)
+    best = next((c for c in trained if c.label == verdict["best"]), None)
+    marks = best_marks(configs, quality + cost, dirs)
+    marks.pop(primary, None)  # the primary column's star is the verdict's: a tie is not starred
+    if best is not None:
+        marks[primary] = best.cells[primary]["mean"]
+    contam, contam_warnings = contamination(configs)
+    warnings = contam_warnings + comparability(runs) + identity_notes(configs) + meta_notes + cmp_notes
     for r in runs:
         if r.status == "baseline" and r.summary.get("study") != name:
             warnings.append(f"Base-model reference {r.path} was evaluated outside this study (added as the baseline row).")
@@ -162,7 +122,7 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
     if optuna_info and optuna_info.get("importance_note"):
         warnings.append(optuna_info["importance_note"])
     failed = sorted((r for r in runs if r.status not in ("completed", "baseline")), key=lambda r: str(r.path))
-    refs = reference_rows(gather_references(runs, find_inputs(inputs, runs, "references.json", args.references)), configs, best)
+    refs = reference_rows(gather_references(runs, find_inputs(inputs, runs, "references.json", args.references)), configs, top)
     human = find_human(runs, inputs, args)
 
     # figures
@@ -184,7 +144,7 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
             p["yerr"] = p["yerr"] if math.isfinite(p["yerr"]) else 0.0
             if logx and p["x"] == 0:
                 p["x"] = math.nan  # the base model trains nothing: no point on a log axis
-        front = pareto_front([(p["y"], p["x"]) for p in pts], (direction, "min"))
+        front = pareto_front([(p["y"], p["x"]) for p in pts], (direction, "min")) if direction else []
         figs.append(scatter_front(fname, f"{primary} vs {xl}", pts, xl, primary, front, direction, logx=logx, svg=not args.no_svg))
     figs.insert(0, loss_curves(by_method, svg=not args.no_svg))
     completed = [r for r in runs if r.status == "completed"]
@@ -195,60 +155,62 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
     else:
         trials = [(r.trial, r.metrics.get(primary, math.nan), "COMPLETE") for r in completed if r.trial >= 0]
         trials += [(r.trial, math.nan, r.status.upper()) for r in failed if r.trial >= 0]
-        figs.append(history(trials, "maximize" if direction == "max" else "minimize", primary, "run records", svg=not args.no_svg))
+        figs.append(history(trials, {"max": "maximize", "min": "minimize"}.get(direction, "direction unknown"), primary,
+                            "run records", svg=not args.no_svg))
     varying = varying_axes([c.axes for c in trained])
     panels = {k: [(r.axes.get(k), r.metrics.get(primary, math.nan), str(r.axes.get("method", "")))
                   for r in completed if k in r.axes] for k in varying}
     figs.append(param_panels(panels, primary, svg=not args.no_svg))
     figs = [f for f in figs if f is not None]
 
-    findings = key_findings(configs, best, primary, comparisons)
+    findings = key_findings(configs, top, primary, comparisons, verdict, direction)
     status_counts: dict[str, int] = {}
     for r in runs:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1
     model = {
         "name": name, "primary": primary, "direction": direction, "quality": quality, "cost": cost,
         "status_counts": dict(sorted(status_counts.items())), "n_runs": len(runs),
-        "best": best.label if best else None, "configs": configs, "best_marks": best_marks(configs, quality + cost),
+        "best": best.label if best else None, "top": top.label if top else None, "verdict": verdict,
+        "configs": configs, "best_marks": marks, "directions": dirs,
+        "metric_meta": {k: (v.to_record() if v else None) for k, v in metas.items()},
         "comparisons": comparisons, "warnings": warnings, "failed": failed, "references": refs, "human": human,
-        "provenance": provenance(runs), "samples": sample_rows(configs, best, cache), "optuna": optuna_info,
-        "paired_test": args.paired_test, "findings": findings, "build_s": time.perf_counter() - t0,
+        "contamination": contam, "provenance": provenance(runs), "samples": sample_rows(configs, top, cache),
+        "optuna": optuna_info, "paired_test": args.paired_test, "findings": findings, "build_s": time.perf_counter() - t0,
     }
     return model, figs
 
 
-def key_findings(configs: list[Config], best: Config | None, primary: str, comparisons: list[dict]) -> list[str]:
-    """Three sentences a reader wants first: who won, is the win real, and what is the cheapest
-    configuration that is not significantly worse than the winner (by peak memory)."""
-    if best is None:
+def key_findings(configs: list[Config], top: Config | None, primary: str, comparisons: list[dict], verdict: dict,
+                 direction: str | None) -> list[str]:
+    """What a reader wants after the verdict: the top configuration's number, the win over the base model,
+    and the cheapest configuration (by peak memory) not significantly worse than the top one."""
+    if top is None:
         return []
-    cell = best.cells[primary]
+    cell = top.cells[primary]
     ci = f" ± {fmt((cell['hi'] - cell['lo']) / 2, 2)}" if math.isfinite(cell.get("lo", math.nan)) else ""
-    out = [f"Best on {primary}: {best.label} ({fmt(cell['mean'])}{ci}, {cell['n']} run{'s' if cell['n'] != 1 else ''})."]
-    on_primary = [c for c in comparisons if c["flat_metric"] == primary]
-    vs_best = [c for c in on_primary if c["kind"] == "vs best" and c["b"] == best.label]
-    if vs_best:
-        out.append("Runner-up: " + vs_best[0]["verdict"] + ".")
-    vs_base = [c for c in on_primary if c["kind"] == "vs baseline" and c["a"] == best.label]
+    out = [f"Top-ranked on {primary}: {top.label} ({fmt(cell['mean'])}{ci}, {cell['n']} run{'s' if cell['n'] != 1 else ''})."]
+    vs_base = [c for c in comparisons if c["flat_metric"] == primary and c["kind"] == "vs baseline" and c["a"] == top.label]
     out += [f"Against the base model: {c['verdict']}." for c in vs_base[:1]]
-    worse = {c["a"] for c in vs_best if math.isfinite(c.get("p_holm", math.nan)) and c["p_holm"] < 0.05}
-    tested = {c["a"] for c in vs_best} | {best.label}
+    tests = verdict.get("tests") or []
+    worse = {t["label"] for t in tests if direction and beaten(t, direction)}
+    tested = {t["label"] for t in tests} | {top.label}
     mem = "summary.peak_memory_mb"
     ok = [c for c in configs if not c.baseline and c.label in tested and c.label not in worse and mem in c.cells]
-    if vs_best and ok and mem in best.cells:
+    if tests and ok and mem in top.cells:
         cheap = min(ok, key=lambda c: (c.cells[mem]["mean"], c.label))
-        if cheap is not best:
-            out.append(f"Lowest peak memory not significantly worse than the best: {cheap.label} "
-                       f"({fmt(cheap.cells[mem]['mean'])} MB vs {fmt(best.cells[mem]['mean'])} MB).")
+        if cheap is not top:
+            out.append(f"Lowest peak memory not significantly worse than the top-ranked: {cheap.label} "
+                       f"({fmt(cheap.cells[mem]['mean'])} MB vs {fmt(top.cells[mem]['mean'])} MB).")
         else:
-            out.append(f"No configuration that is not significantly worse than the best uses less peak memory (best: {fmt(best.cells[mem]['mean'])} MB).")
+            out.append(f"No configuration that is not significantly worse than the top-ranked uses less peak memory "
+                       f"({fmt(top.cells[mem]['mean'])} MB).")
     return out
 
 
-def sample_rows(configs: list[Config], best: Config | None, cache: SampleCache, k: int = 3) -> list[dict]:
+def sample_rows(configs: list[Config], top: Config | None, cache: SampleCache, k: int = 3) -> list[dict]:
     """The first k items (by id) of each generation suite: prompt, reference, and the outputs of the
-    best configuration and of each baseline (their lowest-seed run)."""
-    shown = ([best] if best else []) + [c for c in configs if c.baseline]
+    top-ranked configuration and of each baseline (their lowest-seed run)."""
+    shown = ([top] if top else []) + [c for c in configs if c.baseline]
     out = []
     suites = sorted({s for c in shown for s, res in (c.runs[0].eval.get("suites") or {}).items() if res.get("kind") == "generation"})
     for s in suites:

@@ -1,5 +1,10 @@
 """Paired comparisons between configurations on the same evaluation items: per-item values from the runs'
 samples, paired tests (harness/report/stats.py), Holm-corrected p-values, and a verdict per pair.
+
+Every eval metric whose recorded metadata (harness/report/meta.py) has a per-item key and a direction is
+tested: McNemar's exact test when its scale is binary (per-item 0/1), a paired bootstrap or permutation
+test of the mean per-item value otherwise. A base model is compared with the trained configurations that
+started from the same weights (manifest.json's model sha256), never matched by name.
 """
 
 from __future__ import annotations
@@ -7,12 +12,11 @@ from __future__ import annotations
 import math
 
 from harness.report.aggregate import Config, rank
-from harness.report.fmt import BINARY, PERCENT, _num, fmt_p, metric_direction
+from harness.report.fmt import _num, fmt_p
 from harness.report.runs import Run
 from harness.report.stats import holm, mcnemar_exact, paired_bootstrap, paired_permutation
+from harness.run.metric_meta import POINTS, MetricMeta
 from harness.run.record import read_samples
-
-PAIRED = {"lm_eval": ("acc",), "generation": ("bleu", "chrf", "rougeL")}  # per-item keys tested per suite kind
 
 
 # ------------------------------------------------------------------------------ paired statistics
@@ -62,23 +66,33 @@ def paired_values(cache: SampleCache, a: Config, b: Config, suite: str, key: str
     return xa, xb, len(items), len(pairs), unmatched
 
 
-def compare(configs: list[Config], cache: SampleCache, args) -> tuple[list[dict], list[str]]:
+def tested_metrics(configs: list[Config], metas: dict[str, MetricMeta | None],
+                   directions: dict[str, str | None]) -> list[tuple[str, str, MetricMeta, str]]:
+    """(suite, metric, meta, direction) of every eval metric in the leaderboard with a per-item form and a direction."""
+    have = {m for c in configs for m in c.cells}
+    out = []
+    for flat, meta in sorted(metas.items()):
+        if meta and meta.per_item and directions.get(flat) and flat in have and not flat.startswith("summary."):
+            suite, metric = flat.split(".", 1)
+            out.append((suite, metric, meta, directions[flat]))
+    return out
+
+
+def compare(configs: list[Config], cache: SampleCache, args, metas: dict[str, MetricMeta | None],
+            directions: dict[str, str | None]) -> tuple[list[dict], list[str]]:
     """Paired tests: each configuration against the best one per tested metric, and against the
-    baseline(s); Holm-adjusted over every comparison shown."""
+    baseline(s) it was trained from; Holm-adjusted over every comparison shown."""
     notes = []
     trained = [c for c in configs if not c.baseline]
     bases = [c for c in configs if c.baseline]
-    suites = {}
-    for c in configs:
-        for r in c.runs:
-            for s, res in sorted((r.eval.get("suites") or {}).items()):
-                for key in PAIRED.get(res.get("kind", ""), ()):
-                    if key in (res.get("metrics") or {}):
-                        suites.setdefault((s, key), res.get("kind"))
+    for base in bases:
+        if not any(c.model_hash and c.model_hash == base.model_hash for c in trained):
+            weights = f"weights sha256 {base.model_hash[:16]}" if base.model_hash else "no weights hash recorded"
+            notes.append(f"{base.label} ({weights}) is the base of no trained configuration here (none started from the "
+                         "same weights): shown for reference, not tested against.")
     out = []
-    for (suite, key), kind in sorted(suites.items()):
+    for suite, key, meta, d in tested_metrics(configs, metas, directions):
         m = f"{suite}.{key}"
-        d = metric_direction(m) or "max"
         ranked = [c for c in rank(trained, m, d) if m in c.cells]
         if not ranked:
             continue
@@ -89,16 +103,17 @@ def compare(configs: list[Config], cache: SampleCache, args) -> tuple[list[dict]
                          f"raise --max-compare to test more (all are in the leaderboard).")
         todo = [(c, best, "vs best") for c in shown]
         for base in bases:
-            same_model = [c for c in ranked[: 1 + args.max_compare] if c.axes.get("model") == base.axes.get("model")]
-            todo += [(c, base, "vs baseline") for c in (same_model or ranked[: 1 + args.max_compare])]
+            todo += [(c, base, "vs baseline") for c in ranked[: 1 + args.max_compare]
+                     if c.model_hash and c.model_hash == base.model_hash]
         for a, b, kind_cmp in todo:
-            xa, xb, n_items, n_pairs, unmatched = paired_values(cache, a, b, suite, key)
+            xa, xb, n_items, n_pairs, unmatched = paired_values(cache, a, b, suite, meta.per_item)
             row = {"suite": suite, "metric": key, "flat_metric": m, "a": a.label, "b": b.label, "kind": kind_cmp,
+                   "per_item": meta.per_item, "scale": meta.scale, "direction": d,
                    "n_items": n_items, "run_pairs": n_pairs, "n": len(xa), "unmatched": unmatched,
                    "delta": math.nan, "ci": [math.nan, math.nan], "p": math.nan}
             if len(xa) < 2:
                 row["test"] = "none (no paired samples)"
-            elif key in BINARY and set(xa) | set(xb) <= {0.0, 1.0}:
+            elif meta.scale == "binary" and set(xa) | set(xb) <= {0.0, 1.0}:
                 row.update(test="McNemar exact", delta=sum(xa) / len(xa) - sum(xb) / len(xb), p=mcnemar_exact(xa, xb))
             elif args.paired_test == "permutation":
                 delta, p = paired_permutation(xa, xb, n=args.permutations, seed=args.seed)
@@ -114,13 +129,12 @@ def compare(configs: list[Config], cache: SampleCache, args) -> tuple[list[dict]
 
 
 def verdict(row: dict) -> str:
-    scale = 100.0 if row["metric"] in PERCENT else 1.0
+    scale = POINTS.get(row["scale"], 1.0)
     name = f"{row['suite']} {row['metric']}"
     if not math.isfinite(row["p"]):
         return f"{row['a']} vs {row['b']} on {name}: not tested ({row['test']})"
     delta = row["delta"] * scale
-    d = metric_direction(row["flat_metric"]) or "max"
-    better = (delta > 0) == (d == "max")
+    better = (delta > 0) == (row["direction"] == "max")
     sig = row["p_holm"] < 0.05
     word = (("better" if better else "worse") + ", significant") if sig and delta != 0 else "not significant"
     seeds = f" × {row['run_pairs']} run pairs" if row["run_pairs"] > 1 else ""

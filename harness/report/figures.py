@@ -131,7 +131,7 @@ def loss_curves(runs_by_method: dict[str, list[list[dict]]], svg: bool = True) -
 
 
 def scatter_front(name: str, title: str, points: list[dict], xlabel: str, ylabel: str, front: list[int],
-                  ydir: str, xdir: str = "min", logx: bool = False, svg: bool = True) -> Fig | None:
+                  ydir: str | None, xdir: str = "min", logx: bool = False, svg: bool = True) -> Fig | None:
     """Configurations as points (x = cost, y = quality), coloured by group, Pareto front as a step line.
 
     points: dicts with label, group, x, y (and optional xerr/yerr); front: indices into points.
@@ -156,7 +156,7 @@ def scatter_front(name: str, title: str, points: list[dict], xlabel: str, ylabel
         if logx:
             ax.set_xscale("log")
         ax.set_xlabel(f"{xlabel} ({'lower' if xdir == 'min' else 'higher'} is better)")
-        ax.set_ylabel(f"{ylabel} ({'higher' if ydir == 'max' else 'lower'} is better)")
+        ax.set_ylabel(f"{ylabel} ({'higher' if ydir == 'max' else 'lower'} is better)" if ydir else ylabel)
         ax.set_title(title)
         ax.legend(fontsize=8)
     caption = (f"Each point is one configuration (mean over seeds, bars: 95% CI). Dashed: the Pareto front "
@@ -194,7 +194,8 @@ def history(trials: list[tuple[int, float, str]], direction: str, ylabel: str, s
                 best = v
             xs.append(n)
             ys.append(best)
-        ax.step(xs, ys, where="post", color=PALETTE[3], lw=1.5, label="best so far")
+        if direction in ("maximize", "minimize"):  # no "best so far" without a direction
+            ax.step(xs, ys, where="post", color=PALETTE[3], lw=1.5, label="best so far")
         others = sorted({s for _, _, s in trials if s != "COMPLETE"})
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial number")

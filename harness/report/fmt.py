@@ -1,5 +1,6 @@
-"""How the report writes numbers and strings: significant digits, p-values, percent scales, CSV cells that a
-spreadsheet will not run as formulas, and Markdown that a viewer will not render as HTML.
+"""How the report writes numbers and strings: significant digits, p-values, CSV cells that a spreadsheet will
+not run as formulas, and Markdown that a viewer will not render as HTML. (What a metric means, its
+direction and scale, comes from the run records: harness/report/meta.py.)
 """
 
 from __future__ import annotations
@@ -10,28 +11,8 @@ import math
 import os
 import re
 
-BINARY = ("acc", "acc_norm", "exact_match")
-
-
-PERCENT = ("acc", "acc_norm", "exact_match", "rouge1", "rouge2", "rougeL", "rougeLsum", "f1")  # 0-1 -> points x100
-
 
 # ------------------------------------------------------------------------------- small helpers
-def metric_direction(name: str) -> str | None:
-    """'max' (higher is better), 'min' (lower is better) or None (no direction), from the name."""
-    n = name.lower()
-    if "tokens_per_s" in n or "throughput" in n:
-        return "max"
-    if "bits_per_byte" in n:
-        return "min"
-    tokens = set(n.replace(".", "_").split("_"))
-    if tokens & {"loss", "perplexity", "ppl", "ter", "memory", "mem", "time", "nll", "bytes", "params", "share", "stderr"}:
-        return "min"
-    if tokens & {"acc", "bleu", "chrf", "rouge1", "rouge2", "rougel", "rougelsum", "match", "f1", "score", "elo", "win"}:
-        return "max"
-    return None
-
-
 def fmt(v, digits: int = 4) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—" if v is None else str(v)

@@ -21,7 +21,7 @@ from pathlib import Path
 import jinja2
 
 from harness.report.build import COST
-from harness.report.fmt import cell_text, fmt, metric_direction
+from harness.report.fmt import cell_text, fmt
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -42,7 +42,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_blank_none)
     env.filters.update(fmt=fmt, png_data_uri=png_data_uri)
-    env.globals.update(cell_text=cell_text, metric_direction=metric_direction)
+    env.globals.update(cell_text=cell_text)
     return env
 
 
@@ -105,12 +105,12 @@ def _cards(m: dict) -> list[tuple[str, object]]:
     """The summary cards: (label, value)."""
     counts = m["status_counts"]
     not_ok = sum(v for k, v in counts.items() if k not in ("completed", "baseline"))
-    best = next((c for c in m["configs"] if not c.baseline), None)
-    best_cell = best.cells.get(m["primary"]) if best else None
+    top = next((c for c in m["configs"] if not c.baseline), None)
+    top_cell = top.cells.get(m["primary"]) if top else None
     return [("runs", m["n_runs"]), ("completed", counts.get("completed", 0)), ("did not complete", not_ok),
             ("configurations", sum(1 for c in m["configs"] if not c.baseline)),
-            ("best configuration", m["best"] or "—"),
-            (f"best {m['primary']}", cell_text(best_cell, len(best.runs)) if best_cell else "—")]
+            ("best configuration", m["best"] or m["verdict"]["status"]),
+            (f"top {m['primary']}", cell_text(top_cell, len(top.runs)) if top_cell else "—")]
 
 
 def _verdict_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -132,8 +132,11 @@ def _context(m: dict, figs: list, stamp: str) -> dict:
     """What report.html.j2 renders: the model as it is plus the few values shaped here."""
     return {
         "m": m, "stamp": stamp, "figs": figs, "cards": _cards(m),
-        "leaderboard_cols": [(q, q) for q in m["quality"]],
-        "cost_cols": [(k, h) for k, h in COST if k in m["cost"]],
+        "leaderboard_cols": [(q, q, m["directions"].get(q)) for q in m["quality"]],
+        "cost_cols": [(k, h, m["directions"].get(k)) for k, h in COST if k in m["cost"]],
+        "contamination_rows": [[t["suite"], r["config"], r["train_data"], f"{fmt(100 * r['share'], 3)}%",
+                                f"{r['contaminated']} / {r['items']}", r["too_short"]]
+                               for t in m["contamination"] for r in t["rows"]],
         "verdict_groups": _verdict_groups(m["comparisons"]),
         "comparison_rows": [_comparison_row(r) for r in m["comparisons"]],
         "human_blocks": [(p, _json_blocks(d)) for p, d in m["human"]],

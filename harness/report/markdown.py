@@ -22,8 +22,10 @@ def to_csv(header: list[str], rows: list[dict]) -> str:
 def to_markdown(m: dict, figs: list, stamp: str) -> str:
     L = [f"# Report: {md_escape(m['name'])}", "", f"Generated: {stamp}", ""]
     counts = ", ".join(f"{v} {k}" for k, v in m["status_counts"].items())
-    L += [f"{m['n_runs']} runs ({counts}). Primary metric: `{m['primary']}` ({'higher' if m['direction'] == 'max' else 'lower'} is better)."
+    better = {"max": "higher is better", "min": "lower is better"}.get(m["direction"], "direction unknown")
+    L += [f"{m['n_runs']} runs ({counts}). Primary metric: `{md_escape(m['primary'])}` ({better})."
           + (f" Best configuration: **{md_escape(m['best'])}**." if m["best"] else ""), ""]
+    L += [f"**Verdict:** {md_escape(m['verdict']['text'])}", ""]
     if m["findings"]:
         L += ["## Key findings", ""] + [f"- {md_escape(f)}" for f in m["findings"]] + [""]
     if m["warnings"]:
@@ -43,12 +45,14 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
             out.append(f"| {md_escape(c.label)}{' (reference)' if c.baseline else ''} | {n} | " + " | ".join(cells) + " |")
         return out
 
-    L += ["## Leaderboard", "", "Mean ± 95% CI half-width (t-distribution) over seeds; ★ best per column.", ""]
+    L += ["## Leaderboard", "", "Mean ± 95% CI half-width (t-distribution) over seeds; ★ best per column (in the primary "
+          "column only a best configuration the verdict names; ties are not starred).", ""]
     L += table([(q, q) for q in m["quality"]]) + [""]
     L += ["## Cost", ""] + table([(k, h) for k, h in COST if k in m["cost"]]) + [""]
     L += ["## Paired significance", "",
           f"Paired on evaluation item ids; Holm correction over all {len(m['comparisons'])} comparisons. "
-          "BLEU/chrF/ROUGE use the mean of per-item (sentence-level) scores, not corpus BLEU.", ""]
+          "Metrics with binary per-item values (accuracy, exact match): McNemar's exact test; others: the mean of "
+          "per-item scores (sentence-level BLEU, not corpus BLEU). Points: 0-1 metrics × 100.", ""]
     L += [f"- {md_escape(r['verdict'])}" for r in m["comparisons"]] + [""]
     L += ["## Figures", ""] + [f"![{md_escape(f.title)}](figures/{f.name}.png)\n\n{md_escape(f.caption)}\n" for f in figs]
     if m["samples"]:
@@ -61,6 +65,13 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
               "|---|---|---:|---:|---:|---|---|---|"]
         L += [f"| {md_escape(r['metric'])} | {md_escape(r['config'])} | {fmt(r['measured'])} | {fmt(r['published'])} | "
               f"{fmt(r['tolerance'])} | {r['status']} | {md_escape(r['source'])} | {md_escape(r['note'])} |" for r in m["references"]] + [""]
+    if m["contamination"]:
+        L += ["## Contamination", "", "Share of each eval set's items that share a long word sequence with the configuration's "
+              "training data (eval.json `contamination`; mean over the configuration's runs).", "",
+              "| eval set | configuration | training data | share | contaminated / items | too short |",
+              "|---|---|---|---:|---:|---:|"]
+        L += [f"| {md_escape(t['suite'])} | {md_escape(r['config'])} | {md_escape(r['train_data'])} | {fmt(100 * r['share'], 3)}% | "
+              f"{r['contaminated']} / {r['items']} | {r['too_short']} |" for t in m["contamination"] for r in t["rows"]] + [""]
     if m["human"]:
         L += ["## Human evaluation", ""] + [f"- `{md_escape(p)}` (tables in report.html)" for p, _ in m["human"]] + [""]
     L += ["## Runs that did not complete", ""]
@@ -82,9 +93,11 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
 def to_json(m: dict, rows: list[dict]) -> dict:
     return {
         "schema": 1, "report": m["name"], "primary_metric": m["primary"], "direction": m["direction"],
+        "verdict": m["verdict"], "metric_meta": m["metric_meta"],
         "runs": rows,
         "leaderboard": [{"label": c.label, "axes": c.axes, "baseline": c.baseline, "n": len(c.runs),
                          "run_dirs": [str(r.path) for r in c.runs], "metrics": c.cells} for c in m["configs"]],
-        "comparisons": m["comparisons"], "references": m["references"], "warnings": m["warnings"],
+        "comparisons": m["comparisons"], "references": m["references"], "contamination": m["contamination"],
+        "warnings": m["warnings"],
         "provenance": m["provenance"],
     }

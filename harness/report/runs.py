@@ -52,6 +52,17 @@ class Run:
         return json.dumps(self.axes, sort_keys=True, default=str)
 
     @property
+    def model_hash(self) -> str:
+        """sha256 of the base weights the run started from (manifest.json), "" when not recorded."""
+        return str((self.manifest.get("model") or {}).get("sha256") or "")
+
+    @property
+    def data_hash(self) -> str:
+        """The sha256 of each data file the run read (manifest.json), joined; "" when not recorded."""
+        files = (self.manifest.get("data") or {}).get("files") or []
+        return ",".join(str(f.get("sha256") or "") for f in files if isinstance(f, dict))
+
+    @property
     def trial(self) -> int:
         t = self.summary.get("trial")
         return t if isinstance(t, int) and not isinstance(t, bool) else -1
@@ -132,21 +143,27 @@ def collect(args) -> tuple[str, list[Run], list[str]]:
 
 
 def auto_baselines(root: Path, runs: list[Run]) -> list[Run]:
-    """For each model of the study, the latest base-model evaluation under root that belongs to no
-    study (`harness eval model=X eval=...` writes runs/X-base/<run_id>/), so reports show the
-    untrained reference without extra flags. --no-auto-baseline turns this off."""
-    models = {str(r.summary.get("model")) for r in runs if r.summary.get("model")}
-    latest: dict[str, tuple[str, Path, dict]] = {}
+    """For each base model of the study, the latest base-model evaluation under root that belongs to no
+    study (`harness eval model=X eval=...` writes runs/X-base/<run_id>/), so reports show the untrained
+    reference without extra flags. A base model is its weights: an evaluation is attached when its
+    manifest's model sha256 is the one the study's runs started from, never by model name (a user's own
+    model under a built-in name is another model). --no-auto-baseline turns this off."""
+    hashes = {r.model_hash for r in runs if r.model_hash}
+    latest: dict[str, tuple[str, str, dict]] = {}
     for p in find_run_dirs(root):
         try:
             s = read_summary(p) or {}
+            if s.get("status") != "baseline" or s.get("study"):
+                continue
+            man = atomic.read_json(p / "manifest.json") if (p / "manifest.json").exists() else {}
         except (OSError, ValueError):
             continue
-        if s.get("status") == "baseline" and not s.get("study") and str(s.get("model")) in models:
+        h = str((man.get("model") or {}).get("sha256") or "") if isinstance(man, dict) else ""
+        if h in hashes:
             k = (str(s.get("finished_at") or ""), str(p))
-            if str(s["model"]) not in latest or k > latest[str(s["model"])][:2]:
-                latest[str(s["model"])] = (*k, s)
-    return [load_run(Path(p), s) for _, p, s in (latest[m] for m in sorted(latest))]
+            if h not in latest or k > latest[h][:2]:
+                latest[h] = (*k, s)
+    return [load_run(Path(p), s) for _, p, s in (latest[h] for h in sorted(latest))]
 
 
 # -------------------------------------------------------------------------------- other sections

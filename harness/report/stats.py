@@ -8,6 +8,7 @@ p-values of all comparisons shown for multiplicity, and to find the quality/cost
     paired_bootstrap(bleu_a, bleu_b, n=1000)    # delta, (lo, hi), p  -- BLEU/chrF/ROUGE per item
     mcnemar_exact(acc_a, acc_b)                 # exact two-sided p for paired 0/1 outcomes
     paired_permutation(a, b)                    # delta, p  -- sign-flip test on paired differences
+    paired_t(loss_a, loss_b)                    # delta, p  -- per-run values paired by seed
     holm([0.01, 0.04, 0.03])                    # Holm-adjusted p-values, same order
     pareto_front([(loss, mem), ...], ("min", "min"))   # indices of non-dominated points
 
@@ -15,7 +16,7 @@ Which library computes what (tests/test_stats.py checks each against it or a tex
 mean_ci's t quantile is scipy.special.stdtrit (what scipy.stats.t.ppf calls); paired_bootstrap
 resamples and takes percentiles with scipy.stats.bootstrap; mcnemar_exact is
 scipy.stats.binomtest on the discordant pairs; paired_permutation's exact p is
-scipy.stats.permutation_test; holm is statsmodels' multipletests(method="holm"). Our own code
+scipy.stats.permutation_test; paired_t is scipy.stats.ttest_rel; holm is statsmodels' multipletests(method="holm"). Our own code
 remains for the bootstrap p-value, the Monte Carlo sign-flip test and the Pareto front (each
 says why). scipy.stats and statsmodels are imported inside the functions that use them, so
 `import harness.stats` stays light (numpy only).
@@ -31,7 +32,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["mean_ci", "paired_bootstrap", "mcnemar_exact", "paired_permutation", "holm", "pareto_front"]
+__all__ = ["mean_ci", "paired_bootstrap", "mcnemar_exact", "paired_permutation", "paired_t", "holm", "pareto_front"]
 
 
 def _finite(values: Sequence[float]) -> np.ndarray:
@@ -171,6 +172,26 @@ def paired_permutation(
         signs = rng.choice(np.array([-1.0, 1.0]), size=(k, d.size))
         count += int(np.sum(np.abs((signs * d).mean(axis=1)) >= observed))
     return delta, float(min(1.0, (1 + count) / (n + 1)))
+
+
+def paired_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Student's paired t-test of mean(a - b) = 0: returns (delta, two-sided p), scipy.stats.ttest_rel.
+
+    For per-run values (validation loss, a corpus metric without per-item values) paired by seed. Fewer
+    than two pairs: p is nan. Differences all equal up to rounding (zero variance, where scipy gives nan or
+    warns of catastrophic cancellation): p = 1 when they are 0, else 0.
+    """
+    d = _paired(a, b)
+    if d.size == 0:
+        return math.nan, math.nan
+    delta = float(d.mean())
+    if d.size < 2:
+        return delta, math.nan
+    if float(np.ptp(d)) <= 1e-12 * max(1.0, float(np.abs(d).max())):
+        return delta, 1.0 if delta == 0.0 else 0.0
+    from scipy.stats import ttest_rel
+
+    return delta, float(ttest_rel(np.asarray(a, dtype=float), np.asarray(b, dtype=float)).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -80,6 +80,15 @@ def environment() -> dict:
     }
 
 
+def run_environment(device: str) -> dict:
+    """environment() plus torch and the device a run uses: the head of every manifest.json (imports torch)."""
+    import torch
+
+    return {**environment(), "torch": torch.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None}
+
+
 def rss_mb() -> float:
     """Current resident set size of this process in MiB (Linux /proc; 0 elsewhere)."""
     try:

@@ -20,6 +20,38 @@ SCHEMA = 1
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned", "baseline")
 
+# Top-level config keys that say where and as what a run is filed, not what it computes: they may differ
+# when a run_id is resumed (a sweep retries an interrupted trial under a new trial number), and they are
+# no axes of a comparison.
+BOOKKEEPING_KEYS = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker.tags")
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be (re)used as asked; the message says why and what to do."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def config_changes(recorded: dict, now: dict, ignore: tuple[str, ...] = BOOKKEEPING_KEYS) -> list[str]:
+    """`key: recorded -> now` for every leaf that differs between two resolved configs (config.yaml
+    trees), bookkeeping keys left out."""
+    old, new = _flatten(recorded), _flatten(now)
+    absent = "(absent)"
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == k or key.startswith(k + ".") for k in ignore):
+            continue
+        if old.get(key, absent) != new.get(key, absent):
+            out.append(f"{key}: {old.get(key, absent)!r} -> {new.get(key, absent)!r}")
+    return out
+
 
 class RecordError(ValueError):
     """A run record that does not fit its schema (a field the schema does not know, a wrong type)."""
@@ -42,6 +74,7 @@ class Summary(TypedDict, total=False):
     seed: int
     axes: dict
     resumed: bool
+    config_changes_on_resume: list  # a --force resume: the keys that changed, "key: recorded -> now"
     trainable_params: int
     total_params: int
     trainable_share: float
@@ -120,22 +153,22 @@ def check_record(record: Mapping, schema: type, what: str) -> list[str]:
     return errors
 
 
-def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
-    """The one writer of summary.json: checked against Summary, written atomically."""
-    path = Path(run_dir) / "summary.json"
-    errors = check_record(summary, Summary, str(path))
+def _write_checked(run_dir: str | Path, name: str, record: Mapping, schema: type) -> Path:
+    path = Path(run_dir) / name
+    errors = check_record(record, schema, str(path))
     if errors:
         raise RecordError("; ".join(errors))
-    return atomic.write_json(path, dict(summary))
+    return atomic.write_json(path, dict(record))
+
+
+def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
+    """The one writer of summary.json: checked against Summary, written atomically."""
+    return _write_checked(run_dir, "summary.json", summary, Summary)
 
 
 def write_manifest(run_dir: str | Path, manifest: Mapping) -> Path:
     """The one writer of manifest.json: checked against Manifest, written atomically."""
-    path = Path(run_dir) / "manifest.json"
-    errors = check_record(manifest, Manifest, str(path))
-    if errors:
-        raise RecordError("; ".join(errors))
-    return atomic.write_json(path, dict(manifest))
+    return _write_checked(run_dir, "manifest.json", manifest, Manifest)
 
 
 def now_iso() -> str:

@@ -1,6 +1,7 @@
 """A parsed sweep spec -> its trials: grid expansion (every cell x seed), the override list each trial's
 `harness train` gets, axes pinned from the command line, and check_trials, which composes every trial's
-config before anything runs. Pure apart from composing configs.
+config and runs the preflight checks (harness/model/preflight.py: data files, CUDA, a model given by
+path) before anything runs. Pure apart from composing configs and those checks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import config
+from harness.model.preflight import preflight
 from harness.sweep.spec import PlannedTrial, SweepSpec, _coerce, _override_key
 
 
@@ -37,10 +39,13 @@ def cell_key(params: dict[str, Any], seed: int) -> str:
 
 
 _BARE = re.compile(r"^[A-Za-z0-9_./:@\-+]+$")
+_RESERVED = ("true", "false", "null", "nan", "inf", "+inf", "-inf", "+nan", "-nan")  # Hydra reads these bare words as values
 
 
 def format_value(v: Any) -> str:
-    """A Python value as a Hydra override value (quoted where the grammar needs it)."""
+    """A Python value as a Hydra override value that composes back to the same value: quoted where the
+    grammar needs it, backslashes doubled only before a quote or the end (Hydra's rule), `${` escaped
+    so it is not resolved as an interpolation."""
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -52,9 +57,11 @@ def format_value(v: Any) -> str:
     if isinstance(v, dict):
         return "{" + ",".join(f"{k}:{format_value(x)}" for k, x in v.items()) + "}"
     s = str(v)
-    if _BARE.match(s) and s.lower() not in ("true", "false", "null") and not re.match(r"^[-+]?[\d.]", s):
+    if _BARE.match(s) and s.lower() not in _RESERVED and not re.match(r"^[-+]?[\d.]", s):
         return s
-    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    s = re.sub(r"(\\*)\$\{", lambda m: m.group(1) * 2 + "\\${", s)  # OmegaConf: \${ is a literal ${
+    s = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, s).replace("'", "\\'")
+    return "'" + s + "'"
 
 
 def merge_overrides(base: list[str], extra: list[str]) -> list[str]:
@@ -73,9 +80,10 @@ def trial_overrides(base: list[str], params: dict[str, Any], seed: int) -> list[
 
 
 def bookkeeping_overrides(*, study: str, trial: int, storage: str, run_id: str, output_dir: str, tags: list[str]) -> list[str]:
+    """The driver's keys for one trial (every value quoted as Hydra needs: a study named `a=b` is fine)."""
     return [
-        f"name={study}", f"output_dir={format_value(output_dir)}", f"run_id={run_id}", f"study={study}",
-        f"trial={trial}", f"storage={format_value(storage)}", f"++tracker.tags={format_value(tags)}",
+        f"name={format_value(study)}", f"output_dir={format_value(output_dir)}", f"run_id={format_value(run_id)}",
+        f"study={format_value(study)}", f"trial={trial}", f"storage={format_value(storage)}", f"++tracker.tags={format_value(tags)}",
     ]
 
 
@@ -101,8 +109,14 @@ def pin_axes(spec: SweepSpec, cli: list[str]) -> tuple[SweepSpec, list[str]]:
 
 
 def _slug(params: dict[str, Any]) -> str:
-    s = "-".join(re.sub(r"[^A-Za-z0-9.+=-]", "", str(v)) for v in params.values())
-    return s[:48].strip(".-")
+    """Axis values for a run id: only letters, digits and .+- (no `=`, `/` or `..`), cut to 48 characters."""
+    s = "-".join(re.sub(r"[^A-Za-z0-9.+-]", "", str(v)) for v in params.values())
+    return re.sub(r"\.{2,}", ".", s)[:48].strip(".-")
+
+
+def grid_run_id(t: PlannedTrial, token: str) -> str:
+    """The run id a grid cell x seed gets when it is queued (kept across retries): c003-lora-16-s1-<token>."""
+    return re.sub(r"-{2,}", "-", f"c{t.index:03d}-{_slug(t.params)}-s{t.seed}-{token}")
 
 
 def plan_grid(spec: SweepSpec) -> list[PlannedTrial]:
@@ -138,14 +152,34 @@ def _suites(cfg: config.RunConfig) -> set[str]:
     return set(suite_names(cfg)) if cfg.eval.after_train else set()
 
 
-def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = "") -> tuple[list[str], list[str]]:
-    """Compose every planned trial's config (config.compose) with the driver's bookkeeping
-    overrides as the child will get them. Returns (errors, the base tracker tags)."""
+def _arrived(cfg: Any, key: str) -> Any:
+    """The value a dotted key has in a composed RunConfig (_ABSENT for a group choice or an unknown key)."""
+    if key in config.GROUPS:
+        return _ABSENT
+    node = cfg
+    for part in key.split("."):
+        if not hasattr(node, part):
+            return _ABSENT
+        node = getattr(node, part)
+    return node
+
+
+_ABSENT = object()
+
+
+def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = "", runs_root: str = "runs",
+                 token: str = "000000") -> tuple[list[str], list[str]]:
+    """Compose every planned trial's config (config.compose) with the driver's bookkeeping overrides
+    exactly as its child will get them (its real run id, with `token` for the study's token), and check
+    that each axis value and each bookkeeping value arrives in the config unchanged (quoting, `=`,
+    `${`, backslashes), and run the preflight checks on it. Returns (errors, the base tracker tags)."""
     errs: list[str] = []
     tags: list[str] = []
     for t in planned:
         label = f"trial {t.index} ({', '.join(f'{k}={v}' for k, v in t.params.items()) or 'base'}, seed {t.seed})"
-        extra = bookkeeping_overrides(study=spec.study, trial=0, storage=storage, run_id="check", output_dir="runs", tags=[spec.study])
+        run_id = grid_run_id(t, token) if spec.sampler == "grid" else f"t{t.index:04d}-s{t.seed}-{token}"
+        keep = {"name": spec.study, "study": spec.study, "run_id": run_id, "output_dir": runs_root, "storage": storage}
+        extra = bookkeeping_overrides(study=spec.study, trial=0, storage=storage, run_id=run_id, output_dir=runs_root, tags=[spec.study])
         try:
             if t is planned[0]:  # the tags the base config already has (the study's tag is added to them)
                 tags = list(dict.fromkeys(config.compose(t.overrides).tracker.tags))
@@ -153,6 +187,12 @@ def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = ""
         except config.ConfigError as exc:
             errs += [f"{label}: {e}" for e in exc.errors]
             continue
+        errs += [f"{label}: {e}" for e in preflight(cfg)]
+        for k, want in {**t.params, **keep}.items():
+            got = _arrived(cfg, k)
+            if isinstance(want, str) and isinstance(got, str) and got != want:  # numbers cannot be mis-quoted
+                errs.append(f"{label}: {k}={want!r} reaches the trial's config as {got!r} (override {k}={format_value(want)}); "
+                            "use a plainer value")
         suites = _suites(cfg)
         for o in spec.objectives:
             suite = o.metric.split(".")[0]

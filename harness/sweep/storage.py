@@ -1,5 +1,6 @@
 """Optuna storage for sweep studies: URLs (SQLite by default, PostgreSQL or any SQLAlchemy URL, journal:PATH),
-opening them with heartbeats, and the storage-level locks that make enqueueing and taking trials exactly-once.
+opening them with heartbeats, the storage-level locks that make enqueueing and taking trials exactly-once, and
+which RUNNING trials have gone stale (their driver died). What happens to a stale trial: harness/sweep/retry.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from harness import atomic
-from harness.sweep.spec import SweepSpec
 
 # Optuna flags heartbeats and fail_stale_trials as experimental and warns when heartbeats are used
 # outside Study.optimize; this driver is the ask/tell loop those warnings have in mind.
@@ -48,9 +48,10 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
 
 
-def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retries: int | None = None):
-    """Optuna storage for a URL: any SQLAlchemy URL (heartbeat + retry of stale trials when
-    heartbeat_interval is given) or journal:PATH (JournalFileBackend, for shared file systems)."""
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """Optuna storage for a URL: any SQLAlchemy URL (with a heartbeat table when heartbeat_interval is
+    given) or journal:PATH (JournalFileBackend, for shared file systems). No stale-trial callback:
+    harness/sweep/retry.py decides what a stale trial becomes (Optuna's callback caps driver deaths)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -68,12 +69,7 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
     elif url.startswith("postgresql"):
         kwargs["engine_kwargs"] = {"pool_pre_ping": True}
     if heartbeat_interval:
-        from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retries)
-        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period, heartbeat_stale_trial_callback=retry)
+        kwargs.update(heartbeat_interval=heartbeat_interval, grace_period=grace_period)
     with _creation_lock(url), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # two processes creating the tables at once collide (alembic_version)
         return optuna.storages.RDBStorage(normalize_url(url), **kwargs)
@@ -146,24 +142,33 @@ def record_heartbeat(storage, trial_id: int) -> None:
         storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
 
 
-def fail_stale(study, storage, spec: SweepSpec) -> None:
-    """Fail RUNNING trials whose worker stopped sending heartbeats; the retry callback re-queues
-    each (same params and run_id) up to max_retries times. Call under the study lock."""
-    import copy
-
-    import optuna
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+def stale_trial_ids(study, storage, grace_period: int) -> list[int]:
+    """Ids of RUNNING trials whose driver stopped: no heartbeat for grace_period seconds, or none at all
+    although the trial was taken that long ago (a driver killed between taking a trial and its first
+    heartbeat). Call under the study lock."""
     from optuna.trial import TrialState
 
+    now = time.time()
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    old = {t._trial_id for t in running if t.datetime_start is not None and now - t.datetime_start.timestamp() > grace_period}
     if _heartbeat_enabled(storage):
-        optuna.storages.fail_stale_trials(study)
-        return
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries)
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = t.user_attrs.get("heartbeat_at")
-        if beat is not None and time.time() - beat > spec.grace_period:  # clocks of the workers must agree
-            try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                    retry(study, copy.deepcopy(storage.get_trial(t._trial_id)))
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass
+        stale = set(storage._get_stale_trial_ids(study._study_id))  # BaseHeartbeat's own query (as optuna.storages.fail_stale_trials)
+        silent = old - stale - _ids_with_heartbeat(storage, sorted(old - stale))
+        return [t._trial_id for t in running if t._trial_id in stale | silent]
+    out = []
+    for t in running:  # journal files: the `heartbeat_at` attribute (the machines' clocks must agree)
+        beat = t.user_attrs.get("heartbeat_at") or (t.datetime_start.timestamp() if t.datetime_start else None)
+        if beat is not None and now - beat > grace_period:
+            out.append(t._trial_id)
+    return out
+
+
+def _ids_with_heartbeat(storage, trial_ids: list[int]) -> set[int]:
+    """Which of these trials have a row in RDBStorage's heartbeat table (Optuna's stale query skips the others)."""
+    if not trial_ids:
+        return set()
+    import sqlalchemy as sa
+
+    query = sa.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(sa.bindparam("ids", expanding=True))
+    with storage.engine.connect() as conn:
+        return {row[0] for row in conn.execute(query, {"ids": list(trial_ids)})}

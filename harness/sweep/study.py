@@ -1,5 +1,6 @@
 """The study side of a sweep: create or reopen it (refusing a changed spec), enqueue the grid exactly once,
-and hand the next trial to a worker (a queued grid cell, or a sampled point).
+and hand the next trial to a worker (a queued grid cell, or a sampled point), after failing the trials of
+drivers that died and re-queueing what should run again (harness/sweep/retry.py).
 """
 
 from __future__ import annotations
@@ -8,12 +9,15 @@ import dataclasses
 import json
 import secrets
 import time
+import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
-from harness.sweep.plan import _slug, cell_key, trial_overrides
-from harness.sweep.samplers import build_pruner, build_sampler
+from harness.sweep.plan import cell_key, grid_run_id, trial_overrides
+from harness.sweep.retry import fail_stale, reconcile
+from harness.sweep.samplers import build_pruner, build_sampler, worker_seed
 from harness.sweep.spec import Dimension, PlannedTrial, SpecError, SweepSpec
-from harness.sweep.storage import fail_stale, open_storage, record_heartbeat, study_lock
+from harness.sweep.storage import open_storage, record_heartbeat, study_lock
 
 
 def _fingerprint(spec: SweepSpec) -> dict:
@@ -28,7 +32,7 @@ def open_study(spec: SweepSpec, url: str, *, create: bool):
     """Create or load the study; on load, check it was made from a compatible spec."""
     import optuna
 
-    storage = open_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period, max_retries=spec.max_retries)
+    storage = open_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_period)
     directions = [o.direction for o in spec.objectives]
     with study_lock(storage, url, spec.study):
         if create:
@@ -65,7 +69,7 @@ def enqueue_grid(study, storage, url: str, spec: SweepSpec, planned: list[Planne
         for t in planned:
             if t.cell in have:
                 continue
-            run_id = f"c{t.index:03d}-{_slug(t.params)}-s{t.seed}-{token}".replace("--", "-")
+            run_id = grid_run_id(t, token)
             # grid params live in user_attrs: Optuna's categorical distributions cannot grow or be pinned
             study.enqueue_trial({}, user_attrs={"params": t.params, "cell": t.cell, "seed": t.seed, "run_id": run_id,
                                                 "overrides": t.overrides})
@@ -78,14 +82,26 @@ def _count_sampled(study) -> int:
     return len({t.user_attrs.get("run_id") for t in study.get_trials(deepcopy=False) if t.user_attrs.get("origin") == "sampled"})
 
 
-def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None):
-    """Under the study lock: fail stale trials (re-queued by the retry callback), then take a
-    WAITING trial, else (search samplers, budget left) sample a new one and queue its other seeds.
-    Returns (trial or None, number of RUNNING trials elsewhere)."""
+@dataclass
+class Taker:
+    """One worker's side of taking trials: its sampler's seed (set at the first trial it samples) and
+    what it re-queued, for the driver to print."""
+
+    sampler_seed: int | None = None
+    notes: list[dict] = field(default_factory=list)
+
+
+def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None, taker: Taker | None = None):
+    """Under the study lock: fail the trials of drivers that died, re-queue what should run again
+    (retry.reconcile), then take a WAITING trial, else (search samplers, budget left) sample a new one
+    and queue its other seeds. Returns (trial or None, number of RUNNING trials elsewhere)."""
     from optuna.trial import TrialState
 
+    taker = taker if taker is not None else Taker()
     with study_lock(storage, url, spec.study):
-        fail_stale(study, storage, spec)
+        stale = fail_stale(study, storage, spec)
+        for old, new, why in reconcile(study, spec):
+            taker.notes.append({"event": "requeue", "trial": old, "new": new, "why": why, "stale": old in stale})
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
         waiting = [t for t in trials if t.state == TrialState.WAITING]
         running = len(trials) - len(waiting)
@@ -93,14 +109,20 @@ def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None
         if late:
             return None, running
         if waiting:
-            trial = study.ask()
+            trial = _ask(study)
+            record_heartbeat(storage, trial._trial_id)
         elif spec.sampler != "grid" and (spec.n_trials is None or _count_sampled(study) < spec.n_trials):
-            trial = study.ask()
+            if taker.sampler_seed is None:  # this worker's own seed: from the number of its first sampled trial
+                taker.sampler_seed = worker_seed(spec.sampler_seed, len(study.get_trials(deepcopy=False)))
+                study.sampler = build_sampler(spec, taker.sampler_seed)
+            trial = _ask(study)
+            record_heartbeat(storage, trial._trial_id)
             params = {k: _suggest(trial, d) for k, d in spec.dimensions().items()}
             token = study.user_attrs["harness_token"]
             seed = spec.seeds[0]
             for k, v in {"origin": "sampled", "params": params, "cell": cell_key(params, seed), "seed": seed,
-                         "run_id": f"t{trial.number:04d}-s{seed}-{token}", "overrides": trial_overrides(spec.base, params, seed)}.items():
+                         "run_id": f"t{trial.number:04d}-s{seed}-{token}", "overrides": trial_overrides(spec.base, params, seed),
+                         "sampler_seed": taker.sampler_seed}.items():
                 trial.set_user_attr(k, v)
             for s in spec.seeds[1:]:  # the same configuration for the other seeds, queued
                 study.enqueue_trial(params, user_attrs={"params": params, "cell": cell_key(params, s), "seed": s, "group": trial.number,
@@ -108,7 +130,6 @@ def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None
                                                         "overrides": trial_overrides(spec.base, params, s)})
         else:
             return None, running
-        record_heartbeat(storage, trial._trial_id)
     if spec.sampler != "grid":  # register a queued trial's fixed params with the sampler's distributions
         dims = spec.dimensions()
         frozen = storage.get_trial(trial._trial_id)
@@ -116,6 +137,12 @@ def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None
             if k in dims:
                 _suggest(trial, dims[k])
     return trial, running
+
+
+def _ask(study):
+    with warnings.catch_warnings():  # this ask/tell loop keeps the heartbeats itself (Optuna warns outside Study.optimize)
+        warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed.*")
+        return study.ask()
 
 
 def _suggest(trial, dim: Dimension) -> Any:

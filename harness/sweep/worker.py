@@ -1,11 +1,16 @@
 """A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`), record
-its outcome (COMPLETE / PRUNED / FAIL with a reason), keep its heartbeat, and go on until the study is done.
+its outcome (COMPLETE / PRUNED / FAIL with a reason and why it ended), keep its heartbeat, and go on until
+the study is done. Local worker processes (`--workers N`): harness/sweep/spawn.py.
+
+Ctrl-C and SIGTERM only set a flag (StopFlag) that the worker reads between steps, so a signal never cuts
+a storage update in half: the running child is interrupted (its trainer saves its state), the trial is
+re-queued with the same run_id, and the worker stops. An exception in the worker itself (a read-only or
+full runs root, a storage error) stops its child, records the reason on the trial, re-queues it and raises
+DriverError; a trial that cannot run as queued (an invalid run id) is failed with the reason instead.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shlex
 import signal
@@ -19,16 +24,28 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import atomic
-from harness.run.record import EXIT_CODES, SCHEMA, flat_metrics, now_iso, read_summary, run_dir_for, write_summary
+from harness.run.record import EXIT_CODES, flat_metrics, now_iso, read_summary, run_dir_for
 from harness.sweep.plan import bookkeeping_overrides, merge_overrides
+from harness.sweep.retry import DRIVER_ERROR, INTERRUPTED, NOT_RETRIED, TRIAL_FAILED, reconcile, record_run_status
 from harness.sweep.spec import SweepSpec
-from harness.sweep.storage import record_heartbeat
-from harness.sweep.study import next_trial, open_study
+from harness.sweep.storage import record_heartbeat, study_lock
+from harness.sweep.study import Taker, next_trial, open_study
 
 TRAIN_CMD_ENV = "HARNESS_SWEEP_TRAIN_CMD"  # tests only: replaces `python -m harness train`
 
 
-EVENT_PREFIX = "@@harness-sweep "  # worker processes report to their driver with these lines
+class DriverError(RuntimeError):
+    """The driver itself failed while running a trial (not the trial): the message says which trial, the
+    cause, and what became of the trial (re-queued, or failed with the reason)."""
+
+
+class TrialSetupError(ValueError):
+    """A trial that cannot be started as it was queued (e.g. its run id is not a safe name)."""
+
+
+class TakenOver(RuntimeError):
+    """Another driver failed this worker's trial as stale (no heartbeat within the grace period: this
+    worker was stalled or cut off) and re-queued it; this worker must drop it."""
 
 
 # --------------------------------------------------------------------------------- worker
@@ -40,20 +57,49 @@ class WorkerOptions:
     emit: Callable[[dict], None] = print
 
 
+class StopFlag:
+    """While active (main thread only), SIGINT and SIGTERM set `signum` instead of raising; later signals
+    are ignored, so a second Ctrl-C cannot cut the clean-up short."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._set) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def _set(self, signum: int, _frame: Any) -> None:
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
 def _train_command(command: str = "train") -> list[str]:
     env = os.environ.get(TRAIN_CMD_ENV)
     return shlex.split(env) if env else [sys.executable, "-m", "harness", command]
 
 
-def _die_with_parent() -> None:
-    """Child pre-exec: ask Linux to SIGKILL the child if its worker dies (kill -9), so a resumed
-    trial never races an orphaned trainer writing the same run directory."""
-    try:
-        import ctypes
+def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """A Popen preexec_fn: Linux sends `sig` to the child when its parent dies (PR_SET_PDEATHSIG), so a
+    resumed trial never races an orphaned trainer writing the same run directory, and a worker never
+    finishes a study alone after its driver was killed. No-op elsewhere."""
+    parent = os.getpid()
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    def preexec() -> None:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 def _signal_name(rc: int) -> str:
@@ -69,41 +115,140 @@ def _tail(lines: list[str], n: int = 3, width: int = 240) -> str:
     return " | ".join(keep) or "no output"
 
 
-def _record_failure(run_dir: Path, fields: dict, status: str = "failed") -> None:
-    """A child that died without finishing its record: mark summary.json failed (or interrupted,
-    which the trainer resumes from its last checkpoint), with the reason."""
-    summary = read_summary(run_dir)
-    if summary is not None and summary.get("status") not in ("running", None):
-        return
-    summary = summary or {"schema": SCHEMA, "name": run_dir.parent.name, "run_id": run_dir.name,
-                          "run_dir": str(run_dir), "started_at": fields.get("started_at")}
-    summary.update(status=status, reason=fields["reason"], study=fields["study"], trial=fields["trial"],
-                   finished_at=now_iso())
-    write_summary(run_dir, summary)
+def _stop_child(proc: subprocess.Popen, signum: int) -> int:
+    """Interrupt a running child so its trainer saves its state; returns its exit code."""
+    if signum == signal.SIGINT:  # a terminal's Ctrl-C reached the child too: give it time to save
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
 
 
-def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage) -> dict:
-    """Run one trial's child process to the end and tell the study its outcome. Returns the event."""
+def _outcome(rc: int, run_dir: Path, spec: SweepSpec, tail: list[str]) -> tuple[Any, list | None, str, str]:
+    """(state, values, reason, ended) from a child's exit code and run record (docs/sweeps.md)."""
+    from optuna.trial import TrialState
+
+    summary = read_summary(run_dir) or {}
+    if rc == EXIT_CODES["completed"]:
+        flat = flat_metrics(run_dir)
+        missing = [o.metric for o in spec.objectives if o.metric not in flat]
+        if not missing:
+            return TrialState.COMPLETE, [flat[o.metric] for o in spec.objectives], "", ""
+        return TrialState.FAIL, None, (f"objective metric(s) {', '.join(missing)} missing or not a finite number in {run_dir} "
+                                       f"(summary.json/eval.json); available: {', '.join(sorted(flat)) or 'none'}"), NOT_RETRIED
+    if rc == EXIT_CODES["pruned"]:
+        return TrialState.PRUNED, None, summary.get("reason") or f"pruned at step {summary.get('pruned_at_step')}", ""
+    if rc == EXIT_CODES["diverged"]:
+        return TrialState.FAIL, None, "diverged: " + (summary.get("reason") or "non-finite loss"), TRIAL_FAILED
+    if rc < 0:
+        why = " (out of memory? the kernel's OOM killer sends SIGKILL)" if rc == -signal.SIGKILL else ""
+        return TrialState.FAIL, None, f"child killed by {_signal_name(rc)}{why}; last output: {_tail(tail)}", TRIAL_FAILED
+    detail = summary.get("reason") if summary.get("status") not in (None, "running") else ""
+    return TrialState.FAIL, None, f"child exited with code {rc}: " + (detail or _tail(tail)), TRIAL_FAILED
+
+
+def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop: StopFlag | None = None) -> dict:
+    """Run one trial's child process to the end and tell the study its outcome. Returns the event.
+    Raises DriverError when the worker itself failed (the trial is re-queued first)."""
+    stop = stop if stop is not None else StopFlag()
+    held: dict[str, Any] = {}  # the child, once started, for the clean-up after an error
+    try:
+        return _run_trial(study, trial, spec, opts, storage, stop, held)
+    except Exception as exc:  # noqa: BLE001 - any error of the driver: record it on the trial, never leave it RUNNING
+        return _driver_failed(study, trial, spec, opts, storage, exc, held)
+
+
+def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop: StopFlag, held: dict) -> dict:
     from optuna.trial import TrialState
 
     attrs = trial.user_attrs
     run_id, seed, params = attrs["run_id"], attrs["seed"], attrs.get("params", {})
-    overrides = attrs["overrides"]
     output_dir = str(Path(opts.runs_root).resolve())
-    run_dir = run_dir_for(output_dir, spec.study, run_id)
+    try:
+        run_dir = run_dir_for(output_dir, spec.study, run_id)
+    except ValueError as exc:
+        raise TrialSetupError(f"cannot run as queued: {exc}") from None
+    held["run_dir"] = run_dir
     tags = list(dict.fromkeys([*study.user_attrs.get("tags", []), spec.study]))  # W&B groups a study by tag
-    cmd = [*_train_command(spec.command), *merge_overrides(overrides, bookkeeping_overrides(
+    cmd = [*_train_command(spec.command), *merge_overrides(attrs["overrides"], bookkeeping_overrides(
         study=spec.study, trial=trial.number, storage=opts.storage_url, run_id=run_id, output_dir=output_dir, tags=tags))]
-    run_dir.mkdir(parents=True, exist_ok=True)
     for k, v in {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}.items():
         trial.set_user_attr(k, v)
+    run_dir.mkdir(parents=True, exist_ok=True)
     opts.emit({"event": "start", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir)})
     started_at, t0 = now_iso(), time.time()
-    log = open(run_dir / "train.log", "ab")
-    log.write(f"\n== trial {trial.number} of study {spec.study} on {socket.gethostname()} at {started_at}: {shlex.join(cmd)}\n".encode())
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent)
     tail: list[str] = []
+    with open(run_dir / "train.log", "ab") as log:
+        log.write(f"\n== trial {trial.number} of study {spec.study} on {socket.gethostname()} at {started_at}: {shlex.join(cmd)}\n".encode())
+        recovered = _completed_before(storage, trial, run_dir, spec)  # its driver died after the run completed
+        if recovered:
+            log.write(b"== the run had completed (its driver died before recording it): result read from its record\n")
+            trial.set_user_attr("recovered", True)
+            rc, stopped = EXIT_CODES["completed"], False
+        else:
+            rc, stopped = _run_child(cmd, trial, spec, opts, storage, stop, held, log, tail)
+    wall = time.time() - t0
+    summary = read_summary(run_dir) or {}
+    out = {"event": "finish", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir),
+           "wall_time_s": round(wall, 3), "returncode": rc}
+    if isinstance(summary.get("train_time_s"), (int, float)) and not recovered:
+        out["overhead_s"] = round(wall - summary["train_time_s"] - (summary.get("eval_time_s") or 0.0), 3)
+    for k in ("wall_time_s", "returncode", "overhead_s"):
+        if k in out:
+            trial.set_user_attr(k, out[k])
+
+    # Stopped while the child ran: interrupted, unless the child had finished with a result of its own
+    # (exit 0 with a completed record, pruned, diverged): that result stands.
+    interrupted = rc == EXIT_CODES["interrupted"] or ((stopped or stop.signum is not None) and rc not in (0, 3, 4))
+    values = None
+    if interrupted:
+        state, ended = TrialState.FAIL, INTERRUPTED
+        reason = "interrupted: the sweep was stopped (Ctrl-C / SIGTERM); re-queued with the same run_id to resume"
+        if rc != EXIT_CODES["interrupted"]:  # the trainer did not get to record it
+            reason += f" (child ended by {_signal_name(rc) if rc < 0 else f'exit code {rc}'})"
+            record_run_status(run_dir, {"reason": reason, "study": spec.study, "trial": trial.number, "started_at": started_at},
+                              status="interrupted")
+    else:
+        state, values, reason, ended = _outcome(rc, run_dir, spec, tail)
+        if state == TrialState.PRUNED:
+            trial.set_user_attr("pruned_at_step", summary.get("pruned_at_step"))
+        if ended == TRIAL_FAILED and rc not in (3, 4):
+            record_run_status(run_dir, {"reason": reason, "study": spec.study, "trial": trial.number, "started_at": started_at})
+    _tell(study, trial, spec, opts, storage, state, values, reason, ended)
+    shown = "INTERRUPTED" if interrupted else state.name
+    atomic.write_json(run_dir / "trial.json", {
+        "study": spec.study, "trial": trial.number, "state": shown, "reason": reason, "ended": ended,
+        "values": dict(zip([o.metric for o in spec.objectives], values or [])), "params": params, "seed": seed,
+        "storage": opts.storage_url, "host": socket.gethostname(), "command": cmd, "returncode": rc,
+        "wall_time_s": out["wall_time_s"], "overhead_s": out.get("overhead_s"), "started_at": started_at, "finished_at": now_iso(),
+    })
+    out.update(state=shown, reason=reason, values=dict(zip([o.metric for o in spec.objectives], values or [])))
+    return out
+
+
+def _completed_before(storage, trial, run_dir: Path, spec: SweepSpec) -> bool:
+    """A re-queued trial whose run directory already holds a completed record with every objective."""
+    if storage.get_trial(trial._trial_id).system_attrs.get("requeued_from") is None:
+        return False
+    summary = read_summary(run_dir) or {}
+    return summary.get("status") == "completed" and all(o.metric in flat_metrics(run_dir) for o in spec.objectives)
+
+
+def _run_child(cmd: list[str], trial, spec: SweepSpec, opts: WorkerOptions, storage, stop: StopFlag, held: dict,
+               log, tail: list[str]) -> tuple[int, bool]:
+    """Start the child, relay its output, keep the trial's heartbeat, interrupt it when the worker is
+    asked to stop. Returns (exit code, whether the worker stopped it)."""
+    if stop.signum is not None:  # asked to stop between taking the trial and starting it
+        return EXIT_CODES["interrupted"], True
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
+    held["proc"] = proc
 
     def pump() -> None:
         for line in iter(proc.stdout.readline, b""):
@@ -117,183 +262,101 @@ def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage) -> di
 
     pumper = threading.Thread(target=pump, daemon=True)
     pumper.start()
-    interrupted, ignored = False, {}
-    try:
-        while True:
-            try:
-                rc = proc.wait(timeout=spec.heartbeat_interval)
-                break
-            except subprocess.TimeoutExpired:
-                record_heartbeat(storage, trial._trial_id)
-    except KeyboardInterrupt:
-        interrupted = True
-        ignored = _ignore_interrupts()  # a second Ctrl-C must not cut the clean-up short
-        try:  # a terminal's Ctrl-C reached the child too; a SIGTERM to this worker did not
-            rc = proc.wait(timeout=10)
+    beat, stopped = time.time(), False
+    while True:
+        try:
+            rc = proc.wait(timeout=min(1.0, spec.heartbeat_interval))  # short: a stop request is seen within a second
+            break
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGINT)
-            try:
-                rc = proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                rc = proc.wait()
+            if stop.signum is not None:
+                rc, stopped = _stop_child(proc, stop.signum), True
+                break
+            if time.time() - beat >= spec.heartbeat_interval:
+                if storage.get_trial(trial._trial_id).state.name != "RUNNING":  # its copy may already be training
+                    raise TakenOver("another driver failed it as stale (no heartbeat for grace_period_s) and re-queued it")
+                record_heartbeat(storage, trial._trial_id)
+                beat = time.time()
     pumper.join(timeout=10)
-    log.close()
-    wall = time.time() - t0
-    summary = read_summary(run_dir) or {}
-    out = {"event": "finish", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir),
-           "wall_time_s": round(wall, 3), "returncode": rc}
-    if isinstance(summary.get("train_time_s"), (int, float)):
-        out["overhead_s"] = round(wall - summary["train_time_s"] - (summary.get("eval_time_s") or 0.0), 3)
-    for k in ("wall_time_s", "returncode", "overhead_s"):
-        if k in out:
-            trial.set_user_attr(k, out[k])
+    return rc, stopped
 
-    values, state, reason = None, TrialState.FAIL, ""
-    interrupted = interrupted or rc == EXIT_CODES["interrupted"]  # the trainer's "interrupted" exit: a Ctrl-C that reached it first
-    if interrupted:
-        reason = "interrupted: the sweep was stopped (Ctrl-C / SIGTERM); re-queued with the same run_id to resume"
-        if rc != EXIT_CODES["interrupted"]:  # the trainer did not get to record it (killed after the grace period)
-            reason += f" (child ended by {_signal_name(rc) if rc < 0 else f'exit code {rc}'})"
-            _record_failure(run_dir, {"reason": reason, "study": spec.study, "trial": trial.number, "started_at": started_at},
-                            status="interrupted")
+
+def _tell(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, state, values, reason: str, ended: str) -> None:
+    """Record the outcome; a trial that should run again (interrupted, driver error) is re-queued at once."""
+    if reason:
         trial.set_user_attr("reason", reason)
-        _requeue(study, trial)
-    elif rc == EXIT_CODES["completed"]:
-        flat = flat_metrics(run_dir)
-        missing = [o.metric for o in spec.objectives if o.metric not in flat]
-        if missing:
-            reason = (f"objective metric(s) {', '.join(missing)} missing or not a finite number in {run_dir} "
-                      f"(summary.json/eval.json); available: {', '.join(sorted(flat)) or 'none'}")
-        else:
-            values, state = [flat[o.metric] for o in spec.objectives], TrialState.COMPLETE
-    elif rc == EXIT_CODES["pruned"]:
-        state = TrialState.PRUNED
-        reason = summary.get("reason") or f"pruned at step {summary.get('pruned_at_step')}"
-        trial.set_user_attr("pruned_at_step", summary.get("pruned_at_step"))
-    elif rc == EXIT_CODES["diverged"]:
-        reason = "diverged: " + (summary.get("reason") or "non-finite loss")
-    elif rc < 0:
-        why = " (out of memory? the kernel's OOM killer sends SIGKILL)" if rc == -signal.SIGKILL else ""
-        reason = f"child killed by {_signal_name(rc)}{why}; last output: {_tail(tail)}"
-    else:
-        detail = summary.get("reason") if summary.get("status") not in (None, "running") else ""
-        reason = f"child exited with code {rc}: " + (detail or _tail(tail))
-    if reason and not interrupted:
-        trial.set_user_attr("reason", reason)
-    if rc != 0 and rc not in (3, 4) and not interrupted:
-        _record_failure(run_dir, {"reason": reason, "study": spec.study, "trial": trial.number, "started_at": started_at})
-    if not interrupted:
-        study.tell(trial, values=values, state=state)
-    atomic.write_json(run_dir / "trial.json", {
-        "study": spec.study, "trial": trial.number, "state": "INTERRUPTED" if interrupted else state.name, "reason": reason,
-        "values": dict(zip([o.metric for o in spec.objectives], values or [])), "params": params, "seed": seed,
-        "storage": opts.storage_url, "host": socket.gethostname(), "command": cmd, "returncode": rc,
-        "wall_time_s": out["wall_time_s"], "overhead_s": out.get("overhead_s"), "started_at": started_at, "finished_at": now_iso(),
-    })
-    out.update(state="INTERRUPTED" if interrupted else state.name, reason=reason,
-               values=dict(zip([o.metric for o in spec.objectives], values or [])))
-    if interrupted:
-        opts.emit(out)
-        _restore(ignored)
-        raise KeyboardInterrupt
-    return out
+    if ended:
+        trial.set_user_attr("ended", ended)
+    study.tell(trial, values=values, state=state)
+    if ended in (INTERRUPTED, DRIVER_ERROR):
+        with study_lock(storage, opts.storage_url, spec.study):
+            reconcile(study, spec)
 
 
-def _ignore_interrupts() -> dict:
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def _restore(previous: dict) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
-def _requeue(study, trial) -> None:
-    """Fail an interrupted trial and queue a copy (same params, user_attrs, so the same run_id).
-    Not counted against max_retries: the user stopped it, nothing went wrong with it."""
+def _driver_failed(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, exc: Exception, held: dict) -> dict:
+    """The worker failed while running a trial: stop its child, record the real reason on the trial and
+    re-queue it (or fail it, if it cannot run as queued). Returns the event of a failed trial; raises
+    DriverError when the worker should stop."""
     import optuna
     from optuna.trial import TrialState
 
-    frozen = study._storage.get_trial(trial._trial_id)
-    study.tell(trial, state=TrialState.FAIL)
-    study.add_trial(optuna.create_trial(
-        state=TrialState.WAITING, params=frozen.params, distributions=frozen.distributions,
-        user_attrs={k: v for k, v in frozen.user_attrs.items() if k not in ("reason", "returncode", "wall_time_s", "overhead_s", "heartbeat_at")},
-        system_attrs={**{k: v for k, v in frozen.system_attrs.items() if k != "fixed_params"}, "requeued_from": frozen.number},
-    ))
-
-
-def _raise_interrupt(*_: Any) -> None:
-    raise KeyboardInterrupt
+    proc = held.get("proc")
+    if proc is not None and proc.poll() is None:  # never leave a trainer running on a run dir that is re-queued
+        _stop_child(proc, signal.SIGTERM)
+    params = trial.user_attrs.get("params", {})
+    event = {"event": "finish", "trial": trial.number, "params": params, "seed": trial.user_attrs.get("seed"),
+             "run_dir": str(held.get("run_dir", "")), "wall_time_s": 0.0, "state": "FAIL", "values": {}}
+    try:
+        state = storage.get_trial(trial._trial_id).state
+    except Exception:  # noqa: BLE001 - the storage itself failed
+        state = None
+    if isinstance(exc, (TakenOver, optuna.exceptions.UpdateFinishedTrialError)) and state not in (None, TrialState.RUNNING):
+        return {**event, "state": "TAKEN OVER", "reason": f"dropped: {exc}"}  # the study goes on without this attempt
+    setup = isinstance(exc, TrialSetupError)
+    what = f"trial {trial.number} ({' '.join(f'{k}={v}' for k, v in params.items())} seed {trial.user_attrs.get('seed')})"
+    reason = str(exc) if setup else f"driver error: {type(exc).__name__}: {exc}"
+    try:
+        if state != TrialState.RUNNING:  # recorded already (e.g. writing trial.json failed)
+            fate = "Its outcome had been recorded."
+        else:
+            _tell(study, trial, spec, opts, storage, TrialState.FAIL, None, reason, NOT_RETRIED if setup else DRIVER_ERROR)
+            fate = "It was re-queued with the same run_id (not counted as a retry)."
+            if held.get("run_dir") is not None and not setup:
+                try:
+                    record_run_status(held["run_dir"], {"reason": reason, "study": spec.study, "trial": trial.number}, status="interrupted")
+                except OSError:
+                    pass
+    except Exception as again:  # noqa: BLE001 - the storage failed too: its heartbeat goes stale and a rerun re-queues it
+        fate = f"It could not be recorded ({type(again).__name__}: {again}); a rerun re-queues it once its heartbeat is stale."
+    if setup:
+        return {**event, "reason": reason}
+    raise DriverError(f"{what}: {reason}. {fate} Fix the cause and run the same command again.") from exc
 
 
 def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) -> int:
-    """Take and run trials until the study is done (nothing queued or running, budget spent).
-    RUNNING trials of other workers are waited for: if their worker dies they go stale after the
-    grace period and this worker retries them."""
+    """Take and run trials until the study is done (nothing queued or running, budget spent). Returns 0,
+    or 130 when stopped by Ctrl-C / SIGTERM. RUNNING trials of other workers are waited for: if their
+    driver dies they go stale after the grace period and this worker re-queues and runs them."""
     if study is None:
         study, storage = open_study(spec, opts.storage_url, create=False)
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
-    previous: signal.Handlers | None = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    taker = Taker()
     waited_note = False
-    try:
-        while True:
-            trial, running = next_trial(study, storage, spec, opts.storage_url, deadline)
+    with StopFlag() as stop:
+        while stop.signum is None:
+            trial, running = next_trial(study, storage, spec, opts.storage_url, deadline, taker)
+            for note in taker.notes:
+                opts.emit(note)
+            taker.notes.clear()
             if trial is not None:
                 waited_note = False
-                opts.emit(run_trial(study, trial, spec, opts, storage))
+                opts.emit(run_trial(study, trial, spec, opts, storage, stop))
                 continue
             if running == 0 or (deadline is not None and time.time() > deadline):
                 return 0
             if not waited_note:
                 opts.emit({"event": "wait", "running": running})
                 waited_note = True
-            time.sleep(min(spec.heartbeat_interval, 5))
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _emit_json(ev: dict) -> None:
-    print(EVENT_PREFIX + json.dumps(ev, default=str), flush=True)
-
-
-def _spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
-    """N local worker processes (the same command with --worker), their events relayed here."""
-    cmd = [sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
-           "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
-    # N trainers on one machine: split the cores between them, or their OpenMP threads fight
-    # (oversubscribed spin-waiting made training several times slower on a 2-core machine).
-    threads_each = str(max(1, (os.cpu_count() or 1) // n))
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads_each))
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for _ in range(n)]
-    lock = threading.Lock()
-
-    def relay(i: int, p: subprocess.Popen) -> None:
-        for line in p.stdout:
-            with lock:
-                if line.startswith(EVENT_PREFIX):
-                    printer(json.loads(line[len(EVENT_PREFIX):]))
-                elif line.strip():
-                    printer.bar.write(f"[worker {i}] {line.rstrip()}")
-
-    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
-    for t in threads:
-        t.start()
-    try:
-        rcs = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        rcs = [p.wait() for p in procs]
-    for t in threads:
-        t.join(timeout=5)
-    return 130 if 130 in rcs else max(rcs)
+            until = time.time() + min(spec.heartbeat_interval, 5)
+            while stop.signum is None and time.time() < until:
+                time.sleep(0.2)
+    return EXIT_CODES["interrupted"]

@@ -1,7 +1,7 @@
 """Training stage: fit one run (harness/train/fit.py), read top to bottom.
 
-fit.py (the flat trainer), loss.py (collation and the target-only loss), callbacks.py (metrics.jsonl,
-divergence, early stopping, pruning), objectives.py (OBJECTIVES: training objectives by name),
-bf16cpu.py (bf16 on CPUs that emulate it). Never imports harness.eval: harness/pipeline.py runs the
-evaluation after fit().
+fit.py (the flat trainer), loss.py (the Trainer: target-only loss; validation loss from model/scoring.py),
+callbacks.py (metrics.jsonl, divergence, early stopping, pruning), objectives.py (OBJECTIVES: training
+objectives by name), bf16cpu.py (bf16 on CPUs that emulate it). Never imports harness.eval:
+harness/pipeline.py runs the evaluation after fit().
 """

@@ -17,7 +17,8 @@ from pathlib import Path
 from harness import atomic, config
 from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
-from harness.run.environment import environment, peak_rss_mb
+from harness.model.scoring import eval_rows
+from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, read_metrics, write_manifest
 from harness.train.callbacks import Outcome, make_callback
 from harness.train.objectives import OBJECTIVES
@@ -58,10 +59,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     set_seed(t.seed)
 
     # manifest: environment now, data and model identity once known
-    manifest = {"schema": SCHEMA, **environment(), "torch": torch.__version__,
-                "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
-                "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                "precision": precision, "seeds": {"train": t.seed}}
+    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed}}
 
     # 1. quantization config -> 2. load -> 3. PEFT
     quant = build_quant_config(cfg.method, compute_dtype)
@@ -104,7 +102,10 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     manifest["data"] = {"name": cfg.data.name, **st}
     write_manifest(run_dir, manifest)
     if st.get("n_bad"):
-        print(f"[harness] warning: {st['n_bad']} malformed rows skipped (listed in manifest.json data.bad_rows)")
+        from harness.data.badrows import describe_bad_rows
+
+        print(f"[harness] warning: data={cfg.data.name}: {describe_bad_rows(st)}\n"
+              f"  (manifest.json data.bad_rows lists the first {len(st.get('bad_rows', []))})")
     if st.get("truncated_rows"):
         print(f"[harness] note: {st['truncated_rows']} rows truncated to train.max_length={t.max_length}")
     if not prepared.train:
@@ -113,9 +114,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     # 5. trainer (the objective's: harness/train/objectives.py)
     from transformers import TrainingArguments
 
-    val_rows = prepared.val
-    if t.eval_batches and val_rows:
-        val_rows = val_rows[: t.eval_batches * t.batch_size]
+    val_rows = eval_rows(prepared.val, t.eval_batches, t.batch_size)  # the rows the `val` suite scores too
     eval_every = t.eval_every if val_rows else 0
     save_steps = t.save_every or eval_every or 100
     args = TrainingArguments(

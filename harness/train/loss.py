@@ -1,35 +1,19 @@
-"""The training loss and its batches: right-padded collation of pre-tokenised rows, and a cross-entropy
-that runs the LM head only where a target follows (transformers' Trainer with one method overridden).
+"""The training loss and the trainer's validation loss: transformers' Trainer with two methods overridden.
+
+compute_loss: a cross-entropy that runs the LM head only where a target follows (target_only_loss).
+evaluate: the validation loss as harness/model/scoring.py defines it for every stage (token-weighted, fp32
+logits, no autocast, no label smoothing), so metrics.jsonl val_loss, early stopping, pruning and
+summary.best_val_loss / final_val_loss are the number the `val` evaluation suite records.
+Batches: right-padded collation of pre-tokenised rows (pad_batch, also in harness/model/scoring.py).
 """
 
 from __future__ import annotations
 
+import time
 
-def pad_batch(rows: list[dict], pad_id: int) -> dict:
-    """Collate pre-tokenised rows into right-padded tensors: input_ids (pad_id), labels (-100, no loss) and
-    attention_mask (1 on real tokens). Rows keep their own labels, so the prompt masking made by data.prepare holds."""
-    import torch
+from harness.model.scoring import pad_batch, score_rows, supports_logits_to_keep, target_nll
 
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
-        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
-        mask[i, :n] = 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def target_positions(labels):
-    """Boolean mask over (batch, position): True where the NEXT token is a loss target (labels[:, t+1] != -100).
-    Only these positions need logits; prompt, padding and the last position never do."""
-    import torch
-
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = labels[:, 1:] != -100
-    return keep
+__all__ = ["make_trainer", "pad_batch", "target_only_loss"]
 
 
 def target_only_loss(model, inputs: dict, num_items_in_batch=None, label_smoothing: float = 0.0):
@@ -39,29 +23,16 @@ def target_only_loss(model, inputs: dict, num_items_in_batch=None, label_smoothi
     the LM head (a fifth of SmolLM2's FLOPs) and the vocabulary-wide softmax for every prompt token.
     Returns (loss, outputs); outputs.logits holds the kept positions only, flattened."""
     import torch
-    import torch.nn.functional as F
 
-    labels = inputs["labels"]
-    keep = target_positions(labels)
-    outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                    logits_to_keep=keep, use_cache=False)
-    targets = labels[:, 1:][keep[:, :-1]]
-    total = F.cross_entropy(outputs.logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
-    n = num_items_in_batch if num_items_in_batch is not None else targets.numel()
+    total, n, outputs = target_nll(model, inputs, label_smoothing)
+    if num_items_in_batch is not None:
+        n = num_items_in_batch
     return total / torch.as_tensor(n, device=total.device).clamp(min=1), outputs
-
-
-def supports_logits_to_keep(model) -> bool:
-    """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep (transformers' decoder-only models do)."""
-    import inspect
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def make_trainer(label_smoothing: float, **kwargs):
     """transformers' Trainer whose loss comes from target positions only (target_only_loss) where the model
-    supports it; the stock loss otherwise."""
+    supports it (the stock loss otherwise), and whose evaluation is harness.model.scoring.score_rows."""
     from transformers import Trainer
 
     target_only = supports_logits_to_keep(kwargs["model"])  # once, not every step
@@ -73,10 +44,27 @@ def make_trainer(label_smoothing: float, **kwargs):
                                             num_items_in_batch=num_items_in_batch)
             if not self.model_accepts_loss_kwargs:
                 num_items_in_batch = None  # the Trainer then divides by the accumulation steps itself
-            # label smoothing regularises training only: validation loss stays the plain cross-entropy, so
-            # runs with and without smoothing compare (and agree with the `val` evaluation suite)
+            # label smoothing regularises training only: validation loss (evaluate below) is plain cross-entropy
             smoothing = label_smoothing if model.training else 0.0
             loss, outputs = target_only_loss(model, inputs, num_items_in_batch, smoothing)
             return (loss, outputs) if return_outputs else loss
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            # Why overridden: the stock evaluation_loop averages per-batch mean losses (weighting each batch by
+            # its rows, not its target tokens) under the training autocast, so its eval_loss moved with the batch
+            # size and precision and disagreed with the `val` suite on the same rows. Same schedule, same
+            # callbacks (on_evaluate gets {"eval_loss": ...}), one definition of the number.
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            t0 = time.time()
+            tok = self.processing_class
+            pad_id = getattr(tok, "pad_token_id", None)
+            res = score_rows(self.model, dataset.to_list() if hasattr(dataset, "to_list") else list(dataset),
+                             batch_size=self.args.per_device_eval_batch_size, pad_id=pad_id or 0)
+            runtime = time.time() - t0
+            metrics = {f"{metric_key_prefix}_loss": res["loss"], f"{metric_key_prefix}_tokens": res["tokens"],
+                       f"{metric_key_prefix}_runtime": round(runtime, 4)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
 
     return TargetOnlyTrainer(**kwargs)

@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from harness.config import ConfigError, RunConfig
+from harness.config import RunConfig
 from harness.train.loss import make_trainer, pad_batch
 from harness.train.preference import build_dpo_trainer, build_orpo_trainer, prepare_pairs
 
@@ -33,11 +33,9 @@ class Objective:
 def prepare_sft(cfg: RunConfig, tokenizer):
     from harness.data.cache import prepare
 
-    if cfg.data.format == "preference":
-        raise ConfigError([f"data={cfg.data.name} holds preference pairs (data.format=preference); train.objective=sft "
-                           "cannot train on them. Use train.objective=dpo or train.objective=orpo."])
+    # data.format=preference: SFT on each prompt's chosen answer (harness/data/formats.py), e.g. before DPO
     t = cfg.train
-    return prepare(cfg.data, tokenizer, max_length=t.max_length, seed=t.seed, packing=t.packing,
+    return prepare(cfg.data, tokenizer, max_length=t.max_length, packing=t.packing,
                    add_bos=cfg.model.add_bos, use_cache=cfg.data.cache)
 
 

@@ -1,0 +1,123 @@
+"""Validation loss, defined once for the trainer and the `val` evaluation suite.
+
+    harness train ... train.eval_every=50     # the trainer's periodic evaluation (harness/train/loss.py)
+    harness eval RUN_DIR                      # the `val` suite (harness/eval/val.py)
+
+The definition (docs/run-record.md): over the first train.eval_batches x train.batch_size rows of the
+run's validation split (all of them when eval_batches is 0), the TOKEN-weighted mean next-token
+cross-entropy over target tokens (labels != -100): sum of the per-token losses / number of target
+tokens, in nats. The model runs in its own weights' dtype without autocast (accelerate's mixed-precision
+wrapper on a model being trained is bypassed), logits are upcast to fp32 before the softmax, and there
+is no label smoothing. So the number does not depend on the batch size, on train.precision, or on where it
+is computed: during training (metrics.jsonl val_loss, early stopping, pruning, summary best/final_val_loss),
+right after it (eval.json val.loss), or later on the saved weights.
+
+Collation and the target-only forward live here too, because training (harness/train/loss.py) uses them:
+only positions whose next token is a target are projected onto the vocabulary.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+
+def pad_batch(rows: Sequence[dict], pad_id: int) -> dict:
+    """Collate pre-tokenised rows into right-padded tensors: input_ids (pad_id), labels (-100, no loss) and
+    attention_mask (1 on real tokens). Rows keep their own labels, so the prompt masking made by data.prepare holds."""
+    import torch
+
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, :n] = torch.as_tensor(r["input_ids"], dtype=torch.long)
+        labels[i, :n] = torch.as_tensor(r["labels"], dtype=torch.long)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def target_positions(labels):
+    """Boolean mask over (batch, position): True where the NEXT token is a loss target (labels[:, t+1] != -100).
+    Only these positions need logits; prompt, padding and the last position never do."""
+    import torch
+
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != -100
+    return keep
+
+
+def supports_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep (transformers' decoder-only models do)."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def target_nll(forward, inputs: dict, label_smoothing: float = 0.0, target_only: bool = True):
+    """(summed cross-entropy over the target tokens, in fp32; number of target tokens; the model outputs).
+
+    `forward` is the model (or its plain forward). With target_only the model projects only the positions
+    whose next token is a target (logits_to_keep), and outputs.logits holds those rows, flattened; otherwise
+    the full logits are computed and the same rows picked. Label smoothing as transformers' LabelSmoother."""
+    import torch.nn.functional as F
+
+    labels = inputs["labels"]
+    keep = target_positions(labels)
+    kwargs = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask"), "use_cache": False}
+    if target_only:
+        outputs = forward(**kwargs, logits_to_keep=keep)
+        logits = outputs.logits
+    else:
+        outputs = forward(**kwargs)
+        logits = outputs.logits[keep.to(outputs.logits.device)]
+    targets = labels[:, 1:][keep[:, :-1]].to(logits.device)
+    total = F.cross_entropy(logits.float(), targets, reduction="sum", label_smoothing=label_smoothing)
+    return total, targets.numel(), outputs
+
+
+def plain_forward(model):
+    """The model's forward without accelerate's mixed-precision wrapper. accelerate's prepare_model replaces
+    `model.forward` of a model trained with bf16/fp16 by an autocast-wrapped one (kept after training, so
+    the model the pipeline evaluates still has it) and stores the original as `model._original_forward`."""
+    return vars(model).get("_original_forward") or model  # the instance's own: never a wrapped inner model's
+
+
+def eval_rows(rows: Sequence[dict], eval_batches: int, batch_size: int) -> list[dict]:
+    """The validation rows both stages score: the first eval_batches x batch_size (all when eval_batches is 0)."""
+    rows = list(rows)
+    return rows[: eval_batches * batch_size] if eval_batches > 0 else rows
+
+
+def score_rows(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0, progress: bool = False) -> dict:
+    """The validation loss of pre-tokenised rows ({input_ids, labels}) as defined in the module docstring
+    -> {"loss", "perplexity", "tokens"}. Rows are scored in order of length (less padding; the sum is the
+    same), in eval mode (the caller's mode is given back)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from harness.model.load import model_device
+
+    if not rows:
+        raise ValueError("score_rows: no validation rows (data.val_size=0?)")
+    rows = sorted(rows, key=lambda r: len(r["input_ids"]))
+    device = model_device(model)
+    forward, target_only = plain_forward(model), supports_logits_to_keep(model)
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for b in tqdm(range(0, len(rows), max(1, batch_size)), desc="val", disable=not progress, leave=False):
+                batch = {k: v.to(device) for k, v in pad_batch(rows[b:b + batch_size], pad_id).items()}
+                nll, n, _ = target_nll(forward, batch, target_only=target_only)
+                total += float(nll)
+                count += n
+    finally:
+        model.train(was_training)
+    if count == 0:
+        raise ValueError("score_rows: no target tokens in the validation rows (all labels are -100)")
+    loss = total / count
+    return {"loss": loss, "perplexity": math.inf if loss > 700 else math.exp(loss), "tokens": count}

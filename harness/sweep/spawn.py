@@ -1,0 +1,64 @@
+"""`harness sweep SPEC --workers N`: N local worker processes (the same command with --worker), their events
+relayed to the driver's printer. Each worker dies with its driver: Linux sends it SIGTERM when the driver
+dies (PR_SET_PDEATHSIG, even after kill -9), so it interrupts its trial (re-queued with the same run_id)
+and exits instead of finishing the study alone; its trial's child gets SIGKILL if the worker dies too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from harness.run.record import EXIT_CODES
+from harness.sweep.worker import die_with_parent
+
+EVENT_PREFIX = "@@harness-sweep "  # worker processes report to their driver with these lines
+
+
+def emit_json(ev: dict) -> None:
+    """A worker's event, for its driver. A driver that is gone (killed) is not a reason to fail a trial."""
+    try:
+        print(EVENT_PREFIX + json.dumps(ev, default=str), flush=True)
+    except (BrokenPipeError, ValueError):  # ValueError: stdout already closed after a broken pipe
+        pass
+
+
+def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
+    """N local worker processes, their events relayed here. Returns 130 if any was interrupted, else the
+    highest exit code (1: a worker's driver error)."""
+    cmd = [sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
+           "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
+    # N trainers on one machine: split the cores between them, or their OpenMP threads fight
+    # (oversubscribed spin-waiting made training several times slower on a 2-core machine).
+    threads_each = str(max(1, (os.cpu_count() or 1) // n))
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads_each))
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              preexec_fn=die_with_parent(signal.SIGTERM)) for _ in range(n)]
+    lock = threading.Lock()
+
+    def relay(i: int, p: subprocess.Popen) -> None:
+        for line in p.stdout:
+            with lock:
+                if line.startswith(EVENT_PREFIX):
+                    printer(json.loads(line[len(EVENT_PREFIX):]))
+                elif line.strip():
+                    printer.bar.write(f"[worker {i}] {line.rstrip()}")
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        rcs = [p.wait() for p in procs]
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        rcs = [p.wait() for p in procs]
+    for t in threads:
+        t.join(timeout=5)
+    interrupted = EXIT_CODES["interrupted"]
+    return interrupted if interrupted in rcs else max(rcs)
