@@ -179,11 +179,12 @@ def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Out
     return "completed"
 
 
-def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True) -> Path:
+def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True,
+                     trust_remote_code: bool = False) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").exists():
         raise EvalError(f"{run_dir} is not a run directory (no config.yaml). Give runs/<name>/<run_id>.")
-    cfg = eval_config_for_run(run_dir, overrides)
+    cfg = eval_config_for_run(run_dir, overrides, trust_remote_code)
     if not has_suites(cfg):
         raise EvalError(f"{run_dir}: eval={cfg.eval.name} has no suites. Add e.g. eval=quick or eval=standard.")
     device = _device(cfg)

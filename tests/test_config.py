@@ -84,8 +84,8 @@ def test_validate_command_exit_codes():
     ok = subprocess.run([sys.executable, "-m", "harness", "validate", "--quiet", "model=tiny-llama"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     bad = subprocess.run([sys.executable, "-m", "harness", "validate", "method=qlroa", "train.lrr=1"], capture_output=True, text=True)
-    assert bad.returncode == 1
-    assert "Did you mean 'qlora'" in bad.stdout and "Did you mean 'lr'" in bad.stdout
+    assert bad.returncode == 2
+    assert "Did you mean 'qlora'" in bad.stderr and "Did you mean 'lr'" in bad.stderr
 
 
 def test_validate_does_not_import_torch():

@@ -145,7 +145,7 @@ def test_config_dir_option_on_validate_and_sweep(user_conf, tmp_path, monkeypatc
     r = harness(["validate", "--config-dir", str(user_conf), "data=my-set", "model=tiny-llama"])
     assert r.returncode == 0, r.stdout + r.stderr
     assert "config OK: tiny-llama-lora-my-set" in r.stdout and "replaces the shipped" in r.stdout
-    assert harness(["validate", "data=my-set"]).returncode == 1  # without it, no such option
+    assert harness(["validate", "data=my-set"]).returncode == 2  # without it, no such option
     spec = tmp_path / "s.yaml"
     spec.write_text("study: s\nbase: [model=tiny-llama, tracker=none]\ngrid: {data: [my-set]}\n"
                     "objectives: [{metric: summary.best_val_loss, direction: minimize}]\n")
@@ -161,7 +161,7 @@ def test_validate_catches_a_missing_data_file_but_not_a_hub_id(tmp_path):
     assert len(errs) == 2 and "data root" in errs[0] and "gone.jsonl" in errs[1], errs
     assert pf.preflight(config.compose(["model=tiny-llama", "data.path=some-org/some_set"])) == []
     r = harness(["validate", "--quiet", "model=tiny-llama", "data.path=alpaca/no_such.json"])
-    assert r.returncode == 1 and "no such file or directory" in r.stdout, r.stdout + r.stderr
+    assert r.returncode == 2 and "no such file or directory" in r.stderr, r.stdout + r.stderr
 
 
 def test_cuda_without_cuda_is_caught_without_importing_torch(monkeypatch):

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rescore", action="store_true",
                    help="RUN_DIR: recompute the generation suites' metrics from their saved samples with the "
                         "eval config's metric lists (e.g. after adding a metric); no model is loaded")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="RUN_DIR: let the model run its own Python code (never taken from the run's config.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
     add_config_dir(p)
 
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 raise EvalError("--rescore needs a run directory: harness eval RUN_DIR --rescore [eval=...]")
             out = rescore_run_dir(run_dir, overrides, progress)
         elif run_dir is not None:
-            out = evaluate_run_dir(run_dir, overrides, progress)
+            out = evaluate_run_dir(run_dir, overrides, progress, trust_remote_code=args.trust_remote_code)
         else:
             if not any(o.split("=", 1)[0].lstrip("+") in ("model", "experiment") for o in overrides):
                 raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "

@@ -4,7 +4,7 @@
 
 Composes (harness.config), then runs the preflight checks (harness/model/preflight.py: data files exist,
 CUDA is there for train.device=cuda, a model given by path fits train.max_length and has the LoRA
-targets named). Prints every problem with its fix and exits 1, or prints the resolved config (and which
+targets named). Prints every problem with its fix and exits 2 (as `harness train` does for a config that cannot run), or prints the resolved config (and which
 of your options replace shipped ones) and exits 0. Torch is imported only to list the layers of a model
 given by path when LoRA targets are named for it.
 """
@@ -12,6 +12,7 @@ given by path when LoRA targets are named for it.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import yaml
 
@@ -30,8 +31,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = compose_checked(args)
     except config.ConfigError as exc:
-        print(exc)
-        return 1
+        print(exc, file=sys.stderr)
+        return 2
     if not args.quiet:
         print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False).rstrip())
         for note in shadowed():

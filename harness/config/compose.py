@@ -155,9 +155,18 @@ def default_run_name(cfg: RunConfig) -> str:
     return cfg.name or f"{cfg.model.name}-{cfg.method.name}-{cfg.data.name}"
 
 
-def load_run_config(run_dir: str | Path) -> RunConfig:
-    """The resolved config a run directory recorded (config.yaml)."""
+def load_run_config(run_dir: str | Path, trust_remote_code: bool = False) -> RunConfig:
+    """The resolved config a run directory recorded (config.yaml). model.trust_remote_code is never taken from the
+    file (a run directory from someone else would run their code): it is the caller's `trust_remote_code`, which
+    only a command-line flag of the person running it sets (`harness eval RUN_DIR --trust-remote-code`)."""
+    import sys
+
     import yaml
 
     with open(Path(run_dir) / "config.yaml", encoding="utf-8") as f:
-        return from_dict(yaml.safe_load(f))
+        cfg = from_dict(yaml.safe_load(f))
+    if cfg.model.trust_remote_code and not trust_remote_code:
+        print(f"[harness] {run_dir}/config.yaml sets model.trust_remote_code=true; not taken from a file: pass "
+              "--trust-remote-code if you trust this model's code.", file=sys.stderr)
+    cfg.model.trust_remote_code = trust_remote_code
+    return cfg

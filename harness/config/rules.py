@@ -4,6 +4,8 @@ the value, why it is wrong and what would be right.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from harness import paths
@@ -18,6 +20,22 @@ def _get(cfg: Any, dotted: str) -> Any:
     return cfg
 
 
+def non_finite(node: Any, prefix: str = "") -> list[str]:
+    """Every float key of the config tree that is nan or +-inf (`train.lr=nan` composes: YAML reads it as a float)."""
+    out: list[str] = []
+    for f in dataclasses.fields(node):
+        v, key = getattr(node, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v):
+            out += non_finite(v, key + ".")
+        elif isinstance(v, list):
+            for i, item in enumerate(v):
+                if dataclasses.is_dataclass(item):
+                    out += non_finite(item, f"{key}[{i}].")
+        elif isinstance(v, float) and not math.isfinite(v):
+            out.append(f"{key}={v}: not a finite number; give a number (nan and inf are never valid settings).")
+    return out
+
+
 def target_modules(cfg: RunConfig) -> list[str]:
     """The LoRA targets the method asks for, with the model's default filled in."""
     return list(cfg.method.target_modules) if cfg.method.target_modules else list(cfg.model.lora_target_modules)
@@ -25,7 +43,7 @@ def target_modules(cfg: RunConfig) -> list[str]:
 
 def validate(cfg: RunConfig) -> list[str]:
     """All cross-field errors at once; each names the key, the value and what would be right."""
-    errs: list[str] = []
+    errs: list[str] = non_finite(cfg)
     for dotted, allowed in ALLOWED.items():
         value = _get(cfg, dotted)
         if value not in allowed:
@@ -103,7 +121,9 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"data.max_bad_share={d.max_bad_share}: must be in [0, 1].")
     if not d.path:
         errs.append(f"data={d.name}: data.path is empty; give a file, a dataset directory or a Hub id.")
-    for key, value in (("name", cfg.name), ("run_id", cfg.run_id), ("study", cfg.study)):
+    # the group names make the default run name (<model>-<method>-<data>), a folder under output_dir
+    named = [(f"{g}.name", getattr(cfg, g).name) for g in ("model", "method", "data", "eval", "tracker")]
+    for key, value in [("name", cfg.name), ("run_id", cfg.run_id), ("study", cfg.study), *named]:
         if value:
             try:
                 paths.check_name(value, key)

@@ -20,6 +20,9 @@ from typing import Any
 from harness import paths
 
 MAX_BAD_LISTED = 50  # bad rows kept in stats (the count is always complete)
+# a record with more characters than this is a bad row, found while reading: tokenising a 30 MB row took 7.8 GB of
+# memory before its length was checked. 2 M characters are about 500 k tokens, beyond any model's context.
+MAX_ROW_CHARS = 2_000_000
 
 
 EXT_TYPES = paths.DATA_FILE_TYPES  # one list, in harness/paths.py: `harness validate` checks data paths by it too
@@ -76,6 +79,30 @@ class Source:
             if isinstance(rec, dict):
                 cols.update(dict.fromkeys(rec))
         return list(cols)
+
+
+def _chars(value: Any, limit: int) -> int:
+    """Characters of text in a record (strings at any depth), counting stops once past `limit`."""
+    if isinstance(value, str):
+        return len(value)
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    total = 0
+    for v in items:
+        total += _chars(v, limit - total)
+        if total > limit:
+            break
+    return total
+
+
+def too_long(records: list[tuple[int, Any]], limit: int = MAX_ROW_CHARS) -> list[tuple[int, Any]]:
+    """Records longer than `limit` characters become Broken, with their size and the limit."""
+    out = []
+    for n, rec in records:
+        if not isinstance(rec, Broken) and _chars(rec, limit) > limit:
+            rec = Broken(f"a row of more than {limit:,} characters (about {limit // 4:,} tokens, beyond any context "
+                         "length); split or remove it")
+        out.append((n, rec))
+    return out
 
 
 def _sha256(path: Path) -> str:
@@ -264,7 +291,7 @@ def _read_hub(path: str, split: str) -> Source:
             "then set data.path=DIR."
         ) from None
     rows = ds.to_list()
-    return Source(f"hub:{path}@{split}", "hub", list(enumerate(rows, 1)),
+    return Source(f"hub:{path}@{split}", "hub", too_long(list(enumerate(rows, 1))),
                    [{"path": f"hub:{path}@{split}", "sha256": str(getattr(ds, "_fingerprint", "")), "rows": len(rows)}])
 
 
@@ -300,7 +327,7 @@ def read_source(path: str, file_type: str = "auto", hub_split: str = "train") ->
             records = [(n, {"text": line}) for n, line in enumerate(_text_lines(text), 1)]
         else:
             raise DataError(f"data.file_type={kind!r}: use one of auto, json, jsonl, csv, parquet, text, arrow.")
-    return Source(str(p), kind, records, [{"path": str(p), "sha256": _sha256(p), "rows": len(records)}])
+    return Source(str(p), kind, too_long(records), [{"path": str(p), "sha256": _sha256(p), "rows": len(records)}])
 
 
 def attach_parallel(src: Source, columns: list[str]) -> None:

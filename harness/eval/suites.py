@@ -134,11 +134,12 @@ def _eval_overrides_only(overrides: list[str], run_dir: Path) -> None:
         )
 
 
-def eval_config_for_run(run_dir: Path, overrides: list[str]) -> RunConfig:
-    """The run's config.yaml with its eval group recomposed from overrides.yaml + the new overrides."""
+def eval_config_for_run(run_dir: Path, overrides: list[str], trust_remote_code: bool = False) -> RunConfig:
+    """The run's config.yaml with its eval group recomposed from overrides.yaml + the new overrides (remote code
+    only when the caller says so: harness/config/compose.py load_run_config)."""
     import yaml
 
-    cfg = config.load_run_config(run_dir)
+    cfg = config.load_run_config(run_dir, trust_remote_code)
     if overrides:
         _eval_overrides_only(overrides, run_dir)
         ov_file = run_dir / "overrides.yaml"
