@@ -14,16 +14,16 @@ import pytest
 from harness.cli import main as cli
 from harness.human.export import csv_safe
 from harness.human.ratings import wilson_interval
+from harness.human.sheets import ID_PREFIX
 
 QUALITY = {"run-good": 5, "run-mid": 3, "run-bad": 1}  # the score a faithful annotator gives each run
 
 
-@pytest.fixture
-def run_dirs(tmp_path) -> list[Path]:
+def make_run_dirs(root: Path) -> list[Path]:
     """Three run directories with generation samples; run-bad lacks item 5 and has an extra item 9."""
     dirs = []
     for name in QUALITY:
-        d = tmp_path / "runs" / name / "20261121-000000-abcdef"
+        d = root / "runs" / name / "20261121-000000-abcdef"
         (d / "samples").mkdir(parents=True)
         (d / "summary.json").write_text(json.dumps({"name": name, "run_id": "20261121-000000-abcdef", "status": "completed"}))
         ids = [0, 1, 2, 3, 4, 5] if name != "run-bad" else [0, 1, 2, 3, 4, 9]
@@ -32,6 +32,11 @@ def run_dirs(tmp_path) -> list[Path]:
         (d / "samples" / "e2e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         dirs.append(d)
     return dirs
+
+
+@pytest.fixture
+def run_dirs(tmp_path) -> list[Path]:
+    return make_run_dirs(tmp_path)
 
 
 def _export(run_dirs, out, *extra) -> dict:
@@ -151,11 +156,13 @@ def _fill_csv(path: Path, key: dict, annotator: str):
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames, list(reader)
     for r in rows:
+        assert r["id"].startswith(ID_PREFIX)  # CSV ids carry a prefix that keeps them text in a spreadsheet
+        kid = r["id"][len(ID_PREFIX):]
         if key["mode"] == "pointwise":
             for c in key["criteria"]:
-                r[c] = str(_fill_pointwise(key, annotator, r["id"], c))
+                r[c] = str(_fill_pointwise(key, annotator, kid, c))
         else:
-            r["winner"] = _winner(key, r["id"]).upper()  # case does not matter
+            r["winner"] = _winner(key, kid).upper()  # case does not matter
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -317,7 +324,7 @@ def test_malformed_jsonl_and_labelstudio(run_dirs, tmp_path, capsys):
     # a sheet of the wrong kind is a file-level error
     csv_path = tmp_path / "wrong.csv"
     csv_path.write_text("id,relevance\nabc,3\n")
-    assert _import([csv_path], out / "key.json", out / "h.json") == 1
+    assert _import([csv_path], out / "key.json", out / "h.json") == 2  # a sheet that cannot be read: exit 2
     assert "missing column(s) winner" in capsys.readouterr().err
 
 

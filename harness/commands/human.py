@@ -10,14 +10,14 @@
 Export reads samples/<suite>.jsonl of each run directory (docs/run-record.md) and writes one sheet
 per annotator (CSV, JSONL, Label Studio tasks + labeling config), rows shuffled, sides swapped at
 random, ids blinded; key.json maps every blinded id back to (annotator, run, item id, side).
-Import checks every row (unknown/duplicate ids, missing or out-of-range ratings: file and row named),
-then writes human.json (shape in docs/human-eval.md). Statistics come from harness.ratings.
+Import checks key.json and every sheet (a key that is not one, or a sheet that cannot be read at all:
+exit 2; unknown/duplicate ids, missing or out-of-range ratings: file and row named, exit 1), then
+writes human.json (shape in docs/human-eval.md). Statistics come from harness.ratings.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from harness import atomic
 from harness.human.aggregate import aggregate, format_elo_table, rank_elo
 from harness.human.collect import read_judgments, read_ratings
 from harness.human.export import build_sheets, load_run_samples, write_export
-from harness.human.sheets import DEFAULT_CRITERIA, FORMATS, SCHEMA, HumanEvalError
+from harness.human.sheets import DEFAULT_CRITERIA, FORMATS, SCHEMA, HumanEvalError, read_key
 from harness.run.record import now_iso
 
 
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         return {"export": _run_export, "import": _run_import, "elo": _run_elo}[args.action](args)
     except HumanEvalError as e:
         return _fail(str(e))
+    except OSError as e:  # e.g. --out in a directory that cannot be written
+        return _fail(f"{e.filename or ''}: {e.strerror or e}")
 
 
 def _run_export(args) -> int:
@@ -92,16 +94,18 @@ def _run_export(args) -> int:
 
 
 def _run_import(args) -> int:
-    try:
-        key = atomic.read_json(args.key)
-    except (OSError, json.JSONDecodeError) as e:
-        return _fail(f"--key {args.key}: cannot read ({e}); pass the key.json written by `harness human export`")
-    if not isinstance(key, dict) or key.get("kind") != "harness-human-key":
-        return _fail(f"--key {args.key}: not a key.json written by `harness human export`")
-    good, errors, n_rows = read_ratings(args.sheets, key)
+    key = read_key(args.key)
+    good, errors, n_rows, unreadable, notes = read_ratings(args.sheets, key)
+    for n in notes:
+        print(f"note: {n}")
     for e in errors:
         print(f"{e['file']}:{e['row']}: {e['problem']}", file=sys.stderr)
     bad_rows = len({(e["file"], e["row"]) for e in errors})
+    if unreadable:
+        for u in unreadable:
+            print(f"error: {u['file']}: {u['problem']}", file=sys.stderr)
+        return _fail(f"{len(unreadable)} sheet(s) could not be read; fix them, or leave them off the command line "
+                     "(--allow-errors skips bad rows, not whole sheets)")
     if errors and not args.allow_errors:
         print(f"error: {len(errors)} problem(s) in {bad_rows} row(s); fix the sheets, or pass --allow-errors "
               "to skip those rows", file=sys.stderr)

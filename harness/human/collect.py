@@ -7,67 +7,141 @@ against the key, every bad row reported with its location.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-from harness.human.sheets import SCALE, WINNERS, jsonl_lines, jsonl_objects
+from harness.human.sheets import (
+    SCALE,
+    WINNERS,
+    HumanEvalError,
+    decode,
+    jsonl_objects,
+    jsonl_rows,
+    numeric_ids,
+    resolve_id,
+)
+
+FILE = "file"  # the `where` of a problem with a whole sheet (it cannot be read at all)
+
+NOTES = {"cp1252": "read as Windows-1252 (cp1252: what Excel writes for \"CSV\" on Windows), not UTF-8; check that "
+                   "accented letters in the comments look right, or save as \"CSV UTF-8\" next time",
+         "utf-16": "read as UTF-16 (Excel's \"Unicode Text\")"}
 
 
 # ------------------------------------------------------------------------------------ import
-def _read_sheet(path: Path, mode: str, criteria: list[str]):
+def _read_sheet(name: str, text: str, mode: str, criteria: list[str]):
     """Yield (row_label, fields) with fields {"id", <criterion>|"winner", "comment"} as raw values,
-    or (row_label, error message) for rows that cannot be read at all."""
+    (row_label, error message) for rows that cannot be read, or (FILE, message) for a sheet that cannot."""
     wanted = criteria if mode == "pointwise" else ["winner"]
-    suffix = path.name.lower()
-    if suffix.endswith(".csv"):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            missing = [c for c in ["id"] + wanted if c not in cols]
-            if missing:
-                yield "header", f"missing column(s) {', '.join(missing)} (this key is {mode}; expected id, {', '.join(wanted)})"
-                return
-            for n, row in enumerate(reader, 2):  # spreadsheet row numbers: the header is row 1
-                if None in row:
-                    yield f"row {n}", f"more cells than header columns: {row[None]!r}"
-                    continue
-                yield f"row {n}", {k: row.get(k) for k in ["id", *wanted, "comment"]}
-    elif suffix.endswith(".jsonl"):
-        for n, row in jsonl_lines(path):
+    if name.endswith(".csv"):
+        yield from _csv_rows(text, mode, wanted)
+    elif name.endswith(".jsonl"):
+        for n, row in jsonl_rows(text):
             yield f"line {n}", row if isinstance(row, str) else {k: row.get(k) for k in ["id", *wanted, "comment"]}
-    elif suffix.endswith(".json"):
-        try:
-            tasks = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            yield "file", f"not JSON ({e.msg}); expected a Label Studio JSON export"
-            return
-        if not isinstance(tasks, list):
-            yield "file", "expected a list of tasks (Label Studio: Export -> JSON)"
-            return
-        for n, task in enumerate(tasks, 1):
-            yield from _labelstudio_task(n, task, wanted)
     else:
-        yield "file", "unknown sheet format: use .csv, .jsonl or a Label Studio export .json"
+        try:
+            tasks = json.loads(text)
+        except json.JSONDecodeError as e:
+            yield FILE, f"not JSON ({e.msg} at line {e.lineno} column {e.colno}); expected Label Studio's JSON export (Export -> JSON)"
+            return
+        rows, bad = labelstudio_rows(tasks, wanted)
+        if bad:
+            yield FILE, ("not a Label Studio JSON export (Export -> JSON, not JSON-MIN or CSV):\n"
+                         + "\n".join(f"  - {b}" for b in bad[:10]) + (f"\n  - ... {len(bad) - 10} more" if len(bad) > 10 else ""))
+            return
+        yield from rows
 
 
-def _labelstudio_task(n: int, task, wanted: list[str]):
-    data = task.get("data") if isinstance(task, dict) else None
-    if not isinstance(data, dict):
-        yield f"task {n}", "no `data` object (use Label Studio's full JSON export, not JSON-MIN or CSV)"
-        return
-    anns = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    if not anns:
-        yield f"task {n}", {"id": data.get("id"), **{w: None for w in wanted}, "comment": None}
-        return
-    for j, ann in enumerate(anns):
-        fields = {"id": data.get("id"), **{w: None for w in wanted}, "comment": None}
-        for res in ann.get("result") or []:
-            name, value = res.get("from_name"), res.get("value") or {}
-            if name in wanted:
-                fields[name] = value.get("rating") if "rating" in value else (value.get("choices") or [None])[0]
-            elif name == "comment":
-                fields["comment"] = "\n".join(value.get("text") or [])
-        yield (f"task {n}" if len(anns) == 1 else f"task {n} annotation {j + 1}"), fields
+def _csv_rows(text: str, mode: str, wanted: list[str]):
+    first = text.split("\n", 1)[0]
+    delimiter = next((d for d in (";", "\t") if d in first and "," not in first), ",")  # Excel in some locales: ;
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    n = 1
+    try:
+        cols = [c.strip() for c in reader.fieldnames or []]
+        reader.fieldnames = cols
+        missing = [c for c in ["id"] + wanted if c not in cols]
+        if missing:
+            yield FILE, (f"missing column(s) {', '.join(missing)} in the header row {', '.join(cols) or '(empty file)'}; "
+                         f"this key is {mode}: use the sheet export wrote (columns id, {', '.join(wanted)}, comment)")
+            return
+        for n, row in enumerate(reader, 2):  # spreadsheet row numbers: the header is row 1
+            if None in row:
+                yield f"row {n}", f"more cells than header columns: {row[None]!r}"
+                continue
+            yield f"row {n}", {k: row.get(k) for k in ["id", *wanted, "comment"]}
+    except csv.Error as e:
+        yield FILE, f"not readable as CSV after row {n} ({e}); save it again from the spreadsheet as \"CSV UTF-8\""
+
+
+def _kind(v) -> str:
+    return "missing" if v is None else f"a {type(v).__name__}"
+
+
+def labelstudio_rows(tasks, wanted: list[str]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(rows, problems) of a parsed Label Studio JSON export (pure): rows as _read_sheet yields them, one
+    per annotation not cancelled (a task without one: a row with no ratings); problems: where the file
+    is not the shape of such an export, each with its task."""
+    if not isinstance(tasks, list):
+        return [], [f"the file holds {_kind(tasks)}, expected a list of tasks"]
+    if not tasks:
+        return [], ["the file holds no tasks"]
+    rows, bad, rated = [], [], 0
+    for n, task in enumerate(tasks, 1):
+        where = f"task {n}"
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            bad.append(f"{where}: no `data` object")
+            continue
+        anns = task.get("annotations") or []
+        if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+            bad.append(f"{where}: `annotations` is {_kind(anns)}, expected a list of objects")
+            continue
+        anns = [a for a in anns if not a.get("was_cancelled")]
+        blank = {"id": task["data"].get("id"), **{w: None for w in wanted}, "comment": None}
+        if not anns:
+            rows.append((where, blank))
+            continue
+        rated += 1
+        for j, ann in enumerate(anns):
+            label = where if len(anns) == 1 else f"{where} annotation {j + 1}"
+            fields, problem = _annotation(ann, wanted)
+            if problem:
+                bad.append(f"{label}: {problem}")
+            else:
+                rows.append((label, {**blank, **fields}))
+    if not rated and not bad:
+        bad.append("no task has an annotation: this is the task file that export wrote, or an export made before "
+                   "anyone rated; import the tasks into Label Studio, rate them, then Export -> JSON")
+    return rows, bad
+
+
+def _annotation(ann: dict, wanted: list[str]) -> tuple[dict, str | None]:
+    """The rated fields of one Label Studio annotation, or the reason it is not the expected shape."""
+    result = ann.get("result")
+    if not isinstance(result, list):
+        return {}, f"`result` is {_kind(result)}, expected a list (one entry per rated field)"
+    fields: dict = {}
+    for k, res in enumerate(result):
+        value = res.get("value") if isinstance(res, dict) else None
+        if not isinstance(value, dict):
+            return {}, f"result[{k}] has no `value` object"
+        name = res.get("from_name")
+        if name in wanted:
+            if "rating" in value:
+                fields[name] = value["rating"]
+            elif isinstance(value.get("choices"), list) and all(isinstance(c, str) for c in value["choices"]):
+                fields[name] = (value["choices"] or [None])[0]
+            else:
+                return {}, f"result[{k}] ({name}): expected `rating` (a number) or `choices` (a list of text)"
+        elif name == "comment":
+            text = value.get("text") or []
+            text = [text] if isinstance(text, str) else text
+            if not isinstance(text, list) or not all(isinstance(t, str) for t in text):
+                return {}, f"result[{k}] (comment): `text` is {_kind(text)}, expected a list of text"
+            fields["comment"] = "\n".join(text)
+    return fields, None
 
 
 def _score(raw) -> int | None | str:
@@ -83,33 +157,49 @@ def _score(raw) -> int | None | str:
     return int(v)
 
 
-def read_ratings(sheets: list[str | Path], key: dict):
-    """Check every row of every sheet against the key: (ratings, errors, rows_seen).
+class Ratings(NamedTuple):
+    good: list[dict]  # [{"id", "annotator", "file", "row", <criterion>: int ... | "winner": a|b|tie, "comment"}]
+    errors: list[dict]  # [{"file", "row", "id", "problem"}]; a row with any problem is not in good
+    rows_read: int
+    unreadable: list[dict]  # [{"file", "problem"}]: sheets that could not be read at all
+    notes: list[str]  # e.g. a sheet read as Windows-1252
 
-    ratings: [{"id", "annotator", "file", "row", <criterion>: int ... | "winner": a|b|tie, "comment"}]
-    errors:  [{"file", "row", "id", "problem"}]; a row with any problem is not in ratings.
-    """
+
+def read_ratings(sheets: list[str | Path], key: dict) -> Ratings:
+    """Check every row of every sheet against the key (a key_problems-checked key.json)."""
     mode, criteria, rows = key["mode"], key["criteria"], key["rows"]
+    numeric = numeric_ids(rows)
     seen: dict[str, str] = {}
-    good, errors, n_rows = [], [], 0
+    good, errors, unreadable, notes, n_rows = [], [], [], [], 0
     for sheet in sheets:
         path = Path(sheet)
-        if not path.exists():
-            errors.append({"file": str(path), "row": "file", "id": None, "problem": "file not found"})
+        name = path.name.lower()
+        if not name.endswith((".csv", ".jsonl", ".json")):
+            unreadable.append({"file": str(path), "problem": "unknown sheet format: use .csv, .jsonl or a Label Studio export .json"})
             continue
-        for where, fields in _read_sheet(path, mode, criteria):
+        try:
+            text, encoding = decode(path.read_bytes())
+        except OSError as e:
+            unreadable.append({"file": str(path), "problem": "file not found" if isinstance(e, FileNotFoundError)
+                               else f"cannot read ({e.strerror or e})"})
+            continue
+        except HumanEvalError as e:
+            unreadable.append({"file": str(path), "problem": str(e)})
+            continue
+        if encoding in NOTES:
+            notes.append(f"{path}: {NOTES[encoding]}")
+        for where, fields in _read_sheet(name, text, mode, criteria):
+            if where == FILE:
+                unreadable.append({"file": str(path), "problem": fields})
+                continue
             n_rows += 1
             if isinstance(fields, str):
                 errors.append({"file": str(path), "row": where, "id": None, "problem": fields})
                 continue
-            blind = str(fields.get("id") or "").strip().lstrip("'")
-            problems = []
-            if not blind:
-                problems.append("missing id")
-            elif blind not in rows:
-                problems.append(f"unknown id {blind!r} (not in this key: a sheet from another export, or an edited id)")
-            elif blind in seen:
-                problems.append(f"duplicate id {blind!r} (first seen at {seen[blind]})")
+            blind, cell, problem = resolve_id(fields.get("id"), rows, numeric)
+            problems = [problem] if problem else []
+            if blind in seen:
+                problems.append(f"duplicate id {cell!r} (first seen at {seen[blind]})")
             rec = {"id": blind, "file": str(path), "row": where, "comment": fields.get("comment") or ""}
             if mode == "pointwise":
                 for c in criteria:
@@ -129,14 +219,14 @@ def read_ratings(sheets: list[str | Path], key: dict):
                     problems.append(f"winner {fields.get('winner')!r} is not one of a, b, tie")
                 else:
                     rec["winner"] = w
-            if blind and blind in rows and blind not in seen:
+            if blind and blind not in seen:
                 seen[blind] = f"{path}:{where}"
             if problems:
-                errors.extend({"file": str(path), "row": where, "id": blind or None, "problem": p} for p in problems)
+                errors.extend({"file": str(path), "row": where, "id": blind or cell or None, "problem": p} for p in problems)
                 continue
             rec["annotator"] = rows[blind]["annotator"]
             good.append(rec)
-    return good, errors, n_rows
+    return Ratings(good, errors, n_rows, unreadable, notes)
 
 
 # ------------------------------------------------------------------------------------- Elo

@@ -24,6 +24,7 @@ from harness.human.sheets import (
     WINNERS,
     HumanEvalError,
     jsonl_objects,
+    sheet_id,
 )
 from harness.run.record import now_iso, read_summary
 
@@ -190,11 +191,12 @@ def labelstudio_config(mode: str, criteria, show_references: bool = False) -> st
 
 
 def _csv_text(rows: list[dict]) -> str:
+    """A sheet as CSV: ids as sheet_id writes them (text to a spreadsheet), formulas neutralised."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else ["id"], lineterminator="\r\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: csv_safe(v) for k, v in r.items()})
+        w.writerow({k: sheet_id(v) if k == "id" else csv_safe(v) for k, v in r.items()})
     return buf.getvalue()
 
 

@@ -64,6 +64,18 @@ def colors(groups: Sequence[str]) -> dict[str, str]:
     return out
 
 
+# Names and values from run records are drawn as written: a `$` in a run name or a grid value must not
+# start mathtext (which garbles "a$b$c" and stops the report on "$_$"). Every text call that can carry
+# one passes **_LITERAL (matplotlib >= 3.5); legends go through _legend.
+_LITERAL = {"parse_math": False}
+
+
+def _legend(ax, **kwargs) -> None:
+    """ax.legend with its entries as literal text."""
+    for t in ax.legend(**kwargs).get_texts():
+        t.set_parse_math(False)
+
+
 def _finish(fig: Figure, name: str, title: str, caption: str, svg: bool, wide: bool = False) -> Fig:
     with matplotlib.rc_context(RC):
         png = io.BytesIO()
@@ -124,7 +136,7 @@ def loss_curves(runs_by_method: dict[str, list[list[dict]]], svg: bool = True) -
             ax.set_ylabel(label)
             ax.set_title(label)
             if ax.has_data():
-                ax.legend(fontsize=8)
+                _legend(ax, fontsize=8)
     return _finish(fig, "loss_curves", "Loss curves by method",
                    "Median over runs of each method (line) and 25-75% range (band), from metrics.jsonl. "
                    "Non-finite losses (diverged runs) are not drawn.", svg, wide=True)
@@ -155,10 +167,10 @@ def scatter_front(name: str, title: str, points: list[dict], xlabel: str, ylabel
             _label_front(ax, fr, logx)
         if logx:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{xlabel} ({'lower' if xdir == 'min' else 'higher'} is better)")
-        ax.set_ylabel(f"{ylabel} ({'higher' if ydir == 'max' else 'lower'} is better)" if ydir else ylabel)
-        ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.set_xlabel(f"{xlabel} ({'lower' if xdir == 'min' else 'higher'} is better)", **_LITERAL)
+        ax.set_ylabel(f"{ylabel} ({'higher' if ydir == 'max' else 'lower'} is better)" if ydir else ylabel, **_LITERAL)
+        ax.set_title(title, **_LITERAL)
+        _legend(ax, fontsize=8)
     caption = (f"Each point is one configuration (mean over seeds, bars: 95% CI). Dashed: the Pareto front "
                f"(no other configuration is better in both {ylabel} and {xlabel}); front points labelled where space allows.")
     return _finish(fig, name, title, caption, svg)
@@ -176,7 +188,7 @@ def _label_front(ax, front: list[dict], logx: bool, most: int = 8) -> None:
             continue
         right = (x - min(xs)) / xr > 0.7
         ax.annotate(p["label"], (p["x"], p["y"]), fontsize=7, xytext=(-4 if right else 4, 4), textcoords="offset points",
-                    ha="right" if right else "left")
+                    ha="right" if right else "left", **_LITERAL)
         done.append((x, y))
 
 
@@ -199,9 +211,9 @@ def history(trials: list[tuple[int, float, str]], direction: str, ylabel: str, s
         others = sorted({s for _, _, s in trials if s != "COMPLETE"})
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("trial number")
-        ax.set_ylabel(ylabel)
+        ax.set_ylabel(ylabel, **_LITERAL)
         ax.set_title("Optimisation history")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     counts = ", ".join(f"{sum(1 for t in trials if t[2] == s)} {s.lower()}" for s in others)
     caption = f"Completed trials ({source}); {direction}. " + (f"Not plotted: {counts}." if counts else "")
     return _finish(fig, "optimization_history", "Optimisation history", caption, svg)
@@ -213,7 +225,8 @@ def importances(values: dict[str, float], evaluator: str, svg: bool = True) -> F
     items = sorted(values.items(), key=lambda kv: (kv[1], kv[0]))
     with matplotlib.rc_context(RC):
         fig, (ax,) = _new(6.4, 1.0 + 0.3 * len(items), left=0.3 + 0.075 * max(len(k) for k, _ in items), bottom=0.5)
-        ax.barh([k for k, _ in items], [v for _, v in items], color=PALETTE[0])
+        ax.barh(range(len(items)), [v for _, v in items], color=PALETTE[0])
+        ax.set_yticks(range(len(items)), [k for k, _ in items], **_LITERAL)
         for i, (_, v) in enumerate(items):
             ax.text(v, i, f" {v:.2f}", va="center", fontsize=8)
         ax.set_xlabel("importance (share of objective variance)")
@@ -254,15 +267,16 @@ def param_panels(params: dict[str, list[tuple[object, float, str]]], ylabel: str
                 cats = sorted({str(x) for x, _, _ in rows})
                 idx = {c: i for i, c in enumerate(cats)}
                 pos = [idx[str(x)] + 0.15 * (((i * 7919) % 11) / 10 - 0.5) for i, (x, _, _) in enumerate(rows)]
-                ax.set_xticks(range(len(cats)), cats, rotation=30 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center")
+                ax.set_xticks(range(len(cats)), cats, rotation=30 if len(cats) > 4 else 0, ha="right" if len(cats) > 4 else "center",
+                              **_LITERAL)
             for g in sorted(col):
                 sel = [i for i, r in enumerate(rows) if r[2] == g]
                 if sel:
                     ax.plot([pos[i] for i in sel], [rows[i][1] for i in sel], "o", ms=3.5, alpha=0.7, color=col[g], label=g)
-            ax.set_title(name)
-            ax.set_ylabel(ylabel)
+            ax.set_title(name, **_LITERAL)
+            ax.set_ylabel(ylabel, **_LITERAL)
         for ax in axes[len(names):]:
             ax.set_visible(False)
-        axes[0].legend(fontsize=7)
+        _legend(axes[0], fontsize=7)
     return _finish(fig, "params_vs_objective", "Swept hyperparameters against the objective",
                    "Each point is one completed run (every seed), coloured by method.", svg, wide=len(names) > 1)

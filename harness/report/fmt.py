@@ -43,7 +43,11 @@ def _num(v) -> float:
 
 
 def csv_safe(v) -> str:
-    """A CSV cell a spreadsheet will not run as a formula: leading = + - @ tab CR get a quote."""
+    """A CSV cell a spreadsheet will not run as a formula. A finite int or float in the data is written as a
+    number (-0.25 stays a number); any other value is text, and text that starts with = + - @ tab or CR
+    (a formula to Excel and LibreOffice, "-0.25" and "-2+3" included) gets a leading quote."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return str(v)
     s = "" if v is None else (json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v))
     return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
 
@@ -64,19 +68,26 @@ def timestamp() -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")
+_MD_TAG = re.compile(r"<(?=[A-Za-z/!?])")  # what can open an HTML tag, comment or autolink (CommonMark)
 
 
-_MD_ENTITY = re.compile(r"&(?=[#A-Za-z0-9])")
+_MD_ENTITY = re.compile(r"&(?=[#A-Za-z0-9])")  # what can start an entity reference
+
+
+_MD_SPECIAL = re.compile(r"[\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # an intraword _ is no emphasis
 
 
 def md_escape(s) -> str:
-    """Markdown-safe text: no raw HTML (a `<` that could open a tag, an `&` that could start an
-    entity), no links, no table breaks (`|`, newlines). Plain `p < 0.001` stays readable."""
-    s = _MD_ENTITY.sub("&amp;", str(s))
-    s = _MD_TAG.sub("&lt;", s)
-    s = s.replace("[", "\\[").replace("]", "\\]")  # no [text](javascript:...) links
-    return s.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Any string from a run record, a config or a model output as inert Markdown text, in a table cell or
+    not: no raw HTML (a `<` that could open a tag becomes &lt;, an `&` that could start an entity &amp;,
+    every `>` &gt;), Markdown's \\ ` * [ ] | ~ and a non-intraword _ behind a backslash (no code, emphasis,
+    links, strikethrough or table breaks), newlines as spaces; `p < 0.001` and `best_val_loss` stay as
+    they are. Never put the result inside a `code span` (escapes show literally there). None is "—"."""
+    if s is None:
+        return "—"
+    s = _MD_TAG.sub("&lt;", _MD_ENTITY.sub("&amp;", str(s))).replace(">", "&gt;")
+    s = _MD_SPECIAL.sub(lambda m: "\\" + m.group(0), s)
+    return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
 def cell_text(cell: dict | None, row_n: int) -> str:

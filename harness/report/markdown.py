@@ -7,12 +7,15 @@ import csv
 import io
 
 from harness.report.build import COST
-from harness.report.fmt import cell_text, csv_safe, fmt, md_escape
+from harness.report.fmt import cell_text, csv_safe, fmt
+from harness.report.fmt import md_escape as e  # every value below that is not a fixed string goes through e()
 
 
 def to_csv(header: list[str], rows: list[dict]) -> str:
+    """results.csv: numbers as numbers, every other cell through csv_safe (no formulas). RFC 4180 line ends:
+    with them the writer also quotes a cell holding a lone CR, which would otherwise end the row."""
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow([csv_safe(h) for h in header])
     for row in rows:
         w.writerow([csv_safe(row.get(h)) for h in header])
@@ -20,29 +23,29 @@ def to_csv(header: list[str], rows: list[dict]) -> str:
 
 
 def to_markdown(m: dict, figs: list, stamp: str) -> str:
-    L = [f"# Report: {md_escape(m['name'])}", "", f"Generated: {stamp}", ""]
-    counts = ", ".join(f"{v} {k}" for k, v in m["status_counts"].items())
+    L = [f"# Report: {e(m['name'])}", "", f"Generated: {e(stamp)}", ""]
+    counts = ", ".join(f"{e(v)} {e(k)}" for k, v in m["status_counts"].items())
     better = {"max": "higher is better", "min": "lower is better"}.get(m["direction"], "direction unknown")
-    L += [f"{m['n_runs']} runs ({counts}). Primary metric: `{md_escape(m['primary'])}` ({better})."
-          + (f" Best configuration: **{md_escape(m['best'])}**." if m["best"] else ""), ""]
-    L += [f"**Verdict:** {md_escape(m['verdict']['text'])}", ""]
+    L += [f"{e(m['n_runs'])} runs ({counts}). Primary metric: {e(m['primary'])} ({better})."
+          + (f" Best configuration: **{e(m['best'])}**." if m["best"] else ""), ""]
+    L += [f"**Verdict:** {e(m['verdict']['text'])}", ""]
     if m["findings"]:
-        L += ["## Key findings", ""] + [f"- {md_escape(f)}" for f in m["findings"]] + [""]
+        L += ["## Key findings", ""] + [f"- {e(f)}" for f in m["findings"]] + [""]
     if m["warnings"]:
-        L += ["## Warnings", ""] + [f"- ⚠ {md_escape(w)}" for w in m["warnings"]] + [""]
+        L += ["## Warnings", ""] + [f"- ⚠ {e(w)}" for w in m["warnings"]] + [""]
 
     def table(cols: list[tuple[str, str]]):
-        out = ["| configuration | n | " + " | ".join(md_escape(h) for _, h in cols) + " |",
+        out = ["| configuration | n | " + " | ".join(e(h) for _, h in cols) + " |",
                "|---|---:|" + "---:|" * len(cols)]
         for c in m["configs"]:
             n = len(c.runs)
             cells = []
             for key, _ in cols:
-                t = md_escape(cell_text(c.cells.get(key), n))
+                t = e(cell_text(c.cells.get(key), n))
                 if key in m["best_marks"] and c.cells.get(key, {}).get("mean") == m["best_marks"][key] and not c.baseline:
                     t = f"**{t}** ★"
                 cells.append(t)
-            out.append(f"| {md_escape(c.label)}{' (reference)' if c.baseline else ''} | {n} | " + " | ".join(cells) + " |")
+            out.append(f"| {e(c.label)}{' (reference)' if c.baseline else ''} | {n} | " + " | ".join(cells) + " |")
         return out
 
     L += ["## Leaderboard", "", "Mean ± 95% CI half-width (t-distribution) over seeds; ★ best per column (in the primary "
@@ -53,40 +56,40 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
           f"Paired on evaluation item ids; Holm correction over all {len(m['comparisons'])} comparisons. "
           "Metrics with binary per-item values (accuracy, exact match): McNemar's exact test; others: the mean of "
           "per-item scores (sentence-level BLEU, not corpus BLEU). Points: 0-1 metrics × 100.", ""]
-    L += [f"- {md_escape(r['verdict'])}" for r in m["comparisons"]] + [""]
-    L += ["## Figures", ""] + [f"![{md_escape(f.title)}](figures/{f.name}.png)\n\n{md_escape(f.caption)}\n" for f in figs]
+    L += [f"- {e(r['verdict'])}" for r in m["comparisons"]] + [""]
+    L += ["## Figures", ""] + [f"![{e(f.title)}](figures/{f.name}.png)\n\n{e(f.caption)}\n" for f in figs]
     if m["samples"]:
         L += ["## Sample outputs", ""]
         for s in m["samples"]:
-            L += [f"**{md_escape(s['suite'])} {md_escape(s['id'])}**: {md_escape(s['prompt'])}", "",
-                  f"- reference: {md_escape(s['reference'])}"] + [f"- {md_escape(lbl)}: {md_escape(o)}" for lbl, o in s["outputs"]] + [""]
+            L += [f"**{e(s['suite'])} {e(s['id'])}**: {e(s['prompt'])}", "",
+                  f"- reference: {e(s['reference'])}"] + [f"- {e(lbl)}: {e(o)}" for lbl, o in s["outputs"]] + [""]
     if m["references"]:
         L += ["## Published results", "", "| metric | configuration | measured | published | tolerance | status | source | note |",
               "|---|---|---:|---:|---:|---|---|---|"]
-        L += [f"| {md_escape(r['metric'])} | {md_escape(r['config'])} | {fmt(r['measured'])} | {fmt(r['published'])} | "
-              f"{fmt(r['tolerance'])} | {r['status']} | {md_escape(r['source'])} | {md_escape(r['note'])} |" for r in m["references"]] + [""]
+        L += [f"| {e(r['metric'])} | {e(r['config'])} | {e(fmt(r['measured']))} | {e(fmt(r['published']))} | "
+              f"{e(fmt(r['tolerance']))} | {e(r['status'])} | {e(r['source'])} | {e(r['note'])} |" for r in m["references"]] + [""]
     if m["contamination"]:
         L += ["## Contamination", "", "Share of each eval set's items that share a long word sequence with the configuration's "
               "training data (eval.json `contamination`; mean over the configuration's runs).", "",
               "| eval set | configuration | training data | share | contaminated / items | too short |",
               "|---|---|---|---:|---:|---:|"]
-        L += [f"| {md_escape(t['suite'])} | {md_escape(r['config'])} | {md_escape(r['train_data'])} | {fmt(100 * r['share'], 3)}% | "
-              f"{r['contaminated']} / {r['items']} | {r['too_short']} |" for t in m["contamination"] for r in t["rows"]] + [""]
+        L += [f"| {e(t['suite'])} | {e(r['config'])} | {e(r['train_data'])} | {e(fmt(100 * r['share'], 3))}% | "
+              f"{e(r['contaminated'])} / {e(r['items'])} | {e(r['too_short'])} |" for t in m["contamination"] for r in t["rows"]] + [""]
     if m["human"]:
-        L += ["## Human evaluation", ""] + [f"- `{md_escape(p)}` (tables in report.html)" for p, _ in m["human"]] + [""]
+        L += ["## Human evaluation", ""] + [f"- {e(p)} (tables in report.html)" for p, _ in m["human"]] + [""]
     L += ["## Runs that did not complete", ""]
     if m["failed"]:
         L += ["| run | status | reason | pruned at step |", "|---|---|---|---:|"]
-        L += [f"| {md_escape(r.path)} | {r.status} | {md_escape(r.error or r.summary.get('reason', ''))} | {fmt(r.summary.get('pruned_at_step'))} |"
+        L += [f"| {e(r.path)} | {e(r.status)} | {e(r.error or r.summary.get('reason', ''))} | {e(fmt(r.summary.get('pruned_at_step')))} |"
               for r in m["failed"]]
     else:
         L += ["None: every run completed."]
     L += ["", "## Provenance", ""]
     for k, v in m["provenance"].items():
         if k == "packages":
-            L += ["- packages: " + "; ".join(f"{md_escape(p)} {md_escape(', '.join(vs))}" for p, vs in v.items())]
+            L += ["- packages: " + "; ".join(f"{e(p)} {e(', '.join(map(str, vs)))}" for p, vs in v.items())]
         else:
-            L += [f"- {k}: {md_escape(', '.join(v)) or '—'}"]
+            L += [f"- {e(k)}: {e(', '.join(map(str, v))) or '—'}"]
     return "\n".join(L) + "\n"
 
 
