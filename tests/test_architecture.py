@@ -136,6 +136,13 @@ def test_data_format_names_in_the_config_schema_are_the_registry():
     assert set(CONFIG_ALLOWED["data.format"]) == set(FORMATS)
 
 
+def test_pair_formats_in_the_config_schema_are_the_registry():
+    from harness.config.schema import PAIR_FORMATS
+    from harness.data.formats import FORMATS
+
+    assert set(PAIR_FORMATS) == {name for name, f in FORMATS.items() if f.pairs}
+
+
 def test_modules_stay_readable_in_one_sitting():
     sizes = {name: len(p.read_text(encoding="utf-8").splitlines()) for name, p in MODULES.items()}
     assert {n: s for n, s in sizes.items() if s > 600} == {}

@@ -10,7 +10,7 @@ from typing import Any
 
 from harness import paths
 from harness.config.checks import did_you_mean
-from harness.config.schema import ALLOWED, RunConfig
+from harness.config.schema import ALLOWED, PAIR_FORMATS, RunConfig
 
 
 # ------------------------------------------------------------------------- cross-field rules
@@ -164,7 +164,7 @@ def preference_rules(cfg: RunConfig) -> list[str]:
     errs: list[str] = []
     t, d = cfg.train, cfg.data
     pref = t.objective in PREFERENCE_OBJECTIVES
-    if pref and d.format != "preference":
+    if pref and d.format not in PAIR_FORMATS:
         errs.append(f"train.objective={t.objective} trains on preference pairs, but data={d.name} has "
                     f"data.format={d.format}. Use a preference data config (e.g. data=dpo-en-demo), or train.objective=sft.")
     # the other way round is allowed: train.objective=sft on preference data learns the chosen answers

@@ -216,6 +216,10 @@ class RunConfig:
     notes: str = ""
 
 
+# data formats whose rows are preference pairs, what train.objective=dpo|orpo needs (the FORMATS entries with
+# pairs=True in harness/data/formats.py; the config layer does not import the data stage, a test keeps them equal)
+PAIR_FORMATS = ("preference",)
+
 ALLOWED = {
     "model.source": ("hub", "gguf-package", "tiny"),
     "model.tiny.arch": ("llama", "gpt2"),

@@ -57,6 +57,8 @@ class DataFormat:
     texts: Callable[[dict], list[str]]  # the row's content without system text (harness.eval.contamination)
     prompt: Callable[[dict, DataConfig], tuple[list[dict], str]] | None = None  # (messages, plain); None: no prompts
     references: Callable[[dict], list[str]] | None = None  # eval references from the row itself, not from a column
+    pairs: bool = False  # rows are preference pairs (chosen / rejected): train.objective=dpo|orpo and the preference
+    #                      suite read them (harness/data/preference.py); PAIR_FORMATS in harness/config/schema.py
     documents: bool = False  # rows are documents: a raw text file's lines are grouped into documents, training rows
     #                          are always packed (the EOS between documents carries loss) and never truncated, and
     #                          validation is cut into blocks within each document
@@ -276,7 +278,7 @@ FORMATS: dict[str, DataFormat] = {f.name: f for f in [
     DataFormat(  # SFT learns the chosen answer; train.objective=dpo|orpo reads the pairs (harness/data/preference.py)
         "preference", fields=("chosen", "rejected", "prompt", "conversations"), target="chosen",
         normalise=_normalise_preference, split_key=prompt_key, prompt=_preference_parts, encode=encode_completion,
-        texts=_preference_texts),
+        texts=_preference_texts, pairs=True),
 ]}
 
 

@@ -19,7 +19,7 @@ import json
 from harness import atomic
 from harness.config import DataConfig
 from harness.data.badrows import check_bad
-from harness.data.formats import FORMATS, check_columns
+from harness.data.formats import FORMATS, check_columns, data_format
 from harness.data.pairs import normalise_preference, prompt_key
 from harness.data.read import MAX_BAD_LISTED, BadRow, DataError, Prepared, read_source
 from harness.data.split import val_indices
@@ -144,9 +144,9 @@ def load_preference_eval(data: DataConfig, tokenizer, *, seed: int, add_bos: boo
     """Held-out pairs for the preference suite: data.eval_path (eval_fields over fields), else the validation split
     of data.path (split by `seed`, as in training). Items: {"id", "prompt", "chosen", "rejected", "prompt_ids",
     "chosen_ids", "rejected_ids"}; ids are "<data name>-<row>" (stable across runs, for paired tests)."""
-    if data.format != "preference":
+    if not data_format(data).pairs:
         raise DataError(f"data={data.name} has data.format={data.format}; a preference suite needs a data config "
-                        "with data.format=preference (e.g. data=dpo-en-demo).")
+                        "with preference pairs (data.format=preference, e.g. data=dpo-en-demo).")
     if data.eval_path:
         rows, stats, _, _ = _read_pairs(data, data.eval_path, {**data.fields, **data.eval_fields})
         source = "eval_path"
