@@ -8,8 +8,11 @@
     harness report STUDY|RUN_DIR...         reports/<study>/ (harness.report)
     harness human export|import|elo ...     human-evaluation round trips (harness.human)
     harness judge RUN_A RUN_B               a local model judges two runs' generations (harness.eval.judge)
+    harness completion bash|zsh             a shell completion script (subcommands, options, config groups)
+    harness --version
 
-Heavy libraries are imported inside the stages, so `harness validate` stays fast.
+Heavy libraries are imported inside the stages, so `harness validate` stays fast. The table of subcommands is
+harness/commands/__init__.py COMMANDS.
 """
 
 from __future__ import annotations
@@ -19,21 +22,13 @@ import importlib
 import os
 import sys
 
-# subcommand -> (module, help). Each module defines add_arguments(parser) and run(args) -> int.
-COMMANDS = {
-    "validate": ("harness.commands.validate", "check a config (overrides) without training; non-zero exit on errors"),
-    "train": ("harness.commands.train", "train one run: harness train model=... method=... data=... [key=value ...]"),
-    "eval": ("harness.commands.eval", "evaluate a run directory or a base model: harness eval RUN_DIR [eval=...]"),
-    "sweep": ("harness.commands.sweep", "run (or resume) a study from sweeps/NAME.yaml"),
-    "status": ("harness.commands.status", "list the trials of a study"),
-    "report": ("harness.commands.report", "write reports/<study>/ from run records"),
-    "human": ("harness.commands.human", "human evaluation: export sheets, import ratings, Elo rankings"),
-    "judge": ("harness.commands.judge", "a local model judges two runs' generations (both orders) into judgments JSONL"),
-}
+from harness import __version__
+from harness.commands import COMMANDS
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)

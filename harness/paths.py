@@ -1,9 +1,11 @@
 """Where things live: the data root, the config directory, the model cache, run directories.
 
 One setting each, environment first:
+  HARNESS_ROOT   where runs/, studies/ and reports/ go (default: the current directory); `--root DIR` on
+                 train, eval, sweep, status and report sets it (harness/commands/common.py)
   HARNESS_DATA   data root for the ready-made data configs (default: ../shared/data beside the repo)
   HARNESS_CACHE  converted models and other caches (default: ~/.cache/harness)
-  HARNESS_CONF   the Hydra config directory (default: conf/ in the repository)
+  HARNESS_CONF   the Hydra config directory (default: the shipped conf/, see shipped())
   HARNESS_CONFIG_PATH  the user's own config folders, dir1:dir2 (os.pathsep-separated), searched before
                  conf/ for group options (data/, model/, ... inside each); `--config-dir DIR` adds to it
 Run names are checked here so that no name can escape the output directory.
@@ -15,7 +17,8 @@ import os
 import re
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}$")
 
@@ -32,9 +35,42 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "harness"
 
 
+def shipped(name: str) -> Path:
+    """A folder that ships with the package: `conf` or `sweeps`. In a source checkout (and an editable
+    install) it is the top-level folder of the repository; a wheel carries the same folder inside the
+    package (harness/conf, harness/sweeps: setup.py maps them there), so there is one copy either way."""
+    packaged = PACKAGE_DIR / name
+    return packaged if packaged.is_dir() else REPO_ROOT / name
+
+
 def conf_dir() -> Path:
     env = os.environ.get("HARNESS_CONF")
-    return Path(env).expanduser().resolve() if env else REPO_ROOT / "conf"
+    return Path(env).expanduser().resolve() if env else shipped("conf")
+
+
+def root() -> Path:
+    """The folder that holds runs/, studies/ and reports/: $HARNESS_ROOT, else the current directory."""
+    env = os.environ.get("HARNESS_ROOT")
+    return Path(env).expanduser().resolve() if env else Path.cwd()
+
+
+def under_root(path: str | Path) -> Path:
+    """A relative path (a default such as `runs`, or output_dir=runs in a config) under root(); absolute
+    and ~ paths as they are."""
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else root() / p
+
+
+def runs_root() -> Path:
+    return root() / "runs"
+
+
+def studies_dir() -> Path:
+    return root() / "studies"
+
+
+def reports_dir() -> Path:
+    return root() / "reports"
 
 
 def user_config_dirs() -> list[Path]:

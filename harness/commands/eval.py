@@ -4,6 +4,10 @@
     harness eval RUN_DIR eval=standard            # other suites on a trained run (adapter/ or model/)
     harness eval model=smollm2-135m eval=quick    # the untrained base model -> runs/<model>-base/<run_id>/
     harness eval model=smollm2-135m --crosscheck  # our wikitext2 perplexity vs lm-eval's, same model
+
+A base model's evaluation goes under runs/ in the harness root (--root DIR / $HARNESS_ROOT, default the current
+directory). Exit code 2 for a config that cannot run, a sweep on the command line (eval=quick,standard) or a key
+set twice.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.commands.common import add_config_dir, use_config_dirs
+from harness.commands.common import add_config_dir, add_root, check_overrides, use_config_dirs, use_root
 from harness.config import ConfigError
 from harness.eval.registry import EvalError
 from harness.eval.suites import rescore_run_dir
@@ -37,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="RUN_DIR: let the model run its own Python code (never taken from the run's config.yaml)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
     add_config_dir(p)
+    add_root(p)
 
 
 def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
@@ -56,9 +61,11 @@ def split_targets(targets: list[str]) -> tuple[Path | None, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     use_config_dirs(args)
+    use_root(args)
     progress = not args.quiet
     try:
         run_dir, overrides = split_targets(args.targets)
+        check_overrides(overrides, "eval")
         if args.crosscheck:
             if run_dir is not None:
                 raise EvalError("--crosscheck evaluates a base model: give model=NAME, not a run directory")

@@ -1,10 +1,11 @@
 """`harness report` (the stage is harness/report/): what won, by how much, at what cost, and how sure we are -- from run records only.
 
-    harness report STUDY [--runs-root runs] [--storage URL] [--out reports]
+    harness report STUDY [--root DIR] [--runs-root runs] [--storage URL] [--out reports]
     harness report RUN_DIR [RUN_DIR ...] --name NAME
 
 Reads run directories (docs/run-record.md, via harness.records readers; never torch, never
-recomputes a metric) and writes reports/<name>/: report.md, report.html (one self-contained file),
+recomputes a metric) and writes reports/<name>/ (runs/, studies/ and reports/ default to the harness root:
+--root DIR / $HARNESS_ROOT, else the current directory): report.md, report.html (one self-contained file),
 results.csv and results.json (one row per run), figures/*.png|svg. Prints the report.html path.
 Statistics live in harness.stats, figures in harness.figures, HTML in harness.report_html; this
 module collects the records, aggregates them, runs the paired tests and writes the files.
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from harness import atomic, paths
+from harness.commands.common import add_root, use_root
 from harness.report.build import build, run_rows
 from harness.report.fmt import timestamp
 from harness.report.markdown import to_csv, to_json, to_markdown
@@ -28,10 +30,10 @@ from harness.report.runs import ReportError, collect
 # ------------------------------------------------------------------------------------------ CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", metavar="STUDY|RUN_DIR", help="a study name, or one or more run directories")
-    p.add_argument("--runs-root", default="runs", help="where a study's run directories are (default: runs)")
-    p.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite:///studies/<study>.db if it exists)")
-    p.add_argument("--studies-dir", default="studies", help=argparse.SUPPRESS)
-    p.add_argument("--out", default="reports", help="output root; the report goes to OUT/<name>/ (default: reports)")
+    p.add_argument("--runs-root", default=None, help="where a study's run directories are (default: ROOT/runs)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default: sqlite:///ROOT/studies/<study>.db if it exists)")
+    p.add_argument("--studies-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--out", default=None, help="output root; the report goes to OUT/<name>/ (default: ROOT/reports)")
     p.add_argument("--name", default="", help="report name (required for run directories from no single study)")
     p.add_argument("--metric", default="", help="primary metric, a flat name like e2e.bleu (default: the study's, else a sensible one)")
     p.add_argument("--direction", choices=("max", "min"), default=None,
@@ -51,12 +53,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--human-root", default="human", help="where human.json files are searched for this report's runs (default: human)")
     p.add_argument("--no-svg", action="store_true", help="write PNG figures only (faster)")
     p.add_argument("--no-optuna", action="store_true", help="do not read the Optuna storage")
+    add_root(p)
 
 
 def run(args) -> int:
     from harness.report.html import render
 
     t0 = time.perf_counter()
+    use_root(args)
+    args.runs_root = args.runs_root or str(paths.runs_root())
+    args.studies_dir = args.studies_dir or str(paths.studies_dir())
+    args.out = args.out or str(paths.reports_dir())
     try:
         name, runs, inputs = collect(args)
         model, figs = build(name, runs, inputs, args)

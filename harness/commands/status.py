@@ -1,6 +1,7 @@
 """`harness status STUDY`: the trials of a sweep study, read from its Optuna storage.
 
-    harness status quickstart                       # studies/quickstart.db
+    harness status quickstart                       # studies/quickstart.db under the harness root
+    harness status quickstart --root ~/experiments  # ~/experiments/studies/quickstart.db, from any folder
     harness status lr_search --storage postgresql://user@host/db --verbose
 
 One line per trial: number, state, axis values and seed, objective values, duration, run directory,
@@ -16,12 +17,15 @@ import shlex
 import sys
 from pathlib import Path
 
+from harness.commands.common import add_root, use_root
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("study", help="study name (the spec's `study:`)")
-    p.add_argument("--storage", default="", help="Optuna storage URL (default sqlite:///studies/<study>.db)")
+    p.add_argument("--storage", default="", help="Optuna storage URL (default sqlite:///ROOT/studies/<study>.db)")
     p.add_argument("--verbose", "-v", action="store_true", help="also print each trial's reproduce command")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines instead of a table")
+    add_root(p)
 
 
 def trial_rows(study) -> list[dict]:
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from harness import paths
     from harness.sweep.storage import _sqlite_path, default_storage_url, open_storage
 
+    use_root(args)
     try:
         paths.check_name(args.study, "study")
     except ValueError as exc:
@@ -81,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     url = args.storage or default_storage_url(args.study)
     db = _sqlite_path(url)
     if db is not None and not db.exists():
-        print(f"no study database at {db}. Run `harness sweep sweeps/{args.study}.yaml` first, or pass --storage URL.", file=sys.stderr)
+        print(f"no study database at {db}. Run `harness sweep sweeps/{args.study}.yaml` first, or pass --root DIR "
+              "(the folder that holds studies/; $HARNESS_ROOT) or --storage URL.", file=sys.stderr)
         return 1
     try:
         study = optuna.load_study(study_name=args.study, storage=open_storage(url))

@@ -5,6 +5,11 @@
     harness sweep sweeps/quickstart.yaml --retry-failed        # queue the failed cells again, then run
     harness sweep sweeps/method_comparison.yaml --workers 2    # two local worker processes
     harness sweep sweeps/lr_search.yaml --storage postgresql://user@host/db   # join from any machine
+    harness sweep quickstart --root ~/experiments              # a shipped spec by name, from any folder
+
+Runs go to runs/<study>/ and the SQLite study to studies/<study>.db under the harness root (--root DIR /
+$HARNESS_ROOT, default the current directory). A spec is a file, or the name of a shipped one (sweeps/NAME.yaml
+in the repository or the installed package).
 
 Data flow: load_spec() (harness/sweep/spec.py) parses and checks the spec; plan_grid() expands the grid
 (every cell x seed) and check_trials() composes EVERY trial's config, with its real run id, before anything
@@ -29,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
-from harness.commands.common import add_config_dir, use_config_dirs
+from harness.commands.common import add_config_dir, add_root, check_overrides, use_config_dirs, use_root
 from harness.run.record import EXIT_CODES
 from harness.sweep.plan import (
     check_trials,
@@ -86,23 +91,25 @@ class Printer:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("spec", help="sweep spec, e.g. sweeps/quickstart.yaml (format: docs/sweeps.md)")
+    p.add_argument("spec", help="sweep spec, e.g. sweeps/quickstart.yaml, or a shipped spec's name (quickstart); format: docs/sweeps.md")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial; one naming a grid axis pins it (e.g. method=lora)")
     p.add_argument("--storage", default="", help="Optuna storage: sqlite:///PATH, postgresql://user@host/db, journal:PATH "
-                   "(default sqlite:///studies/<study>.db)")
+                   "(default sqlite:///ROOT/studies/<study>.db)")
     p.add_argument("--workers", type=int, default=1, help="local worker processes (other machines join with the same command and --storage)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the trials the spec creates; train nothing")
-    p.add_argument("--runs-root", default="runs", help="run directories go to RUNS_ROOT/<study>/<run_id>/ (default runs)")
+    p.add_argument("--runs-root", default=None, help="run directories go to RUNS_ROOT/<study>/<run_id>/ (default ROOT/runs)")
     p.add_argument("--study", default="", help="study name instead of the spec's `study:`")
     p.add_argument("--stream", action="store_true", help="echo each trial's output (always kept in <run_dir>/train.log)")
     p.add_argument("--retry-failed", action="store_true", help="queue the failed cells again (same params and run_id) before running")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
     add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
+    add_root(p)  # and HARNESS_ROOT
 
 
 def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[PlannedTrial], list[str]]:
     """Load the spec, apply the command line, plan and compose every trial (all errors at once)."""
     spec = load_spec(args.spec)
+    check_overrides(args.overrides, "sweep")
     if args.study:
         paths.check_name(args.study, "--study")
         spec.study = args.study
@@ -114,7 +121,7 @@ def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[Pl
         spec.base = merge_overrides(spec.base, [f"references={format_value(spec.references)}"])
     if args.worker:  # started by a driver that has checked everything already
         return spec, plan_grid(spec) if spec.sampler == "grid" else [], []
-    runs_root = str(Path(args.runs_root).resolve())  # as the workers pass it to each trial
+    runs_root = args.runs_root  # absolute (run() resolves it), as the workers pass it to each trial
     if spec.sampler == "grid":
         planned = plan_grid(spec)
         errs, tags = check_trials(spec, planned, url, runs_root)
@@ -167,6 +174,8 @@ def _report_unfinished(spec: SweepSpec, study, planned: list[PlannedTrial], sour
 
 def run(args: argparse.Namespace) -> int:
     use_config_dirs(args)
+    use_root(args)
+    args.runs_root = str(Path(args.runs_root).expanduser().resolve() if args.runs_root else paths.runs_root())
     try:
         study_name = args.study or load_spec(args.spec).study
         url = args.storage or default_storage_url(study_name)

@@ -2,9 +2,12 @@
 
     harness train model=tiny-llama data=alpaca-tiny run_id=try1     # again with the same run_id: resumes it
     harness train ... run_id=try1 train.lr=1e-3 --force             # resume it under a changed config anyway
+    harness train --cfg job method=qlora                            # print the composed config, train nothing
+    harness train --root ~/experiments model=tiny-llama             # -> ~/experiments/runs/<name>/<run_id>/
 
-Exit code 2, before anything loads, for a config that cannot run (compose and preflight) or a run_id
-recorded with another config.
+Exit code 2, before anything loads, for a config that cannot run (compose and preflight), a run_id
+recorded with another config, a sweep on the command line (method=lora,qlora: the message shows the sweep
+spec to write) or a key set twice.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from harness.commands.common import add_config_dir, compose_checked
+from harness.commands.common import add_cfg, add_config_dir, add_root, compose_checked, compose_only, print_cfg, use_root
 from harness.config import ConfigError
 from harness.pipeline import train_run
 from harness.run.record import EXIT_CODES, RunError, read_summary
@@ -24,10 +27,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="resume run_id= even though its recorded config differs (the changes go into its summary.json)")
     add_config_dir(p)
+    add_root(p)
+    add_cfg(p)
 
 
 def run(args: argparse.Namespace) -> int:
+    use_root(args)
     try:
+        if args.cfg:
+            print_cfg(compose_only(args))
+            return 0
         cfg = compose_checked(args)
         status, run_dir = train_run(cfg, args.overrides, force=args.force)
     except (ConfigError, RunError) as exc:

@@ -1,7 +1,7 @@
 """Reproduction: QLoRA (Dettmers et al., 2023) Table 2, the data-type claim, at small scale.
 
     harness sweep sweeps/reproduce-qlora-dtypes.yaml     # each trial: `harness eval` of a quantized base
-    python -m harness.recipes.qlora_dtypes [--runs-root runs] [--out reports]
+    python -m harness.recipes.qlora_dtypes [--runs-root runs] [--out reports]   # defaults: under $HARNESS_ROOT (the cwd)
 
 Reads the study's run records only (summary.json + eval.json), and writes
 reports/reproduce-qlora-dtypes/dtypes.json and dtypes.md: per model, each bitsandbytes data type's
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harness import atomic
+from harness import atomic, paths
 from harness.run.record import find_run_dirs, flat_metrics, read_summary
 
 STUDY = "reproduce-qlora-dtypes"
@@ -96,10 +96,11 @@ def to_markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--runs-root", default="runs")
+    p.add_argument("--runs-root", default=None, help="default: runs/ under $HARNESS_ROOT (the current directory)")
     p.add_argument("--study", default=STUDY)
-    p.add_argument("--out", default="reports")
+    p.add_argument("--out", default=None, help="default: reports/ under $HARNESS_ROOT (the current directory)")
     args = p.parse_args(argv)
+    args.runs_root, args.out = args.runs_root or paths.runs_root(), args.out or paths.reports_dir()
     run_dirs = find_run_dirs(Path(args.runs_root) / args.study)
     by_model = collect(run_dirs)
     if not by_model:

@@ -180,10 +180,11 @@ def new_run_id() -> str:
 
 
 def run_dir_for(output_dir: str, name: str, run_id: str) -> Path:
-    """<output_dir>/<name>/<run_id>, with both names checked so nothing escapes output_dir."""
+    """<output_dir>/<name>/<run_id>, with both names checked so nothing escapes output_dir. A relative
+    output_dir (the default `runs`) is under the harness root ($HARNESS_ROOT / --root, default the cwd)."""
     paths.check_name(name, "run name")
     paths.check_name(run_id, "run_id")
-    return paths.safe_join(output_dir, name, run_id)
+    return paths.safe_join(paths.under_root(output_dir), name, run_id)
 
 
 # ----------------------------------------------------------------------------------- readers

@@ -399,11 +399,24 @@ def parse_spec(tree: Any, source: str = "<spec>") -> SweepSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> SweepSpec:
+def find_spec(path: str | Path) -> Path | None:
+    """A spec file: the path as given, else a shipped spec (paths.shipped("sweeps")) named `NAME`, `NAME.yaml` or
+    `sweeps/NAME.yaml`, so that `harness sweep quickstart` works from any folder and from an installed package."""
     p = Path(path)
-    if not p.is_file():
-        near = sorted(x.name for x in Path("sweeps").glob("*.yaml")) if Path("sweeps").is_dir() else []
-        raise SpecError(str(path), [f"no such file. Shipped specs: {', '.join(near) or 'sweeps/*.yaml'}"])
+    if p.is_file():
+        return p
+    if p.parent in (Path("."), Path("sweeps")):
+        shipped = paths.shipped("sweeps") / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+        if shipped.is_file():
+            return shipped
+    return None
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    p = find_spec(path)
+    if p is None:
+        near = sorted(x.stem for x in paths.shipped("sweeps").glob("*.yaml"))
+        raise SpecError(str(path), [f"no such file, nor a shipped spec of that name. Shipped specs: {', '.join(near)}"])
     try:
         tree = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:

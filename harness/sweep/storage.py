@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
-from harness import atomic
+from harness import atomic, paths
 
 # Optuna flags heartbeats and fail_stale_trials as experimental and warns when heartbeats are used
 # outside Study.optimize; this driver is the ask/tell loop those warnings have in mind.
@@ -29,8 +29,9 @@ warnings.filterwarnings("ignore", message=".*is an experimental feature.*")
 
 
 # ------------------------------------------------------------------------------- storage
-def default_storage_url(study: str, studies_dir: str | Path = "studies") -> str:
-    return "sqlite:///" + str((Path(studies_dir) / f"{study}.db").resolve())
+def default_storage_url(study: str, studies_dir: str | Path | None = None) -> str:
+    """sqlite:///<studies_dir>/<study>.db; studies_dir defaults to studies/ under the harness root."""
+    return "sqlite:///" + str((Path(studies_dir or paths.studies_dir()) / f"{study}.db").resolve())
 
 
 def normalize_url(url: str) -> str:

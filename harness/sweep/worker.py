@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import atomic
+from harness import atomic, paths
 from harness.run.record import EXIT_CODES, flat_metrics, now_iso, read_summary, run_dir_for
 from harness.sweep.plan import bookkeeping_overrides, merge_overrides
 from harness.sweep.retry import DRIVER_ERROR, INTERRUPTED, NOT_RETRIED, TRIAL_FAILED, reconcile, record_run_status
@@ -169,7 +169,7 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
 
     attrs = trial.user_attrs
     run_id, seed, params = attrs["run_id"], attrs["seed"], attrs.get("params", {})
-    output_dir = str(Path(opts.runs_root).resolve())
+    output_dir = str(paths.under_root(opts.runs_root).resolve())
     try:
         run_dir = run_dir_for(output_dir, spec.study, run_id)
     except ValueError as exc:
