@@ -8,6 +8,7 @@ The only module that calls both the training stage (harness/train/) and the eval
 
 from __future__ import annotations
 
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -30,10 +31,11 @@ from harness.run.record import (
     read_summary,
     run_dir_for,
     write_manifest,
+    write_or_warn,
     write_summary,
 )
 from harness.train.callbacks import Outcome
-from harness.train.fit import fit
+from harness.train.fit import TRAINING_FIELDS, drop_weights, fit, saved_weights
 
 _NOT_AXES = BOOKKEEPING_KEYS
 
@@ -93,12 +95,32 @@ def prepare_run_dir(cfg: RunConfig, overrides: list[str], force: bool = False) -
     return run_dir, resuming, changes
 
 
+def trained_before(cfg: RunConfig, run_dir: Path, prior: dict, changes: list[str]) -> bool:
+    """Whether an earlier attempt of this run finished training and saved its final weights (summary.json
+    `trained_at`; e.g. it was killed during evaluation): then this one goes straight to evaluation. Not with
+    resume=false, nor when a --force resume changed more than eval.* (the training would differ)."""
+    if not cfg.resume or not prior.get("trained_at"):
+        return False
+    if saved_weights(run_dir) is None:
+        print(f"[harness] warning: {run_dir} finished training at {prior['trained_at']}, but its adapter/ or model/ "
+              "is gone; training again", file=sys.stderr)
+        return False
+    beyond_eval = [c for c in changes if not c.startswith("eval.")]
+    if beyond_eval:
+        print(f"[harness] note: {run_dir} had finished training; --force changed {', '.join(beyond_eval)}, so it "
+              "trains again from step 0")
+        return False
+    return True
+
+
 def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outcome | None = None,
               force: bool = False) -> tuple[str, Path]:
     """Train one run end to end; returns (status, run_dir). Never raises for a training failure:
-    it is recorded in summary.json (status failed / diverged / interrupted) instead. Pass an
-    Outcome to get the trained model back in outcome.model. Raises RunError, before anything is
-    written, when run_id names a run recorded with another config (force: continue it anyway)."""
+    it is recorded in summary.json (status failed / diverged / interrupted) instead, and when even that
+    cannot be written (a full disk) the reason goes to stderr. Pass an Outcome to get the trained model
+    back in outcome.model. A rerun of a run that had finished training evaluates its saved weights
+    (trained_before). Raises RunError, before anything is written, when run_id names a run recorded with
+    another config (force: continue it anyway)."""
     overrides = list(overrides or [])
     started, t_start = now_iso(), time.time()
     run_dir, resuming, changes = prepare_run_dir(cfg, overrides, force)
@@ -107,7 +129,9 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         print(f"[harness] run {run_dir} already completed; nothing to do")
         return "completed", run_dir
 
+    trained = trained_before(cfg, run_dir, prior, changes)
     summary = {
+        **({k: prior[k] for k in TRAINING_FIELDS if k in prior} if trained else {}),
         "schema": SCHEMA, "status": "running", "reason": "",
         "name": run_dir.parent.name, "run_id": run_dir.name, "run_dir": str(run_dir),
         "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": cfg.method.name,
@@ -118,19 +142,21 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         summary["config_changes_on_resume"] = [*prior.get("config_changes_on_resume", []), *changes]
     write_summary(run_dir, summary)
     outcome = outcome if outcome is not None else Outcome()
+    if trained:
+        outcome.final_train_loss, outcome.final_val_loss, outcome.best_val_loss = (
+            prior.get("final_train_loss"), prior.get("final_val_loss"), prior.get("best_val_loss"))
     from harness.run.tracking import start
 
     tracker = start(cfg, run_dir)
     try:
-        status = _fit_and_evaluate(cfg, run_dir, summary, outcome, tracker)
+        status = _fit_and_evaluate(cfg, run_dir, summary, outcome, tracker, trained)
     except KeyboardInterrupt:
         outcome.status, outcome.reason = "interrupted", "interrupted by the user (Ctrl-C); re-run with the same run_id to resume"
         status = "interrupted"
     except ConfigError as exc:
         outcome.status, outcome.reason, status = "failed", str(exc), "failed"
     except Exception as exc:  # recorded, not raised: a failed run is a result
-        tb = traceback.format_exc()
-        atomic.write_text(run_dir / "error.log", tb)
+        write_or_warn(atomic.write_text, run_dir / "error.log", traceback.format_exc(), what=str(run_dir / "error.log"))
         reason = f"{type(exc).__name__}: {exc}"
         if "out of memory" in str(exc).lower():
             reason = "out of memory: " + reason
@@ -146,11 +172,15 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         peak_memory_mb=summary.get("peak_memory_mb") or peak_rss_mb(),
         finished_at=now_iso(),
     )
-    write_summary(run_dir, summary)
+    if not write_or_warn(write_summary, run_dir, summary, what=str(run_dir / "summary.json")):
+        print(f"[harness] run {run_dir}: {summary['status']}" + (f": {summary['reason']}" if summary["reason"] else ""),
+              file=sys.stderr)
     try:
         tracker.finish(summary)
     except Exception as exc:
         print(f"[harness] warning: tracker finish failed: {exc}")
+    if summary["status"] == "completed" and not cfg.train.save_model:
+        drop_weights(run_dir)  # kept only for a rerun's evaluation until now
     return summary["status"], run_dir
 
 
@@ -161,13 +191,20 @@ def _device(cfg: RunConfig) -> str:
     return resolve_device(cfg)
 
 
-def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker) -> str:
-    """fit (harness/train/fit.py), then the run's eval suites on the model still in memory."""
+def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker, trained: bool = False) -> str:
+    """fit (harness/train/fit.py), then the run's eval suites on the model still in memory; `trained`: an
+    earlier attempt finished training, so its saved weights are loaded and evaluated instead."""
     from harness.sweep.pruning import reporter_for
 
-    status = fit(cfg, run_dir, summary, outcome, tracker, reporter_for(cfg))
-    if status != "completed":
-        return status
+    if trained:
+        from harness.model.init_from import load_trained
+
+        print(f"[harness] {run_dir.name} finished training at {summary.get('trained_at')}; evaluating its saved weights")
+        outcome.model, outcome.tokenizer = load_trained(run_dir, cfg, _device(cfg))
+    else:
+        status = fit(cfg, run_dir, summary, outcome, tracker, reporter_for(cfg))
+        if status != "completed":
+            return status
     if cfg.eval.after_train and cfg.eval.name != "none":
         t_eval = time.time()
         outcome.model.eval()
@@ -249,13 +286,13 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
         summary.update(status="baseline", total_params=total, trainable_share=0.0, eval_time_s=time.time() - t0,
                        model_bytes=int(model.get_memory_footprint()), peak_memory_mb=peak_rss_mb(),
                        peak_memory_kind="rss" if device == "cpu" else "cuda_max_allocated")
-    except BaseException as exc:
+    except BaseException as exc:  # recorded if the disk allows (never a second error on top of this one), then raised
         summary.update(status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                       reason=f"{type(exc).__name__}: {exc}")
+                       reason=f"{type(exc).__name__}: {exc}", wall_time_s=time.time() - t_start, finished_at=now_iso())
+        write_or_warn(write_summary, run_dir, summary, what=str(run_dir / "summary.json"))
         raise
-    finally:
-        summary.update(wall_time_s=time.time() - t_start, finished_at=now_iso())
-        write_summary(run_dir, summary)
+    summary.update(wall_time_s=time.time() - t_start, finished_at=now_iso())
+    write_summary(run_dir, summary)
     return run_dir / "eval.json"
 
 

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 #   | nometric (exit 0 without best_val_loss) | prune (report validation losses to the study through
 #   harness.sweep.pruning, exit 3 when told to) | termparent (complete, SIGTERM its driver, finish 1 s later
 #   with exit 0, ignoring SIGINT) | termafter (complete and exit 0; a helper SIGTERMs the driver 0.3 s later)
+#   | termparent-int (complete, SIGTERM its driver, then die of the driver's SIGINT: an uncaught KeyboardInterrupt)
+#   | termparent-130 (the same, but the KeyboardInterrupt is turned into exit code 130, as `harness train` does)
 FAKE_TRAIN = textwrap.dedent('''
     import os, signal, subprocess, sys, time
     from harness import atomic
@@ -84,6 +86,14 @@ FAKE_TRAIN = textwrap.dedent('''
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         os.kill(os.getppid(), signal.SIGTERM)
         time.sleep(1.0)
+    if mode.startswith("termparent-"):  # ... and the SIGINT the driver sends its child on stopping ends it
+        os.kill(os.getppid(), signal.SIGTERM)
+        try:
+            time.sleep(30)
+        except KeyboardInterrupt:
+            if mode == "termparent-130":
+                sys.exit(130)
+            raise
     if mode == "termafter":  # ... or just after it exited 0
         code = f"import os, signal, time; time.sleep(0.3); os.kill({os.getppid()}, signal.SIGTERM)"
         subprocess.Popen([sys.executable, "-c", code], start_new_session=True)

@@ -212,6 +212,46 @@ def test_divergence_is_recorded_not_raised(tiny_overrides):
     assert "loss" in s["reason"]
 
 
+def test_collapse_at_a_huge_learning_rate_is_recorded_as_diverged(tiny_overrides):
+    """LoRA at lr=1e9 kills the tiny model without a NaN (gradient norm 0, loss = log(vocab size)): diverged,
+    with what was seen, and training stops there."""
+    ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
+        "method=lora", "train.lr=1e9", "train.max_steps=20", "train.eval_every=0", "run_id=collapse"]
+    status, run_dir = _run(ov)
+    s = read_summary(run_dir)
+    assert status == "diverged" and s["status"] == "diverged", s
+    assert s["reason"].startswith("collapse: grad_norm 0.0 for 3 logged steps from step "), s["reason"]
+    first = int(s["reason"].rsplit(" ", 1)[1])
+    assert s["steps"] == first + 2 < 20  # stopped at the third dead step
+    rows = [r for r in read_metrics(run_dir) if "train_loss" in r]
+    assert [r["grad_norm"] for r in rows[-3:]] == [0.0] * 3
+    assert not (run_dir / "adapter").exists()
+
+
+def test_collapse_watch_rules():
+    from harness.train.callbacks import CollapseWatch
+
+    def feed(watch, logs):
+        return [watch.see(step, loss, grad) for step, (loss, grad) in enumerate(logs, 1)]
+
+    log_v = math.log(384)
+    # a dead gradient: three logged steps in a row, the first logged step not counted
+    assert feed(CollapseWatch(), [(5.9, 0.0), (5.9, 0.0), (5.9, 0.0)]) == ["", "", ""]
+    got = feed(CollapseWatch(), [(5.9, 0.3), (5.9, 0.0), (5.9, 0.0), (5.8, 0.5), (5.9, 0.0), (5.9, float("nan")), (5.9, 0.0)])
+    assert got[:-1] == [""] * 6 and got[-1] == "collapse: grad_norm 0.0 for 3 logged steps from step 5"
+    # fp16: inf / nan norms are the loss scaler's skipped steps, not a collapse; a norm not logged tells nothing
+    assert not any(feed(CollapseWatch(nonfinite_grads=False), [(5.9, 1.0)] + [(5.9, float("inf"))] * 5))
+    assert not any(feed(CollapseWatch(), [(5.9, None)] * 6))
+    # the loss back at log(V) after it had been clearly below, for three logs
+    got = feed(CollapseWatch(vocab_size=384), [(log_v, 1.0), (4.0, 1.0), (2.5, 1.0), (log_v + 0.003, 2.0), (log_v, 2.0),
+                                               (log_v - 0.004, 2.0)])
+    assert got[-1].startswith("collapse: train loss 5.9466 = log(vocab size 384) = 5.9506") and "from step 4" in got[-1]
+    assert "after it had reached 2.5000" in got[-1] and not any(got[:-1])
+    # a model that starts at log(V) (random init) and stays there at a tiny lr has not collapsed: never below it
+    assert not any(feed(CollapseWatch(vocab_size=384), [(log_v + d, 0.2) for d in (0.001, -0.002, 0.0, 0.001, 0.0)]))
+    assert not any(feed(CollapseWatch(vocab_size=None), [(4.0, 1.0)] + [(log_v, 1.0)] * 5))  # DPO / ORPO: no loss rule
+
+
 def test_runtime_failure_is_recorded(tiny_overrides):
     # a LoRA target that exists in no layer of the model: caught after load, recorded as failed
     ov = [o for o in tiny_overrides if not o.startswith("model=")] + ["model=tiny-llama", "model.linear_modules=[]",
@@ -312,7 +352,7 @@ def test_checkpoint_killed_while_saving_is_skipped(tmp_path):
     for step, complete in ((5, True), (10, False)):
         d = tmp_path / "checkpoints" / f"checkpoint-{step}"
         d.mkdir(parents=True)
-        (d / "adapter_model.safetensors").write_bytes(b"")
+        (d / "adapter_model.safetensors").write_bytes(b"\0" * 8)  # empty weights would not count (tests/test_resume.py)
         if complete:
             (d / "trainer_state.json").write_text("{}")
     assert last_checkpoint(tmp_path).name == "checkpoint-5"

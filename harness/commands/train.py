@@ -42,6 +42,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, RunError) as exc:
         print(f"harness train: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the run directory could not be set up (a full disk, a read-only runs root)
+        print(f"harness train: cannot write the run directory: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_CODES["failed"]
     summary = read_summary(run_dir) or {}
     bits = [f"{k}={summary[k]:.4g}" for k in ("best_val_loss", "final_train_loss", "tokens_per_s") if isinstance(summary.get(k), (int, float))]
     reason = f" ({summary.get('reason')})" if summary.get("reason") else ""

@@ -97,3 +97,24 @@ def merge_init_adapter(model, init: InitFrom):
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(init.weights)).merge_and_unload()
+
+
+def load_trained(run_dir: Path, cfg: RunConfig, device: str):
+    """(model, tokenizer) of run_dir's saved final weights for evaluation, as `harness eval RUN_DIR` loads them
+    (load_run_model), except that an adapter trained on another run's full weights (train.init_from of a
+    full-weights run) is put on those weights, not on the base model."""
+    import torch
+
+    from harness.model.load import load_run_model
+    from harness.model.methods import build_quant_config
+
+    adapter = run_dir / "adapter"
+    if cfg.train.init_from and (adapter / "adapter_config.json").is_file():
+        init = resolve_init_from(cfg)
+        if init.kind == "full":
+            from peft import PeftModel
+
+            base, tokenizer = load_init_weights(init, cfg.model, build_quant_config(cfg.method, torch.float32), device)
+            return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
+    model, tokenizer, _ = load_run_model(run_dir, cfg, device)
+    return model, tokenizer

@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import secrets
+import sys
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypedDict
+from typing import Any, Callable, Mapping, TypedDict
 
 from harness import atomic, paths
 
@@ -98,6 +99,7 @@ class Summary(TypedDict, total=False):
     pruned_at_step: int
     started_at: str
     finished_at: str
+    trained_at: str  # the final weights are saved: a rerun of this run_id evaluates them instead of training again
 
 
 class Manifest(TypedDict, total=False):
@@ -169,6 +171,17 @@ def write_summary(run_dir: str | Path, summary: Mapping) -> Path:
 def write_manifest(run_dir: str | Path, manifest: Mapping) -> Path:
     """The one writer of manifest.json: checked against Manifest, written atomically."""
     return _write_checked(run_dir, "manifest.json", manifest, Manifest)
+
+
+def write_or_warn(write: Callable[..., Any], *args: Any, what: str) -> bool:
+    """For failure handlers, which must never raise: write(*args); if that fails (a full disk, a read-only
+    runs root), say so on stderr and return False, so the handler goes on to the failure's exit code."""
+    try:
+        write(*args)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure to write is reported, never raised from a handler
+        print(f"[harness] could not write {what}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
 
 
 def now_iso() -> str:

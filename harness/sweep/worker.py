@@ -194,9 +194,10 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
         else:
             rc, stopped = _run_child(cmd, trial, spec, opts, storage, stop, held, log, tail)
     wall = time.time() - t0
-    summary = read_summary(run_dir) or {}
     out = {"event": "finish", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir),
            "wall_time_s": round(wall, 3), "returncode": rc}
+    rc = recorded_exit(rc, run_dir, spec, since=t0)  # a result the child recorded stands, whatever ended it afterwards
+    summary = read_summary(run_dir) or {}
     if isinstance(summary.get("train_time_s"), (int, float)) and not recovered:
         out["overhead_s"] = round(wall - summary["train_time_s"] - (summary.get("eval_time_s") or 0.0), 3)
     for k in ("wall_time_s", "returncode", "overhead_s"):
@@ -204,7 +205,7 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
             trial.set_user_attr(k, out[k])
 
     # Stopped while the child ran: interrupted, unless the child had finished with a result of its own
-    # (exit 0 with a completed record, pruned, diverged): that result stands.
+    # (a completed record, pruned, diverged: recorded_exit): that result stands.
     interrupted = rc == EXIT_CODES["interrupted"] or ((stopped or stop.signum is not None) and rc not in (0, 3, 4))
     values = None
     if interrupted:
@@ -225,11 +226,31 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
     atomic.write_json(run_dir / "trial.json", {
         "study": spec.study, "trial": trial.number, "state": shown, "reason": reason, "ended": ended,
         "values": dict(zip([o.metric for o in spec.objectives], values or [])), "params": params, "seed": seed,
-        "storage": opts.storage_url, "host": socket.gethostname(), "command": cmd, "returncode": rc,
+        "storage": opts.storage_url, "host": socket.gethostname(), "command": cmd, "returncode": out["returncode"],
         "wall_time_s": out["wall_time_s"], "overhead_s": out.get("overhead_s"), "started_at": started_at, "finished_at": now_iso(),
     })
     out.update(state=shown, reason=reason, values=dict(zip([o.metric for o in spec.objectives], values or [])))
     return out
+
+
+def recorded_exit(rc: int, run_dir: Path, spec: SweepSpec, since: float) -> int:
+    """The exit code of the result a child recorded before its own exit code was lost: a summary.json written
+    by this attempt (at or after `since`, when the child started) that says completed (with every objective in
+    the record), pruned or diverged is a finished result, whatever ended the process afterwards (the SIGINT of
+    a worker told to stop while the child was finishing: exit 130, a KeyboardInterrupt traceback, death by the
+    signal; a crash on the way out). Otherwise rc itself; a record left by an earlier attempt never counts."""
+    if rc in (EXIT_CODES["completed"], EXIT_CODES["pruned"], EXIT_CODES["diverged"]):
+        return rc
+    try:
+        if (run_dir / "summary.json").stat().st_mtime < since - 0.05:  # file times tick coarser than time.time()
+            return rc
+    except FileNotFoundError:
+        return rc
+    status = (read_summary(run_dir) or {}).get("status")
+    if status == "completed":
+        flat = flat_metrics(run_dir)
+        return EXIT_CODES["completed"] if all(o.metric in flat for o in spec.objectives) else rc
+    return EXIT_CODES[status] if status in ("pruned", "diverged") else rc
 
 
 def _completed_before(storage, trial, run_dir: Path, spec: SweepSpec) -> bool:

@@ -1,4 +1,5 @@
-"""What the trainer records while it trains: metrics.jsonl rows, divergence, early stopping, pruning.
+"""What the trainer records while it trains: metrics.jsonl rows, divergence (a non-finite loss, or a collapse:
+CollapseWatch), early stopping, pruning.
 """
 
 from __future__ import annotations
@@ -35,13 +36,62 @@ class Outcome:
     tokenizer: object = None
 
 
+# ------------------------------------------------------------------------------- collapse
+COLLAPSE_LOGS = 3  # consecutive logged steps that make a collapse
+
+
+@dataclass
+class CollapseWatch:
+    """A run that died without a NaN (LoRA at lr=1e9: gradient norm 0, every prediction uniform). Fed each
+    logged step; `see` returns the reason once the run has shown, for COLLAPSE_LOGS logged steps in a row
+    (the run's first logged step left out):
+      - a gradient norm of exactly 0, or a non-finite one (not under fp16: its loss scaler skips steps with
+        inf gradients by design, nonfinite_grads=False); a norm not logged (max_grad_norm=0) tells nothing;
+      - a training loss within `tol` nats of log(vocab_size), the loss of a uniform prediction, after it had
+        been clearly below it (under 90% of it). A per-token cross-entropy only: vocab_size None turns it off
+        (DPO / ORPO)."""
+
+    vocab_size: int | None = None
+    nonfinite_grads: bool = True
+    logs: int = COLLAPSE_LOGS
+    tol: float = 0.01
+    seen: int = 0
+    best_loss: float = math.inf
+    dead: tuple[int, int] = (0, 0)  # (first step, logged steps in a row) of a dead gradient
+    flat: tuple[int, int] = (0, 0)  # ... of a loss at log(vocab_size)
+
+    @staticmethod
+    def _run(streak: tuple[int, int], hit: bool, step: int) -> tuple[int, int]:
+        return (streak[0] if streak[1] else step, streak[1] + 1) if hit else (0, 0)
+
+    def see(self, step: int, loss: float, grad_norm: float | None) -> str:
+        self.seen += 1
+        first, loss = self.seen == 1, float(loss)
+        grad = None if grad_norm is None else float(grad_norm)
+        dead = grad is not None and (grad == 0.0 or (self.nonfinite_grads and not math.isfinite(grad)))
+        self.dead = self._run(self.dead, dead and not first, step)
+        uniform = math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
+        flat = (uniform is not None and self.best_loss < 0.9 * uniform and abs(loss - uniform) <= self.tol)
+        self.flat = self._run(self.flat, flat and not first, step)
+        if math.isfinite(loss):
+            self.best_loss = min(self.best_loss, loss)
+        if self.dead[1] >= self.logs:
+            return f"collapse: grad_norm {grad} for {self.dead[1]} logged steps from step {self.dead[0]}"
+        if self.flat[1] >= self.logs:
+            return (f"collapse: train loss {loss:.4f} = log(vocab size {self.vocab_size}) = {uniform:.4f} (a uniform "
+                    f"prediction) for {self.flat[1]} logged steps from step {self.flat[0]}, after it had reached "
+                    f"{self.best_loss:.4f}")
+        return ""
+
+
 # ------------------------------------------------------------------------ trainer callbacks
-def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, reporter):
-    """A transformers TrainerCallback that records metrics.jsonl, stops on NaN/inf loss (diverged),
-    reports validation loss to the pruner, and applies early stopping."""
+def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, reporter, watch: CollapseWatch | None = None):
+    """A transformers TrainerCallback that records metrics.jsonl, stops on NaN/inf loss or a collapse (`watch`;
+    diverged), reports validation loss to the pruner, and applies early stopping."""
     from transformers import TrainerCallback
 
     metrics_path = run_dir / "metrics.jsonl"
+    watch = watch if watch is not None else CollapseWatch()
 
     class RecordCallback(TrainerCallback):
         def __init__(self):
@@ -64,9 +114,13 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
             atomic.append_jsonl(metrics_path, row)
             tracker.log({k: v for k, v in row.items() if v is not None}, step=state.global_step)
             outcome.final_train_loss = logs["loss"]
+            collapse = watch.see(state.global_step, logs["loss"], logs.get("grad_norm"))
             if not math.isfinite(float(logs["loss"])):
                 outcome.status = "diverged"
                 outcome.reason = f"train loss {logs['loss']} at step {state.global_step}"
+                control.should_training_stop = True
+            elif collapse:
+                outcome.status, outcome.reason = "diverged", collapse
                 control.should_training_stop = True
 
         def on_evaluate(self, args, state, control, metrics=None, **kw):

@@ -19,20 +19,103 @@ from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
-from harness.run.record import SCHEMA, read_metrics, write_manifest
-from harness.train.callbacks import Outcome, make_callback
+from harness.run.record import SCHEMA, now_iso, read_metrics, write_manifest, write_summary
+from harness.train.callbacks import CollapseWatch, Outcome, make_callback
 from harness.train.objectives import OBJECTIVES
 
 
-def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint. A process killed while saving leaves a checkpoint folder without
-    trainer_state.json (the Trainer writes it last): that one is skipped, the previous one is used."""
-    ckpts = sorted(
-        (p for p in (run_dir / "checkpoints").glob("checkpoint-*")
-         if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").exists()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    return ckpts[-1] if ckpts else None
+WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
+
+# the summary fields a finished training fills (fit below); a rerun that goes straight to evaluation keeps them
+TRAINING_FIELDS = ("trainable_params", "total_params", "trainable_share", "precision", "device", "steps", "epochs_done",
+                   "train_time_s", "train_tokens", "tokens_per_s", "train_loss_mean", "final_train_loss",
+                   "final_val_loss", "best_val_loss", "peak_memory_mb", "peak_memory_kind", "adapter_bytes", "trained_at")
+
+
+def _step(ckpt: Path) -> int:
+    return int(ckpt.name.split("-")[-1])
+
+
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
+def checkpoint_problem(ckpt: Path) -> str:
+    """Why a checkpoint folder cannot be resumed from ("" if it can). The Trainer writes trainer_state.json
+    last, so a process killed while saving leaves none, and a full disk leaves it empty or cut short; the
+    weights (full, sharded or an adapter) must be there and non-empty too."""
+    try:
+        state = atomic.read_json(ckpt / "trainer_state.json")
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as exc:  # ValueError: empty or truncated JSON
+        return f"trainer_state.json unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(state, dict):
+        return "trainer_state.json holds no trainer state"
+    weights = [ckpt / n for n in WEIGHT_FILES if (ckpt / n).exists()]
+    if not weights:
+        return f"no weights ({' / '.join(WEIGHT_FILES)})"
+    empty = [w.name for w in weights if not _nonempty(w)]
+    if empty:
+        return f"empty {', '.join(empty)}"
+    index = ckpt / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            shards = set(atomic.read_json(index)["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            return f"model.safetensors.index.json unreadable ({type(exc).__name__})"
+        missing = sorted(n for n in shards if not _nonempty(ckpt / n))
+        if missing:
+            return f"missing or empty weight shards {', '.join(missing)}"
+    return ""
+
+
+def last_checkpoint(run_dir: Path, problems: dict[str, str] | None = None) -> Path | None:
+    """The newest complete checkpoint (checkpoint_problem), or None. Incomplete ones newer than it are skipped,
+    each with its problem put into `problems` (folder name -> why) when given."""
+    ckpts = sorted((p for p in (run_dir / "checkpoints").glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=_step, reverse=True)
+    for ckpt in ckpts:
+        why = checkpoint_problem(ckpt)
+        if not why:
+            return ckpt
+        if problems is not None:
+            problems[ckpt.name] = why
+    return None
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The checkpoint to resume from; incomplete newer ones are deleted (each named in a warning), and
+    metrics.jsonl keeps only the rows up to its step (up to step 0 without one), rewritten atomically, so
+    the steps trained again are never recorded twice."""
+    problems: dict[str, str] = {}
+    ckpt = last_checkpoint(run_dir, problems)
+    for name, why in problems.items():
+        print(f"[harness] warning: skipping {name} of {run_dir.name}: {why}; deleting it", file=sys.stderr)
+        shutil.rmtree(run_dir / "checkpoints" / name, ignore_errors=True)
+    if problems and ckpt is None:
+        print(f"[harness] warning: no complete checkpoint left in {run_dir / 'checkpoints'}; training again from step 0",
+              file=sys.stderr)
+    step = _step(ckpt) if ckpt is not None else 0
+    if (run_dir / "metrics.jsonl").exists():
+        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
+        atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
+    return ckpt
+
+
+def saved_weights(run_dir: Path) -> Path | None:
+    """The final weights a finished training left (adapter/ or model/), or None."""
+    for d, marker in (("adapter", "adapter_config.json"), ("model", "config.json")):
+        if (run_dir / d / marker).is_file():
+            return run_dir / d
+    return None
+
+
+def drop_weights(run_dir: Path) -> None:
+    """train.save_model=false: the final weights were kept only so that a rerun could evaluate them without
+    training again; the run is complete, so they go."""
+    for d in ("adapter", "model"):
+        shutil.rmtree(run_dir / d, ignore_errors=True)
 
 
 def dir_bytes(path: Path) -> int:
@@ -133,8 +216,11 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         disable_tqdm=not sys.stderr.isatty() and os.environ.get("HARNESS_PROGRESS") != "1",
     )
     outcome.model, outcome.tokenizer = model, tokenizer
+    watch = CollapseWatch(vocab_size=getattr(model.config, "vocab_size", None) if t.objective == "sft" else None,
+                          nonfinite_grads=precision != "fp16")
+    callback = make_callback(cfg, run_dir, outcome, tracker, reporter, watch=watch)
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
-                                      val_rows=val_rows, callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
+                                      val_rows=val_rows, callbacks=[callback])
     if getattr(trainer, "reference_model_kind", None):  # preference objectives: how the reference policy is held
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
@@ -146,12 +232,11 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         manifest["bf16_fast_backward_layers"] = patch_linear_layers(model)
         write_manifest(run_dir, manifest)
 
-    # 6. train (resume from the last checkpoint of this run_id if there is one)
-    ckpt = last_checkpoint(run_dir) if cfg.resume else None
+    # 6. train (resume from the last complete checkpoint of this run_id if there is one)
+    ckpt = resume_point(run_dir) if cfg.resume else None
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+        atomic.write_jsonl(run_dir / "metrics.jsonl", [])  # resume=false: trained again from step 0
     if ckpt is not None:
-        step = int(ckpt.name.split("-")[-1])
-        kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-        atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
         print(f"[harness] resuming {run_dir.name} from {ckpt.name}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -177,19 +262,23 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     summary["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else peak_rss_mb()
     summary["peak_memory_kind"] = "cuda_max_allocated" if device == "cuda" else "rss"
 
-    # 7. save: adapter or full weights, as safetensors
+    # 7. save: adapter or full weights, as safetensors. Always: until the run is complete they are what a rerun
+    # evaluates instead of training again (trained_at in summary.json); train.save_model=false drops them then.
+    out = run_dir / ("adapter" if lora is not None else "model")
+    tmp = run_dir / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    # the trained adapter only (a DPO run from an adapter also holds its frozen reference copy, "ref")
+    model.save_pretrained(str(tmp), safe_serialization=True,
+                          **({"selected_adapters": ["default"]} if lora is not None else {}))
+    if lora is None:
+        tokenizer.save_pretrained(str(tmp))
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
     if t.save_model:
-        out = run_dir / ("adapter" if lora is not None else "model")
-        tmp = run_dir / f".{out.name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        # the trained adapter only (a DPO run from an adapter also holds its frozen reference copy, "ref")
-        model.save_pretrained(str(tmp), safe_serialization=True,
-                              **({"selected_adapters": ["default"]} if lora is not None else {}))
-        if lora is None:
-            tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(out, ignore_errors=True)
-        os.replace(tmp, out)
         summary["adapter_bytes"] = dir_bytes(out)
-    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # finished: the saved weights are the result
+    summary.update(final_train_loss=outcome.final_train_loss if outcome.final_train_loss is not None else result.training_loss,
+                   final_val_loss=outcome.final_val_loss, best_val_loss=outcome.best_val_loss, trained_at=now_iso())
+    write_summary(run_dir, summary)  # the marker a rerun reads: trained, weights in `out`
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # trained: the saved weights are what a rerun uses
 
     return "completed"

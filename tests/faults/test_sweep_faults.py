@@ -272,8 +272,10 @@ def test_workers_and_their_children_die_with_a_killed_driver(tmp_path, fake_env)
 
 
 # ------------------------------------------------------------------ 5. a signal while a child finishes
-@pytest.mark.parametrize("mode", ["termparent", "termafter"])
+@pytest.mark.parametrize("mode", ["termparent", "termafter", "termparent-int", "termparent-130"])
 def test_sigterm_while_a_child_finishes_keeps_its_completed_trial(tmp_path, fake_env, mode):
+    """termparent-int / -130: the child had recorded its completed result when the driver's SIGINT ended it
+    (a KeyboardInterrupt, or exit code 130): the trial is COMPLETE all the same, not interrupted."""
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": [mode, "ok"]})
     r = harness(["sweep", str(spec)], fake_env, tmp_path)
     assert r.returncode == 130, r.stdout + r.stderr  # the driver was told to stop
