@@ -45,6 +45,30 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
     return path
 
 
+DISK_ERRNOS = {28: "no space left", 30: "read-only file system", 122: "disk quota exceeded"}  # ENOSPC EROFS EDQUOT
+
+
+def disk_problem(folder: str | Path, probe_bytes: int = 65536) -> str:
+    """Why `folder` cannot take a small write ("" when it can): a full, read-only or over-quota file system. Tells a
+    trial that failed because of the machine (nothing its config can fix) from one that failed on its own."""
+    probe = Path(folder) / f".harness-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * probe_bytes)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return f"{folder}: {exc.strerror or DISK_ERRNOS.get(exc.errno, exc)}" if exc.errno in DISK_ERRNOS else ""
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return ""
+
+
 def write_text(path: str | Path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 

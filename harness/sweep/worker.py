@@ -194,6 +194,10 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
         else:
             rc, stopped = _run_child(cmd, trial, spec, opts, storage, stop, held, log, tail)
     wall = time.time() - t0
+    if rc not in (EXIT_CODES["completed"], EXIT_CODES["pruned"], EXIT_CODES["diverged"]):
+        problem = atomic.disk_problem(run_dir)
+        if problem:  # the machine, not the trial: a driver error (re-queued, the sweep stops until it is fixed)
+            raise OSError(f"{problem}; the trial's child exited {rc}")
     out = {"event": "finish", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir),
            "wall_time_s": round(wall, 3), "returncode": rc}
     rc = recorded_exit(rc, run_dir, spec, since=t0)  # a result the child recorded stands, whatever ended it afterwards
@@ -272,9 +276,15 @@ def _run_child(cmd: list[str], trial, spec: SweepSpec, opts: WorkerOptions, stor
     held["proc"] = proc
 
     def pump() -> None:
-        for line in iter(proc.stdout.readline, b""):
-            log.write(line)
-            log.flush()
+        logging = True
+        for line in iter(proc.stdout.readline, b""):  # keep draining the pipe whatever happens to the log
+            if logging:
+                try:
+                    log.write(line)
+                    log.flush()
+                except OSError as exc:  # a full or read-only disk: the output still reaches the tail and the stream
+                    logging = False
+                    tail.append(f"[harness] train.log: {exc.strerror or exc}; its output is no longer logged")
             text = line.decode("utf-8", "replace").rstrip()
             tail.append(text)
             del tail[:-20]

@@ -161,36 +161,67 @@ def test_trial_failures_count_against_max_retries_and_retry_failed_brings_them_b
 
 
 # ------------------------------------------------------------------------- 2. errors in the driver
-@pytest.mark.parametrize("how", ["under-a-file", "read-only"])
-def test_unwritable_runs_root_stops_the_driver_cleanly_and_a_rerun_recovers(tmp_path, fake_env, how):
+def mount_tmpfs(where: Path, options: str) -> None:
+    """A tmpfs at `where` (read-only or tiny: what chmod cannot do to root); skips where mounting is not possible."""
+    where.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (the under-a-file case runs everywhere)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip() or r.returncode}")
+
+
+@pytest.fixture()
+def mounts():
+    made: list[Path] = []
+    yield made
+    for m in made:
+        subprocess.run(["umount", "-l", str(m)], capture_output=True)
+
+
+@pytest.mark.parametrize("how", ["under-a-file", "read-only", "full"])
+def test_unwritable_runs_root_stops_the_driver_cleanly_and_a_rerun_recovers(tmp_path, fake_env, how, mounts):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"], "method.r": [4, 8]})
-    if how == "read-only":
-        root = tmp_path / "ro-runs"
-        root.mkdir()
-        root.chmod(0o555)
-        if os.access(root, os.W_OK):
-            root.chmod(0o755)
-            pytest.skip("running as root: chmod does not stop root from writing (the under-a-file case covers root)")
-    else:  # works as root too: nothing can create a directory below a regular file
+    root = tmp_path / "runs"
+    if how == "under-a-file":  # works as root too: nothing can create a directory below a regular file
         (tmp_path / "blocker").write_text("a regular file\n")
         root = tmp_path / "blocker" / "runs"
+    elif how == "read-only":  # a read-only mount stops root as well (chmod 555 does not)
+        mount_tmpfs(root, "ro,size=1m")
+        mounts.append(root)
+    else:  # a full file system: a 16 KiB tmpfs, filled up
+        mount_tmpfs(root, "size=16k")
+        mounts.append(root)
+        fd = os.open(root / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+        finally:
+            os.close(fd)
     r = harness(["sweep", str(spec), "--runs-root", str(root)], fake_env, tmp_path)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "sweep stopped: trial 0 (notes=ok method.r=4 seed 0)" in r.stderr
-    assert ("NotADirectoryError" if how == "under-a-file" else "PermissionError") in r.stderr and "re-queued" in r.stderr
+    why = {"under-a-file": "NotADirectoryError", "read-only": "Read-only file system", "full": "No space left on device"}
+    assert why[how] in r.stderr and "re-queued" in r.stderr, r.stderr
     first = trials_of(tmp_path)
     assert [t.state.name for t in first] == ["FAIL", "WAITING", "WAITING"]  # cell 0 failed and re-queued; cell 1 untouched
     assert first[0].user_attrs["ended"] == DRIVER_ERROR and first[0].user_attrs["reason"].startswith("driver error: ")
-    if how == "read-only":
-        root.chmod(0o755)
-    else:
+    if how == "under-a-file":
         (tmp_path / "blocker").unlink()
+    elif how == "read-only":
+        subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
+    else:
+        (root / "filler").unlink()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(root)], check=True)
     r = harness(["sweep", str(spec), "--runs-root", str(root)], fake_env, tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert complete_cells(trials_of(tmp_path)) == sorted(t.cell for t in plan_grid(load_spec(spec)))
 
 
-def test_full_runs_root_stops_the_driver_cleanly(tmp_path, fake_env, monkeypatch, capsys):
+def test_full_disk_while_opening_a_trial_log_stops_the_driver_cleanly(tmp_path, fake_env, monkeypatch, capsys):
+    """Where no tmpfs can be mounted: the first write of a trial (its train.log) fails with ENOSPC."""
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"], "method.r": [4, 8]})
     monkeypatch.setenv(TRAIN_CMD_ENV, fake_env[TRAIN_CMD_ENV])
 
