@@ -7,7 +7,7 @@ import csv
 import io
 
 from harness.report.build import COST
-from harness.report.fmt import cell_text, csv_safe, fmt, md_escape
+from harness.report.fmt import cell_text, csv_safe, fmt, fmt_metric, md_escape
 
 
 def to_csv(header: list[str], rows: list[dict]) -> str:
@@ -38,7 +38,7 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
             n = len(c.runs)
             cells = []
             for key, _ in cols:
-                t = md_escape(cell_text(c.cells.get(key), n))
+                t = md_escape(cell_text(c.cells.get(key), n, m["scales"].get(key)))
                 if key in m["best_marks"] and c.cells.get(key, {}).get("mean") == m["best_marks"][key] and not c.baseline:
                     t = f"**{t}** ★"
                 cells.append(t)
@@ -63,8 +63,12 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
     if m["references"]:
         L += ["## Published results", "", "| metric | configuration | measured | published | tolerance | status | source | note |",
               "|---|---|---:|---:|---:|---|---|---|"]
-        L += [f"| {md_escape(r['metric'])} | {md_escape(r['config'])} | {fmt(r['measured'])} | {fmt(r['published'])} | "
-              f"{fmt(r['tolerance'])} | {r['status']} | {md_escape(r['source'])} | {md_escape(r['note'])} |" for r in m["references"]] + [""]
+        for r in m["references"]:
+            scale = m["scales"].get(r["metric"])
+            L += [f"| {md_escape(r['metric'])} | {md_escape(r['config'])} | {fmt_metric(r['measured'], scale)} | "
+                  f"{fmt_metric(r['published'], scale)} | {fmt_metric(r['tolerance'], scale)} | {r['status']} | "
+                  f"{md_escape(r['source'])} | {md_escape(r['note'])} |"]
+        L += [""]
     if m["contamination"]:
         L += ["## Contamination", "", "Share of each eval set's items that share a long word sequence with the configuration's "
               "training data (eval.json `contamination`; mean over the configuration's runs).", "",
