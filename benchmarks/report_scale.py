@@ -1,11 +1,18 @@
-"""Scale: `harness report` and `harness status` on a study of 1,000 synthetic runs.
+"""Scale: `harness report` and `harness status` on a study of 1,000 synthetic runs, and the report page itself:
+report.html's size and its load time in headless Chromium, for that study and a quickstart-sized one.
 
     python -m benchmarks.run --only report [--report-runs 1000]
 
 The study is written by tests/fixtures_runs.py (the report engineer's synthetic run records:
 summary, config, manifest, metrics, eval.json, per-item samples, an Optuna SQLite study mirroring
 them), then each command runs --reps times in a fresh process with its default options, timed
-from the outside; peak memory is that process's peak RSS (kernel rusage).
+from the outside; peak memory is that process's peak RSS (kernel rusage). The page is then opened
+--reps + 1 times in one Chromium (tests/chromium.py; the first load warms the browser and is not
+counted): load_ms is the page's own navigation timing (navigation start to the end of the load
+event), ready_ms its "report-ready" mark (the page's script has made the leaderboard sortable and
+foldable and built the per-example view), plots_ms the time to draw every plot at once (the page draws
+each when it comes near the window; here they are all forced, as before printing, with the layout
+that follows). Without chromium the page rows say "not measured".
 """
 
 from __future__ import annotations
@@ -21,14 +28,58 @@ STUDY = "benchscale"
 GOAL_S = 10.0
 
 
-def _fixtures():
-    path = common.REPO / "tests" / "fixtures_runs.py"
+def _load(name: str):
+    path = common.REPO / "tests" / f"{name}.py"
     if not path.exists():
-        raise FileNotFoundError(f"{path} missing (the synthetic run generator)")
-    spec = importlib.util.spec_from_file_location("harness_bench_fixtures_runs", path)
+        raise FileNotFoundError(f"{path} missing")
+    spec = importlib.util.spec_from_file_location(f"harness_bench_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def _fixtures():
+    return _load("fixtures_runs")  # the synthetic run generator
+
+
+def page_row(label: str, html: Path, runs: int, reps: int, workdir: Path) -> dict:
+    """report.html's size and load time in headless Chromium (median of `reps` loads after one warm-up)."""
+    row = {"command": label, "runs": runs, "html_kb": html.stat().st_size / 1024 if html.exists() else None}
+    try:
+        chromium = _load("chromium")
+    except FileNotFoundError as exc:
+        return {**row, "error": f"not measured: {exc}"}
+    if chromium.CHROMIUM is None:
+        return {**row, "error": "load time not measured: chromium not installed (scripts/system-deps.sh)"}
+    loads = []
+    try:
+        with chromium.Browser(workdir) as b:
+            for i in range(reps + 1):
+                t = b.load(html.resolve().as_uri())
+                t["plots_ms"] = b.eval("(() => { const t0 = performance.now(); window.dispatchEvent(new Event('beforeprint'));"
+                                       " document.body.getBoundingClientRect(); return performance.now() - t0; })()")
+                if b.exceptions():
+                    return {**row, "error": f"page script error: {b.exceptions()[0]}"}
+                if i:
+                    loads.append(t)
+    except chromium.BrowserError as exc:
+        return {**row, "error": f"load time not measured: {exc}"}
+    ready = [t["ready_ms"] for t in loads if t.get("ready_ms") is not None]
+    return {**row, "reps": len(loads), "load_ms": common.median([t["load_ms"] for t in loads]),
+            "ready_ms": common.median(ready) if ready else None, "plots_ms": common.median([t["plots_ms"] for t in loads]),
+            "load_1m": common.load_now()}
+
+
+def child_small_report(root: str) -> dict:
+    """Child: a quickstart-sized study (3 configurations x 1 seed, 20 items, the extra failed/diverged/pruned/
+    interrupted runs and a baseline) and its report; returns the report.html path and the run count."""
+    fx = _fixtures()
+    from harness import cli
+
+    dirs = fx.make_study(Path(root) / "runs", study="quickstart", n_configs=3, seeds=1, items=20)
+    rc = cli.main(["report", "quickstart", "--runs-root", str(Path(root) / "runs"), "--out", str(Path(root) / "reports"),
+                   "--studies-dir", str(Path(root) / "none")])
+    return {"runs": len(dirs), "html": str(Path(root) / "reports" / "quickstart" / "report.html"), "rc": rc}
 
 
 def child_make_study(root: str, runs: int, seeds: int = 5, items: int = 100) -> dict:
@@ -74,6 +125,16 @@ def run(opts: common.Options) -> dict:
             row["error"] = err
             notes.append(f"{name}: {err}")
         rows.append(row)
+    page = work / "reports" / STUDY / "report.html"
+    if page.exists():
+        rows.append(page_row(f"report.html ({made['runs']:,} runs)", page, made["runs"], opts.reps, work))
+    try:
+        small = common.run_child("report_scale", "child_small_report", {"root": str(work / "small")}, work, "small-report",
+                                 opts.timeout())
+        rows.append(page_row(f"report.html (quickstart-sized, {small['runs']} runs)", Path(small["html"]), small["runs"],
+                             opts.reps, work))
+    except common.ChildError as exc:
+        notes.append(f"quickstart-sized report not measured: {exc}")
     rep = next((r for r in rows if r["command"] == "harness report"), {})
     v = rep.get("wall_s")
     goals.append(common.goal(f"harness report of {made['runs']:,} runs", v, f"< {GOAL_S:.0f} s",
@@ -83,5 +144,6 @@ def run(opts: common.Options) -> dict:
     notes.append(f"synthetic study written in {made['write_s']:.1f} s (fixtures_runs.make_study + make_optuna_storage); "
                  "wall time includes interpreter start and imports, as a user sees it.")
     return common.section("report", f"Scale: report and status on {made['runs']:,} synthetic runs", rows,
-                          columns=["command", "runs", "reps", "wall_s", "wall_min_s", "wall_max_s", "peak_rss_mb", "load_1m"],
+                          columns=["command", "runs", "reps", "wall_s", "wall_min_s", "wall_max_s", "peak_rss_mb", "html_kb",
+                                   "load_ms", "ready_ms", "plots_ms", "load_1m"],
                           goals=goals, notes=notes, params={"runs": made["runs"], "reps": opts.reps})

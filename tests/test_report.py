@@ -26,6 +26,16 @@ IMG = '"><img src=x onerror=alert(1)>'
 STAMP = re.compile(r"Generated: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 
 
+def page_parts(html: str) -> tuple[str, str, str]:
+    """(the page without its two script blocks, the JSON data block's text, the script's text). The data
+    block holds no `<` (tojson escapes it), so its first `</script>` is its end; the page has no other script."""
+    head, rest = html.split('<script type="application/json" id="report-data">', 1)
+    data, rest = rest.split("</script>", 1)
+    between, rest = rest.split("<script>", 1)
+    js, tail = rest.split("</script>", 1)
+    return head + between + tail, data, js
+
+
 def build(tmp: Path, *extra: str, runs: Path | None = None, study: str = "demo") -> Path:
     out = tmp / "reports"
     rc = cli.main(["report", study, "--runs-root", str(runs or tmp / "runs"), "--out", str(out), *extra])
@@ -97,11 +107,15 @@ def test_verdicts_and_tests(built):
 def test_model_outputs_and_user_strings_are_escaped(built):
     _, _, out = built
     html = (out / "report.html").read_text()
-    assert "window.__pwned" in html  # the planted output is shown ...
-    assert "<script" not in html.lower()  # ... but only as text
-    assert "&lt;script&gt;window.__pwned=1" in html
+    page, data, js = page_parts(html)
+    assert "window.__pwned" in page  # the planted output is shown ...
+    assert "<script" not in page.lower()  # ... but only as text
+    assert "&lt;script&gt;window.__pwned=1" in page
+    assert "<" not in data and "\\u003cscript\\u003ewindow.__pwned=1" in data  # in the page's data: JSON, < escaped
     assert "<i>(fixture)</i>" not in html and "&lt;i&gt;(fixture)&lt;/i&gt;" in html  # reference source
-    assert "Content-Security-Policy" in html and "http://" not in html.replace("http://evil.example", "")
+    assert "Content-Security-Policy" in html and "http://" not in (page + data).replace("http://evil.example", "")
+    assert "http" not in js.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace is a name, not a fetch
+    assert "innerHTML" not in js and "eval(" not in js and "insertAdjacentHTML" not in js
     md = (out / "report.md").read_text()
     assert "<script" not in md.lower() and "&lt;script&gt;window.\\_\\_pwned" in md
 
@@ -142,9 +156,12 @@ def test_planted_markup_in_records_configs_and_outputs_is_escaped(tmp_path):
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20)
     _plant(tmp_path / "runs")
     html = (build(tmp_path, "--no-svg", "--studies-dir", str(tmp_path / "none")) / "report.html").read_text()
+    page, data, _ = page_parts(html)
     for planted in (SCRIPT, IMG, "<img src=x", "<script"):
-        assert planted not in html
-    assert "<script" not in html.lower()
+        assert planted not in page and planted not in data  # (the third part is the page's own script)
+    assert "<script" not in page.lower()
+    assert "<" not in data and ">" not in data and "'" not in data  # nothing in the data can end its block
+    assert json.loads(data)["examples"]["suites"]  # ... and it is still JSON with the per-example items
 
     def section(sid: str) -> str:
         return html.split(f'<section id="{sid}"', 1)[1].split("</section>", 1)[0]
@@ -167,7 +184,8 @@ def test_planted_markup_in_records_configs_and_outputs_is_escaped(tmp_path):
 
     p = Tags()
     p.feed(html)
-    assert not [t for t, _ in p.tags if t in ("script", "iframe", "object", "embed", "link", "base", "form")]
+    assert [a for t, a in p.tags if t == "script"] == [{"type": "application/json", "id": "report-data"}, {}]
+    assert not [t for t, _ in p.tags if t in ("iframe", "object", "embed", "link", "base", "form")]
     assert not [(t, a) for t, a in p.tags if any(k.startswith("on") for k in a)]  # no event handler attribute
     imgs = [a for t, a in p.tags if t == "img"]
     assert len(imgs) >= 4 and all(set(a) == {"alt", "src"} and a["src"].startswith("data:image/png;base64,") for a in imgs)
@@ -217,7 +235,7 @@ def test_failed_runs_are_listed_with_reasons(built):
 def test_references_and_provenance(built):
     _, _, out = built
     md = (out / "report.md").read_text()
-    assert re.search(r"\| e2e\.bleu \| [^|]+ \| [\d.]+ \| 45 \| 10 \| (within|outside) tolerance \|", md)
+    assert re.search(r"\| e2e\.bleu \| [^|]+ \| [\d.]+ \| 45\.00 \| 10\.00 \| (within|outside) tolerance \|", md)
     assert "| hellaswag.acc |" in md and "reference only" in md
     assert "0123456789abcdef0123456789abcdef01234567" in md and "sha256:bcc37c64db1a739a" in md
 
@@ -315,7 +333,7 @@ def test_clear_errors(tmp_path, capsys):
 
 
 def test_format():
-    assert fmt(1_000_000.0) == "1,000,000" and fmt(0.41234) == "0.4123" and fmt(None) == "—"
+    assert fmt(999_999.0) == "999,999" and fmt(0.41234) == "0.4123" and fmt(None) == "—"
     assert math.isnan(_num("nan")) and _num(3) == 3.0 and math.isnan(_num("x"))
 
 

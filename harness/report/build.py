@@ -14,7 +14,7 @@ from harness import atomic
 from harness.report.aggregate import Config, aggregate, best_marks, choose_primary, rank, study_objectives
 from harness.report.checks import comparability, contamination, identity_notes, provenance
 from harness.report.compare import SampleCache, compare
-from harness.report.fmt import _num, fmt
+from harness.report.fmt import _num, fmt, fmt_metric, half_width
 from harness.report.meta import directions, metric_metas
 from harness.report.runs import Run, find_human, find_inputs, load_optuna, varying_axes
 from harness.report.stats import pareto_front
@@ -75,7 +75,8 @@ def reference_rows(refs: list[dict], configs: list[Config], best: Config | None)
 
 # ------------------------------------------------------------------------------------ the model
 def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, list]:
-    from harness.report.figures import history, importances, loss_curves, param_panels, scatter_front
+    from harness.report import explore
+    from harness.report.figures import colors, history, importances, loss_curves, param_panels, scatter_front
 
     t0 = time.perf_counter()
     ok_runs = [r for r in runs if r.status in ("completed", "baseline")]
@@ -134,6 +135,11 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
                 read_metrics(r.path))  # non-finite values ("nan" strings) are skipped when drawn
     groups = {c.key: str(c.axes.get("method", c.label)) for c in configs}
     pts_src = [c for c in configs]
+    completed = [r for r in runs if r.status == "completed"]
+    varying = varying_axes([c.axes for c in trained])
+    palette = colors(list(groups.values()) + [str(r.axes.get("method", "")) for r in completed])
+    page_configs, page_runs, index = explore.run_index(configs, sorted(completed, key=lambda r: str(r.path)))
+    plots = []
     for xm, xl, logx, fname in (("summary.peak_memory_mb", "peak memory (MB)", False, "quality_vs_memory"),
                                 ("summary.trainable_params", "trainable parameters", True, "quality_vs_params")):
         pts = [{"label": c.label, "group": groups[c.key], "x": c.cells.get(xm, {}).get("mean", math.nan),
@@ -146,24 +152,30 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
                 p["x"] = math.nan  # the base model trains nothing: no point on a log axis
         front = pareto_front([(p["y"], p["x"]) for p in pts], (direction, "min")) if direction else []
         figs.append(scatter_front(fname, f"{primary} vs {xl}", pts, xl, primary, front, direction, logx=logx, svg=not args.no_svg))
+        plots.append(explore.scatter(fname, f"{primary} vs {xl}", configs, pts, xl, primary, front, logx, palette,
+                                     metas.get(primary), metas.get(xm)))
     figs.insert(0, loss_curves(by_method, svg=not args.no_svg))
-    completed = [r for r in runs if r.status == "completed"]
     if optuna_info:
-        figs.append(history(optuna_info["trials"], optuna_info["directions"][0], (study_objectives(optuna_info) or ["objective"])[0],
-                                    f"Optuna storage {storage}", svg=not args.no_svg))
+        objective = (study_objectives(optuna_info) or ["objective"])[0]
+        study_direction = optuna_info["directions"][0]
+        trials = optuna_info["trials"]
+        figs.append(history(trials, study_direction, objective, f"Optuna storage {storage}", svg=not args.no_svg))
         figs.append(importances(optuna_info["importances"], "fANOVA (32 trees, seed 0)", svg=not args.no_svg))
     else:
+        objective, study_direction = primary, {"max": "maximize", "min": "minimize"}.get(direction, "direction unknown")
         trials = [(r.trial, r.metrics.get(primary, math.nan), "COMPLETE") for r in completed if r.trial >= 0]
         trials += [(r.trial, math.nan, r.status.upper()) for r in failed if r.trial >= 0]
-        figs.append(history(trials, {"max": "maximize", "min": "minimize"}.get(direction, "direction unknown"), primary,
-                            "run records", svg=not args.no_svg))
-    varying = varying_axes([c.axes for c in trained])
+        figs.append(history(trials, study_direction, primary, "run records", svg=not args.no_svg))
+    plots.append(explore.history(trials, {"maximize": "max", "minimize": "min"}.get(study_direction), objective,
+                                 metas.get(objective), completed, index, palette))
     panels = {k: [(r.axes.get(k), r.metrics.get(primary, math.nan), str(r.axes.get("method", "")))
                   for r in completed if k in r.axes] for k in varying}
     figs.append(param_panels(panels, primary, svg=not args.no_svg))
+    plots += explore.panels(completed, varying, primary, metas.get(primary), index, palette)
     figs = [f for f in figs if f is not None]
 
-    findings = key_findings(configs, top, primary, comparisons, verdict, direction)
+    findings = key_findings(configs, top, primary, comparisons, verdict, direction,
+                            metas[primary].scale if metas.get(primary) else None)
     status_counts: dict[str, int] = {}
     for r in runs:
         status_counts[r.status] = status_counts.get(r.status, 0) + 1
@@ -176,19 +188,22 @@ def build(name: str, runs: list[Run], inputs: list[str], args) -> tuple[dict, li
         "comparisons": comparisons, "warnings": warnings, "failed": failed, "references": refs, "human": human,
         "contamination": contam, "provenance": provenance(runs), "samples": sample_rows(configs, top, cache),
         "optuna": optuna_info, "paired_test": args.paired_test, "findings": findings, "build_s": time.perf_counter() - t0,
+        "scales": {k: (v.scale if v else None) for k, v in metas.items()}, "varying": varying,
+        "explore": {"configs": page_configs, "runs": page_runs, "plots": [p for p in plots if p],
+                    "examples": explore.examples(configs, cache, metas, dirs, primary)},
     }
     return model, figs
 
 
 def key_findings(configs: list[Config], top: Config | None, primary: str, comparisons: list[dict], verdict: dict,
-                 direction: str | None) -> list[str]:
+                 direction: str | None, scale: str | None = None) -> list[str]:
     """What a reader wants after the verdict: the top configuration's number, the win over the base model,
     and the cheapest configuration (by peak memory) not significantly worse than the top one."""
     if top is None:
         return []
     cell = top.cells[primary]
-    ci = f" ± {fmt((cell['hi'] - cell['lo']) / 2, 2)}" if math.isfinite(cell.get("lo", math.nan)) else ""
-    out = [f"Top-ranked on {primary}: {top.label} ({fmt(cell['mean'])}{ci}, {cell['n']} run{'s' if cell['n'] != 1 else ''})."]
+    ci = f" ± {half_width(cell, scale)}" if half_width(cell, scale) else ""
+    out = [f"Top-ranked on {primary}: {top.label} ({fmt_metric(cell['mean'], scale)}{ci}, {cell['n']} run{'s' if cell['n'] != 1 else ''})."]
     vs_base = [c for c in comparisons if c["flat_metric"] == primary and c["kind"] == "vs baseline" and c["a"] == top.label]
     out += [f"Against the base model: {c['verdict']}." for c in vs_base[:1]]
     tests = verdict.get("tests") or []

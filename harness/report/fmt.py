@@ -12,17 +12,52 @@ import os
 import re
 
 
-# ------------------------------------------------------------------------------- small helpers
+# ------------------------------------------------------------------------------- numbers
+def sci(v: float, sig: int = 3) -> str:
+    """Compact scientific notation with `sig` significant digits: 1522704342 -> "1.52e9", 1.2e-05 -> "1.2e-5"."""
+    mant, exp = f"{v:.{max(sig, 1) - 1}e}".split("e")
+    if "." in mant:
+        mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
 def fmt(v, digits: int = 4) -> str:
+    """A number for a reader: `digits` significant digits; thousands grouped from 1,000 to below a million;
+    a million and above, or below 0.001, in compact scientific notation (1.52e9, 3.1e-5), never a
+    ten-digit integer. None is "—"; nan and inf are spelled out; anything else is its text."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "—" if v is None else str(v)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
-    if abs(v) >= 1e4 or (abs(v) >= 1000 and float(v).is_integer()) or abs(v) >= 10 ** digits:
+    a = abs(v)
+    if a >= 1e6:
+        return sci(v, min(digits, 3))
+    if a >= 1e4 or (a >= 1000 and float(v).is_integer()) or a >= 10 ** digits:  # (123.4 at 2 digits: 123)
         return f"{v:,.0f}"
-    if abs(v) >= 1000:
+    if a >= 1000:
         return f"{v:,.1f}"
-    return f"{v:.{digits}g}"
+    if 0 < a < 1e-3:
+        return sci(v, min(digits, 3))
+    s = f"{v:.{digits}g}"
+    return f"{v:,.0f}" if "e" in s else s  # 99.9 at 2 digits rounds up to 100, not "1e+02"
+
+
+DECIMALS = {"binary": 3, "fraction": 3, "percent": 2}  # metric scale -> decimals shown; "raw" and unknown: fmt()
+
+
+def fmt_metric(v, scale: str | None, digits: int = 4) -> str:
+    """A metric value formatted for its scale (harness/run/metric_meta.py SCALES): 0-1 values (binary,
+    fraction) with 3 decimals (0.412), 0-100 values (percent: BLEU, chrF) with 2 (35.21), anything else
+    (raw: perplexity, loss, seconds, bytes, counts) by fmt(): 4 significant digits, 1.52e9 for the huge.
+    A value too small for the fixed decimals keeps 2 significant digits (0.0041 rather than 0.004)."""
+    d = DECIMALS.get(scale or "")
+    if d is None or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return fmt(v, digits)
+    if v != 0 and abs(v) < 10 ** (1 - d):
+        return fmt(v, 2)
+    if abs(v) >= 1e6:
+        return fmt(v, digits)
+    return f"{v:,.{d}f}"
 
 
 def fmt_p(p: float) -> str:
@@ -90,12 +125,23 @@ def md_escape(s) -> str:
     return s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ")
 
 
-def cell_text(cell: dict | None, row_n: int) -> str:
+def half_width(cell: dict, scale: str | None) -> str:
+    """The 95% CI half-width of a leaderboard cell, formatted like its mean ("" without an interval)."""
+    if not (math.isfinite(cell.get("lo", math.nan)) and cell["hi"] > cell["lo"]):
+        return ""
+    hw = (cell["hi"] - cell["lo"]) / 2
+    return fmt_metric(hw, scale) if scale in DECIMALS else fmt(hw, 2)
+
+
+def cell_text(cell: dict | None, row_n: int, scale: str | None = None) -> str:
+    """A leaderboard cell: mean ± 95% CI half-width, formatted for the metric's scale, and (n=k) when only
+    k of the configuration's row_n runs have the metric."""
     if not cell:
         return "—"
-    s = fmt(cell["mean"])
-    if math.isfinite(cell.get("lo", math.nan)) and cell["hi"] > cell["lo"]:
-        s += f" ± {fmt((cell['hi'] - cell['lo']) / 2, 2)}"
+    s = fmt_metric(cell["mean"], scale)
+    hw = half_width(cell, scale)
+    if hw:
+        s += f" ± {hw}"
     if cell["n"] != row_n:
         s += f" (n={cell['n']})"
     return s

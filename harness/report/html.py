@@ -1,19 +1,24 @@
-"""report.html for `harness report`: one self-contained page (inline CSS, figures as base64 PNG).
+"""report.html for `harness report`: one self-contained page (inline CSS and script, figures as base64 PNG
+and interactive SVG drawn by the script).
 
 `render(model, figs, stamp)` turns the model built by harness.report.build into HTML with the Jinja2
 templates in templates/ (report.html.j2: the page; sections.html.j2: one macro per section;
-macros.html.j2: tables and badges; report.css.j2: the inline style sheet). The page loads nothing
-from outside and runs no script: a Content-Security-Policy allows only inline styles and data:
-images, and the template environment autoescapes, so every string from a run record, a config or a
-model output is escaped by Jinja2 and a generated `<script>` shows as text. Nothing is marked safe:
-this module hands the templates plain values (text, numbers, lists), never markup.
-Deterministic apart from the one "Generated:" line.
+macros.html.j2: tables and badges; report.css.j2: the inline style sheet; report.js.j2: the one script,
+which sorts, filters and folds the leaderboard, draws the plots with hover and zoom and shows two
+configurations item by item). The page loads nothing from outside. Its Content-Security-Policy allows
+inline styles, data: images and exactly one script, named by its sha256 (`script_hash`), so a `<script>`
+or an `onerror=` that reached the page any other way would not run. The template environment
+autoescapes, so every string from a run record, a config or a model output is escaped by Jinja2; the data
+the script reads is `tojson` (`<`, `>`, `&`, `'` as \\u escapes: no text can close its `<script>` block)
+and the script writes it with textContent only. Nothing is marked safe: this module hands the templates
+plain values (text, numbers, lists), never markup. Deterministic apart from the one "Generated:" line.
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -21,7 +26,8 @@ from pathlib import Path
 import jinja2
 
 from harness.report.build import COST
-from harness.report.fmt import cell_text, fmt
+from harness.report.explore import leaderboard
+from harness.report.fmt import cell_text, fmt, fmt_metric
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -36,14 +42,39 @@ def png_data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def _finite(obj):
+    """The page's JSON data with non-finite floats as null (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def page_json(obj, **kwargs) -> str:
+    """JSON for the page's data block (Jinja2's `tojson` then replaces <, >, & and ' with \\u escapes):
+    compact, keys sorted, non-ASCII text as is, NaN as null."""
+    return json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"), allow_nan=False, sort_keys=True)
+
+
 @functools.lru_cache(maxsize=None)
 def environment() -> jinja2.Environment:
     """The template environment: autoescape on for every template, undefined names are errors."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True, finalize=_blank_none)
-    env.filters.update(fmt=fmt, png_data_uri=png_data_uri)
+    env.filters.update(fmt=fmt, fmt_metric=fmt_metric, png_data_uri=png_data_uri)
     env.globals.update(cell_text=cell_text)
+    env.policies["json.dumps_function"] = page_json
     return env
+
+
+@functools.lru_cache(maxsize=None)
+def script_hash() -> str:
+    """The CSP source that allows the page's one script: sha256 of report.js.j2 as the page includes it."""
+    js = environment().get_template("report.js.j2").render()
+    return "sha256-" + base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode("ascii")
 
 
 _SCALAR = (str, int, float, bool, type(None))
@@ -107,10 +138,11 @@ def _cards(m: dict) -> list[tuple[str, object]]:
     not_ok = sum(v for k, v in counts.items() if k not in ("completed", "baseline"))
     top = next((c for c in m["configs"] if not c.baseline), None)
     top_cell = top.cells.get(m["primary"]) if top else None
-    return [("runs", m["n_runs"]), ("completed", counts.get("completed", 0)), ("did not complete", not_ok),
-            ("configurations", sum(1 for c in m["configs"] if not c.baseline)),
+    scale = m["scales"].get(m["primary"])
+    return [("runs", fmt(m["n_runs"])), ("completed", fmt(counts.get("completed", 0))), ("did not complete", fmt(not_ok)),
+            ("configurations", fmt(sum(1 for c in m["configs"] if not c.baseline))),
             ("best configuration", m["best"] or m["verdict"]["status"]),
-            (f"top {m['primary']}", cell_text(top_cell, len(top.runs)) if top_cell else "—")]
+            (f"top {m['primary']}", cell_text(top_cell, len(top.runs), scale) if top_cell else "—")]
 
 
 def _verdict_groups(rows: list[dict]) -> list[tuple[str, list[dict]]]:
@@ -130,10 +162,12 @@ def _comparison_row(r: dict) -> list[str]:
 
 def _context(m: dict, figs: list, stamp: str) -> dict:
     """What report.html.j2 renders: the model as it is plus the few values shaped here."""
+    plot_ids: dict[str, list[str]] = {}
+    for p in m["explore"]["plots"]:
+        plot_ids.setdefault(p["fig"], []).append(p["id"])
     return {
-        "m": m, "stamp": stamp, "figs": figs, "cards": _cards(m),
-        "leaderboard_cols": [(q, q, m["directions"].get(q)) for q in m["quality"]],
-        "cost_cols": [(k, h, m["directions"].get(k)) for k, h in COST if k in m["cost"]],
+        "m": m, "stamp": stamp, "figs": figs, "cards": _cards(m), "script_hash": script_hash(),
+        "lb": leaderboard(m, m["varying"], dict(COST)), "plot_ids": plot_ids,
         "contamination_rows": [[t["suite"], r["config"], r["train_data"], f"{fmt(100 * r['share'], 3)}%",
                                 f"{r['contaminated']} / {r['items']}", r["too_short"]]
                                for t in m["contamination"] for r in t["rows"]],

@@ -7,7 +7,7 @@ import csv
 import io
 
 from harness.report.build import COST
-from harness.report.fmt import cell_text, csv_safe, fmt
+from harness.report.fmt import cell_text, csv_safe, fmt, fmt_metric
 from harness.report.fmt import md_escape as e  # every value below that is not a fixed string goes through e()
 
 
@@ -41,7 +41,7 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
             n = len(c.runs)
             cells = []
             for key, _ in cols:
-                t = e(cell_text(c.cells.get(key), n))
+                t = e(cell_text(c.cells.get(key), n, m["scales"].get(key)))
                 if key in m["best_marks"] and c.cells.get(key, {}).get("mean") == m["best_marks"][key] and not c.baseline:
                     t = f"**{t}** ★"
                 cells.append(t)
@@ -66,8 +66,12 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
     if m["references"]:
         L += ["## Published results", "", "| metric | configuration | measured | published | tolerance | status | source | note |",
               "|---|---|---:|---:|---:|---|---|---|"]
-        L += [f"| {e(r['metric'])} | {e(r['config'])} | {e(fmt(r['measured']))} | {e(fmt(r['published']))} | "
-              f"{e(fmt(r['tolerance']))} | {e(r['status'])} | {e(r['source'])} | {e(r['note'])} |" for r in m["references"]] + [""]
+        for r in m["references"]:
+            scale = m["scales"].get(r["metric"])
+            L += [f"| {e(r['metric'])} | {e(r['config'])} | {e(fmt_metric(r['measured'], scale))} | "
+                  f"{e(fmt_metric(r['published'], scale))} | {e(fmt_metric(r['tolerance'], scale))} | {e(r['status'])} | "
+                  f"{e(r['source'])} | {e(r['note'])} |"]
+        L += [""]
     if m["contamination"]:
         L += ["## Contamination", "", "Share of each eval set's items that share a long word sequence with the configuration's "
               "training data (eval.json `contamination`; mean over the configuration's runs).", "",
