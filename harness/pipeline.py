@@ -46,7 +46,7 @@ def axes_from_overrides(cfg: RunConfig, overrides: list[str]) -> dict:
     axes: dict = {"model": cfg.model.name, "method": cfg.method.name, "data": cfg.data.name}
     for ov in overrides:
         key, sep, _ = ov.lstrip("+~").partition("=")
-        if not sep or key in _NOT_AXES or key in config.GROUPS or key == "experiment":
+        if not sep or key.split(".")[0] in _NOT_AXES or key in config.GROUPS or key == "experiment":
             continue
         value = cfg
         try:
@@ -208,10 +208,8 @@ def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Out
     if cfg.eval.after_train and cfg.eval.name != "none":
         t_eval = time.time()
         outcome.model.eval()
-        suites = run_suites(outcome.model, outcome.tokenizer, cfg, run_dir)
-        summary["eval_time_s"] = time.time() - t_eval
-        tracker.log({f"{s}.{k}": v for s, res in suites.items() for k, v in (res.get("metrics") or {}).items()
-                     if isinstance(v, (int, float))})
+        run_suites(outcome.model, outcome.tokenizer, cfg, run_dir)
+        summary["eval_time_s"] = time.time() - t_eval  # the trackers get eval.json's metrics at tracker.finish
     outcome.status = "completed"
     return "completed"
 

@@ -195,7 +195,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
     try:
         study, storage = open_study(spec, url, create=True)
-        added = enqueue_grid(study, storage, url, spec, planned) if planned else 0
+        notes: list[str] = []
+        added = enqueue_grid(study, storage, url, spec, planned, notes) if planned else 0
         with study_lock(storage, url, spec.study):
             if tags:  # let workers carry the base tracker tags of the composed config
                 study.set_user_attr("tags", tags)
@@ -212,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"study {spec.study} at {url}: {added} trials queued now, existing {counts or 'none'}; runs under {args.runs_root}/{spec.study}/")
     for old, new, why in retried:
         print(f"  --retry-failed: trial {old} re-queued as trial {new} ({why.split(': ', 1)[-1][:200]})")
+    for note in notes:
+        print(f"  note: {note}")
     printer = Printer(spec.study, total, min(finished, total) if total else finished)
     t0 = time.time()
     try:

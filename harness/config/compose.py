@@ -26,8 +26,30 @@ from harness.config.rules import validate
 from harness.config.schema import GROUPS, ConfigError, RunConfig
 
 
+def _upgrade_tracker(tree: dict) -> dict:
+    """Records (config.yaml) and tracker options written before several trackers could log a run held one
+    `tracker.backend: wandb | none`; it becomes `tracker.backends` (in a copy of the tree)."""
+    tr = tree.get("tracker")
+    if not (isinstance(tr, dict) and "backend" in tr):
+        return tree
+    tr = dict(tr)
+    backend = tr.pop("backend")
+    tr.setdefault("backends", {} if backend in ("none", "", None) else {backend: True})
+    return {**tree, "tracker": tr}
+
+
+def _name_trackers(tree: dict, overrides: list[str]) -> None:
+    """tracker=[wandb,tensorboard]: Hydra merged the options, so `name` is the last one's; name them all (wandb+tensorboard)."""
+    chosen = [ov.lstrip("+~").partition("=")[2] for ov in overrides if ov.lstrip("+~").partition("=")[0] == "tracker"]
+    tr = tree.get("tracker")
+    if chosen and chosen[-1].startswith("[") and isinstance(tr, dict) and "tracker.name" not in identity.overridden(overrides):
+        names = [c.strip() for c in chosen[-1].strip("[]").split(",") if c.strip()]
+        tr["name"] = "+".join(dict.fromkeys(names))
+
+
 def from_dict(tree: dict) -> RunConfig:
     """A plain dict (e.g. a run's config.yaml) -> RunConfig, with the same checks as compose()."""
+    tree = _upgrade_tracker(tree)
     errors = check_structure(tree, RunConfig)
     if errors:
         raise ConfigError(errors)
@@ -83,6 +105,8 @@ def _check_group_choices(overrides: list[str]) -> list[str]:
         if not sep or key not in (*GROUPS, "experiment"):
             continue
         options = group_options(key)
+        if value.replace(" ", "") == "[]":
+            errors.append(f"{key}=[]: choose at least one option (several: {key}=[a,b]), or {key}=none. Options: {', '.join(options)}")
         for choice in value.strip("[]").split(","):
             choice = choice.strip()
             if choice and choice not in ("null", "none") and choice not in options:
@@ -140,6 +164,8 @@ def _compose_with_choices(overrides: list[str] | tuple[str, ...]) -> tuple[dict,
 def compose(overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Compose and check a RunConfig; raises ConfigError with every problem at once."""
     tree, choices = _compose_with_choices(overrides)
+    tree = _upgrade_tracker(tree)  # a user's tracker option written for one backend
+    _name_trackers(tree, list(overrides))
     errors = check_structure(tree, RunConfig)
     if errors:
         raise ConfigError(errors)

@@ -46,7 +46,10 @@ def validate(cfg: RunConfig) -> list[str]:
     errs: list[str] = non_finite(cfg)
     for dotted, allowed in ALLOWED.items():
         value = _get(cfg, dotted)
-        if value not in allowed:
+        if isinstance(value, dict):  # a mapping whose keys are the names (tracker.backends)
+            errs += [f"{dotted}.{k}: {k!r} is not one of: {', '.join(allowed)}.{did_you_mean(str(k), allowed)}"
+                     for k in value if k not in allowed]
+        elif value not in allowed:
             errs.append(f"{dotted}={value!r} is not one of: {', '.join(allowed)}.{did_you_mean(str(value), allowed)}")
 
     m, me, d, t = cfg.model, cfg.method, cfg.data, cfg.train
@@ -129,8 +132,10 @@ def validate(cfg: RunConfig) -> list[str]:
                 paths.check_name(value, key)
             except ValueError as exc:
                 errs.append(str(exc))
-    if cfg.tracker.backend == "wandb" and cfg.tracker.mode == "online" and not cfg.tracker.project:
+    tr = cfg.tracker
+    if tr.backends.get("wandb") and tr.mode == "online" and not tr.project:
         errs.append("tracker.project is empty; name a W&B project or use tracker=none.")
+    errs += [f"tracker.backends.{k}={v!r}: must be true or false." for k, v in tr.backends.items() if not isinstance(v, bool)]
     for i, suite in enumerate(cfg.eval.perplexity):
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")

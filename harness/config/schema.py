@@ -187,14 +187,26 @@ class EvalConfig:
     contamination_warn: float = 0.01  # print a warning for a suite whose share is above this
 
 
+TRACKERS = ("wandb", "mlflow", "tensorboard")  # the keys of tracker.backends (harness/run/tracking.py BACKENDS; a test keeps them equal)
+
+
 @dataclass
 class TrackerConfig:
-    name: str = "wandb"
-    backend: str = "wandb"  # wandb | none
+    """Experiment trackers (harness/run/tracking.py). Each option of conf/tracker/ turns its own on in `backends`;
+    several at once: tracker=[wandb,tensorboard] (Hydra merges the options, so their backends add up)."""
+
+    name: str = "wandb"  # the option chosen; several: their names joined by '+' (wandb+tensorboard)
+    backends: dict[str, bool] = field(default_factory=dict)  # TRACKERS that log this run -> true; {} = none
+    # W&B (tracker=wandb)
     mode: str = "offline"  # offline (files under the run dir) | online
     project: str = "harness"
     entity: str = ""
+    # MLflow (tracker=mlflow)
+    mlflow_uri: str = ""  # "" = sqlite:///<output_dir>/mlflow/mlflow.db (artifacts beside it); or any MLflow tracking URI
+    mlflow_experiment: str = ""  # "" = the study, else the run's name
+    # every tracker
     tags: list[str] = field(default_factory=list)
+    artifacts: bool = True  # log eval.json and the adapter / weights of a finished run (W&B and MLflow artifacts)
 
 
 @dataclass
@@ -235,6 +247,6 @@ ALLOWED = {
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.optimizer": ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "paged_adamw_8bit", "adamw_bnb_8bit"),
-    "tracker.backend": ("wandb", "none"),
+    "tracker.backends": TRACKERS,  # its keys
     "tracker.mode": ("offline", "online"),
 }

@@ -194,9 +194,9 @@ def load_optuna(storage: str, study: str) -> tuple[dict | None, str]:
             "importances": {}, "importance_note": ""}
     done = [t for t in trials if t.state.name == "COMPLETE"]
     if not any(t.params for t in done):
-        info["importance_note"] = ("No hyperparameter importances: the study's completed trials carry no sampled "
-                                   "parameters (a grid sweep keeps its cells in trial user_attrs). See the "
-                                   "'swept hyperparameters' figure instead.")
+        info["importance_note"] = ("No hyperparameter importances: the study's completed trials carry no Optuna "
+                                   "parameters (a grid study queued before grid cells were recorded as Optuna params). "
+                                   "See the 'swept hyperparameters' figure instead.")
         return info, ""
     try:
         imp = get_param_importances(st, evaluator=FanovaImportanceEvaluator(n_trees=32, seed=0),

@@ -21,10 +21,10 @@ SCHEMA = 1
 
 STATUSES = ("running", "completed", "failed", "diverged", "interrupted", "pruned", "baseline")
 
-# Top-level config keys that say where and as what a run is filed, not what it computes: they may differ
-# when a run_id is resumed (a sweep retries an interrupted trial under a new trial number), and they are
-# no axes of a comparison.
-BOOKKEEPING_KEYS = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker.tags")
+# Config keys (and subtrees) that say where and as what a run is filed, and who watches it, not what it
+# computes: they may differ when a run_id is resumed (a sweep retries an interrupted trial under a new trial
+# number and tags; a run resumed with another tracker), and they are no axes of a comparison.
+BOOKKEEPING_KEYS = ("name", "output_dir", "run_id", "study", "trial", "storage", "resume", "tracker")
 
 
 class RunError(RuntimeError):

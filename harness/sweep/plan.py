@@ -91,7 +91,8 @@ def pin_axes(spec: SweepSpec, cli: list[str]) -> tuple[SweepSpec, list[str]]:
     """Command-line overrides that name a grid axis or search dimension pin it to that one value:
     the grid keeps only the cells with that value (or, if no cell has it, every cell gets it).
     The others are appended to the spec's base. Returns (new spec, those other overrides)."""
-    spec = dataclasses.replace(spec, grid=[dict(g) for g in spec.grid], search=dict(spec.search))
+    spec = dataclasses.replace(spec, grid=[dict(g) for g in spec.grid], search=dict(spec.search),
+                               declared_grid=spec.declared_grid or [dict(g) for g in spec.grid])
     rest = []
     for ov in cli:
         key, _, value = ov.partition("=")

@@ -94,6 +94,7 @@ class SweepSpec:
     description: str = ""
     base: list[str] = field(default_factory=list)  # Hydra overrides for every trial
     grid: list[dict[str, list]] = field(default_factory=list)  # union of cartesian products
+    declared_grid: list[dict[str, list]] = field(default_factory=list)  # the grid before command-line pins (plan.pin_axes)
     search: dict[str, Dimension] = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0])
     objectives: list[Objective] = field(default_factory=list)

@@ -13,6 +13,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.sweep.params import cell_params, dropped_note, grid_distributions, recorded_distributions
 from harness.sweep.plan import cell_key, grid_run_id, trial_overrides
 from harness.sweep.retry import fail_stale, reconcile
 from harness.sweep.samplers import build_pruner, build_sampler, worker_seed
@@ -22,7 +23,7 @@ from harness.sweep.storage import open_storage, record_heartbeat, study_lock
 
 def _fingerprint(spec: SweepSpec) -> dict:
     """What must not change between runs of one study (budget, retries, heartbeat may; a grid
-    study's grid may grow: its cells are kept in user_attrs, not as Optuna distributions)."""
+    study's grid may grow: harness/sweep/params.py keeps its Optuna distributions compatible)."""
     d = dataclasses.asdict(spec)
     keys = ("base", "search", "seeds", "objectives", "sampler", "pruner") + (() if spec.sampler == "grid" else ("grid",))
     return {k: d[k] for k in keys}
@@ -59,22 +60,33 @@ def open_study(spec: SweepSpec, url: str, *, create: bool):
     return study, storage
 
 
-def enqueue_grid(study, storage, url: str, spec: SweepSpec, planned: list[PlannedTrial]) -> int:
+def enqueue_grid(study, storage, url: str, spec: SweepSpec, planned: list[PlannedTrial], notes: list[str] | None = None) -> int:
     """Enqueue each planned cell x seed that the study does not hold yet (idempotent, under the
-    study lock, so concurrent drivers neither duplicate nor lose a cell). Returns how many."""
+    study lock, so concurrent drivers neither duplicate nor lose a cell). Returns how many. Each cell is
+    queued with its axis values as Optuna params (harness/sweep/params.py); `notes` gets the axes that
+    cannot be (a categorical axis that grew after the study started)."""
+    import optuna
+    from optuna.trial import TrialState
+
     token = study.user_attrs["harness_token"]
     with study_lock(storage, url, spec.study):
-        have = {t.user_attrs.get("cell") for t in study.get_trials(deepcopy=False)}
-        added = 0
-        for t in planned:
-            if t.cell in have:
-                continue
-            run_id = grid_run_id(t, token)
-            # grid params live in user_attrs: Optuna's categorical distributions cannot grow or be pinned
-            study.enqueue_trial({}, user_attrs={"params": t.params, "cell": t.cell, "seed": t.seed, "run_id": run_id,
-                                                "overrides": t.overrides})
-            added += 1
-    return added
+        trials = study.get_trials(deepcopy=False)
+        have = {t.user_attrs.get("cell") for t in trials}
+        todo = [t for t in planned if t.cell not in have]
+        dists = grid_distributions([*spec.declared_grid, *spec.grid], recorded_distributions(trials)) if todo else {}
+        dropped: dict[str, list] = {}
+        for t in todo:
+            # the harness runs user_attrs["params"]; the Optuna params are what dashboards and importances read
+            params, distributions = cell_params(t.params, dists)
+            for k in t.params.keys() - params.keys():
+                dropped.setdefault(k, []).append(t.params[k])
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.WAITING, params=params, distributions=distributions,
+                user_attrs={"params": t.params, "cell": t.cell, "seed": t.seed, "run_id": grid_run_id(t, token),
+                            "overrides": t.overrides}))
+    if notes is not None:
+        notes += [dropped_note(k, dists[k], vs) for k, vs in dropped.items()]
+    return len(todo)
 
 
 def _count_sampled(study) -> int:
