@@ -4,8 +4,8 @@
     harness status quickstart --root ~/experiments  # ~/experiments/studies/quickstart.db, from any folder
     harness status lr_search --storage postgresql://user@host/db --verbose
 
-One line per trial: number, state, axis values and seed, objective values, duration, run directory,
-and the reason for a failed, pruned or interrupted trial (with the trial that retried it).
+One line per trial: number, state, axis values and seed, objective values, duration, run directory (and
+the Slurm job, ARRAYJOB_TASK, of a trial run by --launcher slurm), and the reason for a failed, pruned or interrupted trial (with the trial that retried it).
 --verbose adds the `harness train ...` command that reproduces each trial on its own.
 """
 
@@ -60,7 +60,8 @@ def trial_rows(study) -> list[dict]:
             "number": t.number, "state": t.state.name, "params": ua.get("params", dict(t.params)), "seed": ua.get("seed"),
             "values": dict(zip(objectives, t.values)) if t.values else {}, "duration_s": duration,
             "wall_time_s": ua.get("wall_time_s"), "overhead_s": ua.get("overhead_s"),
-            "run_dir": ua.get("run_dir", ""), "host": ua.get("host", ""), "reason": reason.lstrip("; "),
+            "run_dir": ua.get("run_dir", ""), "host": ua.get("host", ""), "slurm_job": ua.get("slurm_job", ""),
+            "reason": reason.lstrip("; "),
             "pruned_at_step": ua.get("pruned_at_step"), "overrides": ua.get("overrides", []),
             "queued_because": ua.get("queued_because", ""),
         })
@@ -115,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
             run_dir = str(Path(run_dir).relative_to(cwd)) if run_dir else "-"
         except ValueError:
             pass
-        print(f"{r['number']:>4}  {r['state']:<8} {axes:<40} {vals:<30} {dur:>8}  {run_dir}")
+        job = f"  slurm {r['slurm_job']}" if r["slurm_job"] else ""  # the array task that ran it (ARRAYJOB_TASK)
+        print(f"{r['number']:>4}  {r['state']:<8} {axes:<40} {vals:<30} {dur:>8}  {run_dir}{job}")
         if r["reason"]:
             print(f"{'':>6}reason: {r['reason']}")
         if args.verbose and r["queued_because"]:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import paths
+from harness.commands import launch
 from harness.commands.common import add_config_dir, add_root, check_overrides, use_config_dirs, use_root
 from harness.run.record import EXIT_CODES
 from harness.sweep.plan import (
@@ -95,7 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides for every trial; one naming a grid axis pins it (e.g. method=lora)")
     p.add_argument("--storage", default="", help="Optuna storage: sqlite:///PATH, postgresql://user@host/db, journal:PATH "
                    "(default sqlite:///ROOT/studies/<study>.db)")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (other machines join with the same command and --storage)")
+    p.add_argument("--workers", type=int, default=None, help="worker processes here, or Slurm array tasks with --launcher slurm "
+                   "(default 1; other machines join with the same command and --storage)")
     p.add_argument("--dry-run", action="store_true", help="validate and list the trials the spec creates; train nothing")
     p.add_argument("--runs-root", default=None, help="run directories go to RUNS_ROOT/<study>/<run_id>/ (default ROOT/runs)")
     p.add_argument("--study", default="", help="study name instead of the spec's `study:`")
@@ -104,6 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
     add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
     add_root(p)  # and HARNESS_ROOT
+    launch.add_arguments(p)  # --launcher slurm|external and its options (harness/commands/launch.py, docs/cluster.md)
 
 
 def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[PlannedTrial], list[str]]:
@@ -124,10 +127,10 @@ def prepare(args: argparse.Namespace, url: str = "") -> tuple[SweepSpec, list[Pl
     runs_root = args.runs_root  # absolute (run() resolves it), as the workers pass it to each trial
     if spec.sampler == "grid":
         planned = plan_grid(spec)
-        errs, tags = check_trials(spec, planned, url, runs_root)
+        errs, tags = check_trials(spec, planned, url, runs_root, device_here=args.trials_here)
     else:
         planned = []
-        errs, tags = check_trials(spec, validation_points(spec), url, runs_root)
+        errs, tags = check_trials(spec, validation_points(spec), url, runs_root, device_here=args.trials_here)
     if errs:
         raise SpecError(args.spec, errs)
     return spec, planned, tags
@@ -179,12 +182,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         study_name = args.study or load_spec(args.spec).study
         url = args.storage or default_storage_url(study_name)
+        launcher = launch.resolve(args, load_spec(args.spec), url)  # sets args.workers; bad options: exit 2
         spec, planned, tags = prepare(args, url)
     except (SpecError, ValueError) as exc:
         print(exc, file=sys.stderr)
         return 2
     if args.dry_run:
         _print_plan(spec, planned, url)
+        launch.dry_run(args, spec, launcher, url)  # the Slurm script, or the worker command
         print("dry run: config OK for every trial listed; nothing trained")
         return 0
     if args.worker:
@@ -215,6 +220,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  --retry-failed: trial {old} re-queued as trial {new} ({why.split(': ', 1)[-1][:200]})")
     for note in notes:
         print(f"  note: {note}")
+    if launcher.kind != "local":  # the workers run elsewhere: submit them (or print their command) and return
+        return launch.submit(args, spec, launcher, url)
     printer = Printer(spec.study, total, min(finished, total) if total else finished)
     t0 = time.time()
     try:

@@ -20,7 +20,7 @@ from harness import paths
 from harness.config.checks import did_you_mean
 from harness.config.schema import GROUPS
 
-SEARCHED = (*GROUPS, "experiment")  # the folders a config folder may hold
+SEARCHED = (*GROUPS, "experiment", "launcher")  # the folders a config folder may hold (launcher/: harness/sweep/launcher.py)
 
 
 def config_dirs() -> list[Path]:

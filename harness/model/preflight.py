@@ -32,9 +32,11 @@ from harness.config.checks import did_you_mean
 from harness.config.identity import context_from_config, model_config_json
 
 
-def preflight(cfg: RunConfig) -> list[str]:
-    """Every problem that would otherwise surface only after the model has loaded, each with its fix."""
-    return [*_data_files(cfg), *_device(cfg), *_model(cfg)]
+def preflight(cfg: RunConfig, device: bool = True) -> list[str]:
+    """Every problem that would otherwise surface only after the model has loaded, each with its fix. device=False
+    leaves out the CUDA check: the trial runs on another machine (a sweep's Slurm array tasks on GPU nodes, submitted
+    from a login node without one); its trainer checks there."""
+    return [*_data_files(cfg), *(_device(cfg) if device else []), *_model(cfg)]
 
 
 # ---------------------------------------------------------------------------------------- data

@@ -14,5 +14,7 @@ process (worker.py; `--workers N` local processes: spawn.py); its exit code and 
 trial's state. retry.py decides what runs again: a trial whose driver died is re-queued without limit,
 a trial that failed by itself up to max_retries times, failed cells on `--retry-failed`. samplers.py
 maps the spec's sampler and pruner names to Optuna objects (each worker seeded apart); pruning.py is the
-hook a trial's child uses to report to its study. Spec format: docs/sweeps.md.
+hook a trial's child uses to report to its study. launcher.py says where the workers run (here, a Slurm job
+array written and submitted by slurm.py, or somewhere of the user's choosing). Spec format: docs/sweeps.md;
+clusters: docs/cluster.md.
 """

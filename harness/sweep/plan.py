@@ -169,11 +169,12 @@ _ABSENT = object()
 
 
 def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = "", runs_root: str = "runs",
-                 token: str = "000000") -> tuple[list[str], list[str]]:
+                 token: str = "000000", device_here: bool = True) -> tuple[list[str], list[str]]:
     """Compose every planned trial's config (config.compose) with the driver's bookkeeping overrides
     exactly as its child will get them (its real run id, with `token` for the study's token), and check
     that each axis value and each bookkeeping value arrives in the config unchanged (quoting, `=`,
-    `${`, backslashes), and run the preflight checks on it. Returns (errors, the base tracker tags)."""
+    `${`, backslashes), and run the preflight checks on it (without the CUDA check when the trials run on other
+    machines: device_here=False). Returns (errors, the base tracker tags)."""
     errs: list[str] = []
     tags: list[str] = []
     for t in planned:
@@ -188,7 +189,7 @@ def check_trials(spec: SweepSpec, planned: list[PlannedTrial], storage: str = ""
         except config.ConfigError as exc:
             errs += [f"{label}: {e}" for e in exc.errors]
             continue
-        errs += [f"{label}: {e}" for e in preflight(cfg)]
+        errs += [f"{label}: {e}" for e in preflight(cfg, device=device_here)]
         for k, want in {**t.params, **keep}.items():
             got = _arrived(cfg, k)
             if isinstance(want, str) and isinstance(got, str) and got != want:  # numbers cannot be mis-quoted

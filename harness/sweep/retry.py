@@ -91,6 +91,11 @@ def requeue(study, frozen, why: str, *, failures: int) -> int:
     return study.get_trials(deepcopy=False)[-1].number
 
 
+def _job(t) -> str:
+    """", Slurm job 123_4" for a trial a Slurm array task ran (harness/sweep/slurm.py)."""
+    return f", Slurm job {t.user_attrs['slurm_job']}" if t.user_attrs.get("slurm_job") else ""
+
+
 def fail_stale(study, storage, spec: SweepSpec) -> list[int]:
     """Fail the RUNNING trials whose driver died (no heartbeat for grace_period), recording why on the trial
     and marking its run `interrupted` (not `running` for good). Returns their numbers; `reconcile`
@@ -102,7 +107,7 @@ def fail_stale(study, storage, spec: SweepSpec) -> list[int]:
     for trial_id in stale_trial_ids(study, storage, spec.grace_period):
         frozen = storage.get_trial(trial_id)
         reason = (f"interrupted: its driver stopped (no heartbeat for {spec.grace_period}s: killed, rebooted or "
-                  f"preempted; pid {frozen.user_attrs.get('worker_pid', '?')} on {frozen.user_attrs.get('host', '?')}); "
+                  f"preempted; pid {frozen.user_attrs.get('worker_pid', '?')} on {frozen.user_attrs.get('host', '?')}{_job(frozen)}); "
                   "re-queued with the same run_id to resume")
         try:  # attributes first: a finished trial cannot take them
             storage.set_trial_user_attr(trial_id, "reason", reason)
@@ -188,7 +193,7 @@ def unfinished(study, planned: list[PlannedTrial] | None) -> list[Unfinished]:
         if last.state.name == "WAITING":
             reason = "not run: still queued (budget.timeout_s reached, or the driver stopped)"
         elif last.state.name == "RUNNING":
-            reason = f"running in another driver (pid {last.user_attrs.get('worker_pid', '?')} on {last.user_attrs.get('host', '?')})"
+            reason = f"running in another driver (pid {last.user_attrs.get('worker_pid', '?')} on {last.user_attrs.get('host', '?')}{_job(last)})"
         else:
             reason = last.user_attrs.get("reason") or "its driver stopped"
             if ended(last) == TRIAL_FAILED:

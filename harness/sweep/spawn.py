@@ -27,11 +27,17 @@ def emit_json(ev: dict) -> None:
         pass
 
 
+def worker_command(args: argparse.Namespace, url: str, python: str | None = None) -> list[str]:
+    """The command of one worker: `--workers N` starts it N times here, a Slurm array task runs it once
+    (harness/sweep/slurm.py), and docs/cluster.md runs it in a Kubernetes Job."""
+    return [python or sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
+            "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
+
+
 def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
     """N local worker processes, their events relayed here. Returns 130 if any was interrupted, else the
     highest exit code (1: a worker's driver error)."""
-    cmd = [sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
-           "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
+    cmd = worker_command(args, url)
     # N trainers on one machine: split the cores between them, or their OpenMP threads fight
     # (oversubscribed spin-waiting made training several times slower on a 2-core machine).
     threads_each = str(max(1, (os.cpu_count() or 1) // n))

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from harness import config, paths
+from harness.sweep.launcher import parse_block as parse_launcher
 from harness.sweep.samplers import PRUNERS, SAMPLERS
 
 DIRECTIONS = ("minimize", "maximize")
@@ -34,7 +35,7 @@ SUMMARY_METRICS = (
 
 SPEC_KEYS = (
     "study", "description", "base", "grid", "search", "seeds", "objectives", "sampler", "pruner",
-    "budget", "max_retries", "heartbeat", "references", "command",
+    "budget", "max_retries", "heartbeat", "references", "command", "launcher",
 )
 
 
@@ -108,6 +109,7 @@ class SweepSpec:
     grace_period: int = 60
     references: list[dict] = field(default_factory=list)
     command: str = "train"
+    launcher: dict[str, Any] = field(default_factory=dict)  # `launcher:`, checked (harness/sweep/launcher.py); not part of the study
 
     def axes(self) -> list[str]:
         names = [k for g in self.grid for k in g]
@@ -368,6 +370,8 @@ def parse_spec(tree: Any, source: str = "<spec>") -> SweepSpec:
         errs.append(f"command={command!r}: each trial runs one of {', '.join(COMMANDS)}.{_did_you_mean(str(command), COMMANDS)}")
     else:
         spec.command = command
+
+    spec.launcher = parse_launcher(tree.get("launcher"), errs)
 
     refs = tree.get("references") or []
     if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):

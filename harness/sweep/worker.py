@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 from harness import atomic, paths
 from harness.run.record import EXIT_CODES, flat_metrics, now_iso, read_summary, run_dir_for
+from harness.sweep.launcher import job_id_from_env
 from harness.sweep.plan import bookkeeping_overrides, merge_overrides
 from harness.sweep.retry import DRIVER_ERROR, INTERRUPTED, NOT_RETRIED, TRIAL_FAILED, reconcile, record_run_status
 from harness.sweep.spec import SweepSpec
@@ -178,7 +179,10 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
     tags = list(dict.fromkeys([*study.user_attrs.get("tags", []), spec.study]))  # W&B groups a study by tag
     cmd = [*_train_command(spec.command), *merge_overrides(attrs["overrides"], bookkeeping_overrides(
         study=spec.study, trial=trial.number, storage=opts.storage_url, run_id=run_id, output_dir=output_dir, tags=tags))]
-    for k, v in {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}.items():
+    where = {"run_dir": str(run_dir), "host": socket.gethostname(), "worker_pid": os.getpid()}
+    if job_id_from_env():  # a Slurm array task: `harness status` shows it beside the trial
+        where["slurm_job"] = job_id_from_env()
+    for k, v in where.items():
         trial.set_user_attr(k, v)
     run_dir.mkdir(parents=True, exist_ok=True)
     opts.emit({"event": "start", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir)})
@@ -230,7 +234,7 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
     atomic.write_json(run_dir / "trial.json", {
         "study": spec.study, "trial": trial.number, "state": shown, "reason": reason, "ended": ended,
         "values": dict(zip([o.metric for o in spec.objectives], values or [])), "params": params, "seed": seed,
-        "storage": opts.storage_url, "host": socket.gethostname(), "command": cmd, "returncode": out["returncode"],
+        "storage": opts.storage_url, "host": socket.gethostname(), "slurm_job": job_id_from_env() or None, "command": cmd, "returncode": out["returncode"],
         "wall_time_s": out["wall_time_s"], "overhead_s": out.get("overhead_s"), "started_at": started_at, "finished_at": now_iso(),
     })
     out.update(state=shown, reason=reason, values=dict(zip([o.metric for o in spec.objectives], values or [])))
