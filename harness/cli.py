@@ -22,7 +22,7 @@ import importlib
 import os
 import sys
 
-from harness import __version__
+from harness import __version__, quiet
 from harness.commands import COMMANDS
 
 
@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.parse_args(argv)
         parser.print_help()
         return 2
+    quiet.install()  # library warnings that ask nothing of the user (harness/quiet.py)
     module = importlib.import_module(COMMANDS[command][0])
     # one subcommand's own parser, so that options and Hydra overrides may come in any order
     parser = argparse.ArgumentParser(prog=f"harness {command}", description=COMMANDS[command][1])

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import yaml
 
-from harness import atomic, config
+from harness import atomic, config, quiet
 from harness.config import ConfigError, RunConfig
 from harness.eval.registry import EvalError, say
-from harness.eval.suites import eval_config_for_run, has_suites, run_suites
+from harness.eval.suites import eval_config_for_run, eval_stages, has_suites, run_suites
 from harness.model.load import load_run_model
+from harness.run import progress as run_progress
 from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import (
     BOOKKEEPING_KEYS,
@@ -113,6 +114,17 @@ def trained_before(cfg: RunConfig, run_dir: Path, prior: dict, changes: list[str
     return True
 
 
+def show_run(run_dir: Path, stages: list[tuple]) -> None:
+    """The progress display (harness/run/progress.py) of this command: which run, the stages it plans (load,
+    train, one per eval suite), progress.json in the run directory; then the load stage starts."""
+    shown = run_progress.current()
+    if run_progress.active():
+        shown.title = f"{run_dir.parent.name}/{run_dir.name}"
+        shown.attach(run_dir)
+    shown.plan([("load", "", None, None), *stages])
+    shown.begin("load")
+
+
 def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outcome | None = None,
               force: bool = False) -> tuple[str, Path]:
     """Train one run end to end; returns (status, run_dir). Never raises for a training failure:
@@ -145,6 +157,10 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
     if trained:
         outcome.final_train_loss, outcome.final_val_loss, outcome.best_val_loss = (
             prior.get("final_train_loss"), prior.get("final_val_loss"), prior.get("best_val_loss"))
+    quiet.for_method(cfg.method.quant != "none")
+    evaluates = cfg.eval.after_train and cfg.eval.name != "none"
+    training = [] if trained else [("train", "step", cfg.train.max_steps if cfg.train.max_steps > 0 else None, None)]
+    show_run(run_dir, [*training, *(eval_stages(cfg) if evaluates else [])])
     from harness.run.tracking import start
 
     tracker = start(cfg, run_dir)
@@ -175,6 +191,7 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
     if not write_or_warn(write_summary, run_dir, summary, what=str(run_dir / "summary.json")):
         print(f"[harness] run {run_dir}: {summary['status']}" + (f": {summary['reason']}" if summary["reason"] else ""),
               file=sys.stderr)
+    run_progress.current().finish(summary["status"])
     try:
         tracker.finish(summary)
     except Exception as exc:
@@ -206,12 +223,27 @@ def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Out
         if status != "completed":
             return status
     if cfg.eval.after_train and cfg.eval.name != "none":
+        _measured_val_cost(cfg, run_dir)
         t_eval = time.time()
         outcome.model.eval()
         run_suites(outcome.model, outcome.tokenizer, cfg, run_dir)
         summary["eval_time_s"] = time.time() - t_eval  # the trackers get eval.json's metrics at tracker.finish
     outcome.status = "completed"
     return "completed"
+
+
+def _measured_val_cost(cfg: RunConfig, run_dir: Path) -> None:
+    """The `val` suite scores the trainer's validation rows: their token count (manifest.json, written by fit)
+    replaces the guess from the config in the progress display's ETA."""
+    try:
+        data = atomic.read_json(run_dir / "manifest.json").get("data") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    rows, tokens = data.get("val_rows"), data.get("val_tokens")
+    if rows and tokens:
+        t = cfg.train
+        share = min(1.0, t.eval_batches * t.batch_size / rows) if t.eval_batches > 0 else 1.0
+        run_progress.current().plan([("eval val", "tok", None, tokens * share)])
 
 
 def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool = True,
@@ -223,6 +255,8 @@ def evaluate_run_dir(run_dir: str | Path, overrides: list[str], progress: bool =
     if not has_suites(cfg):
         raise EvalError(f"{run_dir}: eval={cfg.eval.name} has no suites. Add e.g. eval=quick or eval=standard.")
     device = _device(cfg)
+    quiet.for_method(cfg.method.quant != "none")
+    show_run(run_dir, eval_stages(cfg))
     model, tokenizer, kind = load_run_model(run_dir, cfg, device)
     say(progress, f"loaded {cfg.model.name} ({kind}) from {run_dir} on {device}")
     t0 = time.time()
@@ -254,6 +288,8 @@ def evaluate_base(overrides: list[str], progress: bool = True) -> Path:
     device = _device(cfg)
     t_start = time.time()
     started = now_iso()
+    quiet.for_method(cfg.method.quant != "none")
+    show_run(run_dir, eval_stages(cfg))
     # method.quant != none: the base model quantized with bitsandbytes as that method would (no training);
     # this is how the data-type comparison (sweeps/reproduce-qlora-dtypes.yaml) measures quantization error.
     quantized = cfg.method.quant != "none"

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 #   with exit 0, ignoring SIGINT) | termafter (complete and exit 0; a helper SIGTERMs the driver 0.3 s later)
 #   | termparent-int (complete, SIGTERM its driver, then die of the driver's SIGINT: an uncaught KeyboardInterrupt)
 #   | termparent-130 (the same, but the KeyboardInterrupt is turned into exit code 130, as `harness train` does)
+#   | progress:S (write progress.json at step 20 of 100 as the trainer's display does, sleep S seconds, complete)
 FAKE_TRAIN = textwrap.dedent('''
     import os, signal, subprocess, sys, time
     from harness import atomic
@@ -54,6 +55,16 @@ FAKE_TRAIN = textwrap.dedent('''
     prior = records.read_summary(run_dir) or {}
     atomic.write_json(run_dir / "summary.json", {**base, "status": "running", "resumed": bool(prior)})
     print("fake training", mode, flush=True)
+    if mode.startswith("progress:"):  # where a trainer stands, as harness/run/progress.py writes it
+        from harness.run.progress import Progress
+        shown = Progress(command="train")
+        shown.attach(run_dir)
+        shown.begin("train", total=100, unit="step")
+        shown.update(done=10, loss=2.5)
+        time.sleep(0.2)
+        shown.update(done=20, loss=2.25, tokens_per_s=1500.0)
+        shown.save()
+        time.sleep(float(mode.split(":")[1]))
     if mode.startswith("sleep:"):
         time.sleep(float(mode.split(":")[1]))
     if mode.startswith("sleepfirst:") and not prior:  # a long first attempt to interrupt; a resume is quick

@@ -22,6 +22,7 @@ from harness.eval.registry import EvalError
 from harness.eval.suites import rescore_run_dir
 from harness.model.load import ModelError
 from harness.pipeline import crosscheck, evaluate_base, evaluate_run_dir
+from harness.run.display import open_display
 from harness.run.record import dumps
 
 
@@ -39,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "eval config's metric lists (e.g. after adding a metric); no model is loaded")
     p.add_argument("--trust-remote-code", action="store_true",
                    help="RUN_DIR: let the model run its own Python code (never taken from the run's config.yaml)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or per-suite lines")
+    p.add_argument("--quiet", action="store_true", help="no progress display or per-suite lines")
     add_config_dir(p)
     add_root(p)
 
@@ -66,29 +67,36 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_dir, overrides = split_targets(args.targets)
         check_overrides(overrides, "eval")
-        if args.crosscheck:
-            if run_dir is not None:
-                raise EvalError("--crosscheck evaluates a base model: give model=NAME, not a run directory")
-            res = crosscheck(overrides, args.docs, args.max_length, args.batch_size, progress)
-            print(dumps(res))
-            worst = max(res["rel_diff"].values())
-            print(f"[harness] crosscheck {res['model']}: word_perplexity ours {res['ours']['word_perplexity']:.4f} "
-                  f"lm-eval {res['lm_eval']['word_perplexity']:.4f}, max relative difference {worst:.2e} "
-                  f"({'OK' if worst <= 1e-3 else 'MISMATCH'} at 0.1%)")
-            return 0 if worst <= 1e-3 else 1
-        if args.rescore:
-            if run_dir is None:
-                raise EvalError("--rescore needs a run directory: harness eval RUN_DIR --rescore [eval=...]")
-            out = rescore_run_dir(run_dir, overrides, progress)
-        elif run_dir is not None:
-            out = evaluate_run_dir(run_dir, overrides, progress, trust_remote_code=args.trust_remote_code)
-        else:
-            if not any(o.split("=", 1)[0].lstrip("+") in ("model", "experiment") for o in overrides):
-                raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "
-                                "evaluate a base model (e.g. harness eval model=smollm2-135m eval=quick)")
-            out = evaluate_base(overrides, progress)
+        with open_display("eval", quiet=args.quiet):
+            out = _evaluate(args, run_dir, overrides, progress)
     except (ConfigError, EvalError, ModelError, FileNotFoundError, ValueError) as exc:
         print(f"harness eval: {exc}", file=sys.stderr)
         return 2
+    if isinstance(out, int):  # --crosscheck: its verdict (the numbers are printed already)
+        return out
     print(f"[harness] results: {out}")
     return 0
+
+
+def _evaluate(args: argparse.Namespace, run_dir: Path | None, overrides: list[str], progress: bool) -> Path | int:
+    """Run what the command line asks for; returns eval.json's path (or --crosscheck's exit code)."""
+    if args.crosscheck:
+        if run_dir is not None:
+            raise EvalError("--crosscheck evaluates a base model: give model=NAME, not a run directory")
+        res = crosscheck(overrides, args.docs, args.max_length, args.batch_size, progress)
+        print(dumps(res))
+        worst = max(res["rel_diff"].values())
+        print(f"[harness] crosscheck {res['model']}: word_perplexity ours {res['ours']['word_perplexity']:.4f} "
+              f"lm-eval {res['lm_eval']['word_perplexity']:.4f}, max relative difference {worst:.2e} "
+              f"({'OK' if worst <= 1e-3 else 'MISMATCH'} at 0.1%)")
+        return 0 if worst <= 1e-3 else 1
+    if args.rescore:
+        if run_dir is None:
+            raise EvalError("--rescore needs a run directory: harness eval RUN_DIR --rescore [eval=...]")
+        return rescore_run_dir(run_dir, overrides, progress)
+    if run_dir is not None:
+        return evaluate_run_dir(run_dir, overrides, progress, trust_remote_code=args.trust_remote_code)
+    if not any(o.split("=", 1)[0].lstrip("+") in ("model", "experiment") for o in overrides):
+        raise EvalError("give a run directory, or model=NAME (or an experiment=NAME that sets one) to "
+                        "evaluate a base model (e.g. harness eval model=smollm2-135m eval=quick)")
+    return evaluate_base(overrides, progress)

@@ -5,7 +5,9 @@
     harness status lr_search --storage postgresql://user@host/db --verbose
 
 One line per trial: number, state, axis values and seed, objective values, duration, run directory (and
-the Slurm job, ARRAYJOB_TASK, of a trial run by --launcher slurm), and the reason for a failed, pruned or interrupted trial (with the trial that retried it).
+the Slurm job, ARRAYJOB_TASK, of a trial run by --launcher slurm), and the reason for a failed, pruned or interrupted
+trial (with the trial that retried it). A running trial also shows where it is: stage, step/total, loss and its ETA,
+from the progress.json its run writes (harness/run/progress.py).
 --verbose adds the `harness train ...` command that reproduces each trial on its own.
 """
 
@@ -18,6 +20,7 @@ import sys
 from pathlib import Path
 
 from harness.commands.common import add_root, use_root
+from harness.run.progress import describe, read_progress
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,8 +67,20 @@ def trial_rows(study) -> list[dict]:
             "reason": reason.lstrip("; "),
             "pruned_at_step": ua.get("pruned_at_step"), "overrides": ua.get("overrides", []),
             "queued_because": ua.get("queued_because", ""),
+            "progress": _progress(t, ua.get("run_dir", "")),
         })
     return rows
+
+
+def _progress(trial, run_dir: str) -> dict | None:
+    """A running trial's progress.json (this attempt's: not older than the trial's start), else None."""
+    if trial.state.name != "RUNNING" or not run_dir:
+        return None
+    snap = read_progress(run_dir)
+    started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+    if snap is None or float(snap.get("updated_at") or 0) < started - 1:
+        return None
+    return snap
 
 
 def _fmt(v) -> str:
@@ -118,6 +133,8 @@ def run(args: argparse.Namespace) -> int:
             pass
         job = f"  slurm {r['slurm_job']}" if r["slurm_job"] else ""  # the array task that ran it (ARRAYJOB_TASK)
         print(f"{r['number']:>4}  {r['state']:<8} {axes:<40} {vals:<30} {dur:>8}  {run_dir}{job}")
+        if r["state"] == "RUNNING":
+            print(f"{'':>6}progress: {describe(r['progress']) if r['progress'] else 'starting (no progress.json yet)'}")
         if r["reason"]:
             print(f"{'':>6}reason: {r['reason']}")
         if args.verbose and r["queued_because"]:

@@ -21,6 +21,9 @@ trainer resumes) without limit; failures of the trial itself are retried up to m
 (harness/sweep/retry.py). Exit codes: 0 every cell finished (COMPLETE or PRUNED), 1 cells left unfinished
 (each listed with its trial, params and reason) or the driver failed (one message, no traceback),
 2 a bad spec or command line, 130 interrupted. Spec format: docs/sweeps.md.
+
+Progress (harness/sweep/progress.py): trials finished / running / failed / pruned and each running trial's stage,
+step and ETA (read from the progress.json its child writes), live on a terminal, as lines on stderr elsewhere.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
 
 from harness import paths
 from harness.commands import launch
@@ -46,49 +48,13 @@ from harness.sweep.plan import (
     plan_grid,
     validation_points,
 )
+from harness.sweep.progress import SweepProgress, fmt_params
 from harness.sweep.retry import retry_failed, unfinished
 from harness.sweep.spawn import emit_json, spawn_workers
 from harness.sweep.spec import BOOKKEEPING, PlannedTrial, SpecError, SweepSpec, _override_key, load_spec
 from harness.sweep.storage import default_storage_url, study_lock
 from harness.sweep.study import enqueue_grid, open_study, study_counts
 from harness.sweep.worker import DriverError, WorkerOptions, worker_loop
-
-
-def _fmt_params(params: dict, seed: Any) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) + f" seed={seed}"
-
-
-class Printer:
-    """Study-level progress bar plus one line per trial start / finish."""
-
-    def __init__(self, study: str, total: int | None, done: int):
-        from tqdm import tqdm
-
-        self.study = study
-        self.bar = tqdm(total=total, initial=done, desc=f"sweep {study}", unit="trial", dynamic_ncols=True, leave=True, disable=None)
-
-    def __call__(self, ev: dict) -> None:
-        kind, n = ev.get("event"), ev.get("trial")
-        if kind == "start":
-            line = f"[{self.study}] trial {n} start   {_fmt_params(ev['params'], ev['seed'])}  -> {ev['run_dir']}"
-        elif kind == "finish":
-            vals = " ".join(f"{k}={v:.4g}" for k, v in (ev.get("values") or {}).items())
-            why = f"  ({ev['reason']})" if ev.get("reason") else ""
-            line = f"[{self.study}] trial {n} {ev['state']:<8} {ev['wall_time_s']:.1f}s  {_fmt_params(ev['params'], ev['seed'])}  {vals}{why}"
-            if ev.get("state") not in ("INTERRUPTED", "TAKEN OVER"):  # those cells run again
-                self.bar.update(1)
-        elif kind == "output":
-            line = f"[trial {n}] {ev['line']}"
-        elif kind == "wait":
-            line = f"[{self.study}] nothing queued; waiting for {ev['running']} running trial(s) (stale ones are retried)"
-        elif kind == "requeue":
-            line = f"[{self.study}] trial {n} re-queued as trial {ev['new']}: {ev['why']}"
-        else:
-            line = f"[{self.study}] {ev}"
-        self.bar.write(line)
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -169,7 +135,7 @@ def _report_unfinished(spec: SweepSpec, study, planned: list[PlannedTrial], sour
     print(f"study {spec.study}: {len(left)} cell(s) unfinished:", file=sys.stderr)
     for u in left:
         trial = f"trial {u.trial}" if u.trial is not None else "no trial"
-        print(f"  {trial:<10} {u.state:<10} {_fmt_params(u.params, u.seed)}: {u.reason}", file=sys.stderr)
+        print(f"  {trial:<10} {u.state:<10} {fmt_params(u.params, u.seed)}: {u.reason}", file=sys.stderr)
     print(f"`harness sweep {source} --retry-failed` queues the failed ones again; `harness status {spec.study}` lists every trial.",
           file=sys.stderr)
     return 1
@@ -213,7 +179,6 @@ def run(args: argparse.Namespace) -> int:
         print(_driver_error(exc), file=sys.stderr)
         return 1
     counts = study_counts(study)
-    finished = sum(counts.get(s, 0) for s in ("COMPLETE", "PRUNED", "FAIL"))
     total = len(planned) if planned else (spec.n_trials * len(spec.seeds) if spec.n_trials else None)
     print(f"study {spec.study} at {url}: {added} trials queued now, existing {counts or 'none'}; runs under {args.runs_root}/{spec.study}/")
     for old, new, why in retried:
@@ -222,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     if launcher.kind != "local":  # the workers run elsewhere: submit them (or print their command) and return
         return launch.submit(args, spec, launcher, url)
-    printer = Printer(spec.study, total, min(finished, total) if total else finished)
+    printer = SweepProgress(spec.study, total, counts)  # harness/sweep/progress.py: live on a terminal, else lines
     t0 = time.time()
     try:
         if args.workers > 1:

@@ -5,6 +5,10 @@
     harness train --cfg job method=qlora                            # print the composed config, train nothing
     harness train --root ~/experiments model=tiny-llama             # -> ~/experiments/runs/<name>/<run_id>/
 
+Progress (harness/run/display.py): a live display on a terminal, one line per event otherwise (CI, logs, nohup):
+stages (load, train, each eval suite), step/total, loss, tokens/s, the ETA of the whole run; HARNESS_PROGRESS=1
+forces the live display, plain the lines, 0 turns it off.
+
 Exit code 2, before anything loads, for a config that cannot run (compose and preflight), a run_id
 recorded with another config, a sweep on the command line (method=lora,qlora: the message shows the sweep
 spec to write) or a key set twice.
@@ -18,6 +22,7 @@ import sys
 from harness.commands.common import add_cfg, add_config_dir, add_root, compose_checked, compose_only, print_cfg, use_root
 from harness.config import ConfigError
 from harness.pipeline import train_run
+from harness.run.display import open_display
 from harness.run.record import EXIT_CODES, RunError, read_summary
 
 
@@ -38,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
             print_cfg(compose_only(args))
             return 0
         cfg = compose_checked(args)
-        status, run_dir = train_run(cfg, args.overrides, force=args.force)
+        with open_display("train"):
+            status, run_dir = train_run(cfg, args.overrides, force=args.force)
     except (ConfigError, RunError) as exc:
         print(f"harness train: {exc}", file=sys.stderr)
         return 2

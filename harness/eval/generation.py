@@ -28,6 +28,7 @@ from harness import atomic, paths
 from harness.config import DataConfig, GenerationSuite, RunConfig
 from harness.eval.metrics import MetricReport, check_metric_names, compute
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
+from harness.run.progress import bar
 from harness.eval.scores import exact_match_items, sentence_bleu, sentence_chrf, sentence_rouge
 from harness.model.load import model_device
 
@@ -176,7 +177,6 @@ def generate_batched(
     tokens, cut at the first stop string and stripped.
     """
     import torch
-    from tqdm.auto import tqdm
 
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
@@ -192,8 +192,8 @@ def generate_batched(
     torch.manual_seed(seed)
     t0 = time.perf_counter()
     try:
-        with torch.inference_mode(), tqdm(total=len(prompts), desc=f"generate {suite.name}", unit="ex",
-                                          disable=not progress) as bar:
+        with torch.inference_mode(), bar(total=len(prompts), desc=f"generate {suite.name}", unit="ex",
+                                         disable=not progress) as shown:
             for batch in length_sorted_batches([len(p) for p in prompts], suite.batch_size):
                 width = max(len(prompts[i]) for i in batch)
                 input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -209,7 +209,7 @@ def generate_batched(
                     text = tokenizer.decode(new[:n], skip_special_tokens=True)
                     texts[i] = cut_at_stop(text, suite.stop).strip()
                     counts[i] = n
-                bar.update(len(batch))
+                shown.update(len(batch))
     finally:
         model.train(was_training)
     return texts, counts, time.perf_counter() - t0
@@ -363,10 +363,17 @@ def generation_items(cfg: RunConfig, name: str, entry: dict) -> tuple[list, list
     return [str(e.id) for e in examples], texts_of_rows(examples)
 
 
+def generation_cost(cfg) -> dict[str, float]:
+    """Rough forward tokens per suite, for the ETA: items (limit, else a guess of 500) x (a prompt of ~128 tokens +
+    each new token x beams, a decoding step costing about 4 tokens of a batched forward pass)."""
+    return {s.name: (s.limit or 500) * (128 + 4 * s.max_new_tokens * s.num_beams) for s in cfg.eval.generation}
+
+
 @register_suite_kind("generation", order=3, names=lambda cfg: [s.name for s in cfg.eval.generation],
-                     items=generation_items)
+                     items=generation_items, cost=generation_cost)
 def run_generation(ctx: SuiteContext) -> None:
     for gsuite in ctx.cfg.eval.generation:
+        ctx.begin(gsuite.name)
         entry = run_generation_suite(ctx.model, ctx.tokenizer, gsuite, ctx.cfg, ctx.run_dir)
         entry.setdefault("config_hash", config_hash(dataclasses.asdict(gsuite)))
         ctx.record(gsuite.name, entry)

@@ -13,8 +13,11 @@ lm_eval is imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,10 +25,16 @@ from harness import atomic
 from harness.config import LmEvalConfig, ModelConfig, PerplexitySuite
 from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
+from harness.run.progress import tqdm_through_display
 
 TASK_DIR = Path(__file__).resolve().parent / "tasks"
 SHORT_NAMES = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa", "social_iqa", "gsm8k",
                "wikitext")
+# for the ETA only (lm_eval_cost): items in each task's evaluated split, and rough forward tokens per item
+# (a multiple-choice item scores each choice after the context; gsm8k generates; wikitext is whole articles)
+TASK_ITEMS = {"hellaswag": 10042, "arc_easy": 2376, "arc_challenge": 1172, "piqa": 1838, "winogrande": 1267,
+              "openbookqa": 500, "social_iqa": 1954, "gsm8k": 1319, "wikitext": 62}
+ITEM_TOKENS = {"gsm8k": 2000, "wikitext": 4000}
 
 
 # What run_task writes to eval.json (task_metrics) and, per item, to samples/<task>.jsonl (sample_rows,
@@ -203,17 +212,61 @@ def _add_stderr(metrics: dict, rows: list[dict]) -> dict:
 
 
 def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | None, run_dir: Path | None,
-              on_result=None) -> dict:
-    """Every task in lm_cfg.tasks -> {short name: suite entry}; on_result(name, entry) after each.
-    (lm-eval draws its own progress bars.)"""
+              on_result=None, on_start=None) -> dict:
+    """Every task in lm_cfg.tasks -> {short name: suite entry}; on_start(name) before and on_result(name, entry)
+    after each. lm-eval's own progress bars report to the run's display while one is active (quietly)."""
     lm = build_lm(model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
     suites = {}
-    for name in lm_cfg.tasks:
-        entry = run_task(lm, short_name(name), lm_cfg, run_dir)
-        suites[short_name(name)] = entry
-        if on_result is not None:
-            on_result(short_name(name), entry)
+    with quietly():
+        for name in lm_cfg.tasks:
+            if on_start is not None:
+                on_start(short_name(name))
+            entry = run_task(lm, short_name(name), lm_cfg, run_dir)
+            suites[short_name(name)] = entry
+            if on_result is not None:
+                on_result(short_name(name), entry)
     return suites
+
+
+@contextlib.contextmanager
+def quietly():
+    """lm-eval without its noise: the tqdm bars of these modules of its own (each does `from tqdm import tqdm`)
+    report to the harness display while one is active (one display; no carriage returns in logs), and the git
+    commit it records is read without git's "fatal: not a git repository" on stderr outside a repository."""
+    import importlib
+
+    import lm_eval.evaluator as evaluator
+
+    mods = [importlib.import_module(m) for m in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")]
+    original = evaluator.get_git_commit_hash
+    evaluator.get_git_commit_hash = _git_commit_hash
+    try:
+        with tqdm_through_display(mods):
+            yield
+    finally:
+        evaluator.get_git_commit_hash = original
+
+
+def _git_commit_hash():
+    """lm_eval.loggers.utils.get_git_commit_hash, with git's stderr discarded."""
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    try:
+        return subprocess.check_output(["git", "describe", "--always"], stderr=subprocess.DEVNULL).strip().decode()
+    except (subprocess.CalledProcessError, OSError):
+        return get_commit_from_path(os.getcwd())
+
+
+def lm_eval_cost(cfg) -> dict[str, float]:
+    """Rough forward tokens per task, for the ETA: items (eval.lm_eval.limit, else the split's size) x tokens
+    per item x (1 + num_fewshot): few-shot examples lengthen every context."""
+    ev = cfg.eval.lm_eval
+    out = {}
+    for task in ev.tasks:
+        name = short_name(task)
+        items = ev.limit or TASK_ITEMS.get(name, 1000)
+        out[name] = items * ITEM_TOKENS.get(name, 400) * (1 + ev.num_fewshot)
+    return out
 
 
 # ---------------------------------------------------------------------------------- items
@@ -291,8 +344,9 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=L, add_bos_token=False)
     t0 = time.time()
-    out = simple_evaluate(model=lm, tasks=["harness_wikitext"], limit=limit or None, log_samples=False,
-                          task_manager=task_manager(["wikitext"]), bootstrap_iters=0, verbosity="ERROR")
+    with quietly():
+        out = simple_evaluate(model=lm, tasks=["harness_wikitext"], limit=limit or None, log_samples=False,
+                              task_manager=task_manager(["wikitext"]), bootstrap_iters=0, verbosity="ERROR")
     theirs_s = time.time() - t0
     res = out["results"]["harness_wikitext"]
     theirs = {m: float(res[f"{m},none"]) for m in ("word_perplexity", "byte_perplexity", "bits_per_byte")}
@@ -302,7 +356,7 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
 
 
 @register_suite_kind("lm_eval", order=2, names=lambda cfg: [short_name(t) for t in cfg.eval.lm_eval.tasks],
-                     items=lm_eval_items)
+                     items=lm_eval_items, cost=lm_eval_cost)
 def run_lm_eval(ctx: SuiteContext) -> None:
     ev = ctx.cfg.eval
     if not ev.lm_eval.tasks:
@@ -313,4 +367,4 @@ def run_lm_eval(ctx: SuiteContext) -> None:
         entry["config_hash"] = config_hash({"task": name, **lm_hash}, task_files(name))
         ctx.record(name, entry)
 
-    run_tasks(ctx.model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result)
+    run_tasks(ctx.model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result, on_start=ctx.begin)

@@ -30,6 +30,7 @@ from harness.config import ModelConfig, PerplexitySuite
 from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
+from harness.run.progress import bar
 
 LN2 = math.log(2.0)
 
@@ -178,7 +179,6 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
     """(summed NLL in nats, scored tokens) per token list; every token scored once given its window."""
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
 
     if bos_every_window and bos_id is None:
         raise ValueError("model.add_bos=true but the tokenizer has no BOS token")
@@ -194,7 +194,7 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
     device = model_device(model)
     was_training = model.training
     model.eval()
-    bar = tqdm(total=sum(j[2] for j in jobs), desc=desc, unit="tok", disable=not progress, leave=False)
+    shown = bar(total=sum(j[2] for j in jobs), desc=desc, unit="tok", disable=not progress, leave=False)
     try:
         with torch.inference_mode():
             for b in range(0, len(jobs), max(1, batch_size)):
@@ -212,10 +212,10 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
                     nll = F.cross_entropy(lg, torch.tensor(targets, device=lg.device), reduction="sum")
                     out[d][0] += float(nll)
                     out[d][1] += n_score
-                    bar.update(n_score)
+                    shown.update(n_score)
                 del logits
     finally:
-        bar.close()
+        shown.close()
         if was_training:
             model.train()
     return [(nll, n) for nll, n in out]
@@ -277,10 +277,26 @@ def perplexity_items(cfg, name: str, entry: dict) -> tuple[list, list[str]]:
     return [d.id for d in docs], [d.page for d in docs]
 
 
+def perplexity_cost(cfg) -> dict[str, float]:
+    """Rough forward tokens per suite, for the ETA: max_tokens (else the corpus at ~4 bytes a token), times the
+    overlap of the windows (max_length / stride)."""
+    out = {}
+    for s in cfg.eval.perplexity:
+        tokens = float(s.max_tokens)
+        if tokens <= 0:
+            try:
+                tokens = corpus_path(s).stat().st_size / 4
+            except (OSError, ValueError):
+                tokens = 300_000.0  # about WikiText-2's test set
+        out[s.name] = tokens * max(1.0, s.max_length / max(s.stride, 1))
+    return out
+
+
 @register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity],
-                     items=perplexity_items)
+                     items=perplexity_items, cost=perplexity_cost)
 def run_perplexity(ctx: SuiteContext) -> None:
     for suite in ctx.cfg.eval.perplexity:
+        ctx.begin(suite.name)
         entry, rows = run_suite(ctx.model, ctx.tokenizer, suite, ctx.cfg.model, progress=ctx.progress)
         hash_cfg = {**dataclasses.asdict(suite), "bos_every_window": entry["bos_every_window"],
                     "max_length": entry["max_length"], "stride": entry["stride"]}

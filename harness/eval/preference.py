@@ -176,7 +176,15 @@ def run_preference_suite(model, tokenizer, suite, cfg, run_dir: str | Path, prog
             "config_hash": config_hash(hash_cfg), "wall_time_s": round(time.perf_counter() - t0, 3), "samples": rel}
 
 
-@register_suite_kind("preference", order=2, names=lambda cfg: [s.name for s in cfg.eval.preference])
+def preference_cost(cfg) -> dict[str, float]:
+    """Rough forward tokens per suite, for the ETA: pairs (limit, else a guess of 200) x 2 answers x 2 models
+    (policy and reference) x half of train.max_length."""
+    return {s.name: (s.limit or 200) * 4 * cfg.train.max_length / 2 for s in cfg.eval.preference}
+
+
+@register_suite_kind("preference", order=2, names=lambda cfg: [s.name for s in cfg.eval.preference],
+                     cost=preference_cost)
 def run_preference(ctx: SuiteContext) -> None:
     for suite in ctx.cfg.eval.preference:
+        ctx.begin(suite.name)
         ctx.record(suite.name, run_preference_suite(ctx.model, ctx.tokenizer, suite, ctx.cfg, ctx.run_dir, ctx.progress))

@@ -4,13 +4,15 @@ recorded with it, its config hash.
 A suite kind is one module that registers itself:
 
     @register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity])
-    def run_perplexity(ctx: SuiteContext) -> None:      # ctx.record(name, entry) for each finished suite
-        ...
+    def run_perplexity(ctx: SuiteContext) -> None:      # ctx.begin(name) as each suite starts,
+        ...                                             # ctx.record(name, entry) as it finishes
 
 run_suites (harness/eval/suites.py) runs the kinds in `order`; the sweep asks suite_names(cfg) which
 `<suite>.<metric>` objectives a config can produce. Neither knows any kind by name. A kind that can say
 what it scored passes `items=fn`, fn(cfg, suite name, entry) -> (item ids, item texts) or None: run_suites
-checks those texts against the run's training data (harness/eval/contamination.py).
+checks those texts against the run's training data (harness/eval/contamination.py). A kind that can guess
+how long its suites take passes `cost=fn`, fn(cfg) -> {suite name: rough forward tokens}: the progress display
+(harness/run/progress.py) turns it into the run's ETA before the suite starts, at the speed measured so far.
 """
 
 from __future__ import annotations
@@ -54,8 +56,9 @@ def say(progress: bool, msg: str) -> None:
 # ------------------------------------------------------------------------------- suite kinds
 @dataclass
 class SuiteContext:
-    """What a suite kind's runner gets: the model in memory, its config, where to write, and record(name,
-    entry), which merges one finished suite into eval.json at once."""
+    """What a suite kind's runner gets: the model in memory, its config, where to write, begin(name) to call as
+    a suite starts (the progress display's stage), and record(name, entry), which merges one finished suite
+    into eval.json at once."""
 
     model: Any
     tokenizer: Any
@@ -63,10 +66,13 @@ class SuiteContext:
     run_dir: Path
     progress: bool
     record: Callable[[str, dict], None]
+    begin: Callable[[str], None] = lambda name: None
 
 
 # (RunConfig, suite name, its eval.json entry) -> (item ids, item texts): what the suite scored, or None
 ItemsFn = Callable[[Any, str, dict], "tuple[list, list[str]] | None"]
+# RunConfig -> {suite name: rough forward tokens}, for the ETA (a guess from sizes in the config; measured later)
+CostFn = Callable[[Any], "dict[str, float]"]
 
 
 @dataclass(frozen=True)
@@ -76,18 +82,20 @@ class SuiteKind:
     names: Callable[[Any], list[str]]  # RunConfig -> the suite names (eval.json keys) this kind will write
     run: Callable[[SuiteContext], None]
     items: ItemsFn | None = None  # for the contamination check; None: this kind cannot say
+    cost: CostFn | None = None  # for the progress display's ETA; None: no guess before it runs
 
 
 SUITE_KINDS: dict[str, SuiteKind] = {}
 
 
-def register_suite_kind(name: str, *, order: int, names: Callable[[Any], list[str]], items: ItemsFn | None = None):
+def register_suite_kind(name: str, *, order: int, names: Callable[[Any], list[str]], items: ItemsFn | None = None,
+                        cost: CostFn | None = None):
     """Register `run(ctx)` as the runner of suite kind `name` (the `kind` field of its eval.json entries)."""
 
     def deco(fn: Callable[[SuiteContext], None]) -> Callable[[SuiteContext], None]:
         if name in SUITE_KINDS:
             raise ValueError(f"suite kind {name!r} is registered twice")
-        SUITE_KINDS[name] = SuiteKind(name, order, names, fn, items)
+        SUITE_KINDS[name] = SuiteKind(name, order, names, fn, items, cost)
         return fn
 
     return deco

@@ -25,6 +25,7 @@ from harness.eval import generation, lm_eval, perplexity, preference, val  # noq
 from harness.eval.contamination import RunCheck
 from harness.eval.metrics import describe_metric
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
+from harness.run.progress import current as current_display
 from harness.run.metric_meta import UNKNOWN
 from harness.run.record import read_eval, read_samples, update_eval
 
@@ -32,6 +33,16 @@ from harness.run.record import read_eval, read_samples, update_eval
 def suite_names(cfg: RunConfig) -> list[str]:
     """The eval.json suite names that run_suites would write for cfg, in run order."""
     return [n for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order) for n in kind.names(cfg)]
+
+
+def eval_stages(cfg: RunConfig) -> list[tuple[str, str, None, float | None]]:
+    """The progress display's plan of the evaluation (harness/run/progress.py): one stage per suite, in run
+    order, with its kind's rough cost in forward tokens (None: no guess)."""
+    out = []
+    for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
+        costs = kind.cost(cfg) if kind.cost is not None else {}
+        out += [(f"eval {n}", "", None, costs.get(n)) for n in kind.names(cfg)]
+    return out
 
 
 def with_metric_meta(entry: dict) -> dict:
@@ -51,6 +62,14 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
     vers = versions()
     suites: dict = {}
     check = RunCheck(cfg, lambda msg: say(True, msg)) if trained and cfg.eval.contamination else None
+    shown = current_display()  # the progress display (harness/run/progress.py): one stage per suite
+    shown.plan(eval_stages(cfg))
+
+    def begin(name: str) -> None:
+        cur = shown.current
+        if cur is not None and cur.name.startswith("eval ") and cur.name[5:] not in suites:
+            shown.end(skipped=True)  # the suite before ended without a result (e.g. no validation split)
+        shown.begin(f"eval {name}")
 
     def record(name: str, entry: dict) -> None:
         kind = SUITE_KINDS.get(entry.get("kind"))
@@ -60,16 +79,17 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
                 entry["contamination"] = field
         suites[name] = with_metric_meta(entry)
         update_eval(run_dir, {name: entry}, vers)
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
-                          if isinstance(v, (int, float)) and not k.endswith("_stderr"))
-        say(progress, f"{name}: {shown} (n={entry.get('n')}, {entry.get('wall_time_s', 0):.1f} s)")
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
+                            if isinstance(v, (int, float)) and not k.endswith("_stderr"))
+        say(progress, f"{name}: {metrics} (n={entry.get('n')}, {entry.get('wall_time_s', 0):.1f} s)")
+        shown.end(f"eval {name}")
 
     names = suite_names(cfg)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise ConfigError([f"eval={cfg.eval.name}: suite names must be unique and not 'val'; repeated: {', '.join(dupes)}"])
 
-    ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record)
+    ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin)
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode is given back at the end
     try:
@@ -77,6 +97,9 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
             kind.run(ctx)
     finally:
         model.train(was_training)
+    cur = shown.current
+    if cur is not None and cur.name.startswith("eval ") and cur.name[5:] not in suites:
+        shown.end(skipped=True)
     if check is not None and check.index is not None:
         idx = check.index
         say(progress, f"contamination: {idx.n}-grams of data={cfg.data.name} ({idx.texts} training texts) vs every "

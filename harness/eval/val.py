@@ -55,10 +55,21 @@ def val_items(cfg: RunConfig, name: str, entry: dict) -> tuple[list, list[str]]:
     return [n for n, _ in held_out], texts_of_rows([r for _, r in held_out])
 
 
-@register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [], items=val_items)
+def val_cost(cfg: RunConfig) -> dict[str, float]:
+    """Rough forward tokens, for the ETA: the rows scored (train.eval_batches x batch_size, else data.val_size,
+    a share of data.max_rows or of a guessed 1000) x half of train.max_length."""
+    t, d = cfg.train, cfg.data
+    rows = t.eval_batches * t.batch_size if t.eval_batches > 0 else (
+        d.val_size if d.val_size >= 1 else d.val_size * (d.max_rows or 1000))
+    return {"val": rows * t.max_length / 2}
+
+
+@register_suite_kind("val", order=0, names=lambda cfg: ["val"] if cfg.eval.val_loss else [], items=val_items,
+                     cost=val_cost)
 def run_val(ctx: SuiteContext) -> None:
     if not ctx.cfg.eval.val_loss:  # eval.val_loss=false: the suite is off (names() already leaves it out)
         return
+    ctx.begin("val")
     entry = val_suite(ctx.model, ctx.tokenizer, ctx.cfg, ctx.progress)
     if entry is not None:
         ctx.record("val", entry)

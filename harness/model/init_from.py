@@ -74,8 +74,9 @@ def load_init_weights(init: InitFrom, model_cfg: ModelConfig, quantization_confi
     import torch
     from transformers import AutoModelForCausalLM
 
-    from harness.model.load import load_tokenizer
+    from harness.model.load import bars_to_display, load_tokenizer
 
+    bars_to_display()
     kwargs = dict(dtype=torch.float32, use_safetensors=True, trust_remote_code=model_cfg.trust_remote_code)
     if quantization_config is not None:
         kwargs.update(quantization_config=quantization_config, device_map={"": device})

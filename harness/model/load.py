@@ -23,6 +23,7 @@ from pathlib import Path
 
 from harness import atomic, paths
 from harness.config import ModelConfig, RunConfig, TinySpec
+from harness.run.progress import tqdm_hook
 from harness.run.record import read_summary
 
 CHATML_TEMPLATE = (
@@ -228,11 +229,20 @@ def load_tokenizer(cfg: ModelConfig):
     return tok
 
 
+def bars_to_display() -> None:
+    """transformers' own progress bars (Loading weights ...) report to the run's display while one is active
+    (harness/run/progress.py); elsewhere they stay tqdm bars."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_tqdm_hook(tqdm_hook)
+
+
 def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=None, device: str = "cpu"):
     """Model (optionally bitsandbytes-quantized) and tokenizer for cfg, weights as safetensors."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    bars_to_display()
     src = str(local_dir(cfg))
     kwargs = dict(
         revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code,
@@ -267,6 +277,7 @@ def load_run_model(run_dir: Path, cfg: RunConfig, device: str):
     if (full / "config.json").exists():
         from transformers import AutoModelForCausalLM
 
+        bars_to_display()
         model = AutoModelForCausalLM.from_pretrained(str(full), dtype=torch.float32, use_safetensors=True)
         if (full / "tokenizer_config.json").exists():  # the trainer saves the tokenizer beside full weights
             from transformers import AutoTokenizer

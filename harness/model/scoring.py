@@ -96,9 +96,9 @@ def score_rows(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0
     -> {"loss", "perplexity", "tokens"}. Rows are scored in order of length (less padding; the sum is the
     same), in eval mode (the caller's mode is given back)."""
     import torch
-    from tqdm.auto import tqdm
 
     from harness.model.load import model_device
+    from harness.run.progress import bar
 
     if not rows:
         raise ValueError("score_rows: no validation rows (data.val_size=0?)")
@@ -108,14 +108,17 @@ def score_rows(model, rows: Sequence[dict], batch_size: int = 8, pad_id: int = 0
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
+    shown = bar(total=sum(len(r["input_ids"]) for r in rows), desc="val", unit="tok", disable=not progress)
     try:
         with torch.inference_mode():
-            for b in tqdm(range(0, len(rows), max(1, batch_size)), desc="val", disable=not progress, leave=False):
+            for b in range(0, len(rows), max(1, batch_size)):
                 batch = {k: v.to(device) for k, v in pad_batch(rows[b:b + batch_size], pad_id).items()}
                 nll, n, _ = target_nll(forward, batch, target_only=target_only)
                 total += float(nll)
                 count += n
+                shown.update(sum(len(r["input_ids"]) for r in rows[b:b + batch_size]))
     finally:
+        shown.close()
         model.train(was_training)
     if count == 0:
         raise ValueError("score_rows: no target tokens in the validation rows (all labels are -100)")

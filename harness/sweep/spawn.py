@@ -52,7 +52,7 @@ def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
                 if line.startswith(EVENT_PREFIX):
                     printer(json.loads(line[len(EVENT_PREFIX):]))
                 elif line.strip():
-                    printer.bar.write(f"[worker {i}] {line.rstrip()}")
+                    printer.write(f"[worker {i}] {line.rstrip()}")
 
     threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
     for t in threads:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness import atomic, paths
+from harness.run.progress import MODE_ENV, child_mode
 from harness.run.record import EXIT_CODES, flat_metrics, now_iso, read_summary, run_dir_for
 from harness.sweep.launcher import job_id_from_env
 from harness.sweep.plan import bookkeeping_overrides, merge_overrides
@@ -275,7 +276,7 @@ def _run_child(cmd: list[str], trial, spec: SweepSpec, opts: WorkerOptions, stor
     asked to stop. Returns (exit code, whether the worker stopped it)."""
     if stop.signum is not None:  # asked to stop between taking the trial and starting it
         return EXIT_CODES["interrupted"], True
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{MODE_ENV: child_mode()})  # its output goes to train.log: lines
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
     held["proc"] = proc
 

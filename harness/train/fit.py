@@ -22,6 +22,7 @@ from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, now_iso, read_metrics, write_manifest, write_summary
 from harness.train.callbacks import CollapseWatch, Outcome, make_callback
 from harness.train.objectives import OBJECTIVES
+from harness.train.progress import attach_progress
 
 
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json")
@@ -208,12 +209,12 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optimizer,
         label_smoothing_factor=t.label_smoothing, seed=t.seed, data_seed=t.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-        gradient_checkpointing=t.gradient_checkpointing and quant is None,
+        activation_checkpointing=t.gradient_checkpointing and quant is None,
         logging_steps=t.log_every, logging_nan_inf_filter=False, include_num_input_tokens_seen="non_padding",
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1, save_only_model=False,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
-        disable_tqdm=not sys.stderr.isatty() and os.environ.get("HARNESS_PROGRESS") != "1",
+        disable_tqdm=True,  # progress goes to the run's display: harness/train/progress.py
     )
     outcome.model, outcome.tokenizer = model, tokenizer
     watch = CollapseWatch(vocab_size=getattr(model.config, "vocab_size", None) if t.objective == "sft" else None,
@@ -221,6 +222,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     callback = make_callback(cfg, run_dir, outcome, tracker, reporter, watch=watch)
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
                                       val_rows=val_rows, callbacks=[callback])
+    attach_progress(trainer)
     if getattr(trainer, "reference_model_kind", None):  # preference objectives: how the reference policy is held
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
