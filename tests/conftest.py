@@ -24,6 +24,15 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _no_root_leaks_between_tests(monkeypatch):
+    """`--root DIR` sets HARNESS_ROOT for its process and children (harness/commands/common.py use_root): a test
+    calling a command in-process must not leave it set for the next test. setenv then delenv makes pytest restore
+    "unset" afterwards, whatever the test set."""
+    monkeypatch.setenv("HARNESS_ROOT", "unset")
+    monkeypatch.delenv("HARNESS_ROOT")
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
