@@ -278,7 +278,7 @@ FORMATS: dict[str, DataFormat] = {f.name: f for f in [
     DataFormat(  # SFT learns the chosen answer; train.objective=dpo|orpo reads the pairs (harness/data/preference.py)
         "preference", fields=("chosen", "rejected", "prompt", "conversations"), target="chosen",
         normalise=_normalise_preference, split_key=prompt_key, prompt=_preference_parts, encode=encode_completion,
-        texts=_preference_texts, pairs=True),
+        references=lambda r: [r["chosen"]], texts=_preference_texts, pairs=True),
 ]}
 
 
