@@ -4,6 +4,7 @@
     harness train ... run_id=try1 train.lr=1e-3 --force             # resume it under a changed config anyway
     harness train --cfg job method=qlora                            # print the composed config, train nothing
     harness train --root ~/experiments model=tiny-llama             # -> ~/experiments/runs/<name>/<run_id>/
+    harness train model=tiny-llama train.devices=2                  # 2 processes under torchrun (harness/launch.py)
 
 Exit code 2, before anything loads, for a config that cannot run (compose and preflight), a run_id
 recorded with another config, a sweep on the command line (method=lora,qlora: the message shows the sweep
@@ -17,7 +18,7 @@ import sys
 
 from harness.commands.common import add_cfg, add_config_dir, add_root, compose_checked, compose_only, print_cfg, use_root
 from harness.config import ConfigError
-from harness.pipeline import train_run
+from harness.launch import follow, is_follower, launched, train
 from harness.run.record import EXIT_CODES, RunError, read_summary
 
 
@@ -38,10 +39,16 @@ def run(args: argparse.Namespace) -> int:
             print_cfg(compose_only(args))
             return 0
         cfg = compose_checked(args)
-        status, run_dir = train_run(cfg, args.overrides, force=args.force)
+        if is_follower():  # ranks 1.. of a run over several devices (train.devices): train, record and say nothing
+            return follow(cfg)
+        status, run_dir = train(cfg, args.overrides, force=args.force)
     except (ConfigError, RunError) as exc:
         print(f"harness train: {exc}", file=sys.stderr)
         return 2
+    if launched():  # rank 0 under the launcher of a run over several devices: the launcher reads the status from
+        # the record and prints the result. Training that ended together exits 0 (torchrun would report any other
+        # code as a crash); a failure exits non-zero, so that torchrun stops the ranks still waiting for this one.
+        return 0 if status in ("completed", "pruned", "diverged") else EXIT_CODES.get(status, 1)
     summary = read_summary(run_dir) or {}
     bits = [f"{k}={summary[k]:.4g}" for k in ("best_val_loss", "final_train_loss", "tokens_per_s") if isinstance(summary.get(k), (int, float))]
     reason = f" ({summary.get('reason')})" if summary.get("reason") else ""

@@ -19,8 +19,10 @@ from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
-from harness.run.record import SCHEMA, read_metrics, write_manifest
+from harness.run.record import SCHEMA, read_metrics
+from harness.train import distributed
 from harness.train.callbacks import Outcome, make_callback
+from harness.train.distributed import write_manifest  # rank 0 alone writes the record (train.devices > 1)
 from harness.train.objectives import OBJECTIVES
 
 
@@ -59,7 +61,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     set_seed(t.seed)
 
     # manifest: environment now, data and model identity once known
-    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed}}
+    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed},
+                **distributed.manifest_fields(device)}
 
     # 1. quantization config -> 2. load -> 3. PEFT
     quant = build_quant_config(cfg.method, compute_dtype)
@@ -131,10 +134,12 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1, save_only_model=False,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=not sys.stderr.isatty() and os.environ.get("HARNESS_PROGRESS") != "1",
+        **distributed.trainer_args(device),  # torchrun ranks (train.devices > 1): gloo or nccl
     )
     outcome.model, outcome.tokenizer = model, tokenizer
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
-                                      val_rows=val_rows, callbacks=[make_callback(cfg, run_dir, outcome, tracker, reporter)])
+                                      val_rows=val_rows, callbacks=[make_callback(cfg, run_dir, outcome, tracker,
+                                                                                 distributed.shared_reporter(reporter))])
     if getattr(trainer, "reference_model_kind", None):  # preference objectives: how the reference policy is held
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
@@ -151,13 +156,15 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     if ckpt is not None:
         step = int(ckpt.name.split("-")[-1])
         kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step]
-        atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
-        print(f"[harness] resuming {run_dir.name} from {ckpt.name}")
+        if distributed.is_main():
+            atomic.write_jsonl(run_dir / "metrics.jsonl", kept)
+            print(f"[harness] resuming {run_dir.name} from {ckpt.name}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     train_time = time.time() - t_train
+    distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     summary.update(
@@ -174,6 +181,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         trainer.evaluate()
         if outcome.status == "diverged":
             return "diverged"
+    if not distributed.is_main():
+        return "completed"  # the other ranks of a run over several devices: rank 0 saves and records
     summary["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else peak_rss_mb()
     summary["peak_memory_kind"] = "cuda_max_allocated" if device == "cuda" else "rss"
 
