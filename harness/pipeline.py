@@ -35,6 +35,7 @@ from harness.run.record import (
     write_or_warn,
     write_summary,
 )
+from harness.train import distributed
 from harness.train.callbacks import Outcome
 from harness.train.fit import TRAINING_FIELDS, drop_weights, fit, saved_weights
 
@@ -67,11 +68,13 @@ def resume_changes(cfg: RunConfig, run_dir: Path) -> list[str]:
     return config_changes(recorded, now)
 
 
-def prepare_run_dir(cfg: RunConfig, overrides: list[str], force: bool = False) -> tuple[Path, bool, list[str]]:
+def prepare_run_dir(cfg: RunConfig, overrides: list[str], force: bool = False,
+                    write: bool = True) -> tuple[Path, bool, list[str]]:
     """Create (or reopen for resume) the run directory; write config.yaml and overrides.yaml. Returns
     (run_dir, resuming, the config changes a forced resume accepted). An existing run_id whose
     recorded config differs (bookkeeping keys aside) raises RunError listing the keys, unless force
-    (then the new config is recorded and the changes go into summary.json); a completed one always."""
+    (then the new config is recorded and the changes go into summary.json); a completed one always.
+    write=False: the same checks and cfg.run_id, nothing written (harness/launch.py: rank 0 writes)."""
     name = config.default_run_name(cfg)
     run_id = cfg.run_id or new_run_id()
     run_dir = run_dir_for(cfg.output_dir, name, run_id)
@@ -89,8 +92,10 @@ def prepare_run_dir(cfg: RunConfig, overrides: list[str], force: bool = False) -
                            f"{len(changes)} key(s) differ (recorded -> now):\n{listed}\nTo go on: {fix}.")
         if status == "completed":
             return run_dir, True, []
-    run_dir.mkdir(parents=True, exist_ok=True)
     cfg.run_id = run_id
+    if not write:
+        return run_dir, resuming, changes
+    run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(cfg), sort_keys=False))
     atomic.write_text(run_dir / "overrides.yaml", yaml.safe_dump(list(overrides)))
     return run_dir, resuming, changes
@@ -149,6 +154,7 @@ def train_run(cfg: RunConfig, overrides: list[str] | None = None, outcome: Outco
         "study": cfg.study, "trial": cfg.trial, "model": cfg.model.name, "method": cfg.method.name,
         "data": cfg.data.name, "seed": cfg.train.seed, "axes": axes_from_overrides(cfg, overrides),
         "started_at": prior.get("started_at", started), "resumed": bool(resuming and prior),
+        **distributed.summary_fields(cfg.train),  # world_size, global_batch_size (train.devices: docs/multi-device.md)
     }
     if changes or prior.get("config_changes_on_resume"):  # a --force resume: what changed, recorded -> now
         summary["config_changes_on_resume"] = [*prior.get("config_changes_on_resume", []), *changes]

@@ -146,6 +146,7 @@ def validate(cfg: RunConfig) -> list[str]:
     if not 0 <= ev.contamination_warn <= 1:
         errs.append(f"eval.contamination_warn={ev.contamination_warn}: a share, must be in [0, 1] (e.g. 0.01).")
     errs += preference_rules(cfg)
+    errs += devices_rules(cfg)
     # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
     from harness.eval.metrics import METRICS
 
@@ -186,4 +187,22 @@ def preference_rules(cfg: RunConfig) -> list[str]:
     for i, suite in enumerate(cfg.eval.preference):
         if suite.batch_size < 1 or suite.limit < 0:
             errs.append(f"eval.preference[{i}]: batch_size={suite.batch_size} must be >= 1 and limit={suite.limit} >= 0.")
+    return errs
+
+
+def devices_rules(cfg: RunConfig) -> list[str]:
+    """train.devices: processes that train one run together (docs/multi-device.md). What does not work over
+    several processes is refused here, with the reason, before anything starts. The machine's side (GPUs,
+    cores) is harness/model/preflight.py's."""
+    t = cfg.train
+    errs: list[str] = []
+    if t.devices < 1:
+        errs.append(f"train.devices={t.devices}: must be >= 1 (1 = one process; N = N GPUs, or N CPU processes).")
+    if t.strategy == "fsdp":
+        errs.append("train.strategy=fsdp is refused: on CPUs accelerate's FSDP does not run at all (it needs a GPU-class "
+                    "device: CUDA, XPU, ...), and on GPUs it is not implemented here (FSDP shards the weights over the "
+                    "ranks, so saving them and the evaluation after training on rank 0 alone would first have to gather "
+                    "them, and every rank would have to run the same number of forward passes in the sharded validation "
+                    "loss; none of that is written or tested). Use train.strategy=ddp (each device holds a full replica: "
+                    "method=lora or qlora keep that small), or one device.")
     return errs

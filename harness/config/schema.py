@@ -119,6 +119,8 @@ class TrainConfig:
     early_stopping_patience: int = 0  # evaluations without improvement before stopping (0 = off)
     early_stopping_threshold: float = 0.0
     device: str = "auto"  # auto | cpu | cuda
+    devices: int = 1  # processes that train the run together (DDP under torchrun, harness/launch.py): GPUs, or CPU processes
+    strategy: str = "ddp"  # how train.devices > 1 share the work: ddp (a full replica each) | fsdp (refused: docs/multi-device.md)
     num_threads: int = 0  # torch threads (0 = torch's default)
     save_model: bool = True  # write the adapter / full weights into the run directory
     # preference objectives (train.objective=dpo|orpo; harness/train/preference.py, docs/preference.md)
@@ -246,6 +248,7 @@ ALLOWED = {
     "train.scheduler": ("linear", "cosine", "constant", "constant_with_warmup"),
     "train.precision": ("auto", "fp32", "bf16", "fp16"),
     "train.device": ("auto", "cpu", "cuda"),
+    "train.strategy": ("ddp", "fsdp"),
     "train.optimizer": ("adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "paged_adamw_8bit", "adamw_bnb_8bit"),
     "tracker.backends": TRACKERS,  # its keys
     "tracker.mode": ("offline", "online"),

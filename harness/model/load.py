@@ -140,13 +140,20 @@ def _key(cfg: ModelConfig) -> str:
 
 
 def _publish(build, target: Path) -> Path:
-    """Build into a temp dir beside target, then rename it into place, under a lock."""
+    """Build into a temp dir beside target, then rename it into place, under a lock. The build leaves the caller's
+    torch RNG as it was (a tiny model's build seeds it; a conversion initialises a model before loading its
+    weights): a run seeded before its model loads draws the same LoRA init whether or not this was a cache miss."""
+    import torch
+
     with atomic.file_lock(target.parent / f".{target.name}.lock"):
         if (target / "config.json").exists():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            build(tmp)
+            with torch.random.fork_rng(devices=[]):
+                build(tmp)
+            if not (tmp / "config.json").exists():  # e.g. save_pretrained on a rank other than 0 writes no weights
+                raise ModelError(f"building {target.name} left no config.json; not publishing an incomplete model")
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -250,7 +257,8 @@ def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=N
     )
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = {"": device}
+        # cuda: the current GPU, this rank's under torchrun (harness/train/distributed.py sets it)
+        kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else device}
     model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
     if quantization_config is None and device != "cpu":
         model = model.to(device)

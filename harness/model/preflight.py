@@ -101,11 +101,33 @@ def cuda_absent() -> str | None:
     return None
 
 
+def visible_gpus() -> int | None:
+    """How many GPUs this process may use, without importing torch: 0 where CUDA is surely absent, the
+    CUDA_VISIBLE_DEVICES list, else the NVIDIA driver's GPU entries; None when that cannot be told."""
+    if cuda_absent():
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    found = glob.glob("/proc/driver/nvidia/gpus/*")
+    return len(found) if found else None
+
+
 def _device(cfg: RunConfig) -> list[str]:
-    if cfg.train.device != "cuda":
-        return []
-    why = cuda_absent()
-    return [f"train.device=cuda, but {why}; use train.device=cpu, or auto (the GPU where there is one)."] if why else []
+    t, errors = cfg.train, []
+    why = cuda_absent() if t.device == "cuda" else None
+    if why:
+        errors.append(f"train.device=cuda, but {why}; use train.device=cpu, or auto (the GPU where there is one).")
+    if t.devices > 1 and not why:  # train.devices: one process per GPU, or CPU processes (docs/multi-device.md)
+        gpus = visible_gpus() if t.device != "cpu" else 0
+        if gpus and t.devices > gpus:
+            errors.append(f"train.devices={t.devices}: one process per GPU, but this machine has {gpus} GPU(s) "
+                          f"(train.device={t.device}). Use train.devices<={gpus}, or train.device=cpu for CPU processes.")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        if gpus == 0 and t.devices > cores:
+            errors.append(f"train.devices={t.devices} CPU processes, but this process may use {cores} core(s); each "
+                          f"process needs one of its own (more only take turns). Use train.devices<={cores}.")
+    return errors
 
 
 # --------------------------------------------------------------------------------------- model

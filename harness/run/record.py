@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import secrets
 import sys
 import typing
@@ -97,6 +98,8 @@ class Summary(TypedDict, total=False):
     final_val_loss: float
     best_val_loss: float
     pruned_at_step: int
+    world_size: int  # processes that trained the run together (train.devices; 1 = one process)
+    global_batch_size: int  # rows per optimizer step: train.batch_size x train.grad_accum x world_size
     started_at: str
     finished_at: str
     trained_at: str  # the final weights are saved: a rerun of this run_id evaluates them instead of training again
@@ -126,6 +129,7 @@ class Manifest(TypedDict, total=False):
     data: dict
     bf16_fast_backward_layers: int
     reference_model: str  # preference objectives: "adapter disabled" | "adapter copy" | "copy" | "none" (docs/preference.md)
+    distributed: dict  # a run over several processes: world_size, local_world_size, backend, launcher, strategy, threads_per_process
     init_from: dict  # train.init_from: the finished run training started from (run_dir, kind, name, objective, method)
 
 
@@ -155,8 +159,18 @@ def check_record(record: Mapping, schema: type, what: str) -> list[str]:
     return errors
 
 
+def check_writer(path: Path) -> None:
+    """RecordError unless this process may write the run record: one run trained by several processes
+    (torchrun: RANK, WORLD_SIZE) has one record, written by rank 0 alone (harness/train/distributed.py)."""
+    rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    if rank != "0" and size != "1":
+        raise RecordError(f"{path}: rank {rank} of a {size}-process run tried to write the run record; "
+                          "only rank 0 writes it (harness/train/distributed.py)")
+
+
 def _write_checked(run_dir: str | Path, name: str, record: Mapping, schema: type) -> Path:
     path = Path(run_dir) / name
+    check_writer(path)
     errors = check_record(record, schema, str(path))
     if errors:
         raise RecordError("; ".join(errors))
@@ -247,6 +261,7 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 def update_eval(run_dir: str | Path, suites: dict[str, Any], versions: dict[str, Any]) -> Path:
     """Merge suite results into eval.json (atomic). Existing suites with the same name are replaced."""
     p = Path(run_dir) / "eval.json"
+    check_writer(p)
     current = atomic.read_json(p) if p.exists() else {"schema": SCHEMA, "versions": {}, "suites": {}}
     current.setdefault("versions", {}).update(versions)
     current.setdefault("suites", {}).update(suites)

@@ -111,8 +111,9 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
                 "mem_mb": rss_mb(), "time_s": now - self.t0, **preference_fields(logs),
             }
             self.last = (now, tokens)
-            atomic.append_jsonl(metrics_path, row)
-            tracker.log({k: v for k, v in row.items() if v is not None}, step=state.global_step)
+            if state.is_world_process_zero:  # one record per run, also over several devices (rank 0 writes it)
+                atomic.append_jsonl(metrics_path, row)
+                tracker.log({k: v for k, v in row.items() if v is not None}, step=state.global_step)
             outcome.final_train_loss = logs["loss"]
             collapse = watch.see(state.global_step, logs["loss"], logs.get("grad_norm"))
             if not math.isfinite(float(logs["loss"])):
@@ -131,8 +132,9 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
                    **{f"val_{k}": v for k, v in preference_fields(metrics, "eval_").items()}}
             if cfg.train.objective != "sft":
                 row.pop("val_ppl")  # a DPO / ORPO loss is not a per-token cross-entropy
-            atomic.append_jsonl(metrics_path, row)
-            tracker.log(row, step=state.global_step)
+            if state.is_world_process_zero:
+                atomic.append_jsonl(metrics_path, row)
+                tracker.log(row, step=state.global_step)
             outcome.final_val_loss = loss
             if not math.isfinite(loss):
                 outcome.status, outcome.reason = "diverged", f"validation loss {loss} at step {state.global_step}"

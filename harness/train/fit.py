@@ -19,8 +19,10 @@ from harness.config import ConfigError, RunConfig
 from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
 from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
-from harness.run.record import SCHEMA, now_iso, read_metrics, write_manifest, write_summary
+from harness.run.record import SCHEMA, now_iso, read_metrics, write_summary
+from harness.train import distributed
 from harness.train.callbacks import CollapseWatch, Outcome, make_callback
+from harness.train.distributed import write_manifest  # rank 0 alone writes the record (train.devices > 1)
 from harness.train.objectives import OBJECTIVES
 from harness.train.progress import attach_progress
 
@@ -91,6 +93,8 @@ def resume_point(run_dir: Path) -> Path | None:
     the steps trained again are never recorded twice."""
     problems: dict[str, str] = {}
     ckpt = last_checkpoint(run_dir, problems)
+    if not distributed.is_main():  # ranks 1.. of a run over several devices: the same answer, no side effects
+        return ckpt
     for name, why in problems.items():
         print(f"[harness] warning: skipping {name} of {run_dir.name}: {why}; deleting it", file=sys.stderr)
         shutil.rmtree(run_dir / "checkpoints" / name, ignore_errors=True)
@@ -143,7 +147,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     set_seed(t.seed)
 
     # manifest: environment now, data and model identity once known
-    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed}}
+    manifest = {"schema": SCHEMA, **run_environment(device), "precision": precision, "seeds": {"train": t.seed},
+                **distributed.manifest_fields(device)}
 
     # 1. quantization config -> 2. load -> 3. PEFT
     quant = build_quant_config(cfg.method, compute_dtype)
@@ -215,11 +220,12 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1, save_only_model=False,
         report_to=[], dataloader_num_workers=0, remove_unused_columns=False,
         disable_tqdm=True,  # progress goes to the run's display: harness/train/progress.py
+        **distributed.trainer_args(device),  # torchrun ranks (train.devices > 1): gloo or nccl
     )
     outcome.model, outcome.tokenizer = model, tokenizer
     watch = CollapseWatch(vocab_size=getattr(model.config, "vocab_size", None) if t.objective == "sft" else None,
                           nonfinite_grads=precision != "fp16")
-    callback = make_callback(cfg, run_dir, outcome, tracker, reporter, watch=watch)
+    callback = make_callback(cfg, run_dir, outcome, tracker, distributed.shared_reporter(reporter), watch=watch)
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
                                       val_rows=val_rows, callbacks=[callback])
     attach_progress(trainer)
@@ -236,15 +242,16 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
 
     # 6. train (resume from the last complete checkpoint of this run_id if there is one)
     ckpt = resume_point(run_dir) if cfg.resume else None
-    if not cfg.resume and (run_dir / "metrics.jsonl").exists():
+    if not cfg.resume and (run_dir / "metrics.jsonl").exists() and distributed.is_main():
         atomic.write_jsonl(run_dir / "metrics.jsonl", [])  # resume=false: trained again from step 0
-    if ckpt is not None:
+    if ckpt is not None and distributed.is_main():
         print(f"[harness] resuming {run_dir.name} from {ckpt.name}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     train_time = time.time() - t_train
+    distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
     summary.update(
@@ -261,6 +268,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         trainer.evaluate()
         if outcome.status == "diverged":
             return "diverged"
+    if not distributed.is_main():
+        return "completed"  # the other ranks of a run over several devices: rank 0 saves and records
     summary["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else peak_rss_mb()
     summary["peak_memory_kind"] = "cuda_max_allocated" if device == "cuda" else "rss"
 

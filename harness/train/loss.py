@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 
-from harness.model.scoring import pad_batch, score_rows, supports_logits_to_keep, target_nll
+from harness.model.scoring import pad_batch, supports_logits_to_keep, target_nll
+from harness.train.distributed import score_rows_all_ranks
 
 __all__ = ["make_trainer", "pad_batch", "target_only_loss"]
 
@@ -47,6 +48,10 @@ def make_trainer(label_smoothing: float, **kwargs):
             # label smoothing regularises training only: validation loss (evaluate below) is plain cross-entropy
             smoothing = label_smoothing if model.training else 0.0
             loss, outputs = target_only_loss(model, inputs, num_items_in_batch, smoothing)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                # as the stock compute_loss: num_items_in_batch counts every rank's targets, and DDP averages the
+                # ranks' gradients, so scale by the ranks to get the gradient of the global token mean
+                loss = loss * self.accelerator.num_processes
             return (loss, outputs) if return_outputs else loss
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
@@ -58,8 +63,9 @@ def make_trainer(label_smoothing: float, **kwargs):
             t0 = time.time()
             tok = self.processing_class
             pad_id = getattr(tok, "pad_token_id", None)
-            res = score_rows(self.model, dataset.to_list() if hasattr(dataset, "to_list") else list(dataset),
-                             batch_size=self.args.per_device_eval_batch_size, pad_id=pad_id or 0)
+            # over several ranks: each scores a share of the rows, the sums are reduced (the same number on every rank)
+            res = score_rows_all_ranks(self.model, dataset.to_list() if hasattr(dataset, "to_list") else list(dataset),
+                                       batch_size=self.args.per_device_eval_batch_size, pad_id=pad_id or 0)
             runtime = time.time() - t0
             metrics = {f"{metric_key_prefix}_loss": res["loss"], f"{metric_key_prefix}_tokens": res["tokens"],
                        f"{metric_key_prefix}_runtime": round(runtime, 4)}
