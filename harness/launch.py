@@ -60,7 +60,7 @@ def follow(cfg: RunConfig) -> int:
     Failures are printed to stderr (the launcher quotes the last one in the record), never written."""
     from harness.config import default_run_name
     from harness.run.record import run_dir_for
-    from harness.run.tracking import NullTracker
+    from harness.run.tracking import Tracker
     from harness.sweep.pruning import NullReporter
     from harness.train.fit import fit
 
@@ -70,7 +70,7 @@ def follow(cfg: RunConfig) -> int:
         if (read_summary(run_dir) or {}).get("status") == "completed":
             return 0  # rank 0 says so and trains nothing either
         outcome = Outcome()
-        status = fit(cfg, run_dir, {}, outcome, NullTracker(), NullReporter())
+        status = fit(cfg, run_dir, {}, outcome, Tracker({}), NullReporter())  # no tracker backends: rank 0 logs
         return 0 if status in ("completed", "diverged", "pruned") else 1
     except KeyboardInterrupt:
         return 130
