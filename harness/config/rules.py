@@ -10,7 +10,7 @@ from typing import Any
 
 from harness import paths
 from harness.config.checks import did_you_mean
-from harness.config.schema import ALLOWED, PAIR_FORMATS, RunConfig
+from harness.config.schema import ALLOWED, EVAL_MODES, PAIR_FORMATS, RunConfig
 
 
 # ------------------------------------------------------------------------- cross-field rules
@@ -140,6 +140,9 @@ def validate(cfg: RunConfig) -> list[str]:
         if suite.stride <= 0 or suite.stride > suite.max_length:
             errs.append(f"eval.perplexity[{i}].stride={suite.stride}: must be in 1..max_length ({suite.max_length}).")
     ev = cfg.eval
+    if ev.mode not in EVAL_MODES:
+        errs.append(f"eval.mode={ev.mode!r}: must be one of {', '.join(EVAL_MODES)} (exact: fp32, lm-eval's numbers; "
+                    "fast: bf16 where the device runs it natively, its measured deviation recorded).")
     if ev.contamination_n < 4:
         errs.append(f"eval.contamination_n={ev.contamination_n}: n-grams that short match ordinary phrases; "
                     "use >= 4 (13 is the default, as GPT-3's decontamination).")

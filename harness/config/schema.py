@@ -177,6 +177,10 @@ class PreferenceSuite:
 class EvalConfig:
     name: str = "none"
     after_train: bool = True  # the trainer (and so each sweep trial) runs these suites at the end
+    # exact: fp32, every loglikelihood as lm-eval computes it (to 1e-4); fast: the fastest precision this device
+    # runs within tolerance (bf16 on GPUs and native-bf16 CPUs, else fp32), its deviation measured on a calibration
+    # slice and recorded (harness/eval/precision.py)
+    mode: str = "exact"
     val_loss: bool = True  # perplexity on the run's own validation split
     perplexity: list[PerplexitySuite] = field(default_factory=list)
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
@@ -189,6 +193,7 @@ class EvalConfig:
     contamination_warn: float = 0.01  # print a warning for a suite whose share is above this
 
 
+EVAL_MODES = ("exact", "fast")  # eval.mode (harness/eval/precision.py)
 TRACKERS = ("wandb", "mlflow", "tensorboard")  # the keys of tracker.backends (harness/run/tracking.py BACKENDS; a test keeps them equal)
 
 

@@ -1,0 +1,62 @@
+"""Evaluation modes: in which precision the evaluators run the model (eval.mode, named in eval.json and the report).
+
+    exact   fp32, whatever the model was trained in: every loglikelihood as lm-eval computes it in fp32 (1e-4),
+            the numbers to report and compare with published ones.
+    fast    the fastest precision this device runs within tolerance: bf16 on a GPU and on CPUs with native bf16
+            (AMX / AVX512-BF16). On other CPUs bf16 is emulated (~0.1x fp32's matmul speed) and dynamic int8 Linear
+            layers move SmolLM2's per-token log-probabilities by ~1.5 nats (activation outliers), so fast mode
+            runs fp32 there and says why. Suites that run in fast mode measure their deviation from exact mode on a
+            calibration slice and record it beside their metrics.
+
+`plan(mode, device)` decides (pure; the CPU's flags are passed in), `model_for(model, plan)` gives the model to
+evaluate: the same object when its dtype already matches, else a converted copy (the trained model is never
+changed in place: it may still be saved or evaluated by another suite).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class EvalPrecision:
+    mode: str  # exact | fast
+    dtype: str  # float32 | bfloat16
+    reason: str  # why this dtype on this device, for eval.json and the report
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def plan(mode: str, device: str, native_bf16: bool | None = None) -> EvalPrecision:
+    """The precision of `mode` on `device` ("cpu", "cuda", ...). native_bf16: whether the CPU has native bf16
+    instructions (read from /proc/cpuinfo when None)."""
+    if mode == "exact":
+        return EvalPrecision("exact", "float32", "exact mode: fp32, lm-eval's numbers")
+    if mode != "fast":
+        raise ValueError(f"eval.mode={mode!r}: must be exact or fast")
+    if device.startswith("cuda"):
+        return EvalPrecision("fast", "bfloat16", "fast mode on a GPU: bf16")
+    if native_bf16 is None:
+        from harness.model.device import cpu_has_native_bf16
+
+        native_bf16 = cpu_has_native_bf16()
+    if native_bf16:
+        return EvalPrecision("fast", "bfloat16", "fast mode on a CPU with native bf16 (AMX / AVX512-BF16): bf16")
+    return EvalPrecision("fast", "float32", "fast mode on a CPU without native bf16: bf16 is emulated (slower than "
+                                            "fp32) and int8 Linear layers deviate too far, so fp32")
+
+
+def model_for(model, precision: EvalPrecision):
+    """The model to evaluate in `precision`: `model` itself when its floating-point weights already have that
+    dtype, else a copy converted to it (quantized base weights, e.g. QLoRA's 4-bit layers, are left as they are)."""
+    import copy
+
+    import torch
+
+    dtype = getattr(torch, precision.dtype)
+    floats = [p.dtype for p in model.parameters() if p.dtype.is_floating_point]
+    if all(d == dtype for d in floats):
+        return model
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+        return model  # bitsandbytes layers keep their storage; their compute dtype is set at load
+    return copy.deepcopy(model).to(dtype)
