@@ -25,6 +25,7 @@ from harness.config.schema import (
     GROUPS,
     ConfigError,
     DataConfig,
+    DuringTraining,
     EvalConfig,
     GenerationSuite,
     LmEvalConfig,
@@ -38,7 +39,7 @@ from harness.config.schema import (
 )
 
 __all__ = [
-    "ALLOWED", "GROUPS", "ConfigError", "check_key", "DataConfig", "EvalConfig", "GenerationSuite", "LmEvalConfig", "MethodConfig",
+    "ALLOWED", "GROUPS", "ConfigError", "check_key", "DataConfig", "DuringTraining", "EvalConfig", "GenerationSuite", "LmEvalConfig", "MethodConfig",
     "ModelConfig", "PerplexitySuite", "RunConfig", "TinySpec", "TrackerConfig", "TrainConfig", "check_structure",
     "compose", "compose_tree", "default_run_name", "from_dict", "group_options", "load_run_config", "target_modules",
     "to_dict", "validate",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 from harness import paths
@@ -150,6 +151,7 @@ def validate(cfg: RunConfig) -> list[str]:
         errs.append(f"eval.contamination_warn={ev.contamination_warn}: a share, must be in [0, 1] (e.g. 0.01).")
     errs += preference_rules(cfg)
     errs += devices_rules(cfg)
+    errs += during_training_rules(cfg)
     # the metric registry is read by name (harness.eval.metrics imports no ML library and nothing of harness.config)
     from harness.eval.metrics import METRICS
 
@@ -208,4 +210,46 @@ def devices_rules(cfg: RunConfig) -> list[str]:
                     "them, and every rank would have to run the same number of forward passes in the sharded validation "
                     "loss; none of that is written or tested). Use train.strategy=ddp (each device holds a full replica: "
                     "method=lora or qlora keep that small), or one device.")
+    return errs
+
+
+# the offline lm-eval tasks shipped in harness/eval/tasks/ (harness_<name>.yaml); read from the folder, as the config
+# layer does not import the eval stage (harness/eval/lm_eval.py SHORT_NAMES names the same files)
+TASK_DIR = Path(__file__).resolve().parents[1] / "eval" / "tasks"
+
+
+def offline_tasks() -> list[str]:
+    return sorted(p.stem.removeprefix("harness_") for p in TASK_DIR.glob("harness_*.yaml"))
+
+
+def during_training_rules(cfg: RunConfig) -> list[str]:
+    """eval.during_training (harness/train/benchmarks.py): a schedule, offline tasks, sane sizes. Off (tasks: [])
+    needs no schedule; a schedule without tasks is refused rather than silently doing nothing."""
+    dt = cfg.eval.during_training
+    key = "eval.during_training"
+    errs: list[str] = []
+    if dt.every_steps < 0:
+        errs.append(f"{key}.every_steps={dt.every_steps}: must be >= 0 (N = every N optimizer steps, 0 = not by "
+                    f"step count; {key}.at_checkpoints=true runs at each checkpoint instead).")
+    if dt.limit < 0:
+        errs.append(f"{key}.limit={dt.limit}: must be >= 0 (items per task; e.g. 50; 0 = the whole split).")
+    if dt.batch_size < 1:
+        errs.append(f"{key}.batch_size={dt.batch_size}: must be >= 1.")
+    if dt.num_fewshot < 0:
+        errs.append(f"{key}.num_fewshot={dt.num_fewshot}: must be >= 0.")
+    known = offline_tasks()
+    for name in dt.tasks:
+        if name.removeprefix("harness_") not in known:
+            errs.append(f"{key}.tasks: {name!r} is not an offline task.{did_you_mean(name, known)} During training "
+                        f"only the tasks shipped in harness/eval/tasks/ run (no download mid-run): {', '.join(known)}.")
+    dupes = sorted({n for n in dt.tasks if dt.tasks.count(n) > 1})
+    if dupes:
+        errs.append(f"{key}.tasks: {', '.join(dupes)} listed twice; name each task once.")
+    scheduled = dt.every_steps > 0 or dt.at_checkpoints
+    if dt.tasks and not scheduled and dt.every_steps >= 0:
+        errs.append(f"{key}.tasks={dt.tasks} but no schedule: set {key}.every_steps=N (every N optimizer steps) "
+                    f"and/or {key}.at_checkpoints=true, or {key}.tasks=[] to turn it off.")
+    if scheduled and not dt.tasks:
+        errs.append(f"{key}: every_steps={dt.every_steps}, at_checkpoints={str(dt.at_checkpoints).lower()} but no "
+                    f"tasks; name some, e.g. {key}.tasks=[arc_easy], or set every_steps=0 and at_checkpoints=false.")
     return errs

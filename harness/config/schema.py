@@ -149,6 +149,21 @@ class LmEvalConfig:
 
 
 @dataclass
+class DuringTraining:
+    """eval.during_training: a small lm-eval suite run on the model while it trains (harness/train/benchmarks.py),
+    its scores written to metrics.jsonl with the step and drawn beside the loss in the report. Off while `tasks`
+    is empty. The offline tasks of harness/eval/tasks/ only (no download in the middle of a training run)."""
+
+    tasks: list[str] = field(default_factory=list)  # e.g. [arc_easy]; [] = off
+    every_steps: int = 0  # every N optimizer steps (0 = not by step count)
+    at_checkpoints: bool = False  # at every checkpoint the trainer saves (train.save_every)
+    limit: int = 50  # items per task (the first ones; 0 = the whole split, slow)
+    num_fewshot: int = 0
+    batch_size: int = 8
+    seed: int = 0
+
+
+@dataclass
 class GenerationSuite:
     name: str = "???"
     data: str = "???"  # a data config name (its eval_path is used)
@@ -186,6 +201,7 @@ class EvalConfig:
     lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
     generation: list[GenerationSuite] = field(default_factory=list)
     preference: list[PreferenceSuite] = field(default_factory=list)  # chosen/rejected log-probs, implicit rewards
+    during_training: DuringTraining = field(default_factory=DuringTraining)  # benchmarks while training (docs/evaluation.md)
     bootstrap_samples: int = 1000
     seed: int = 0
     contamination: bool = True  # trained runs: each suite's share of items with an n-gram in the training data
