@@ -17,6 +17,7 @@ import yaml
 
 from harness import atomic, config, quiet
 from harness.config import ConfigError, RunConfig
+from harness.eval.during import make_benchmark
 from harness.eval.registry import EvalError, say
 from harness.eval.suites import eval_config_for_run, eval_stages, has_suites, run_suites
 from harness.model.load import load_run_model
@@ -225,7 +226,7 @@ def _fit_and_evaluate(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Out
         print(f"[harness] {run_dir.name} finished training at {summary.get('trained_at')}; evaluating its saved weights")
         outcome.model, outcome.tokenizer = load_trained(run_dir, cfg, _device(cfg))
     else:
-        status = fit(cfg, run_dir, summary, outcome, tracker, reporter_for(cfg))
+        status = fit(cfg, run_dir, summary, outcome, tracker, reporter_for(cfg), benchmark=make_benchmark(cfg))
         if status != "completed":
             return status
     if cfg.eval.after_train and cfg.eval.name != "none":

@@ -103,19 +103,33 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+BENCH_PREFIX = "bench/"  # metrics.jsonl keys of eval.during_training rows: bench/<task>.<metric> (harness/train/benchmarks.py)
+
+
+def benchmark_keys(runs_by_method: dict[str, list[list[dict]]]) -> list[str]:
+    """The benchmark metrics measured during training in these runs (bench/<task>.<metric>, no stderr or item
+    counts), sorted."""
+    return sorted({k for rows in runs_by_method.values() for run in rows for row in run for k in row
+                   if k.startswith(BENCH_PREFIX) and not k.endswith(("_stderr", ".n"))})
+
+
 def loss_curves(runs_by_method: dict[str, list[list[dict]]], svg: bool = True) -> Fig | None:
-    """Median train and validation loss per step for each method, with the 25-75% band over runs.
+    """Median train and validation loss per step for each method, with the 25-75% band over runs; beside them one
+    panel per benchmark metric measured during training (eval.during_training), over the same steps.
 
     runs_by_method: method -> one metrics.jsonl row list per run.
     """
     import numpy as np
 
-    panels = (("train_loss", "training loss"), ("val_loss", "validation loss"))
+    panels = [("train_loss", "training loss"), ("val_loss", "validation loss")]
+    panels += [(k, f"{k[len(BENCH_PREFIX):]} (during training)") for k in benchmark_keys(runs_by_method)]
     if not any(k in row for rows in runs_by_method.values() for run in rows for row in run for k, _ in panels):
         return None
     col = colors(runs_by_method)
+    ncols = 2 if len(panels) <= 2 else min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
     with matplotlib.rc_context(RC):
-        fig, axes = _new(11, 3.6, ncols=2)
+        fig, axes = _new(11 if ncols == 2 else 13, 3.6 * nrows, ncols=ncols, nrows=nrows, hspace=0.45)
         for ax, (key, label) in zip(axes, panels):
             for method in sorted(runs_by_method):
                 by_step: dict[float, list[float]] = {}
@@ -129,17 +143,24 @@ def loss_curves(runs_by_method: dict[str, list[list[dict]]], svg: bool = True) -
                 steps = sorted(by_step)
                 q = np.array([np.percentile(by_step[s], [25, 50, 75]) for s in steps])
                 n = len(runs_by_method[method])
-                ax.plot(steps, q[:, 1], color=col[method], lw=1.8, label=f"{method} (n={n})")
+                marker = "o" if key.startswith(BENCH_PREFIX) else None  # a few points each: show where they are
+                ax.plot(steps, q[:, 1], color=col[method], lw=1.8, marker=marker, ms=3.5, label=f"{method} (n={n})")
                 if n > 1:
                     ax.fill_between(steps, q[:, 0], q[:, 2], color=col[method], alpha=0.18, lw=0)
             ax.set_xlabel("step")
-            ax.set_ylabel(label)
-            ax.set_title(label)
+            ax.set_ylabel(label, **_LITERAL)
+            ax.set_title(label, **_LITERAL)
             if ax.has_data():
                 _legend(ax, fontsize=8)
-    return _finish(fig, "loss_curves", "Loss curves by method",
+        for ax in axes[len(panels):]:
+            ax.set_visible(False)
+    bench = len(panels) > 2
+    return _finish(fig, "loss_curves", "Loss curves by method" + (" and benchmarks during training" if bench else ""),
                    "Median over runs of each method (line) and 25-75% range (band), from metrics.jsonl. "
-                   "Non-finite losses (diverged runs) are not drawn.", svg, wide=True)
+                   "Non-finite losses (diverged runs) are not drawn."
+                   + (" Benchmark panels: eval.during_training's tasks on their first items (eval.during_training.limit), "
+                      "scored at the steps marked; the full evaluation after training is in the tables." if bench else ""),
+                   svg, wide=True)
 
 
 def scatter_front(name: str, title: str, points: list[dict], xlabel: str, ylabel: str, front: list[int],

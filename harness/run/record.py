@@ -87,7 +87,8 @@ class Summary(TypedDict, total=False):
     peak_memory_mb: float
     peak_memory_kind: str
     wall_time_s: float
-    train_time_s: float
+    train_time_s: float  # training alone (benchmarks during training left out: benchmark_time_s)
+    benchmark_time_s: float  # eval.during_training: seconds spent in its benchmarks (this attempt)
     eval_time_s: float
     train_tokens: int
     tokens_per_s: float

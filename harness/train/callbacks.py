@@ -85,9 +85,12 @@ class CollapseWatch:
 
 
 # ------------------------------------------------------------------------ trainer callbacks
-def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, reporter, watch: CollapseWatch | None = None):
+def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, reporter, watch: CollapseWatch | None = None,
+                  paused=None):
     """A transformers TrainerCallback that records metrics.jsonl, stops on NaN/inf loss or a collapse (`watch`;
-    diverged), reports validation loss to the pruner, and applies early stopping."""
+    diverged), reports validation loss to the pruner, and applies early stopping. `paused`: an object whose
+    `seconds` counts time spent outside training (benchmarks during training, harness/train/benchmarks.py
+    BenchClock), left out of each row's tokens_per_s."""
     from transformers import TrainerCallback
 
     metrics_path = run_dir / "metrics.jsonl"
@@ -97,13 +100,19 @@ def make_callback(cfg: RunConfig, run_dir: Path, outcome: Outcome, tracker, repo
         def __init__(self):
             self.t0 = time.time()
             self.last = (time.time(), 0)
+            self.paused = 0.0  # paused.seconds at the last logged row
+
+        def _paused_since_last(self) -> float:
+            now = paused.seconds if paused is not None else 0.0
+            gap, self.paused = now - self.paused, now
+            return gap
 
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             if "loss" not in logs:
                 return
             now, tokens = time.time(), state.num_input_tokens_seen
-            dt = max(now - self.last[0], 1e-9)
+            dt = max(now - self.last[0] - self._paused_since_last(), 1e-9)
             row = {
                 "step": state.global_step, "epoch": round(state.epoch or 0.0, 4), "train_loss": logs["loss"],
                 "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),

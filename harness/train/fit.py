@@ -21,6 +21,7 @@ from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, now_iso, read_metrics, write_summary
 from harness.train import distributed
+from harness.train.benchmarks import BenchClock, make_benchmark_callback
 from harness.train.callbacks import CollapseWatch, Outcome, make_callback
 from harness.train.distributed import write_manifest  # rank 0 alone writes the record (train.devices > 1)
 from harness.train.objectives import OBJECTIVES
@@ -32,7 +33,8 @@ WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safeten
 # the summary fields a finished training fills (fit below); a rerun that goes straight to evaluation keeps them
 TRAINING_FIELDS = ("trainable_params", "total_params", "trainable_share", "precision", "device", "steps", "epochs_done",
                    "train_time_s", "train_tokens", "tokens_per_s", "train_loss_mean", "final_train_loss",
-                   "final_val_loss", "best_val_loss", "peak_memory_mb", "peak_memory_kind", "adapter_bytes", "trained_at")
+                   "final_val_loss", "best_val_loss", "peak_memory_mb", "peak_memory_kind", "adapter_bytes", "trained_at",
+                   "benchmark_time_s")
 
 
 def _step(ckpt: Path) -> int:
@@ -127,10 +129,12 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
-def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker, reporter) -> str:
+def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker, reporter, benchmark=None) -> str:
     """Train one run into run_dir; fills `summary` and `manifest.json`, leaves the trained model and its
     tokenizer in `outcome`. Returns "completed" (trained and saved), "diverged" or "pruned"; raises on
-    failure (the pipeline records it). `reporter.report(step, val_loss)` -> True stops the run as pruned."""
+    failure (the pipeline records it). `reporter.report(step, val_loss)` -> True stops the run as pruned.
+    `benchmark(model, tokenizer) -> {task: {metric: value}}`: eval.during_training's suite (the pipeline builds it,
+    harness/eval/during.py), run on its schedule by harness/train/benchmarks.py; its time is not training time."""
     import torch
     from transformers import set_seed
 
@@ -225,10 +229,16 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     outcome.model, outcome.tokenizer = model, tokenizer
     watch = CollapseWatch(vocab_size=getattr(model.config, "vocab_size", None) if t.objective == "sft" else None,
                           nonfinite_grads=precision != "fp16")
-    callback = make_callback(cfg, run_dir, outcome, tracker, distributed.shared_reporter(reporter), watch=watch)
+    clock = BenchClock()  # seconds spent in benchmarks during training: out of the throughput figures
+    callbacks = [make_callback(cfg, run_dir, outcome, tracker, distributed.shared_reporter(reporter), watch=watch,
+                               paused=clock)]
+    if cfg.eval.during_training.tasks and (benchmark is not None or not distributed.is_main()):
+        # every rank gets the callback: rank 0 runs the benchmark, the others (harness/launch.py follow, no
+        # benchmark given) wait for it at a barrier
+        callbacks.append(make_benchmark_callback(cfg, run_dir, benchmark, tokenizer, tracker, clock))
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
-                                      val_rows=val_rows, callbacks=[callback])
-    attach_progress(trainer)
+                                      val_rows=val_rows, callbacks=callbacks)
+    attach_progress(trainer, paused=clock)
     if getattr(trainer, "reference_model_kind", None):  # preference objectives: how the reference policy is held
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
@@ -250,7 +260,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         torch.cuda.reset_peak_memory_stats()
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
-    train_time = time.time() - t_train
+    train_time = time.time() - t_train - clock.seconds  # training alone: benchmarks during training left out
     distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
@@ -258,6 +268,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         steps=state.global_step, epochs_done=state.epoch, train_time_s=train_time,
         train_tokens=int(state.num_input_tokens_seen), tokens_per_s=tokens / max(train_time, 1e-9),
         train_loss_mean=result.training_loss,
+        **({"benchmark_time_s": clock.seconds} if benchmark is not None else {}),
     )
     if outcome.status in ("diverged", "pruned"):
         summary["peak_memory_mb"] = peak_rss_mb()

@@ -17,16 +17,17 @@ from harness.run import progress
 from harness.run.progress import fmt_number
 
 
-def attach_progress(trainer) -> None:
-    """Swap transformers' printing callbacks for ProgressReporter on a built Trainer."""
+def attach_progress(trainer, paused=None) -> None:
+    """Swap transformers' printing callbacks for ProgressReporter on a built Trainer. `paused.seconds`: time spent
+    outside training (benchmarks during training), left out of tokens/s."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(make_progress_reporter())
+    trainer.add_callback(make_progress_reporter(paused))
 
 
-def make_progress_reporter():
+def make_progress_reporter(paused=None):
     """A TrainerCallback that reports the training loop to the process's display."""
     from transformers import TrainerCallback
 
@@ -37,7 +38,7 @@ def make_progress_reporter():
         def tokens_per_s(self, state) -> float | None:
             if self.start is None:
                 return None
-            dt = time.time() - self.start[0]
+            dt = time.time() - self.start[0] - (paused.seconds if paused is not None else 0.0)
             return (state.num_input_tokens_seen - self.start[1]) / dt if dt > 0 else None
 
         def on_train_begin(self, args, state, control, **kw):

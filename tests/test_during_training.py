@@ -1,0 +1,160 @@
+"""Benchmarks during training (eval.during_training; harness/train/benchmarks.py, harness/eval/during.py): the
+rows land at the scheduled steps, training losses are the same with and without them, a resume records no step
+twice, the report draws them beside the loss, and bad settings fail at compose time with the fix."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness import config
+from harness.config import ConfigError
+from harness.pipeline import train_run
+from harness.run.record import read_metrics, read_summary
+from harness.train.benchmarks import PREFIX, bench_row, due
+
+DURING = ["eval.during_training.tasks=[arc_easy]", "eval.during_training.limit=3", "eval.during_training.batch_size=4"]
+
+
+def _train(overrides):
+    cfg = config.compose(overrides)
+    return train_run(cfg, overrides)
+
+
+def _bench_steps(run_dir) -> list[int]:
+    return [r["step"] for r in read_metrics(run_dir) if f"{PREFIX}arc_easy.acc" in r]
+
+
+def _losses(run_dir) -> list[tuple]:
+    return [(r["step"], r["train_loss"], r["grad_norm"]) for r in read_metrics(run_dir) if "train_loss" in r]
+
+
+# ------------------------------------------------------------------------------------ pure parts
+def test_schedule_by_steps_and_checkpoints():
+    assert [s for s in range(1, 11) if due(s, 4, False, False)] == [4, 8]
+    assert [s for s in range(1, 11) if due(s, 0, True, s % 3 == 0)] == [3, 6, 9]
+    assert [s for s in range(1, 11) if due(s, 4, True, s % 3 == 0)] == [3, 4, 6, 8, 9]
+    assert not any(due(s, 0, False, True) for s in range(1, 11))
+    assert not due(0, 1, True, True)
+
+
+def test_bench_row_is_flat_and_keeps_numbers_only():
+    row = bench_row(6, 0.123456, {"piqa": {"acc": 0.5, "acc_stderr": 0.1, "n": 20, "note": "x"}}, 2.5)
+    assert row == {"step": 6, "epoch": 0.1235, "bench/piqa.acc": 0.5, "bench/piqa.acc_stderr": 0.1, "bench/piqa.n": 20,
+                   "bench_time_s": 2.5}
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["eval.during_training.every_steps=-1", "eval.during_training.tasks=[arc_easy]"], "every_steps=-1: must be >= 0"),
+    (["eval.during_training.every_steps=5", "eval.during_training.tasks=[arc_esy]"], "Did you mean 'arc_easy'?"),
+    (["eval.during_training.every_steps=5", "eval.during_training.tasks=[mmlu]"], "not an offline task"),
+    (["eval.during_training.tasks=[arc_easy]"], "no schedule: set eval.during_training.every_steps=N"),
+    (["eval.during_training.at_checkpoints=true"], "but no tasks; name some"),
+    (["eval.during_training.every_steps=5", "eval.during_training.tasks=[piqa]", "eval.during_training.limit=-2"],
+     "limit=-2: must be >= 0"),
+])
+def test_bad_settings_fail_at_compose_time_with_the_fix(overrides, needle):
+    with pytest.raises(ConfigError) as err:
+        config.compose(["model=tiny-llama", *overrides])
+    assert needle in str(err.value)
+
+
+def test_off_by_default_and_a_good_setting_composes():
+    assert config.compose(["model=tiny-llama"]).eval.during_training.tasks == []
+    dt = config.compose(["model=tiny-llama", "eval.during_training.every_steps=5", *DURING]).eval.during_training
+    assert (dt.tasks, dt.every_steps, dt.limit) == (["arc_easy"], 5, 3)
+
+
+# ---------------------------------------------------------------------------------- on a tiny model
+def test_benchmarks_at_the_scheduled_steps_and_identical_training_losses(tiny_overrides):
+    """LoRA dropout draws from torch's RNG every step and lm-eval reseeds every RNG: the losses would differ if
+    the benchmark left a trace. Steps 2 and 4 (every_steps=2) and the checkpoints at 3 and 6 (save_every=3; the
+    Trainer also saves at the last step)."""
+    ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
+        "method=lora", "train.max_steps=6", "train.save_every=3"]
+    status_a, plain = _train(ov + ["run_id=plain"])
+    status_b, bench = _train(ov + ["run_id=bench", "eval.during_training.every_steps=2",
+                                   "eval.during_training.at_checkpoints=true", *DURING])
+    assert status_a == status_b == "completed"
+    assert _bench_steps(bench) == [2, 3, 4, 6]
+    assert _bench_steps(plain) == []
+    rows = [r for r in read_metrics(bench) if f"{PREFIX}arc_easy.acc" in r]
+    for r in rows:
+        assert r[f"{PREFIX}arc_easy.n"] == 3 and 0 <= r[f"{PREFIX}arc_easy.acc"] <= 1 and r["bench_time_s"] > 0
+    assert _losses(bench) == _losses(plain) and len(_losses(plain)) == 6  # bit-identical, every logged step
+    s = read_summary(bench)
+    assert s["benchmark_time_s"] == pytest.approx(sum(r["bench_time_s"] for r in rows), rel=0.2)
+    assert "benchmark_time_s" not in read_summary(plain)
+
+
+def test_a_resumed_run_records_no_benchmark_step_twice(tiny_overrides, monkeypatch):
+    """Interrupted right after the benchmark row of step 6 was written (the tracker gets the row after
+    metrics.jsonl), before checkpoint 6 (the benchmark runs before the Trainer saves): the resume from
+    checkpoint 4 drops that row and measures step 6 again, once."""
+    import harness.run.tracking as tracking
+
+    real_start = tracking.start
+
+    def interrupting_start(cfg, run_dir):
+        tracker = real_start(cfg, run_dir)
+        log = tracker.log
+
+        def log_then_stop(row, step=None):
+            log(row, step=step)
+            if step == 6 and any(k.startswith(PREFIX) for k in row):
+                raise KeyboardInterrupt  # the user's Ctrl-C, between the row and the checkpoint
+
+        tracker.log = log_then_stop
+        return tracker
+
+    ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
+        "method=lora", "train.max_steps=8", "train.save_every=2", "run_id=again",
+        "eval.during_training.every_steps=2", *DURING]
+    monkeypatch.setattr(tracking, "start", interrupting_start)
+    status, run_dir = _train(ov)
+    assert status == "interrupted"
+    assert _bench_steps(run_dir) == [2, 4, 6]  # written before the interruption; checkpoint-4 is the last one
+    monkeypatch.setattr(tracking, "start", real_start)
+    status, run_dir = _train(ov)
+    assert status == "completed" and read_summary(run_dir)["resumed"] is True
+    assert _bench_steps(run_dir) == [2, 4, 6, 8]
+    assert [s for s, _, _ in _losses(run_dir)] == list(range(1, 9))
+
+
+def test_a_row_written_after_the_last_checkpoint_is_cut_on_resume(tmp_path):
+    """resume_point keeps the rows up to the checkpoint's step: a benchmark row of a later step goes."""
+    from harness import atomic
+    from harness.train.fit import resume_point
+
+    ckpt = tmp_path / "checkpoints" / "checkpoint-4"
+    ckpt.mkdir(parents=True)
+    (ckpt / "trainer_state.json").write_text("{}")
+    (ckpt / "adapter_model.safetensors").write_bytes(b"\0" * 8)
+    rows = [{"step": 2, "train_loss": 1.0}, bench_row(2, 0.1, {"piqa": {"acc": 0.5}}, 1.0),
+            {"step": 4, "train_loss": 0.9}, bench_row(4, 0.2, {"piqa": {"acc": 0.6}}, 1.0),
+            bench_row(6, 0.3, {"piqa": {"acc": 0.7}}, 1.0)]
+    atomic.write_jsonl(tmp_path / "metrics.jsonl", rows)
+    assert resume_point(tmp_path) == ckpt
+    assert [r["step"] for r in read_metrics(tmp_path) if "bench/piqa.acc" in r] == [2, 4]
+
+
+# ------------------------------------------------------------------------------------- the report
+def test_report_curves_draw_the_benchmark_beside_the_loss():
+    from harness.report.figures import benchmark_keys, loss_curves
+
+    def run(offset):
+        rows = [{"step": s, "train_loss": 3.0 - 0.1 * s + offset} for s in range(1, 9)]
+        rows += [bench_row(s, 0.0, {"arc_easy": {"acc": 0.3 + 0.02 * s + offset, "acc_stderr": 0.05, "n": 50}}, 1.0)
+                 for s in (2, 4, 6, 8)]
+        return rows
+
+    runs = {"lora": [run(0.0), run(0.01)], "full": [run(0.02)]}
+    assert benchmark_keys(runs) == ["bench/arc_easy.acc"]
+    fig = loss_curves(runs)
+    svg = fig.svg.decode()
+    assert "arc_easy.acc (during training)" in svg and "training loss" in svg
+    assert "benchmarks during training" in fig.title
+    plain = loss_curves({"lora": [[{"step": s, "train_loss": 1.0} for s in (1, 2)]]})
+    assert "during training" not in plain.svg.decode() and "during training" not in plain.title
+    assert math.isfinite(len(fig.png))
