@@ -16,9 +16,15 @@ def test_experiment_recipes_compose_with_references():
     assert gpu.train.label_smoothing == 0.1 and gpu.eval.generation[0].num_beams == 10
     assert {r["metric"] for r in gpu.references} >= {"e2e.bleu", "e2e.rougeL"}
     zs = config.compose(["experiment=reproduce-smollm2-zeroshot"])
-    assert zs.eval.lm_eval.tasks == ["hellaswag", "arc_easy", "arc_challenge", "piqa"]
+    assert zs.eval.lm_eval.tasks == ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa"]
+    assert zs.eval.lm_eval.limit == 0 and zs.eval.mode == "exact"  # the full sets, lm-eval's numbers
     assert zs.eval.perplexity == [] and not zs.eval.val_loss
     assert all("source" in r for r in zs.references)
+    # the same-model references are judged in standard errors, each with the published item count
+    judged = [r for r in zs.references if r.get("tolerance") is not None]
+    assert judged and all(r["tolerance"] == "stderr" and r["n"] >= 1000 for r in judged)
+    # no published number is made up for the two tasks without a source
+    assert not any(r["metric"].startswith(("winogrande.", "openbookqa.")) for r in zs.references)
 
 
 def _fake_run(root, model, method, ppl):
@@ -92,3 +98,33 @@ def test_smollm2_zeroshot_recipe_runs_and_reports_beside_the_references(tmp_path
     # the base-model run is the configuration the references describe: measured, not "not measured"
     rows = [line for line in md.splitlines() if line.startswith("| hellaswag.acc_norm |")]
     assert rows and all("not measured" not in r and "| nan |" not in r for r in rows), rows
+    # the tolerance shown is the one used: 2 standard errors, with the parts it is made of
+    judged = [r for r in rows if "independent lm-eval" in r]
+    assert judged and "2 x sqrt(SE ours^2 + SE published^2)" in judged[0] and "published SE from n=10042" in judged[0]
+    assert "tolerance |" in md and ("within tolerance" in judged[0] or "outside tolerance" in judged[0])
+
+
+def test_stderr_tolerance_from_both_standard_errors():
+    """|ours - published| <= z sqrt(se_ours^2 + se_pub^2); se_pub given, or from n and the value; none: no claim."""
+    import math
+
+    from harness.report.aggregate import Config
+    from harness.report.build import reference_rows, stderr_tolerance
+
+    tol, basis = stderr_tolerance({"tolerance": "stderr", "n": 2500}, 0.5, 0.01)
+    assert tol == 2 * math.sqrt(0.01 ** 2 + 0.25 / 2500) and "n=2500" in basis
+    assert stderr_tolerance({"tolerance_stderr": 3, "stderr": 0.02}, 0.5, 0.0)[0] == 3 * 0.02
+    assert stderr_tolerance({"tolerance": "stderr"}, 0.5, 0.01)[0] is None  # no published SE: no status claimed
+
+    class R:  # a run's flat metrics: the value and its standard error
+        metrics = {"t.acc": 0.45, "t.acc_stderr": 0.01}
+
+    cfg = Config("k", {"model": "m"}, [R()], True, label="m", cells={"t.acc": {"mean": 0.45, "n": 1}})
+    near = {"metric": "t.acc", "value": 0.47, "tolerance": "stderr", "n": 2500}  # 0.02 <= 2 sqrt(2e-4) = 0.028
+    far = {**near, "value": 0.50}
+    fixed = {"metric": "t.acc", "value": 0.50, "tolerance": 0.03}
+    rows = reference_rows([near, far, fixed, {"metric": "t.acc", "value": 0.5, "tolerance": "stderr"}], [cfg], cfg)
+    assert [r["status"] for r in rows][:3] == ["within tolerance", "outside tolerance", "outside tolerance"]
+    assert rows[0]["tolerance"] == 2 * math.sqrt(0.01 ** 2 + 0.47 * 0.53 / 2500)
+    assert rows[2]["tolerance"] == 0.03 and rows[2]["tolerance_basis"] == "fixed"
+    assert rows[3]["tolerance"] is None and rows[3]["status"].startswith("no tolerance: no published standard error")

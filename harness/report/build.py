@@ -49,7 +49,58 @@ def gather_references(runs: list[Run], extra_files: list[Path]) -> list[dict]:
     return refs + from_files
 
 
+STDERR_Z = 2.0  # `tolerance: stderr` without a z: two standard errors of the difference (about 95%)
+
+
+def published_stderr(ref: dict, value: float) -> tuple[float | None, str]:
+    """A published number's standard error: `stderr` as given, else from its item count `n` and the value (a mean
+    of 0/1 items: sqrt(p (1 - p) / n)), else None. With where it came from, for the report."""
+    se, n = _num(ref.get("stderr")), _num(ref.get("n"))
+    if math.isfinite(se) and se >= 0:
+        return se, f"published SE {fmt(se)} (given)"
+    if math.isfinite(n) and n >= 1 and 0 <= value <= 1:
+        return math.sqrt(value * (1 - value) / n), f"published SE from n={int(n)}"
+    return None, ""
+
+
+def stderr_tolerance(ref: dict, value: float, se_ours: float) -> tuple[float | None, str]:
+    """The tolerance a reference asks for by standard errors (`tolerance: stderr`, or `tolerance_stderr: z`):
+    z * sqrt(se_ours^2 + se_published^2), the z-test of "no difference" between two independent estimates.
+    (None, why) when a standard error is missing: no status is claimed then. A plain number `tolerance` is
+    not this function's (reference_rows uses it as it is)."""
+    z = _num(ref.get("tolerance_stderr")) if ref.get("tolerance_stderr") is not None else STDERR_Z
+    if not math.isfinite(z) or z <= 0:
+        return None, f"tolerance_stderr={ref.get('tolerance_stderr')!r} is not a positive number"
+    se_pub, pub_basis = published_stderr(ref, value)
+    if se_pub is None:
+        return None, "no published standard error (give the reference `stderr` or `n`)"
+    if not math.isfinite(se_ours):
+        return None, "no standard error measured (eval.json has no <metric>_stderr)"
+    tol = z * math.sqrt(se_ours ** 2 + se_pub ** 2)
+    return tol, f"{fmt(z, 3)} x sqrt(SE ours^2 + SE published^2): ours {fmt(se_ours)}, {pub_basis}"
+
+
+def wants_stderr(ref: dict) -> bool:
+    return ref.get("tolerance") == "stderr" or ref.get("tolerance_stderr") is not None
+
+
+def _stderr_of(target: Config | None, metric: str) -> float:
+    """The measured standard error of `metric` for a configuration: its runs' `<metric>_stderr` (mean over the
+    runs; seeds of one configuration score the same items)."""
+    vals = [r.metrics.get(f"{metric}_stderr", math.nan) for r in (target.runs if target else [])]
+    vals = [v for v in vals if math.isfinite(v)]
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+def tolerance_basis(row: dict) -> str:
+    """What a reference row's tolerance is made of, as " (...)" after the number; "" for a fixed one."""
+    basis = row.get("tolerance_basis") or ""
+    return f" ({basis})" if basis and basis != "fixed" else ""
+
+
 def reference_rows(refs: list[dict], configs: list[Config], best: Config | None) -> list[dict]:
+    """One row per published number: the configuration it describes, ours, the tolerance and its basis (a fixed
+    number, or standard errors: stderr_tolerance), and whether ours is within it."""
     rows = []
     for ref in refs:
         metric = str(ref.get("metric", ""))
@@ -61,15 +112,18 @@ def reference_rows(refs: list[dict], configs: list[Config], best: Config | None)
             target = next((c for c in same if not c.baseline), same[0] if same else best)
         cell = (target.cells.get(metric) if target else None) or {}
         value, tol, measured = _num(ref.get("value")), ref.get("tolerance"), cell.get("mean", math.nan)
+        basis = "fixed" if tol is not None else ""
+        if wants_stderr(ref):
+            tol, basis = stderr_tolerance(ref, value, _stderr_of(target, metric)) if math.isfinite(measured) else (None, "")
         if not math.isfinite(measured):
             status = "not measured"
         elif tol is None:
-            status = "reference only"
+            status = "reference only" if not basis else "no tolerance: " + basis
         else:
             status = "within tolerance" if abs(measured - value) <= float(tol) else "outside tolerance"
         rows.append({"metric": metric, "config": target.label if target else "—", "measured": measured,
-                     "published": value, "tolerance": tol, "status": status, "source": str(ref.get("source", "")),
-                     "note": str(ref.get("note", ""))})
+                     "published": value, "tolerance": tol, "tolerance_basis": basis if tol is not None else "",
+                     "status": status, "source": str(ref.get("source", "")), "note": str(ref.get("note", ""))})
     return rows
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 
-from harness.report.build import COST
+from harness.report.build import COST, tolerance_basis
 from harness.report.fmt import cell_text, csv_safe, fmt, fmt_metric
 from harness.report.fmt import md_escape as e  # every value below that is not a fixed string goes through e()
 
@@ -69,7 +69,7 @@ def to_markdown(m: dict, figs: list, stamp: str) -> str:
         for r in m["references"]:
             scale = m["scales"].get(r["metric"])
             L += [f"| {e(r['metric'])} | {e(r['config'])} | {e(fmt_metric(r['measured'], scale))} | "
-                  f"{e(fmt_metric(r['published'], scale))} | {e(fmt_metric(r['tolerance'], scale))} | {e(r['status'])} | "
+                  f"{e(fmt_metric(r['published'], scale))} | {e(fmt_metric(r['tolerance'], scale))}{e(tolerance_basis(r))} | {e(r['status'])} | "
                   f"{e(r['source'])} | {e(r['note'])} |"]
         L += [""]
     if m["contamination"]:
