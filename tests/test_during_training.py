@@ -158,3 +158,29 @@ def test_report_curves_draw_the_benchmark_beside_the_loss():
     plain = loss_curves({"lora": [[{"step": s, "train_loss": 1.0} for s in (1, 2)]]})
     assert "during training" not in plain.svg.decode() and "during training" not in plain.title
     assert math.isfinite(len(fig.png))
+
+
+# ------------------------------------------------------------------------------- several devices
+@pytest.mark.slow  # torchrun + 2 gloo ranks importing torch/transformers on 2 cores, plus lm-eval: 1-3 minutes
+def test_over_two_processes_rank_0_benchmarks_and_the_other_waits(tiny_overrides):
+    """train.devices=2: the run completes (the other rank waited at the barrier rather than in a gradient
+    all-reduce), one benchmark row per scheduled step (rank 0's), the training steps all there."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    REPO = Path(__file__).resolve().parent.parent
+
+    ov = [o for o in tiny_overrides if not o.startswith(("train.batch_size", "train.max_steps"))] + [
+        "method=lora", "train.batch_size=2", "train.max_steps=4", "train.devices=2", "train.device=cpu", "run_id=two",
+        "eval.during_training.every_steps=2", *DURING]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-m", "harness", "train", *ov], env=env, cwd=REPO, capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-6000:]
+    out = Path([o.split("=", 1)[1] for o in ov if o.startswith("output_dir=")][0])
+    run_dir = next(out.glob("*/two"))
+    assert read_summary(run_dir)["status"] == "completed"
+    assert _bench_steps(run_dir) == [2, 4]
+    assert [s for s, _, _ in _losses(run_dir)] == [1, 2, 3, 4]
