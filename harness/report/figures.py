@@ -143,7 +143,7 @@ def loss_curves(runs_by_method: dict[str, list[list[dict]]], svg: bool = True) -
                 steps = sorted(by_step)
                 q = np.array([np.percentile(by_step[s], [25, 50, 75]) for s in steps])
                 n = len(runs_by_method[method])
-                marker = "o" if key.startswith(BENCH_PREFIX) else None  # a few points each: show where they are
+                marker = "o" if key.startswith(BENCH_PREFIX) or len(steps) == 1 else None  # few points: show them
                 ax.plot(steps, q[:, 1], color=col[method], lw=1.8, marker=marker, ms=3.5, label=f"{method} (n={n})")
                 if n > 1:
                     ax.fill_between(steps, q[:, 0], q[:, 2], color=col[method], alpha=0.18, lw=0)
