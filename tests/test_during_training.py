@@ -184,3 +184,48 @@ def test_over_two_processes_rank_0_benchmarks_and_the_other_waits(tiny_overrides
     assert read_summary(run_dir)["status"] == "completed"
     assert _bench_steps(run_dir) == [2, 4]
     assert [s for s, _, _ in _losses(run_dir)] == [1, 2, 3, 4]
+
+
+def test_the_display_says_it_is_evaluating_and_the_train_stage_comes_back():
+    """While the benchmark runs the train stage's detail says so; lm-eval's bars (routed to the running stage as
+    sub-steps) are undone afterwards, and the stage's rate start moves by the time spent (ETA = training only)."""
+    from harness.run import progress
+    from harness.train.benchmarks import _Showing
+
+    notes: list[str] = []
+
+    class Sink(progress.NullSink):
+        def note(self, p, text):
+            notes.append(text)
+
+    clock = [100.0]
+    p = progress.Progress(sink=Sink(), clock=lambda: clock[0])
+    with progress.use(p):
+        p.begin("train", total=10, unit="step")
+        p.update(done=4)
+        st = p.current
+        first = st.first
+        shown = _Showing(4, ["arc_easy", "piqa"], 50)
+        assert st.detail == "evaluating arc_easy, piqa (50 items each) at step 4"
+        p.sub("Running loglikelihood requests", 400)  # what lm-eval's tqdm does through the display
+        p.update(done=120)
+        shown.done(7.5)
+        assert (st.total, st.done, st.unit, st.detail) == (10, 4, "step", "")
+        assert st.first == (first[0] + 7.5, first[1])
+        shown.note({"step": 4, "bench/arc_easy.acc": 0.5, "bench/arc_easy.acc_stderr": 0.1, "bench/arc_easy.n": 50,
+                    "bench_time_s": 7.5})
+    assert notes == ["train step 4: evaluating arc_easy, piqa (50 items each)", "train step 4: arc_easy.acc 0.5 (7.5 s)"]
+
+
+@pytest.mark.slow  # the real 135M model, twice, plus two 10-item benchmarks: 2-5 minutes on 2 shared cores
+def test_real_smollm2_losses_are_the_same_with_benchmarks_during_training(runs_dir):
+    ov = ["model=smollm2-135m", "method=lora", "data=alpaca-demo", "tracker=none", "eval=none", "train.max_steps=4",
+          "train.batch_size=2", "train.max_length=128", "train.log_every=1", "data.max_rows=40", f"output_dir={runs_dir}"]
+    status_a, plain = _train(ov + ["run_id=plain"])
+    status_b, bench = _train(ov + ["run_id=bench", "eval.during_training.every_steps=2",
+                                   "eval.during_training.tasks=[arc_easy]", "eval.during_training.limit=10"])
+    assert status_a == status_b == "completed"
+    assert _bench_steps(bench) == [2, 4]
+    assert _losses(bench) == _losses(plain) and len(_losses(plain)) == 4
+    acc = [r[f"{PREFIX}arc_easy.acc"] for r in read_metrics(bench) if f"{PREFIX}arc_easy.acc" in r]
+    assert all(0 <= a <= 1 for a in acc)
