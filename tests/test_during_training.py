@@ -4,8 +4,6 @@ twice, the report draws them beside the loss, and bad settings fail at compose t
 
 from __future__ import annotations
 
-import math
-
 import pytest
 
 from harness import config
@@ -157,7 +155,6 @@ def test_report_curves_draw_the_benchmark_beside_the_loss():
     assert "benchmarks during training" in fig.title
     plain = loss_curves({"lora": [[{"step": s, "train_loss": 1.0} for s in (1, 2)]]})
     assert "during training" not in plain.svg.decode() and "during training" not in plain.title
-    assert math.isfinite(len(fig.png))
 
 
 # ------------------------------------------------------------------------------- several devices
