@@ -128,3 +128,10 @@ def test_stderr_tolerance_from_both_standard_errors():
     assert rows[0]["tolerance"] == 2 * math.sqrt(0.01 ** 2 + 0.47 * 0.53 / 2500)
     assert rows[2]["tolerance"] == 0.03 and rows[2]["tolerance_basis"] == "fixed"
     assert rows[3]["tolerance"] is None and rows[3]["status"].startswith("no tolerance: no published standard error")
+
+
+def test_zeroshot_wall_time_estimate_is_items_over_rate():
+    from harness.recipes.zeroshot_rate import estimate
+
+    rates = {"a": {"items_per_cpu_s": 2.0, "items_per_wall_s": 0.5}, "b": {"items_per_cpu_s": 1.0, "items_per_wall_s": 1.0}}
+    assert estimate(rates, {"a": 100, "b": 30}) == {"full_sets_cpu_s": 80.0, "full_sets_wall_s": 230.0}
