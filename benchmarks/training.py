@@ -127,6 +127,7 @@ def aggregate_reps(results: list[dict]) -> dict:
         "step_times": [r.get("step_times") for r in results],
         "final_train_loss": results[-1].get("final_train_loss"),
         "gradient_checkpointing": results[0].get("gradient_checkpointing"),
+        "bf16_layout": layout_cell(results[0].get("bf16_layout")),
     }
 
 
@@ -213,7 +214,15 @@ def child_harness(model: str, method: str, precision: str, data: str, data_path:
             "wall_time_s": summary.get("wall_time_s"), "precision": summary.get("precision"),
             "final_train_loss": summary.get("final_train_loss"), "data_stats": {k: manifest.get("data", {}).get(k) for k in
                                                                               ("train_rows", "truncated_rows", "packed_blocks", "stream_tokens")},
-            "run_dir": str(run_dir)}
+            "bf16_layout": manifest.get("bf16_layout"), "run_dir": str(run_dir)}
+
+
+def layout_cell(rec: dict | None) -> str | None:
+    """Pure: the table's word for a harness bf16 run's tn-layout decision (manifest.json bf16_layout)."""
+    if not rec:
+        return None
+    speed = f" {rec['speedup']:.2f}x" if rec.get("speedup") else ""
+    return f"{'tn' if rec.get('apply') else 'stock'} ({rec.get('source')}{speed})"
 
 
 def _load_plain(model: str, method: str, precision: str, data: str):
@@ -355,7 +364,7 @@ def _peak_note(matmul_section: dict | None, kind: dict) -> str:
     parts = [f"{d} {r['peak_gflops']:.3g} GFLOP/s ({r.get('peak_at', r.get('best_layout'))})" for d, r in rows.items()]
     bf16 = ("native bf16 peak" if kind["native_bf16"] else
             "bf16 is EMULATED on this CPU, so its bf16 peak is the emulated one, not a native bf16 peak")
-    return (f"MFU peaks (matmul section, best layout and shape; m×k×n name): {'; '.join(parts) or 'none measured'}. "
+    return (f"MFU peaks (the matmul section's best, at shape.product.layout): {'; '.join(parts) or 'none measured'}. "
             f"CPU: {kind['cpu']}, {kind['kind']}: {bf16}.")
 
 
@@ -463,8 +472,8 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                 goals.append(common.goal(text, None, "MFU ≥ 0.40", None, "not measured (matmul peak or run missing)"))
             elif not kind["native_bf16"]:
                 goals.append(common.goal(text, m, "MFU ≥ 0.40", None,
-                                         f"not measured: bf16 is emulated on this CPU ({kind['kind']}); the value is MFU "
-                                         "against the emulated bf16 peak. The target needs an AMX / AVX512-BF16 machine"))
+                                         f"this CPU is {kind['kind']}: the value is MFU against its emulated bf16 peak; "
+                                         "the target needs an AMX / AVX512-BF16 machine"))
             else:
                 goals.append(common.goal(text, m, "MFU ≥ 0.40", m >= 0.40))
     notes.append(_peak_note(matmul_section, kind))
@@ -478,7 +487,7 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
         "training", "Training throughput, memory and MFU per method (median tokens/s over measured steps)", rows,
         columns=["method", "precision", "impl", "reps", "tokens_per_s", "step_s", "vs_plain", "vs_plain_per_rep",
                  "vs_trl", "peak_rss_mb", "trainable_params", "mflop_per_token", "model_gflops", "peak_gflops", "mfu",
-                 "load_1m"],
+                 "bf16_layout", "load_1m"],
         goals=goals, notes=notes,
         params={"model": opts.model, "data": opts.data, "max_length": opts.max_length, "batch_size": opts.batch_size,
                 "warmup_steps": opts.warmup_steps, "steps": opts.steps, "bf16_steps": opts.bf16_steps or opts.steps,

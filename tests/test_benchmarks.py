@@ -67,6 +67,12 @@ def test_matmul_shapes_and_peak_cover_every_layout_and_product():
     assert r["products"]["tiny.grad_w.tn"]["mnk"] == [24, 16, 8]
 
 
+def test_layout_cell_names_the_decision():
+    assert training.layout_cell(None) is None
+    assert training.layout_cell({"apply": True, "source": "measured", "speedup": 4.05}) == "tn (measured 4.05x)"
+    assert training.layout_cell({"apply": False, "source": "forced", "speedup": None}) == "stock (forced)"
+
+
 def test_cpu_kind_is_reported():
     kind = common.cpu_kind()
     assert kind["kind"] and isinstance(kind["native_bf16"], bool)
