@@ -1,4 +1,4 @@
-"""bf16 training on CPUs without native bf16 instructions: Linear layers through the fastest matmul layout.
+"""bf16 training on CPU: Linear layers through the fastest matmul layout, where it measures faster.
 
 On AVX2-only CPUs PyTorch emulates bf16 matmuls, and the speed depends tenfold on the operands' memory
 layout. Measured on this project's machine (1 thread, T x I x O = 256 x 576 x 1536; `python -m
@@ -18,10 +18,11 @@ nn.Linear and keep their own kernels.
 When it is applied (`choose`, called by harness/train/fit.py for train.precision=bf16 on CPU): only where it
 measures faster. A one-time measurement times forward + backward of one nn.Linear at the model's shape (tokens x
 hidden -> intermediate, the base weight trainable or frozen as in the run) under bf16 autocast, stock against
-patched, interleaved, median of two after a warm-up (0.5-0.7 s on a 1-thread AVX2 CPU, less where bf16 is native). The result is cached per
-machine (CPU model + flags + torch version + threads + shape) under $HARNESS_CACHE/bf16cpu/ and the decision,
-both timings and where they came from go into the run's manifest.json (`bf16_layout`). On CPUs with native bf16
-(AMX / AVX512-BF16) the stock kernels usually win and the patch is then not applied; nothing assumes it.
+patched, interleaved, median of two after a warm-up (0.5-0.7 s on a 1-thread AVX2 CPU). The result is cached
+per machine (CPU model + flags + torch version + threads + shape) under $HARNESS_CACHE/bf16cpu/, and the
+decision, both timings and where they came from go into the run's manifest.json (`bf16_layout`). CPUs with
+native bf16 (AMX / AVX512-BF16) get the same measurement: nothing assumes the patch helps or hurts there (not
+yet measured on such a machine). On tiny models the patch's copies cost more than they save and it is not applied.
 HARNESS_BF16_LAYOUT=tn forces the patch, =stock forbids it, =auto (default) measures.
 """
 
