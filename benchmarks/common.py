@@ -157,9 +157,33 @@ def machine() -> dict:
         pass
     from harness.run.environment import git_info, package_versions
 
+    info.update(cpu_kind=cpu_kind()["kind"], native_bf16=cpu_kind()["native_bf16"])
     info["packages"] = package_versions()
     info["git"] = git_info()
     return info
+
+
+def model_arch(model: str) -> dict:
+    """The shape facts FLOP counts and matmul shapes need, from the (converted) model's config.json:
+    layers, hidden, attention width (heads x head_dim), key/value width, MLP width, vocabulary, tied head."""
+    from harness import config
+    from harness.model.load import local_dir
+
+    c = json.loads((local_dir(config.compose([f"model={model}", "tracker=none"]).model) / "config.json").read_text())
+    c = {**c, **(c.get("text_config") or {})}  # multimodal configs keep the language model's fields there
+    hidden, heads = c["hidden_size"], c["num_attention_heads"]
+    head_dim = c.get("head_dim") or hidden // heads
+    return {"layers": c["num_hidden_layers"], "hidden": hidden, "attn_dim": heads * head_dim,
+            "kv_dim": c.get("num_key_value_heads", heads) * head_dim, "ffn": c.get("intermediate_size") or 4 * hidden,
+            "vocab": c["vocab_size"], "tied": bool(c.get("tie_word_embeddings", True))}
+
+
+def cpu_kind() -> dict:
+    """The CPU kind (AVX2 only / AVX512-BF16 / AMX) and whether bf16 is native, from /proc/cpuinfo's flags."""
+    from harness.run.environment import cpu_identity
+
+    ident = cpu_identity()
+    return {"cpu": ident["cpu"], "kind": ident["kind"], "native_bf16": ident["native_bf16"]}
 
 
 def load_now() -> float | None:

@@ -16,10 +16,17 @@ compare like for like (padding efficiency is the packing benchmark's subject).
            column, bf16=False; timed per step by a callback
 
 Throughput is the median over the measured steps (after warm-up) of tokens/step ÷ seconds/step.
-Model FLOP/s: full = 6·N·tokens/s; LoRA / QLoRA = (4·N + 6·n_trainable)·tokens/s (forward 2N, backward
-through the frozen base for input gradients 2N, adapters 6 per parameter); N = base parameters
-(embedding counted once, tied lm_head included as its matmul), attention-score FLOPs not counted.
-MFU = model FLOP/s ÷ the peak matmul FLOP/s of the same precision measured in this run (matmul.py).
+Model FLOP per token (model_flops_per_token): c·N_body + c·head_share·N_head + 6·n_trainable (LoRA / QLoRA
+only) + attention, with c = 6 for full fine-tuning (forward 2, input and weight gradients 2 + 2 per weight)
+and 4 on a frozen base (forward 2, input gradients 2); N = the parameters that enter matmuls (matmul_params:
+the input embedding is a lookup, so an untied one is left out; a tied one is counted once, as the LM head's
+matmul); N_head = vocab × hidden; head_share = the share of positions whose logits are computed (the harness
+projects only positions followed by a target; the plain loop and TRL every position); attention = the
+score and value products QKᵀ and AV, 12 · layers · attention width · mean causal context (T+1)/2
+(attention_flops_per_token; no weights, so the same for full and adapters).
+MFU = model FLOP/s ÷ the peak matmul FLOP/s of the same precision measured in this run (matmul.py: the best
+of every layout, square and at this model's shapes). An MFU above 1 is impossible and is reported as a
+measurement error (mfu() returns no figure), never printed as a result.
 """
 
 from __future__ import annotations
@@ -35,11 +42,41 @@ FROZEN_FLOP_PER_PARAM = 4
 
 
 # ------------------------------------------------------------------------------ pure helpers
-def model_flops_per_token(base_params: int, trainable_params: int, full: bool) -> float:
-    """Training FLOP per token: 6N for full fine-tuning; 4N + 6·trainable for adapters on a frozen base."""
-    if full:
-        return FULL_FLOP_PER_PARAM * base_params
-    return FROZEN_FLOP_PER_PARAM * base_params + FULL_FLOP_PER_PARAM * trainable_params
+def model_flops_per_token(base_params: int, trainable_params: int, full: bool, *, head_params: int = 0,
+                          head_share: float = 1.0, attention: float = 0.0) -> float:
+    """Training FLOP per token: 6N for full fine-tuning; 4N + 6·trainable for adapters on a frozen base. The LM
+    head's `head_params` (part of base_params) count only for the `head_share` of positions whose logits are
+    computed; `attention` (attention_flops_per_token) is added as it is."""
+    if not 0.0 <= head_share <= 1.0 or head_params > base_params:
+        raise ValueError(f"head_share={head_share} must be in [0, 1] and head_params={head_params} <= base_params={base_params}")
+    per = FULL_FLOP_PER_PARAM if full else FROZEN_FLOP_PER_PARAM
+    adapters = 0 if full else FULL_FLOP_PER_PARAM * trainable_params
+    return per * (base_params - head_params) + per * head_share * head_params + adapters + attention
+
+
+def matmul_params(total_params: int, arch: dict) -> int:
+    """Parameters that enter matmuls: an untied input embedding is a lookup (no FLOPs) and is left out; a tied
+    one is the LM head's weight too and stays, counted once."""
+    return total_params if arch["tied"] else total_params - arch["vocab"] * arch["hidden"]
+
+
+def attention_flops_per_token(layers: int, attn_dim: int, seq_len: int, causal: bool = True) -> float:
+    """Training FLOP per token of the attention products QKᵀ and AV (2·attn_dim per attended position each, forward;
+    backward twice that): 12 · layers · attn_dim · context, context (T+1)/2 under a causal mask, T without."""
+    context = (seq_len + 1) / 2 if causal else seq_len
+    return 12.0 * layers * attn_dim * context
+
+
+def mfu(achieved_flops: float | None, peak_flops: float | None) -> tuple[float | None, str | None]:
+    """(model FLOP/s ÷ peak, None), or (None, why) when the ratio cannot be a utilisation: a figure above 1 means
+    the peak or the FLOP count is wrong, and is a measurement error to fix, not a result."""
+    if not achieved_flops or not peak_flops:
+        return None, None
+    value = achieved_flops / peak_flops
+    if value > 1.0:
+        return None, (f"measurement error: model FLOP/s {achieved_flops / 1e9:.3g} G is {value:.3f}x the measured peak "
+                      f"{peak_flops / 1e9:.3g} G (the peak misses a faster layout/shape, or the FLOP count is too high)")
+    return value, None
 
 
 def steps_from_metrics(rows: list[dict], warmup: int) -> tuple[list[float], list[int]]:
@@ -90,6 +127,7 @@ def aggregate_reps(results: list[dict]) -> dict:
         "step_times": [r.get("step_times") for r in results],
         "final_train_loss": results[-1].get("final_train_loss"),
         "gradient_checkpointing": results[0].get("gradient_checkpointing"),
+        "bf16_layout": layout_cell(results[0].get("bf16_layout")),
     }
 
 
@@ -127,16 +165,19 @@ def write_long_rows(model: str, data: str, max_length: int, need: int, out_path:
     if len(prepared.train) != len(raw):
         raise ValueError(f"data={data}: {len(raw)} rows but {len(prepared.train)} prepared (malformed rows?); "
                          "cannot map rows to token lengths")
-    keep = []
+    keep, target_shares = [], []
     for row, ex in zip(raw, prepared.train):
         prompt_len = next((i for i, x in enumerate(ex["labels"]) if x != -100), len(ex["labels"]))
         if len(ex["input_ids"]) >= max_length + 8 and prompt_len <= max_length - max(8, max_length // 4):
             keep.append(row)
+            # positions followed by a target once truncated to max_length: where the harness computes logits
+            target_shares.append(sum(1 for x in ex["labels"][1:max_length] if x != -100) / max_length)
     if not keep:
         raise ValueError(f"data={data}: no row is long enough to fill max_length={max_length}; lower --max-length")
     atomic.write_json(out_path, keep)
     return {"rows": len(keep), "of": len(raw), "enough": len(keep) >= need, "path": out_path,
-            "base_params": base_param_count(local_dir(cfg.model))}
+            "base_params": base_param_count(local_dir(cfg.model)), "arch": common.model_arch(model),
+            "target_share": sum(target_shares) / len(target_shares)}
 
 
 # ------------------------------------------------------------------------------------- children
@@ -173,7 +214,15 @@ def child_harness(model: str, method: str, precision: str, data: str, data_path:
             "wall_time_s": summary.get("wall_time_s"), "precision": summary.get("precision"),
             "final_train_loss": summary.get("final_train_loss"), "data_stats": {k: manifest.get("data", {}).get(k) for k in
                                                                               ("train_rows", "truncated_rows", "packed_blocks", "stream_tokens")},
-            "run_dir": str(run_dir)}
+            "bf16_layout": manifest.get("bf16_layout"), "run_dir": str(run_dir)}
+
+
+def layout_cell(rec: dict | None) -> str | None:
+    """Pure: the table's word for a harness bf16 run's tn-layout decision (manifest.json bf16_layout)."""
+    if not rec:
+        return None
+    speed = f" {rec['speedup']:.2f}x" if rec.get("speedup") else ""
+    return f"{'tn' if rec.get('apply') else 'stock'} ({rec.get('source')}{speed})"
 
 
 def _load_plain(model: str, method: str, precision: str, data: str):
@@ -310,6 +359,15 @@ def _peaks(matmul_section: dict | None) -> dict:
     return {r["dtype"]: r["peak_gflops"] * 1e9 for r in rows if r.get("peak_gflops")}
 
 
+def _peak_note(matmul_section: dict | None, kind: dict) -> str:
+    rows = {r["dtype"]: r for r in (matmul_section or {}).get("rows") or [] if r.get("peak_gflops")}
+    parts = [f"{d} {r['peak_gflops']:.3g} GFLOP/s ({r.get('peak_at', r.get('best_layout'))})" for d, r in rows.items()]
+    bf16 = ("native bf16 peak" if kind["native_bf16"] else
+            "bf16 is EMULATED on this CPU, so its bf16 peak is the emulated one, not a native bf16 peak")
+    return (f"MFU peaks (the matmul section's best, at shape.product.layout): {'; '.join(parts) or 'none measured'}. "
+            f"CPU: {kind['cpu']}, {kind['kind']}: {bf16}.")
+
+
 def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
     work = opts.workdir / "training"
     train_deadline = time.time() + 60 * opts.train_budget_min if opts.train_budget_min else None
@@ -325,7 +383,12 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                  f"(needed {need} for {opts.warmup_steps}+{opts.steps} steps of batch {opts.batch_size}"
                  + ("" if subset["enough"] else "; fewer, so rows repeat") + ")")
     base_params = subset["base_params"]
+    arch, target_share = subset["arch"], subset["target_share"]
+    n_matmul = matmul_params(base_params, arch)
+    head_params = arch["vocab"] * arch["hidden"]
+    attention = attention_flops_per_token(arch["layers"], arch["attn_dim"], opts.max_length)
     peaks = _peaks(matmul_section)
+    kind = common.cpu_kind()
     rows = []
     for method, precision in config_order(opts.methods, opts.precisions):
         reps = opts.bf16_reps if precision == "bf16" and opts.bf16_reps else opts.train_reps
@@ -363,10 +426,16 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                 rows.append(row)
                 continue
             row.update(aggregate_reps(done))
-            fpt = model_flops_per_token(base_params, row["trainable_params"] or 0, method == "full")
+            share = target_share if impl == "harness" else 1.0  # the harness's LM head runs on target positions only
+            fpt = model_flops_per_token(n_matmul, row["trainable_params"] or 0, method == "full",
+                                        head_params=head_params, head_share=share, attention=attention)
             achieved = fpt * row["tokens_per_s"] if row.get("tokens_per_s") else None
+            row["mflop_per_token"] = fpt / 1e6
             row["model_gflops"] = achieved / 1e9 if achieved else None
-            row["mfu"] = common.ratio(achieved, peaks.get(precision))
+            row["peak_gflops"] = peaks[precision] / 1e9 if peaks.get(precision) else None
+            row["mfu"], row["mfu_error"] = mfu(achieved, peaks.get(precision))
+            if row["mfu_error"]:
+                notes.append(f"{method} {precision} {impl}: {row['mfu_error']}")
             rows.append(row)
     by = {(r["method"], r["precision"], r["impl"]): r for r in rows}
     goals = []
@@ -387,18 +456,40 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
             v = by.get((method, "bf16", "harness"), {}).get("vs_trl")
             goals.append(common.goal(f"harness defaults faster than TRL defaults, {method} (bf16, TRL gradient checkpointing on)",
                                      v, "ratio > 1.0", None if v is None else v > 1.0, "" if v is not None else "not measured"))
-    if "lora" in opts.methods and "bf16" in opts.precisions:
-        m = by.get(("lora", "bf16", "harness"), {}).get("mfu")
-        goals.append(common.goal("bf16 LoRA training ≥ 40% of measured bf16 matmul peak", m, "MFU ≥ 0.40",
-                                 None if m is None else m >= 0.40, "" if m is not None else "not measured (matmul peak or run missing)"))
-    notes.append(f"N (base parameters) = {base_params:,}; FLOP/token: full 6N, LoRA/QLoRA 4N + 6·trainable; "
-                 "attention-score FLOPs excluded; MFU divides by the bf16/fp32 matmul peak measured in this run.")
+    measured_mfu = [r for r in rows if r.get("model_gflops") and peaks.get(r["precision"])]
+    if measured_mfu:
+        bad = [f"{r['method']} {r['precision']} {r['impl']}" for r in measured_mfu if r.get("mfu_error")]
+        goals.append(common.goal("MFU ≤ 1 in every row (peak and FLOP count consistent)", len(bad), "0 rows above 1",
+                                 not bad, ("measurement error in: " + ", ".join(bad)) if bad else ""))
+    if "bf16" in opts.precisions:
+        for method in [m for m in ("lora", "full") if m in opts.methods]:
+            r = by.get((method, "bf16", "harness"), {})
+            m, err = r.get("mfu"), r.get("mfu_error")
+            text = f"bf16 {method} training ≥ 40% of the measured native bf16 matmul peak"
+            if err:
+                goals.append(common.goal(text, None, "MFU ≥ 0.40", None, err))
+            elif m is None:
+                goals.append(common.goal(text, None, "MFU ≥ 0.40", None, "not measured (matmul peak or run missing)"))
+            elif not kind["native_bf16"]:
+                goals.append(common.goal(text, m, "MFU ≥ 0.40", None,
+                                         f"this CPU is {kind['kind']}: the value is MFU against its emulated bf16 peak; "
+                                         "the target needs an AMX / AVX512-BF16 machine"))
+            else:
+                goals.append(common.goal(text, m, "MFU ≥ 0.40", m >= 0.40))
+    notes.append(_peak_note(matmul_section, kind))
+    notes.append(f"FLOP/token: N = {n_matmul:,} parameters in matmuls (of {base_params:,}; "
+                 f"{'tied' if arch['tied'] else 'untied'} embedding), LM head {head_params:,}; full 6N, LoRA/QLoRA "
+                 f"4N + 6·trainable, the head's share only on positions whose logits are computed (harness: targets, "
+                 f"{target_share:.3f} of positions on this subset, mean over its rows; plain and TRL: all); attention "
+                 f"12·{arch['layers']}·{arch['attn_dim']}·(T+1)/2 = {attention / 1e6:.1f} MFLOP at T={opts.max_length}. "
+                 "MFU divides by the bf16/fp32 matmul peak measured in this run; MFU > 1 is reported as a measurement error.")
     return common.section(
         "training", "Training throughput, memory and MFU per method (median tokens/s over measured steps)", rows,
         columns=["method", "precision", "impl", "reps", "tokens_per_s", "step_s", "vs_plain", "vs_plain_per_rep",
-                 "vs_trl", "peak_rss_mb", "trainable_params", "model_gflops", "mfu", "load_1m"],
+                 "vs_trl", "peak_rss_mb", "trainable_params", "mflop_per_token", "model_gflops", "peak_gflops", "mfu",
+                 "bf16_layout", "load_1m"],
         goals=goals, notes=notes,
         params={"model": opts.model, "data": opts.data, "max_length": opts.max_length, "batch_size": opts.batch_size,
                 "warmup_steps": opts.warmup_steps, "steps": opts.steps, "bf16_steps": opts.bf16_steps or opts.steps,
                 "reps": opts.train_reps, "bf16_reps": opts.bf16_reps or opts.train_reps,
-                "base_params": base_params})
+                "base_params": base_params, "cpu_kind": kind["kind"], "native_bf16": kind["native_bf16"]})

@@ -23,6 +23,61 @@ def test_flop_formulas_and_ratios():
     assert matmul.matmul_flops(10) == 2000
 
 
+def test_flop_count_head_share_attention_and_embedding():
+    # SmolLM2-135M: tied embedding (counted once, as the LM head's matmul), 30 layers, attention width 576
+    arch = {"tied": True, "vocab": 49152, "hidden": 576, "layers": 30, "attn_dim": 576}
+    assert training.matmul_params(134_515_008, arch) == 134_515_008
+    assert training.matmul_params(1_000_000, {**arch, "tied": False, "vocab": 100, "hidden": 10}) == 999_000  # lookup out
+    head = 49152 * 576
+    full = training.model_flops_per_token(134_515_008, 134_515_008, True, head_params=head, head_share=0.5)
+    assert full == pytest.approx(6 * (134_515_008 - head) + 6 * 0.5 * head)
+    assert training.model_flops_per_token(134_515_008, 134_515_008, True, head_params=head) == 6 * 134_515_008
+    lora = training.model_flops_per_token(1000, 10, False, head_params=200, head_share=0.25, attention=7.0)
+    assert lora == 4 * 800 + 4 * 0.25 * 200 + 6 * 10 + 7.0
+    with pytest.raises(ValueError, match="head_share"):
+        training.model_flops_per_token(1000, 10, False, head_params=200, head_share=1.5)
+    # attention: QKᵀ and AV, 2·width per attended position each, x3 for training; causal context (T+1)/2
+    assert training.attention_flops_per_token(1, 4, 3, causal=False) == 12 * 4 * 3
+    assert training.attention_flops_per_token(30, 576, 128) == pytest.approx(12 * 30 * 576 * 64.5)
+    # at T=128 attention is ~2% of SmolLM2's 6N: small, but counted
+    assert 0.01 < training.attention_flops_per_token(30, 576, 128) / (6 * 134_515_008) < 0.03
+
+
+def test_mfu_above_one_is_a_measurement_error():
+    assert training.mfu(5e9, 10e9) == (0.5, None)
+    assert training.mfu(10e9, 10e9) == (1.0, None)
+    value, error = training.mfu(10.9e9, 10.3e9)  # results.md's full bf16 row against the square-only bf16 peak
+    assert value is None and "measurement error" in error and "1.058" in error
+    assert training.mfu(None, 10e9) == (None, None) and training.mfu(5e9, None) == (None, None)
+
+
+def test_matmul_shapes_and_peak_cover_every_layout_and_product():
+    arch = {"hidden": 576, "attn_dim": 576, "ffn": 1536, "vocab": 49152}
+    shapes = matmul.linear_shapes(arch, 256)
+    assert shapes == {"attn_q": (256, 576, 576), "mlp_up": (256, 576, 1536), "lm_head": (256, 576, matmul.VOCAB_CAP)}
+    assert matmul.training_products(256, 576, 1536) == {"fwd": (256, 576, 1536), "grad_x": (256, 1536, 576),
+                                                        "grad_w": (1536, 256, 576)}
+    assert matmul.matmul_flops(2, 3, 4) == 48
+    assert matmul.best_of({"a": {"best": 1.0}, "b": {"best": 3.0}, "c": {"best": 2.0}}) == ("b", {"best": 3.0})
+    # the child: the peak is the best of every (shape, product, layout), squares included
+    r = matmul.measure("bf16", 32, 1, 0.002, shapes={"tiny": (16, 8, 24)})
+    assert set(r["by_layout"]) == set(matmul.LAYOUTS) and len(r["products"]) == 3 * len(matmul.LAYOUTS)
+    everything = [v["best"] for v in r["layouts"].values()] + [v["best"] for v in r["products"].values()]
+    assert r["best_flops"] == max(everything) >= r["square_best_flops"]
+    assert r["products"]["tiny.grad_w.tn"]["mnk"] == [24, 16, 8]
+
+
+def test_layout_cell_names_the_decision():
+    assert training.layout_cell(None) is None
+    assert training.layout_cell({"apply": True, "source": "measured", "speedup": 4.05}) == "tn (measured 4.05x)"
+    assert training.layout_cell({"apply": False, "source": "forced", "speedup": None}) == "stock (forced)"
+
+
+def test_cpu_kind_is_reported():
+    kind = common.cpu_kind()
+    assert kind["kind"] and isinstance(kind["native_bf16"], bool)
+
+
 def test_steps_from_metrics_skips_warmup_and_setup():
     rows = [{"step": s, "time_s": t, "tokens_seen": 100 * s} for s, t in ((1, 5.0), (2, 6.0), (3, 8.0), (4, 9.0))]
     rows.insert(2, {"step": 2, "val_loss": 1.0})  # validation lines are ignored
@@ -68,6 +123,7 @@ def long_rows(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "rows.json"
     info = training.write_long_rows(TINY["model"], TINY["data"], 128, 6, str(out))
     assert info["rows"] >= 6 and info["base_params"] > 0
+    assert 0 < info["target_share"] < 1 and info["arch"]["layers"] >= 1  # the rows leave the prompt out of the loss
     return str(out)
 
 
@@ -169,8 +225,12 @@ def test_run_writes_markdown_and_json(tmp_path):
     (sec,) = record["sections"]
     assert {r["dtype"] for r in sec["rows"]} == {"fp32", "bf16"}
     assert all(r["peak_gflops"] and math.isfinite(r["peak_gflops"]) for r in sec["rows"])
+    for r in sec["rows"]:  # the peak is the best of the squares and of the model's shapes, in every layout
+        assert r["peak_gflops"] >= max(r["square_gflops"], *(r[f"{k}_gflops"] for k in matmul.LAYOUTS)) * 0.999
+        assert any(k.startswith("mlp_up.grad_x.") for k in r["products"])
+    assert {r["dtype"]: r["bf16"] for r in sec["rows"]}["bf16"] in ("native", "emulated")
     md = (tmp_path / "quick.md").read_text()
-    assert "| dtype |" in md and "Peak matmul" in md
+    assert "| dtype |" in md and "Peak matmul" in md and record["machine"]["cpu_kind"] in md
 
 
 def test_budget_spent_reports_not_measured(tmp_path):

@@ -407,14 +407,6 @@ def test_bf16_cpu_fast_backward_matches_autograd():
     assert grads(fast)[0] == l1
 
 
-def test_bf16_on_an_emulating_cpu_uses_the_fast_backward(tiny_overrides, monkeypatch):
-    monkeypatch.setattr(fit_module, "cpu_has_native_bf16", lambda: False)
-    status, run_dir = _run(tiny_overrides + ["method=lora", "train.precision=bf16", "train.max_steps=2"])
-    assert status == "completed", read_summary(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["precision"] == "bf16" and manifest["bf16_fast_backward_layers"] > 0
-
-
 def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overrides):
     """Label smoothing changes training, not the validation number: the same model state gives the same
     val_loss with and without it (one step at lr 1e-12 leaves the model as it was)."""

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from harness.config import ConfigError, RunConfig
 
 
@@ -22,11 +20,10 @@ def resolve_precision(cfg: RunConfig, device: str) -> str:
 
 
 def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo: bf16 matmuls run natively (harness.run.environment.cpu_identity)."""
+    from harness.run.environment import cpu_identity
+
+    return cpu_identity()["native_bf16"]
 
 
 def resolve_device(cfg: RunConfig) -> str:

@@ -64,6 +64,41 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # instructions that make bf16 matmuls native on x86 CPUs
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags from /proc/cpuinfo (first processor), sorted; [] where there is none."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return sorted(set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+def cpu_kind(flags) -> str:
+    """Pure: the CPU kind these benchmarks and the bf16 choice care about, from its flags."""
+    flags = set(flags)
+    if "amx_bf16" in flags:
+        return "AMX (native bf16)"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16 (native bf16)"
+    if "avx512f" in flags:
+        return "AVX512 without BF16 (bf16 emulated)"
+    if "avx2" in flags:
+        return "AVX2 only (bf16 emulated)"
+    return "other"
+
+
+def cpu_identity() -> dict:
+    """Model name, flags, kind and native bf16: what a per-machine measurement is keyed on."""
+    flags = cpu_flags()
+    return {"cpu": cpu_name(), "flags": flags, "kind": cpu_kind(flags),
+            "native_bf16": any(f in flags for f in NATIVE_BF16_FLAGS)}
+
+
 def environment() -> dict:
     """Machine and software identity (no torch import: callers add device details)."""
     return {

@@ -129,6 +129,7 @@ class Manifest(TypedDict, total=False):
     model: dict
     data: dict
     bf16_fast_backward_layers: int
+    bf16_layout: dict  # bf16 on CPU: whether the tn matmul layout was applied, both timings, why (harness/train/bf16cpu.py)
     reference_model: str  # preference objectives: "adapter disabled" | "adapter copy" | "copy" | "none" (docs/preference.md)
     distributed: dict  # a run over several processes: world_size, local_world_size, backend, launcher, strategy, threads_per_process
     init_from: dict  # train.init_from: the finished run training started from (run_dir, kind, name, objective, method)

@@ -1,4 +1,4 @@
-"""bf16 training on CPUs without native bf16 instructions: Linear layers through the fastest matmul layout.
+"""bf16 training on CPU: Linear layers through the fastest matmul layout, where it measures faster.
 
 On AVX2-only CPUs PyTorch emulates bf16 matmuls, and the speed depends tenfold on the operands' memory
 layout. Measured on this project's machine (1 thread, T x I x O = 256 x 576 x 1536; `python -m
@@ -11,15 +11,36 @@ benchmarks.run --only matmul` has the square-matrix table):
 `patch_linear_layers(model)` routes every plain nn.Linear of the model through a custom autograd function
 that puts all three products in the "tn" layout: y = (xᵀ)ᵀ @ Wᵀ, grad_x = (gᵀ)ᵀ @ W, grad_W = gᵀ @ x, where
 (·ᵀ)ᵀ is a transposed contiguous copy (T x I or O x I elements, small beside the T x O x I product).
-Results equal autograd's up to bf16 rounding order. The trainer applies it only for
-train.precision=bf16 on a CPU without avx512_bf16/amx_bf16 (harness.model.device.cpu_has_native_bf16); a patched
-layer runs its stock forward outside CPU autocast or without gradients (evaluation, generation).
-Quantized layers (bitsandbytes) are not plain nn.Linear and keep their own kernels.
+Results equal autograd's up to bf16 rounding order. A patched layer runs its stock forward outside CPU
+autocast or without gradients (evaluation, generation). Quantized layers (bitsandbytes) are not plain
+nn.Linear and keep their own kernels.
+
+When it is applied (`choose`, called by harness/train/fit.py for train.precision=bf16 on CPU): only where it
+measures faster. A one-time measurement times forward + backward of one nn.Linear at the model's shape (tokens x
+hidden -> intermediate, the base weight trainable or frozen as in the run) under bf16 autocast, stock against
+patched, interleaved, median of two after a warm-up (0.5-0.7 s on a 1-thread AVX2 CPU). The result is cached
+per machine (CPU model + flags + torch version + threads + shape) under $HARNESS_CACHE/bf16cpu/, and the
+decision, both timings and where they came from go into the run's manifest.json (`bf16_layout`). CPUs with
+native bf16 (AMX / AVX512-BF16) get the same measurement: nothing assumes the patch helps or hurts there (not
+yet measured on such a machine). On tiny models the patch's copies cost more than they save and it is not applied.
+HARNESS_BF16_LAYOUT=tn forces the patch, =stock forbids it, =auto (default) measures.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import statistics
+import time
 import types
+from dataclasses import asdict, dataclass
+
+OVERRIDE_ENV = "HARNESS_BF16_LAYOUT"
+OVERRIDES = ("auto", "tn", "stock")
+MIN_SPEEDUP = 1.05  # the patch must beat the stock kernels by 5%: within the noise it changes nothing
+MAX_TOKENS = 64  # the measurement's rows: the run's batch x max_length, capped (the layout gap shows already; 0.5-0.7 s
+#                   for stock + patched on a 1-thread AVX2 EPYC at 64 x 576 -> 1536)
 
 
 def _function():
@@ -93,3 +114,134 @@ def unpatch_linear_layers(model) -> int:
             del m._harness_plain_forward
             n += 1
     return n
+
+
+# ------------------------------------------------------------------------------ when to apply it
+@dataclass
+class LayoutDecision:
+    """Whether the tn patch is applied, and the evidence: what the run's manifest.json records as `bf16_layout`."""
+
+    apply: bool
+    source: str  # measured | cache | forced
+    reason: str
+    stock_s: float | None = None  # median seconds of one forward + backward, stock nn.Linear
+    patched_s: float | None = None  # the same through the tn layout
+    speedup: float | None = None  # stock_s / patched_s
+    shape: list | None = None  # [tokens, in_features, out_features]
+    weight_grad: bool | None = None
+    native_bf16: bool | None = None
+    machine_key: str | None = None
+    cache_path: str | None = None
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def decide(stock_s: float, patched_s: float, min_speedup: float = MIN_SPEEDUP) -> tuple[bool, str]:
+    """Pure: apply the patch only when it measured at least `min_speedup` times faster than the stock kernels."""
+    if not (stock_s > 0 and patched_s > 0):
+        raise ValueError(f"bf16 layout timings must be positive seconds, got stock={stock_s!r} patched={patched_s!r}")
+    speedup = stock_s / patched_s
+    if speedup >= min_speedup:
+        return True, f"tn layout {speedup:.2f}x faster than stock (>= {min_speedup:.2f}x): applied"
+    return False, f"tn layout {speedup:.2f}x the stock speed (< {min_speedup:.2f}x): stock kernels kept"
+
+
+def override() -> str:
+    """HARNESS_BF16_LAYOUT: auto (measure), tn (force the patch), stock (never). Anything else is an error."""
+    value = os.environ.get(OVERRIDE_ENV, "auto").strip().lower() or "auto"
+    if value not in OVERRIDES:
+        raise ValueError(f"{OVERRIDE_ENV}={value!r}: use one of {', '.join(OVERRIDES)} "
+                         "(auto measures stock vs tn once per machine and shape)")
+    return value
+
+
+def machine_key(cpu: dict, torch_version: str, threads: int, shape: tuple, weight_grad: bool) -> str:
+    """Pure: the cache key of one measurement: CPU model and flags, torch version, threads, shape, weight gradient."""
+    ident = {"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
+             "threads": threads, "shape": list(shape), "weight_grad": bool(weight_grad)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_file(key: str):
+    from harness import paths
+
+    return paths.cache_root() / "bf16cpu" / f"{key}.json"
+
+
+def read_cached(key: str) -> dict | None:
+    """A stored measurement for this key, or None (missing or unreadable: measured again)."""
+    path = cache_file(key)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), (int, float)) for k in ("stock_s", "patched_s")):
+        return None
+    return data
+
+
+def write_cached(key: str, timings: dict) -> str:
+    from harness import atomic
+
+    return str(atomic.write_json(cache_file(key), timings))
+
+
+def measure(tokens: int, in_features: int, out_features: int, weight_grad: bool, reps: int = 2) -> dict:
+    """Seconds of one forward + backward of a bf16-autocast nn.Linear, stock vs the tn patch, interleaved after a
+    warm-up of each; medians of `reps`."""
+    import torch
+
+    gen = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(in_features, out_features, bias=False)
+    layer.weight.requires_grad_(weight_grad)
+    x = torch.randn(tokens, in_features, generator=gen, requires_grad=True)
+
+    def once() -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(x)
+        y.float().sum().backward()
+        dt = time.perf_counter() - t0
+        x.grad = None
+        layer.weight.grad = None
+        return dt
+
+    stock, patched = [], []
+    with torch.enable_grad():
+        for i in range(reps + 1):
+            for times, on in ((stock, False), (patched, True)):
+                if on:
+                    patch_linear_layers(layer)
+                dt = once()
+                if on:
+                    unpatch_linear_layers(layer)
+                if i:  # the first of each is the warm-up
+                    times.append(dt)
+    return {"stock_s": statistics.median(stock), "patched_s": statistics.median(patched), "reps": reps,
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def choose(tokens: int, in_features: int, out_features: int, weight_grad: bool) -> LayoutDecision:
+    """Whether to patch a bf16 CPU run's Linear layers: the override, else the cached or a fresh measurement."""
+    import torch
+
+    from harness.run.environment import cpu_identity
+
+    cpu = cpu_identity()
+    shape = [min(int(tokens), MAX_TOKENS), int(in_features), int(out_features)]
+    common = dict(shape=shape, weight_grad=bool(weight_grad), native_bf16=cpu["native_bf16"])
+    forced = override()
+    if forced != "auto":
+        return LayoutDecision(apply=forced == "tn", source="forced",
+                              reason=f"{OVERRIDE_ENV}={forced}: {'applied' if forced == 'tn' else 'stock kernels kept'} "
+                                     "without measuring", **common)
+    key = machine_key(cpu, torch.__version__, torch.get_num_threads(), shape, weight_grad)
+    timings, source, path = read_cached(key), "cache", str(cache_file(key))
+    if timings is None:
+        timings, source = measure(*shape, weight_grad=weight_grad), "measured"
+        path = write_cached(key, {**timings, "cpu": cpu["cpu"], "torch": torch.__version__, **common})
+    apply, reason = decide(timings["stock_s"], timings["patched_s"])
+    return LayoutDecision(apply=apply, source=source, reason=reason, stock_s=timings["stock_s"],
+                          patched_s=timings["patched_s"], speedup=timings["stock_s"] / timings["patched_s"],
+                          machine_key=key, cache_path=path, **common)

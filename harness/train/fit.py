@@ -16,7 +16,7 @@ from pathlib import Path
 
 from harness import atomic, config
 from harness.config import ConfigError, RunConfig
-from harness.model.device import cpu_has_native_bf16, resolve_device, resolve_precision
+from harness.model.device import resolve_device, resolve_precision
 from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, now_iso, read_metrics, write_summary
@@ -243,11 +243,18 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
 
-    if device == "cpu" and precision == "bf16" and not cpu_has_native_bf16():
-        # emulated bf16: autograd's input-gradient matmul is ~4x slower than the forward's (harness/bf16cpu.py)
-        from harness.train.bf16cpu import patch_linear_layers
+    if device == "cpu" and precision == "bf16":
+        # emulated bf16: autograd's input-gradient matmul can be ~4x slower than the forward's; the tn layout
+        # (harness/train/bf16cpu.py) is applied only where a one-time measurement at this model's shape says it is faster
+        from harness.train.bf16cpu import choose, patch_linear_layers
 
-        manifest["bf16_fast_backward_layers"] = patch_linear_layers(model)
+        mc = model.config
+        hidden = getattr(mc, "hidden_size", None) or getattr(mc, "n_embd", 64)
+        layout = choose(tokens=t.batch_size * t.max_length, in_features=hidden,
+                        out_features=getattr(mc, "intermediate_size", None) or 4 * hidden,
+                        weight_grad=cfg.method.peft == "none")
+        manifest["bf16_layout"] = layout.record()
+        manifest["bf16_fast_backward_layers"] = patch_linear_layers(model) if layout.apply else 0
         write_manifest(run_dir, manifest)
 
     # 6. train (resume from the last complete checkpoint of this run_id if there is one)
