@@ -78,8 +78,8 @@ def test_a_warm_trial_records_the_same_losses_and_summary_as_a_cold_one(tmp_path
     summary = {h: json.loads((d / "summary.json").read_text()) for h, d in runs.items()}
     assert summary["warm"]["status"] == "completed" and _same(summary["warm"]) == _same(summary["cold"])
     manifest = {h: json.loads((d / "manifest.json").read_text()) for h, d in runs.items()}
-    # the data preparation the warm trial stored is the cold trial's cache hit (harness/data/cache.py)
-    assert [manifest[h]["data"].pop("cache") for h in ("warm", "cold")] == ["miss", "hit"]
+    # the data preparation the warm trial stored (or found) is the cold trial's cache hit (harness/data/cache.py)
+    assert manifest["warm"]["data"].pop("cache") in ("miss", "hit") and manifest["cold"]["data"].pop("cache") == "hit"
     # the environment record: same interpreter, versions and machine; argv as `python -m harness train` sets it
     assert {k: v for k, v in manifest["warm"].items() if k != "command"} == \
            {k: v for k, v in manifest["cold"].items() if k != "command"}
