@@ -182,3 +182,21 @@ def test_cold_flag_reaches_every_worker_command():
     assert worker_command(args, "sqlite:///x.db")[-1] == "--cold"  # local --workers N, Slurm array tasks alike
     args.cold = False
     assert "--cold" not in worker_command(args, "sqlite:///x.db")
+
+
+def test_fork_hazards_name_a_running_thread():
+    """The server refuses to fork while a thread runs (its locks would be copied held); named in the reason."""
+    import threading
+
+    from harness.sweep.warm import fork_hazards
+
+    before = fork_hazards()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="pool-worker")
+    t.start()
+    try:
+        during = fork_hazards()
+    finally:
+        stop.set()
+        t.join()
+    assert len(during) == 1 and "threads running after the imports" in during[0] and during != before

@@ -412,6 +412,8 @@ def become_trial(request: dict) -> list[str]:
     args = list(request["args"])
     sys.argv = [importlib.util.find_spec("harness.__main__").origin, *args]  # as `python -m harness` sets it
     sys.orig_argv = [sys.executable, "-m", "harness", *args]
+    if sys.path and sys.path[0] and not sys.flags.safe_path:
+        sys.path[0] = request["cwd"]  # `python -m` puts the cwd of its start first on the path
     return args
 
 
