@@ -221,6 +221,10 @@ class ForkServer:
     def close(self) -> None:
         """Stop the server (its running children die with it) and reap it."""
         self.failure = self.failure or "closed"
+        for child in self.children.values():  # still running: it dies with the server (PR_SET_PDEATHSIG)
+            child.returncode = -signal.SIGKILL
+            child.note = f"[harness] the warm fork server (pid {self.proc.pid}) was stopped while this trial ran"
+        self.children.clear()
         try:
             self.sock.close()
         except OSError:
