@@ -1,4 +1,5 @@
-"""A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`), record
+"""A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`: forked from the
+worker's fork server, which has the libraries imported, harness/sweep/warm.py; a fresh process with --cold), record
 its outcome (COMPLETE / PRUNED / FAIL with a reason and why it ended), keep its heartbeat, and go on until
 the study is done. Local worker processes (`--workers N`): harness/sweep/spawn.py.
 
