@@ -46,6 +46,14 @@ def _metrics(run_dir: Path) -> list[dict]:
     return [_same(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
 
 
+def _running(pid: int) -> bool:
+    """A live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _fork_server_children(worker_pid: int) -> list[int]:
     """Pids of the warm children: processes whose parent is a fork server (`-m harness.sweep.warm`) under worker_pid."""
     procs = {}
@@ -129,6 +137,33 @@ def test_a_killed_warm_child_fails_its_trial_and_a_sigterm_requeues_the_next(tmp
     assert json.loads((Path(killed["run_dir"]) / "summary.json").read_text())["status"] == "failed"
     assert stopped["ended"] == "interrupted" and trials[2].system_attrs["requeued_from"] == 1
     assert json.loads((Path(stopped["run_dir"]) / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow  # a fork server's imports plus a tiny training: 20-60 s on the 2-core machine
+def test_fork_server_and_its_child_die_with_a_killed_worker(tmp_path, monkeypatch):
+    env = _env(tmp_path, monkeypatch)
+    long = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=100000"]
+    spec = write_spec(tmp_path / "s.yaml", base=long, grid={"train.lr": [1e-4]})
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not _fork_server_children(proc.pid):
+            assert proc.poll() is None
+            time.sleep(0.3)
+        (child,) = _fork_server_children(proc.pid)
+        server = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        proc.kill()  # kill -9 of the worker: nothing of it may go on training (PR_SET_PDEATHSIG, twice)
+        proc.wait()
+        deadline = time.time() + 20
+        alive = [server, child]
+        while alive and time.time() < deadline:
+            alive = [p for p in alive if _running(p)]
+            time.sleep(0.2)
+        assert not alive, f"still running after their worker was killed: {alive} (server {server}, child {child})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 @pytest.mark.slow  # a fork server's imports: 10-40 s on the 2-core machine
