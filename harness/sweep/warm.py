@@ -196,7 +196,9 @@ class ForkServer:
         read_end, write_end = os.pipe()
         stdin = 0 if _valid_fd(0) else os.open(os.devnull, os.O_RDONLY)
         try:
-            request = json.dumps({"args": args, "env": env, "cwd": cwd}).encode()
+            # an ignored SIGINT stays ignored across exec (a worker in a shell's background): the child's too
+            ignored = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            request = json.dumps({"args": args, "env": env, "cwd": cwd, "sigint_ignored": ignored}).encode()
             with self.lock:
                 try:
                     socket.send_fds(self.sock, [request], [stdin, write_end])
@@ -406,7 +408,8 @@ def become_trial(request: dict) -> list[str]:
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # as a fresh interpreter has them
+    # as a fresh interpreter has them: Python's KeyboardInterrupt handler, unless SIGINT came in ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored") else signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     numpy = sys.modules.get("numpy")
     if numpy is not None:
