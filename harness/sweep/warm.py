@@ -17,8 +17,10 @@ torch's default generator is untouched (a fresh process starts it from a fixed s
 never); the trainer seeds all three from train.seed anyway. Only the string hash seed (PYTHONHASHSEED) is shared by
 the children of one server.
 
-Fork safety: the server runs no torch op and starts no thread; after its imports it checks that the only threads
-in the process are the known fork-aware ones (pyarrow's jemalloc background thread) and that CUDA is not
+Fork safety: the server runs no torch op and starts no thread; after its imports it forks once (a child that
+exits at once: libraries that stop their own threads at a fork do so, e.g. numpy's and scipy's OpenBLAS pools,
+which start at import unless OMP_NUM_THREADS=1, re-created in a child on first use), then checks that the only
+threads left are the known fork-aware ones (pyarrow's jemalloc background thread) and that CUDA is not
 initialized, else it refuses and the worker starts its trials cold, saying why once. If the server dies (killed,
 crashed), its running child dies with it (recorded as killed by SIGKILL, the reason says why) and later trials
 start cold.
@@ -348,6 +350,10 @@ def serve(sock: socket.socket) -> dict | None:
     except BaseException as exc:  # noqa: BLE001 - any import failure means cold starts, with the reason
         _send(sock, {"error": f"the warm fork server could not import the libraries: {type(exc).__name__}: {exc}"})
         return None
+    probe = os.fork()  # libraries that stop their threads at a fork do it now (OpenBLAS: pthread_atfork)
+    if probe == 0:
+        os._exit(0)
+    os.waitpid(probe, 0)
     hazards = fork_hazards()
     if hazards:
         _send(sock, {"error": "the warm fork server is not safe to fork: " + "; ".join(hazards)})
