@@ -1,10 +1,12 @@
 """Sweep overhead: time per trial outside training and evaluation, and how a sweep scales with the
-number of trials and of local workers.
+number of trials and of local workers, with trials started warm (forked from each worker's fork server,
+harness/sweep/warm.py: the default) and cold (`--cold`: a fresh `python -m harness train`), side by side.
 
     python -m benchmarks.run --only sweep [--quick]
 
 Part 1 runs `harness sweep` (its real driver, one child process per trial) on short tiny-model
-trials for each (trials, workers) pair and reads every trial's records:
+trials for each (trials, workers) pair, plus the 8-trial grid with --workers 2 (not with --quick), each
+pair cold then warm, and reads every trial's records:
   driver wall     trial.json wall_time_s: the sweep driver's clock around the child process
   process start   driver wall - summary wall_time_s: interpreter start, imports, config composition
   in-process      summary wall_time_s - train_time_s - eval_time_s: run directory, model load, data
@@ -25,6 +27,9 @@ from pathlib import Path
 from benchmarks import common
 
 TRIAL_BUDGET_S = 60.0
+GRID = (8, 2)  # the grid of the warm-start target: 8 tiny trials, --workers 2
+WARM_OVERHEAD_TARGET_S = 1.5
+GRID_RATIO_TARGET = 0.4
 STAGES = ("import_libraries_s", "compose_s", "model_load_s", "model_identity_hash_s",
           "environment_record_s", "data_prepare_s")
 
@@ -58,18 +63,21 @@ def trial_breakdown(run_dir: Path) -> dict | None:
             "overhead_s": trial.get("overhead_s")}
 
 
-def measure_sweep(work: Path, n_trials: int, workers: int, timeout_s: float) -> dict:
-    study = f"bench-n{n_trials}-w{workers}"
+def measure_sweep(work: Path, n_trials: int, workers: int, timeout_s: float, start: str = "warm") -> dict:
+    """One `harness sweep` of n_trials tiny trials on `workers` local workers, trials started `start` (warm|cold)."""
+    study = f"bench-n{n_trials}-w{workers}-{start}"
     d = work / study
     d.mkdir(parents=True, exist_ok=True)
     spec = d / f"{study}.yaml"
     spec.write_text(spec_text(study, n_trials))
     url = f"sqlite:///{(d / 'study.db').resolve()}"
     cmd = [sys.executable, "-m", "harness", "sweep", str(spec), "--workers", str(workers), "--runs-root", str(d / "runs"),
-           "--storage", url]
+           "--storage", url] + (["--cold"] if start == "cold" else [])
     res = common.run_command(cmd, d / "sweep.log", timeout_s)
     trials = [t for t in (trial_breakdown(p) for p in sorted((d / "runs").glob(f"{study}/*"))) if t]
-    row = {"trials": n_trials, "workers": workers, "sweep_wall_s": res["wall_s"], "completed": sum(t["state"] == "COMPLETE" for t in trials),
+    starts = sorted({json.loads((p / "trial.json").read_text()).get("start", "?")
+                     for p in (d / "runs").glob(f"{study}/*") if (p / "trial.json").exists()})
+    row = {"trials": n_trials, "workers": workers, "start": "/".join(starts) or start, "sweep_wall_s": res["wall_s"], "completed": sum(t["state"] == "COMPLETE" for t in trials),
            "returncode": res["returncode"]}
     if res["returncode"] != 0 or len(trials) < n_trials:
         row["error"] = f"sweep exit {res['returncode']}, {len(trials)}/{n_trials} trial records: {common.log_tail(res['log'])}"
@@ -78,6 +86,27 @@ def measure_sweep(work: Path, n_trials: int, workers: int, timeout_s: float) -> 
     row["trials_per_min"] = 60.0 * n_trials / res["wall_s"] if res["wall_s"] else None
     row["overhead_share"] = common.ratio(row["overhead_s"], row["driver_wall_s"])
     return row
+
+
+def sweep_goals(walls: dict[tuple, dict]) -> list[dict]:
+    """The warm-start targets from the measured pairs: warm overhead per trial (one worker: no second trainer
+    competing for the cores), and the GRID sweep's warm / cold wall time."""
+    goals = []
+    single = [(n, by) for (n, w), by in sorted(walls.items()) if w == 1 and "warm" in by]
+    if single:
+        n, by = single[-1]
+        warm = by["warm"]["overhead_s"]
+        cold = by.get("cold", {}).get("overhead_s")
+        goals.append(common.goal(f"overhead per trial beyond train + eval, warm start ({n} tiny trials, 1 worker)",
+                                 warm, f"< {WARM_OVERHEAD_TARGET_S} s", None if warm is None else warm < WARM_OVERHEAD_TARGET_S,
+                                 f"cold start in the same run: {cold:.2f} s" if cold is not None else ""))
+    grid = walls.get(GRID, {})
+    if "warm" in grid and "cold" in grid:
+        r = common.ratio(grid["warm"]["sweep_wall_s"], grid["cold"]["sweep_wall_s"])
+        goals.append(common.goal(f"{GRID[0]}-trial tiny grid, --workers {GRID[1]}: wall time warm / cold", r,
+                                 f"<= {GRID_RATIO_TARGET}", None if r is None else r <= GRID_RATIO_TARGET,
+                                 f"{grid['warm']['sweep_wall_s']:.1f} s warm vs {grid['cold']['sweep_wall_s']:.1f} s cold"))
+    return goals
 
 
 # ------------------------------------------------------------------------------ stage timings
@@ -129,19 +158,23 @@ def run(opts: common.Options) -> dict:
     rows, notes = [], []
     if common.missing_modules("harness.sweep"):
         return common.section("sweep", "Sweep overhead", notes=["not measured: harness.sweep missing"])
-    for n in opts.sweep_trials:
-        for w in opts.sweep_workers:
-            if w > n:
-                continue
+    pairs = [(n, w) for n in opts.sweep_trials for w in opts.sweep_workers if w <= n]
+    if not getattr(opts, "quick", False) and GRID not in pairs:
+        pairs.append(GRID)
+    walls: dict[tuple, dict] = {}
+    for n, w in pairs:
+        for start in ("cold", "warm"):  # the same pair, one after the other: their ratio is from one run
             if opts.out_of_time():
-                notes.append(f"not measured: sweep n={n} workers={w}: the run's time budget was spent")
+                notes.append(f"not measured: sweep n={n} workers={w} {start}: the run's time budget was spent")
                 continue
-            row = measure_sweep(work, n, w, opts.timeout())
+            row = measure_sweep(work, n, w, opts.timeout(), start)
             row["load_1m"] = common.load_now()
             if row.get("error"):
-                notes.append(f"sweep n={n} workers={w}: {row['error']}")
+                notes.append(f"sweep n={n} workers={w} {start}: {row['error']}")
+            else:
+                walls.setdefault((n, w), {})[start] = row
             rows.append(row)
-    goals = []
+    goals = sweep_goals(walls)
     stages: list[dict] = []
     for i in range(2):  # two fresh processes: the second shows what a later trial gets from a cache
         if opts.out_of_time():
@@ -171,6 +204,14 @@ def run(opts: common.Options) -> dict:
         cached_model = last["model_cache_lookup_s"] < 1.0
         goals.append(common.goal("model conversion cached across trials", f"{last['model_cache_lookup_s']:.3f} s lookup",
                                  "converted once", cached_model))
+    if stages:  # a warm trial does not import: the same stages less import_libraries_s (paid once per worker)
+        last = stages[-1]
+        warm_total = sum(last[k] for k in STAGES if k != "import_libraries_s")
+        share = warm_total / (TRIAL_BUDGET_S + warm_total)
+        goals.append(common.goal(f"warm per-trial overhead < 3% of a 60-second trial ({opts.model}, projected)", share,
+                                 "< 0.03", share < 0.03,
+                                 f"{warm_total:.1f} s: the fresh process's stages without the imports (a projection: "
+                                 "trainer set-up and saving not included)"))
     if len(stages) == 2:
         uncached, second = stages[1]["data_prepare_uncached_s"], stages[1]["data_prepare_s"]
         cached_data = stages[1]["data_cache"] == "hit" and second < 0.5 * uncached
@@ -178,14 +219,16 @@ def run(opts: common.Options) -> dict:
                                  f"{second:.2f} s in process 2 ({stages[1]['data_cache']}) vs {uncached:.2f} s uncached",
                                  "process 2 reuses it", cached_data, "" if cached_data else
                                  f"process 2's harness.data.cache.prepare was a {stages[1]['data_cache']}"))
-    columns = ["trials", "workers", "sweep_wall_s", "trials_per_min", "driver_wall_s", "process_start_s",
+    columns = ["trials", "workers", "start", "sweep_wall_s", "trials_per_min", "driver_wall_s", "process_start_s",
                "in_process_overhead_s", "train_s", "overhead_s", "overhead_share", "completed", "load_1m"]
     if stages:
         columns += [*STAGES, "data_prepare_uncached_s", "data_cache"]
-    notes.append("overhead_s = driver wall − train − eval per trial (the driver's own trial.json overhead_s); "
+    notes.append("start: how the trials started (warm: forked from the worker's fork server; cold: --cold). "
+                 "A warm sweep's wall time includes each worker's fork server imports, once. "
+                 "overhead_s = driver wall − train − eval per trial (the driver's own trial.json overhead_s); "
                  "overhead_share of the measured tiny trials is high by design (their training lasts a second). "
                  "The stages row times the same stages on the benchmark model and projects them onto a 60 s trial.")
     return common.section("sweep", "Sweep overhead per trial and scaling with trials and workers", rows, columns=columns,
                           goals=goals, notes=notes,
-                          params={"trials": list(opts.sweep_trials), "workers": list(opts.sweep_workers),
+                          params={"trials": list(opts.sweep_trials), "workers": list(opts.sweep_workers), "grid": list(GRID),
                                   "trial_model": "tiny-llama", "stages_model": opts.model})

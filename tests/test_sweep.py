@@ -5,8 +5,9 @@
 Pure parts (spec parsing, grid expansion, trial -> overrides) are tested directly. The driver runs
 as a real `harness sweep` process; most trials use a stand-in trainer (FAKE_TRAIN in tests/sweep_fakes.py,
 selected by HARNESS_SWEEP_TRAIN_CMD) that takes the same overrides and writes the same run record, so
-crashes, SIGKILLs, pruning and resumes are exercised in seconds. Two tests run the real `harness train` on
-tiny-llama (the second, a grid, is marked slow). Driver kills and bad inputs: tests/faults/.
+crashes, SIGKILLs, pruning and resumes are exercised in seconds (those trials start cold). Two tests run the
+real `harness train` on tiny-llama, started warm (the second, a grid, is marked slow); warm starts in detail:
+tests/test_sweep_warm.py. Driver kills and bad inputs: tests/faults/.
 """
 
 from __future__ import annotations
@@ -336,6 +337,8 @@ def test_real_trainer_single_trial_records_overhead(tmp_path, monkeypatch):
     overrides = yaml.safe_load((run_dir / "overrides.yaml").read_text())
     assert "method=lora" in overrides and f"run_id={run_dir.name}" in overrides
     assert 0 < t.user_attrs["overhead_s"] < t.user_attrs["wall_time_s"]
+    assert t.user_attrs["start"] == "warm"  # forked from the worker's fork server (harness/sweep/warm.py)
+    assert "started warm" in (run_dir / "train.log").read_text()
     print(f"real trial: wall {t.user_attrs['wall_time_s']:.1f}s, train {summary['train_time_s']:.1f}s, "
           f"eval {summary.get('eval_time_s') or 0:.1f}s, overhead {t.user_attrs['overhead_s']:.1f}s")
 

@@ -69,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", default="", help="study name instead of the spec's `study:`")
     p.add_argument("--stream", action="store_true", help="echo each trial's output (always kept in <run_dir>/train.log)")
     p.add_argument("--retry-failed", action="store_true", help="queue the failed cells again (same params and run_id) before running")
+    p.add_argument("--cold", action="store_true", help="start every trial in a fresh process (default: forked from a warm "
+                   "server that has the libraries imported, harness/sweep/warm.py; also HARNESS_SWEEP_COLD=1)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
     add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
     add_root(p)  # and HARNESS_ROOT
@@ -160,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.worker:
         try:
-            return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=emit_json))
+            return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=emit_json, warm=not args.cold))
         except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
             print(_driver_error(exc), file=sys.stderr)
             return 1
@@ -193,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         if args.workers > 1:
             rc = spawn_workers(args, args.workers, url, printer)
         else:
-            rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer), study, storage)
+            rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer, warm=not args.cold), study, storage)
     except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
         printer.close()
         print(_driver_error(exc), file=sys.stderr)

@@ -10,7 +10,8 @@ config before anything trains. The study lives in Optuna storage (storage.py: SQ
 by default, any SQLAlchemy URL, or journal:PATH). Grid cells are enqueued exactly once under a
 storage-level lock and workers take WAITING trials under the same lock (study.py), so concurrent
 workers never duplicate or lose a cell. Each trial runs `python -m harness train ...` in its own child
-process (worker.py; `--workers N` local processes: spawn.py); its exit code and run directory decide the
+process (worker.py; `--workers N` local processes: spawn.py), forked from the worker's fork server that
+has the libraries imported (warm.py; `--cold`: a fresh process); its exit code and run directory decide the
 trial's state. retry.py decides what runs again: a trial whose driver died is re-queued without limit,
 a trial that failed by itself up to max_retries times, failed cells on `--retry-failed`. samplers.py
 maps the spec's sampler and pruner names to Optuna objects (each worker seeded apart); pruning.py is the

@@ -73,6 +73,8 @@ class SweepProgress:
                 line = f"[trial {n}] {ev['line']}"
             elif kind == "wait":
                 line = f"[{self.study}] nothing queued; waiting for {ev['running']} running trial(s) (stale ones are retried)"
+            elif kind == "note":
+                line = f"[{self.study}] note: {ev['note']}"
             elif kind == "requeue":
                 line = f"[{self.study}] trial {n} re-queued as trial {ev['new']}: {ev['why']}"
             else:

@@ -31,7 +31,7 @@ def worker_command(args: argparse.Namespace, url: str, python: str | None = None
     """The command of one worker: `--workers N` starts it N times here, a Slurm array task runs it once
     (harness/sweep/slurm.py), and docs/cluster.md runs it in a Kubernetes Job."""
     return [python or sys.executable, "-m", "harness", "sweep", args.spec, *args.overrides, "--storage", url,
-            "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else [])
+            "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else []) + (["--cold"] if getattr(args, "cold", False) else [])
 
 
 def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:

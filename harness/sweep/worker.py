@@ -1,4 +1,5 @@
-"""A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`), record
+"""A sweep worker: take the next trial, run it as a child process (`python -m harness train ...`: forked from the
+worker's fork server, which has the libraries imported, harness/sweep/warm.py; a fresh process with --cold), record
 its outcome (COMPLETE / PRUNED / FAIL with a reason and why it ended), keep its heartbeat, and go on until
 the study is done. Local worker processes (`--workers N`): harness/sweep/spawn.py.
 
@@ -11,6 +12,7 @@ DriverError; a trial that cannot run as queued (an invalid run id) is failed wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -32,6 +34,7 @@ from harness.sweep.retry import DRIVER_ERROR, INTERRUPTED, NOT_RETRIED, TRIAL_FA
 from harness.sweep.spec import SweepSpec
 from harness.sweep.storage import record_heartbeat, study_lock
 from harness.sweep.study import Taker, next_trial, open_study
+from harness.sweep.warm import Starter, cold_requested, default_train_command
 
 TRAIN_CMD_ENV = "HARNESS_SWEEP_TRAIN_CMD"  # tests only: replaces `python -m harness train`
 
@@ -57,6 +60,7 @@ class WorkerOptions:
     runs_root: str = "runs"
     stream: bool = False  # echo the child's output with a prefix (always written to train.log)
     emit: Callable[[dict], None] = print
+    warm: bool = True  # worker_loop starts trials from a fork server (harness/sweep/warm.py); False: --cold
 
 
 class StopFlag:
@@ -83,6 +87,11 @@ class StopFlag:
 def _train_command(command: str = "train") -> list[str]:
     env = os.environ.get(TRAIN_CMD_ENV)
     return shlex.split(env) if env else [sys.executable, "-m", "harness", command]
+
+
+def _trial_env() -> dict[str, str]:
+    """The environment of every trial's child (its output goes to train.log: lines, unbuffered)."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", **{MODE_ENV: child_mode()})
 
 
 def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
@@ -155,11 +164,13 @@ def _outcome(rc: int, run_dir: Path, spec: SweepSpec, tail: list[str]) -> tuple[
     return TrialState.FAIL, None, f"child exited with code {rc}: " + (detail or _tail(tail)), TRIAL_FAILED
 
 
-def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop: StopFlag | None = None) -> dict:
+def run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop: StopFlag | None = None,
+              starter: Starter | None = None) -> dict:
     """Run one trial's child process to the end and tell the study its outcome. Returns the event.
-    Raises DriverError when the worker itself failed (the trial is re-queued first)."""
+    Raises DriverError when the worker itself failed (the trial is re-queued first). `starter` starts the
+    child (warm from a fork server, harness/sweep/warm.py); without one it is a fresh process."""
     stop = stop if stop is not None else StopFlag()
-    held: dict[str, Any] = {}  # the child, once started, for the clean-up after an error
+    held: dict[str, Any] = {"starter": starter}  # the child, once started, for the clean-up after an error
     try:
         return _run_trial(study, trial, spec, opts, storage, stop, held)
     except Exception as exc:  # noqa: BLE001 - any error of the driver: record it on the trial, never leave it RUNNING
@@ -204,12 +215,12 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
         if problem:  # the machine, not the trial: a driver error (re-queued, the sweep stops until it is fixed)
             raise OSError(f"{problem}; the trial's child exited {rc}")
     out = {"event": "finish", "trial": trial.number, "params": params, "seed": seed, "run_dir": str(run_dir),
-           "wall_time_s": round(wall, 3), "returncode": rc}
+           "wall_time_s": round(wall, 3), "returncode": rc, "start": held.get("start", "none")}
     rc = recorded_exit(rc, run_dir, spec, since=t0)  # a result the child recorded stands, whatever ended it afterwards
     summary = read_summary(run_dir) or {}
     if isinstance(summary.get("train_time_s"), (int, float)) and not recovered:
         out["overhead_s"] = round(wall - summary["train_time_s"] - (summary.get("eval_time_s") or 0.0), 3)
-    for k in ("wall_time_s", "returncode", "overhead_s"):
+    for k in ("wall_time_s", "returncode", "overhead_s", "start"):
         if k in out:
             trial.set_user_attr(k, out[k])
 
@@ -236,6 +247,7 @@ def _run_trial(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, stop
         "study": spec.study, "trial": trial.number, "state": shown, "reason": reason, "ended": ended,
         "values": dict(zip([o.metric for o in spec.objectives], values or [])), "params": params, "seed": seed,
         "storage": opts.storage_url, "host": socket.gethostname(), "slurm_job": job_id_from_env() or None, "command": cmd, "returncode": out["returncode"],
+        "start": out["start"],
         "wall_time_s": out["wall_time_s"], "overhead_s": out.get("overhead_s"), "started_at": started_at, "finished_at": now_iso(),
     })
     out.update(state=shown, reason=reason, values=dict(zip([o.metric for o in spec.objectives], values or [])))
@@ -276,9 +288,16 @@ def _run_child(cmd: list[str], trial, spec: SweepSpec, opts: WorkerOptions, stor
     asked to stop. Returns (exit code, whether the worker stopped it)."""
     if stop.signum is not None:  # asked to stop between taking the trial and starting it
         return EXIT_CODES["interrupted"], True
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{MODE_ENV: child_mode()})  # its output goes to train.log: lines
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
-    held["proc"] = proc
+    env = _trial_env()
+    starter = held.get("starter")
+    if starter is not None:  # warm (a fork of the worker's fork server) when it can, else a fresh process
+        proc = starter.popen(cmd, env)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent())
+    held["proc"], held["start"] = proc, "cold" if isinstance(proc, subprocess.Popen) else "warm"
+    if held["start"] == "warm":
+        log.write(f"== started warm: forked from the worker's fork server (pid {starter.server.proc.pid})\n".encode())
+        log.flush()
 
     def pump() -> None:
         logging = True
@@ -313,6 +332,12 @@ def _run_child(cmd: list[str], trial, spec: SweepSpec, opts: WorkerOptions, stor
                 record_heartbeat(storage, trial._trial_id)
                 beat = time.time()
     pumper.join(timeout=10)
+    if getattr(proc, "note", ""):  # a warm child that died with its fork server
+        tail.append(proc.note)
+        try:
+            log.write((proc.note + "\n").encode())
+        except OSError:
+            pass
     return rc, stopped
 
 
@@ -377,7 +402,9 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     taker = Taker()
     waited_note = False
-    with StopFlag() as stop:
+    with StopFlag() as stop, _starter(spec, opts) as starter:
+        if starter is not None:  # the imports finish before a trial is taken, so its heartbeat never waits on them
+            starter.wait_ready(stop=lambda: stop.signum is not None)
         while stop.signum is None:
             trial, running = next_trial(study, storage, spec, opts.storage_url, deadline, taker)
             for note in taker.notes:
@@ -385,7 +412,7 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
             taker.notes.clear()
             if trial is not None:
                 waited_note = False
-                opts.emit(run_trial(study, trial, spec, opts, storage, stop))
+                opts.emit(run_trial(study, trial, spec, opts, storage, stop, starter))
                 continue
             if running == 0 or (deadline is not None and time.time() > deadline):
                 return 0
@@ -396,3 +423,18 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
             while stop.signum is None and time.time() < until:
                 time.sleep(0.2)
     return EXIT_CODES["interrupted"]
+
+
+@contextlib.contextmanager
+def _starter(spec: SweepSpec, opts: WorkerOptions):
+    """The worker's trial starter: a fork server (harness/sweep/warm.py) unless --cold / HARNESS_SWEEP_COLD=1 or
+    the trials are not `python -m harness train` (HARNESS_SWEEP_TRAIN_CMD in tests); None starts them cold."""
+    if not opts.warm or cold_requested() or _train_command(spec.command) != default_train_command():
+        yield None
+        return
+    starter = Starter(_trial_env(), note=lambda text: opts.emit({"event": "note", "note": text}),
+                      preexec=die_with_parent())
+    try:
+        yield starter
+    finally:
+        starter.close()

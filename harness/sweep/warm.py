@@ -1,0 +1,486 @@
+"""Warm trial starts: each sweep worker keeps one fork server that has imported the heavy libraries (torch,
+transformers, peft, datasets, lm_eval and harness's train/eval modules) and forks a child per trial, so a trial
+is still its own process but pays no import. The worker drives the child through `WarmProcess`, which has the
+surface of the subprocess.Popen it used before (pid, stdout, poll, wait, returncode, send_signal, terminate, kill).
+
+    harness sweep sweeps/quickstart.yaml --workers 2     # every worker starts trials warm (also Slurm array tasks)
+    harness sweep sweeps/quickstart.yaml --cold          # or HARNESS_SWEEP_COLD=1: a fresh `python -m harness train`
+
+The child is made to look like a fresh `python -m harness train ARGS`: its argv (sys.argv, sys.orig_argv), its
+environment (the server runs in the very environment each trial gets; a trial whose environment differs starts
+cold, because libraries read some variables at import, e.g. libgomp's OMP_NUM_THREADS), its cwd, its stdin and
+stdout/stderr (the worker's pipe, passed over a Unix socket with socket.send_fds), Python's default SIGINT/SIGTERM
+handlers, its process group (the worker's, as a Popen child's), PR_SET_PDEATHSIG (the server dies with its worker,
+a child with its server), atexit handlers and exit code or death by signal (the server reaps the child and sends
+the status back). Python's `random` reseeds itself after a fork and numpy's global generator is reseeded here;
+torch's default generator is untouched (a fresh process starts it from a fixed seed, and the server draws from it
+never); the trainer seeds all three from train.seed anyway. Only the string hash seed (PYTHONHASHSEED) is shared by
+the children of one server.
+
+Fork safety: the server runs no torch op and starts no thread; after its imports it forks once (a child that
+exits at once: libraries that stop their own threads at a fork do so, e.g. numpy's and scipy's OpenBLAS pools,
+which start at import unless OMP_NUM_THREADS=1, re-created in a child on first use), then checks that the only
+threads left are the known fork-aware ones (pyarrow's jemalloc background thread) and that CUDA is not
+initialized, else it refuses and the worker starts its trials cold, saying why once. If the server dies (killed,
+crashed), its running child dies with it (recorded as killed by SIGKILL, the reason says why) and later trials
+start cold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+COLD_ENV = "HARNESS_SWEEP_COLD"  # 1: every trial in a fresh process (also `harness sweep --cold`)
+PRELOAD = ("torch", "transformers", "transformers.trainer", "peft", "datasets", "lm_eval", "hydra", "omegaconf",
+           "hydra.core.override_parser.overrides_parser", "harness.cli", "harness.commands.train",
+           "harness.commands.common", "harness.config.overrides", "harness.launch", "harness.pipeline",
+           "harness.train.fit", "harness.eval.suites", "harness.model.load", "harness.model.methods",
+           "harness.model.preflight", "harness.data.cache", "harness.run.tracking", "harness.sweep.pruning")
+# Overrides of every shape a trial's command line has: parsing them once fills the caches of Hydra's parser
+# (antlr4 builds its lexer's DFA lazily: the first command line of a process took 1-2 s to parse, later ones ms).
+WARM_UP_OVERRIDES = ["model=tiny-llama", "train.lr=1.0e-4", "train.max_steps=20", "method.r=16", "data.max_rows=40",
+                     "notes='a, b'", 'notes="x"', "method.target_modules=[q_proj,v_proj]", "++tracker.tags=[a,b-1]",
+                     "storage=sqlite:////tmp/x_y/s.db", "output_dir=/a/b.c", "run_id=c001-0.0002-s0-79090c",
+                     "train.dropout=0.05", "train.flag=true", "+x.y=null", "~a.b", "k=${oc.env:HOME}"]
+FORK_AWARE_THREADS = {"jemalloc_bg_thd"}  # pyarrow's allocator: re-creates its thread after a fork
+READY_TIMEOUT_S = 600.0
+MAX_MSG = 1 << 20
+
+
+def cold_requested() -> bool:
+    return os.environ.get(COLD_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def default_train_command() -> list[str]:
+    """The command a cold trial runs; a warm child stands in for exactly this one."""
+    return [sys.executable, "-m", "harness", "train"]
+
+
+# ------------------------------------------------------------------------------ worker side
+class WarmProcess:
+    """One warm child as the worker sees it: the subset of subprocess.Popen that harness/sweep/worker.py uses."""
+
+    def __init__(self, server: "ForkServer", pid: int, args: list[str], stdout) -> None:
+        self.server, self.pid, self.args, self.stdout = server, pid, args, stdout
+        self.returncode: int | None = None
+        self.note = ""  # set when the child's fate came from its server's death, not from its own exit
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            self.server.pump(0.0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            self.server.pump(left if left is None else min(left, 1.0))
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped yet by the server, so the pid is still this child's
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+class ForkServer:
+    """The worker's handle on its fork server (`python -m harness.sweep.warm FD`), started in `env`."""
+
+    def __init__(self, env: dict[str, str], preexec: Callable[[], None] | None = None) -> None:
+        self.env = dict(env)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.errors = tempfile.TemporaryFile()  # the server's own stderr (import warnings, a crash): never blocks it
+        self.proc = subprocess.Popen([sys.executable, "-m", "harness.sweep.warm", str(theirs.fileno())],
+                                     pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=self.errors, env=self.env, preexec_fn=preexec)
+        theirs.close()
+        self.lock = threading.RLock()
+        self.children: dict[int, WarmProcess] = {}
+        self.ready: dict | None = None
+        self.failure = ""  # why it cannot start trials (once set, for good)
+        self._started: list[dict] = []
+
+    # -------------------------------------------------------------------- messages
+    def pump(self, timeout: float | None) -> None:
+        """Read the server's messages for up to `timeout` seconds (0: what is there); marks it dead on EOF."""
+        with self.lock:
+            if self.failure:
+                return
+            readable, _, _ = select.select([self.sock], [], [], timeout)
+            while readable:
+                try:
+                    data = self.sock.recv(MAX_MSG)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    data, why = b"", f"{type(exc).__name__}: {exc}"
+                else:
+                    why = ""
+                if not data:
+                    self._died(why)
+                    return
+                self._handle(json.loads(data))
+                readable, _, _ = select.select([self.sock], [], [], 0)
+
+    def _handle(self, msg: dict) -> None:
+        if "ready" in msg:
+            self.ready = msg
+        elif "error" in msg:
+            self.failure = msg["error"]
+        elif "started" in msg:
+            self._started.append(msg)
+        elif "exited" in msg:
+            child = self.children.pop(msg["exited"], None)
+            if child is not None:
+                child.returncode = msg["returncode"]
+
+    def _died(self, why: str) -> None:
+        rc = self.proc.poll()
+        if rc is None:
+            try:
+                rc = self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                rc = None
+        err = b""
+        try:
+            self.errors.seek(0)
+            err = self.errors.read()[-4000:]
+        except (OSError, ValueError):
+            pass
+        last = [ln for ln in err.decode("utf-8", "replace").splitlines() if ln.strip()][-1:]
+        how = (f"killed by {signal.Signals(-rc).name}" if rc is not None and rc < 0 else f"exit code {rc}") + (
+            f": {last[0][:300]}" if last else "") + (f" ({why})" if why else "")
+        self.failure = self.failure or f"the warm fork server (pid {self.proc.pid}) died ({how})"
+        for child in self.children.values():  # PR_SET_PDEATHSIG: a child dies with its server
+            child.returncode = -signal.SIGKILL
+            child.note = (f"[harness] the warm fork server (pid {self.proc.pid}) died while this trial ran ({how}); "
+                          "its child was killed with it (PR_SET_PDEATHSIG)")
+        self.children.clear()
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Wait for the server's imports; False if it failed (self.failure says why) or `stop()` became true."""
+        end = time.monotonic() + timeout
+        while self.ready is None and not self.failure and not stop():
+            left = end - time.monotonic()
+            if left <= 0:
+                self.failure = f"the warm fork server did not finish its imports within {timeout:.0f} s"
+                self.close()
+                break
+            self.pump(min(left, 1.0))
+        return self.ready is not None and not self.failure
+
+    # -------------------------------------------------------------------- trials
+    def start(self, args: list[str], env: dict[str, str], cwd: str) -> WarmProcess | None:
+        """Fork a child that runs `harness ARGS`; None if the server cannot (self.failure says why)."""
+        if not self.wait_ready():
+            return None
+        read_end, write_end = os.pipe()
+        stdin = 0 if _valid_fd(0) else os.open(os.devnull, os.O_RDONLY)
+        try:
+            # an ignored SIGINT stays ignored across exec (a worker in a shell's background): the child's too
+            ignored = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+            request = json.dumps({"args": args, "env": env, "cwd": cwd, "sigint_ignored": ignored}).encode()
+            with self.lock:
+                try:
+                    socket.send_fds(self.sock, [request], [stdin, write_end])
+                except OSError as exc:
+                    self._died(f"{type(exc).__name__}: {exc}")
+                    os.close(read_end)
+                    return None
+                while not self._started and not self.failure:
+                    self.pump(1.0)
+                if self.failure:
+                    os.close(read_end)
+                    return None
+                pid = self._started.pop(0)["started"]
+                child = WarmProcess(self, pid, [*default_train_command()[:3], *args], os.fdopen(read_end, "rb"))
+                self.children[pid] = child
+                return child
+        finally:
+            os.close(write_end)
+            if stdin != 0:
+                os.close(stdin)
+
+    def close(self) -> None:
+        """Stop the server (its running children die with it) and reap it."""
+        self.failure = self.failure or "closed"
+        for child in self.children.values():  # still running: it dies with the server (PR_SET_PDEATHSIG)
+            child.returncode = -signal.SIGKILL
+            child.note = f"[harness] the warm fork server (pid {self.proc.pid}) was stopped while this trial ran"
+        self.children.clear()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        self.errors.close()
+
+
+def _valid_fd(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+class Starter:
+    """Starts a worker's trials: warm from its fork server when it can, else cold (subprocess.Popen). `note` is
+    called once, with the reason, when the worker falls back to cold starts."""
+
+    def __init__(self, env: dict[str, str], warm: bool = True, note: Callable[[str], None] = print,
+                 preexec: Callable[[], None] | None = None) -> None:
+        self.env, self.note, self.preexec = dict(env), note, preexec
+        self.server: ForkServer | None = ForkServer(self.env, preexec) if warm else None
+        self.cold_reason = ""
+
+    def wait_ready(self, stop: Callable[[], bool] = lambda: False) -> bool:
+        """Before the first trial is taken (so its heartbeat never waits on the imports): True when warm."""
+        if self.server is None or self.cold_reason:
+            return False
+        if not self.server.wait_ready(stop=stop) and self.server.failure:
+            self._go_cold(self.server.failure)
+        return self.warm
+
+    def _go_cold(self, why: str) -> None:
+        if not self.cold_reason:
+            self.cold_reason = why
+            self.note(f"starting trials cold from now on: {why}")
+        if self.server is not None:
+            self.server.close()
+
+    def popen(self, cmd: list[str], env: dict[str, str]):
+        """A running trial child of `cmd` in `env`, its stdout and stderr on one pipe (proc.stdout)."""
+        server = self.server
+        if server is not None and not self.cold_reason and cmd[:4] == default_train_command():
+            if env != self.env:
+                changed = sorted(k for k in set(env) | set(self.env) if env.get(k) != self.env.get(k))
+                self._go_cold(f"the trial's environment differs from the fork server's ({', '.join(changed[:5])})")
+            else:
+                child = server.start(cmd[3:], env, os.getcwd())
+                if child is not None:
+                    return child
+                self._go_cold(server.failure)
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, preexec_fn=self.preexec)
+
+    @property
+    def warm(self) -> bool:
+        return self.server is not None and not self.cold_reason and not self.server.failure
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+# ------------------------------------------------------------------------------ server side
+def fork_hazards() -> list[str]:
+    """What would make forking this process unsafe: threads other than the known fork-aware ones, CUDA in use."""
+    problems = []
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        if int(task) != threading.get_native_id():
+            try:
+                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
+            except OSError:
+                pass
+    others = [n for n in names if n not in FORK_AWARE_THREADS]
+    if others:
+        problems.append(f"threads running after the imports: {', '.join(sorted(others))}")
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        problems.append("CUDA was initialized during the imports")
+    return problems
+
+
+def _preload() -> None:
+    import importlib
+    import importlib.util
+
+    for name in PRELOAD:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:  # lm_eval etc. are optional
+            importlib.import_module(name)
+
+
+def _warm_up() -> None:
+    """Fill caches every trial would otherwise fill again: the override parser's (pure Python, no I/O)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    OverridesParser.create().parse_overrides(WARM_UP_OVERRIDES)
+
+
+def _send(sock: socket.socket, msg: dict) -> None:
+    sock.send(json.dumps(msg).encode())
+
+
+def serve(sock: socket.socket) -> dict | None:
+    """The server's loop: fork a child per request, report its pid and, once reaped, its exit status. Returns
+    the request in the child (which then becomes the trial); None in the server when the worker has gone."""
+    for s in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C reaches the whole group: the worker decides, not us
+        signal.signal(s, signal.SIG_IGN)
+    t0 = time.perf_counter()
+    try:
+        _preload()
+        _warm_up()
+    except BaseException as exc:  # noqa: BLE001 - any import failure means cold starts, with the reason
+        _send(sock, {"error": f"the warm fork server could not import the libraries: {type(exc).__name__}: {exc}"})
+        return None
+    probe = os.fork()  # libraries that stop their threads at a fork do it now (OpenBLAS: pthread_atfork)
+    if probe == 0:
+        os._exit(0)
+    os.waitpid(probe, 0)
+    hazards = fork_hazards()
+    if hazards:
+        _send(sock, {"error": "the warm fork server is not safe to fork: " + "; ".join(hazards)})
+        return None
+    import gc
+
+    gc.collect()
+    gc.freeze()  # the imports' objects: no collection in a child walks them (and copies their pages), gc docs' advice
+    _send(sock, {"ready": True, "pid": os.getpid(), "import_s": round(time.perf_counter() - t0, 3)})
+
+    children: dict[int, int] = {}  # pid -> pidfd
+    me = os.getpid()
+    while True:
+        readable, _, _ = select.select([sock, *children.values()], [], [])
+        for pid, pidfd in list(children.items()):
+            if pidfd in readable:
+                _, status = os.waitpid(pid, 0)
+                os.close(pidfd)
+                del children[pid]
+                _send(sock, {"exited": pid, "returncode": os.waitstatus_to_exitcode(status)})
+        if sock not in readable:
+            continue
+        data, fds, _, _ = socket.recv_fds(sock, MAX_MSG, 4)
+        if not data:
+            return None  # the worker closed its end: our children die with us (PR_SET_PDEATHSIG)
+        request = json.loads(data)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            for pidfd in children.values():
+                os.close(pidfd)
+            sock.close()
+            return {**request, "fds": fds, "server": me}
+        for fd in fds:
+            os.close(fd)
+        children[pid] = os.pidfd_open(pid)
+        _send(sock, {"started": pid})
+
+
+def become_trial(request: dict) -> list[str]:
+    """In the forked child: take on the process state of a fresh `python -m harness train ARGS`; returns ARGS."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != request["server"]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    stdin, out = request["fds"]
+    os.dup2(stdin, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    for fd in (stdin, out):
+        if fd > 2:
+            os.close(fd)
+    os.chdir(request["cwd"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    # as a fresh interpreter has them: Python's KeyboardInterrupt handler, unless SIGINT came in ignored
+    signal.signal(signal.SIGINT, signal.SIG_IGN if request.get("sigint_ignored") else signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()  # a fresh process seeds it from the OS; `random` reseeds itself after fork
+    import importlib.util
+
+    args = list(request["args"])
+    sys.argv = [importlib.util.find_spec("harness.__main__").origin, *args]  # as `python -m harness` sets it
+    sys.orig_argv = [sys.executable, "-m", "harness", *args]
+    if sys.path and sys.path[0] and not sys.flags.safe_path:
+        sys.path[0] = request["cwd"]  # `python -m` puts the cwd of its start first on the path
+    return args
+
+
+def exit_trial(rc: int) -> None:
+    """End the child as the interpreter's exit would, minus the teardown of every module (2.7-4 s on the 2-core
+    machine, for the ~4,300 modules of torch, transformers, lm_eval...): non-daemon threads are joined and atexit
+    handlers run (trackers, logging), garbage in cycles is collected (its finalizers run), stdio is flushed."""
+    import atexit
+    import gc
+
+    threading._shutdown()  # what Py_FinalizeEx does first  # noqa: SLF001
+    atexit._run_exitfuncs()  # noqa: SLF001
+    gc.collect()  # what is left of the trial's own objects (the server's are frozen: gc.freeze)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(rc)
+
+
+def main(fd: int) -> int:
+    sock = socket.socket(fileno=fd)
+    request = serve(sock)
+    if request is None:
+        return 0
+    args = become_trial(request)
+    from harness.cli import main as harness_main
+
+    try:
+        rc = harness_main(args)
+    except SystemExit as exc:  # as the interpreter maps sys.exit(...) to an exit code
+        code = exc.code
+        rc = 0 if code is None else code if isinstance(code, int) else 1
+        if not isinstance(code, (int, type(None))):
+            print(code, file=sys.stderr)
+    except KeyboardInterrupt:  # uncaught: a fresh interpreter prints the traceback and dies by SIGINT
+        import traceback
+
+        traceback.print_exc()
+        threading._shutdown()  # noqa: SLF001
+        import atexit
+
+        atexit._run_exitfuncs()  # noqa: SLF001
+        sys.stderr.flush()
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        rc = 130
+    except BaseException:  # noqa: BLE001 - uncaught: a fresh interpreter prints the traceback, exits 1
+        sys.excepthook(*sys.exc_info())
+        rc = 1
+    exit_trial(int(rc) & 0xFF if isinstance(rc, int) else 1)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1])))

@@ -1,0 +1,237 @@
+"""Tests for warm trial starts (harness/sweep/warm.py): a sweep worker forks each trial from a fork server that
+has the libraries imported; the trial must behave as a fresh `python -m harness train` would.
+
+    python -m pytest -q tests/test_sweep_warm.py            # the slow ones: add -m slow (or nothing: all run)
+
+The tests with the real trainer start a fork server (its imports: 10-40 s on the 2-core machine), so they carry
+the slow marker; tests/test_sweep.py's fast real-trainer test runs its one trial warm too (it checks the record).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.sweep.warm import COLD_ENV, Starter, default_train_command
+from harness.sweep.worker import TRAIN_CMD_ENV
+from tests.sweep_fakes import BASE, harness, trials_of, write_spec
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = [*BASE[:-1], "eval=none", "train.batch_size=2", "train.max_length=128", "train.log_every=1", "data.max_rows=40"]
+# what differs between two runs of the same config by nature: identity, clocks, speed, memory
+VARIES = {"run_id", "run_dir", "name", "study", "trial", "started_at", "finished_at", "trained_at", "wall_time_s",
+          "train_time_s", "eval_time_s", "tokens_per_s", "peak_memory_mb", "time_s", "mem_mb"}
+
+
+def _env(tmp_path, monkeypatch) -> dict:
+    monkeypatch.chdir(tmp_path)
+    env = dict(os.environ, PYTHONPATH=str(REPO), HARNESS_PROGRESS="plain")
+    for key in (TRAIN_CMD_ENV, COLD_ENV):
+        env.pop(key, None)
+    return env
+
+
+def _same(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in VARIES}
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [_same(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _running(pid: int) -> bool:
+    """A live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _fork_server_children(worker_pid: int) -> list[int]:
+    """Pids of the warm children: processes whose parent is a fork server (`-m harness.sweep.warm`) under worker_pid."""
+    procs = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                procs[int(d.name)] = (ppid, (d / "cmdline").read_bytes().split(b"\0"))
+            except (OSError, IndexError, ValueError):
+                pass
+    servers = [pid for pid, (ppid, cmd) in procs.items() if b"harness.sweep.warm" in cmd and ppid == worker_pid]
+    return [pid for pid, (ppid, _) in procs.items() if ppid in servers]
+
+
+@pytest.mark.slow  # a fork server's imports plus a cold trial: 30-90 s on the 2-core machine
+def test_a_warm_trial_records_the_same_losses_and_summary_as_a_cold_one(tmp_path, monkeypatch):
+    env = _env(tmp_path, monkeypatch)
+    runs = {}
+    for how in ("warm", "cold"):
+        spec = write_spec(tmp_path / f"{how}.yaml", study=how, base=TINY, grid={"train.lr": [2e-4]}, seeds=[3])
+        r = harness(["sweep", str(spec), *(["--cold"] if how == "cold" else [])], env, tmp_path, timeout=600)
+        assert r.returncode == 0, r.stdout + r.stderr
+        (t,) = trials_of(tmp_path, how)
+        assert t.state.name == "COMPLETE" and t.user_attrs["start"] == how, t.user_attrs
+        runs[how] = Path(t.user_attrs["run_dir"])
+        assert json.loads((runs[how] / "trial.json").read_text())["start"] == how
+    warm, cold = runs["warm"], runs["cold"]
+    assert "started warm: forked from the worker's fork server" in (warm / "train.log").read_text()
+    assert len(_metrics(warm)) >= 3 and _metrics(warm) == _metrics(cold)  # every step's loss, grad norm, lr; val loss
+    summary = {h: json.loads((d / "summary.json").read_text()) for h, d in runs.items()}
+    assert summary["warm"]["status"] == "completed" and _same(summary["warm"]) == _same(summary["cold"])
+    manifest = {h: json.loads((d / "manifest.json").read_text()) for h, d in runs.items()}
+    # the data preparation the warm trial stored (or found) is the cold trial's cache hit (harness/data/cache.py)
+    assert manifest["warm"]["data"].pop("cache") in ("miss", "hit") and manifest["cold"]["data"].pop("cache") == "hit"
+    # the environment record: same interpreter, versions and machine; argv as `python -m harness train` sets it
+    assert {k: v for k, v in manifest["warm"].items() if k != "command"} == \
+           {k: v for k, v in manifest["cold"].items() if k != "command"}
+    argv = manifest["warm"]["command"]
+    assert argv[0] == manifest["cold"]["command"][0] and argv[0].endswith("harness/__main__.py") and argv[1] == "train"
+    assert "study=warm" in argv and "study=cold" in manifest["cold"]["command"]
+
+
+@pytest.mark.slow  # a fork server's imports plus two tiny trainings: 30-90 s on the 2-core machine
+def test_a_killed_warm_child_fails_its_trial_and_a_sigterm_requeues_the_next(tmp_path, monkeypatch):
+    env = _env(tmp_path, monkeypatch)
+    long = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=100000"]
+    spec = write_spec(tmp_path / "s.yaml", base=long, grid={"train.lr": [1e-4, 2e-4]}, max_retries=0)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+    def training(cell: str, timeout: float = 300) -> int:
+        """Wait until the trial of `cell` trains (its progress says train), then return its warm child's pid."""
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            for p in (tmp_path / "runs" / "t").glob(f"{cell}-*/progress.json"):
+                try:
+                    if json.loads(p.read_text()).get("stage") == "train":
+                        (child,) = _fork_server_children(proc.pid)
+                        return child
+                except (ValueError, OSError):
+                    pass
+            time.sleep(0.3)
+        raise AssertionError(f"{cell} never trained: {proc.communicate(timeout=30)[0] if proc.poll() is not None else ''}")
+
+    try:
+        os.kill(training("c000"), signal.SIGKILL)  # what the OOM killer does
+        second = training("c001")
+        os.kill(proc.pid, signal.SIGTERM)  # the worker is told to stop: its warm child is interrupted
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out
+    with pytest.raises(ProcessLookupError):
+        os.kill(second, 0)  # the interrupted child is gone, not orphaned
+    trials = trials_of(tmp_path)
+    assert [t.state.name for t in trials] == ["FAIL", "FAIL", "WAITING"], out
+    killed, stopped = trials[0].user_attrs, trials[1].user_attrs
+    assert killed["start"] == "warm" and killed["ended"] == "trial-failed"
+    assert killed["reason"].startswith("child killed by SIGKILL (out of memory?"), killed["reason"]
+    assert json.loads((Path(killed["run_dir"]) / "summary.json").read_text())["status"] == "failed"
+    assert stopped["ended"] == "interrupted" and trials[2].system_attrs["requeued_from"] == 1
+    assert json.loads((Path(stopped["run_dir"]) / "summary.json").read_text())["status"] == "interrupted"
+
+
+@pytest.mark.slow  # a fork server's imports plus a tiny training: 20-60 s on the 2-core machine
+def test_fork_server_and_its_child_die_with_a_killed_worker(tmp_path, monkeypatch):
+    env = _env(tmp_path, monkeypatch)
+    long = [o for o in TINY if not o.startswith("train.max_steps")] + ["train.max_steps=100000"]
+    spec = write_spec(tmp_path / "s.yaml", base=long, grid={"train.lr": [1e-4]})
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=env, cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not _fork_server_children(proc.pid):
+            assert proc.poll() is None
+            time.sleep(0.3)
+        (child,) = _fork_server_children(proc.pid)
+        server = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        proc.kill()  # kill -9 of the worker: nothing of it may go on training (PR_SET_PDEATHSIG, twice)
+        proc.wait()
+        deadline = time.time() + 20
+        alive = [server, child]
+        while alive and time.time() < deadline:
+            alive = [p for p in alive if _running(p)]
+            time.sleep(0.2)
+        assert not alive, f"still running after their worker was killed: {alive} (server {server}, child {child})"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.slow  # a fork server's imports: 10-40 s on the 2-core machine
+def test_fork_server_death_falls_back_to_cold_starts_once(tmp_path, monkeypatch):
+    env = dict(_env(tmp_path, monkeypatch), PYTHONUNBUFFERED="1")
+    notes: list[str] = []
+    starter = Starter(env, note=notes.append)
+    try:
+        assert starter.wait_ready() and starter.warm
+        cmd = [*default_train_command(), "--cfg", "job", "model=tiny-llama"]  # prints the config, trains nothing
+        child = starter.popen(cmd, env)
+        assert type(child).__name__ == "WarmProcess"
+        assert child.wait(timeout=120) == 0 and b"tiny-llama" in child.stdout.read()
+        starter.server.proc.kill()  # the fork server dies (OOM killer, a bug): later trials start cold, said once
+        starter.server.proc.wait()
+        first, second = starter.popen(cmd, env), starter.popen(cmd, env)
+        assert isinstance(first, subprocess.Popen) and isinstance(second, subprocess.Popen)
+        assert first.wait(timeout=300) == 0 and second.wait(timeout=300) == 0
+        first.stdout.close()
+        second.stdout.close()
+        assert len(notes) == 1 and "starting trials cold from now on" in notes[0] and "died" in notes[0], notes
+    finally:
+        starter.close()
+
+
+def test_cold_opt_out_and_the_fake_trainer_start_no_fork_server(tmp_path, monkeypatch):
+    """--cold, HARNESS_SWEEP_COLD=1 and HARNESS_SWEEP_TRAIN_CMD (tests) keep today's fresh process per trial."""
+    from harness.sweep.spec import load_spec
+    from harness.sweep.worker import WorkerOptions, _starter
+
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"train.lr": [1e-4]}))
+    monkeypatch.delenv(TRAIN_CMD_ENV, raising=False)
+    monkeypatch.delenv(COLD_ENV, raising=False)
+    with _starter(spec, WorkerOptions("sqlite://", warm=False)) as s:
+        assert s is None
+    monkeypatch.setenv(COLD_ENV, "1")
+    with _starter(spec, WorkerOptions("sqlite://")) as s:
+        assert s is None
+    monkeypatch.setenv(COLD_ENV, "0")
+    monkeypatch.setenv(TRAIN_CMD_ENV, f"{sys.executable} fake.py")
+    with _starter(spec, WorkerOptions("sqlite://")) as s:
+        assert s is None
+
+
+def test_cold_flag_reaches_every_worker_command():
+    import argparse
+
+    from harness.sweep.spawn import worker_command
+
+    args = argparse.Namespace(spec="s.yaml", overrides=[], runs_root="runs", study="", stream=False, cold=True)
+    assert worker_command(args, "sqlite:///x.db")[-1] == "--cold"  # local --workers N, Slurm array tasks alike
+    args.cold = False
+    assert "--cold" not in worker_command(args, "sqlite:///x.db")
+
+
+def test_fork_hazards_name_a_running_thread():
+    """The server refuses to fork while a thread runs (its locks would be copied held); named in the reason."""
+    import threading
+
+    from harness.sweep.warm import fork_hazards
+
+    before = fork_hazards()
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="pool-worker")
+    t.start()
+    try:
+        during = fork_hazards()
+    finally:
+        stop.set()
+        t.join()
+    assert len(during) == 1 and "threads running after the imports" in during[0] and during != before
