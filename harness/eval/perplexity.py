@@ -13,6 +13,11 @@ the ORIGINAL document (`len(re.split(r"\\s+", page))`, UTF-8 bytes). Then, over 
 With stride == max_length the windows are lm-eval's `loglikelihood_rolling` windows (one token of carried
 context); a smaller stride gives each scored token more context (lower perplexity). Models that need BOS
 (model.add_bos) get it at the start of every window. The math is in pure functions at the top.
+
+Speed at equal numbers (score_token_lists): windows run in batches of exactly equal length (never padded, no
+attention mask); the decoder's hidden states of the scored positions go through the output layer a slice at a
+time, cross-entropy in fp32, so the [positions, vocab] logits never exist whole. eval.mode picks the dtype
+(harness/eval/precision.py); a non-fp32 mode records its deviation from fp32 on the first window (calibration).
 """
 
 from __future__ import annotations
