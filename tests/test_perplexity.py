@@ -358,3 +358,22 @@ def test_data_root_is_used(monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     assert corpus_path(PerplexitySuite(name="c", path="w/c.txt")) == paths.data_root() / "w" / "c.txt"
     assert read_corpus_text("w/c.txt") == "x y z"
+
+
+def test_peft_wrapped_model_scores_with_its_adapter(tiny):
+    """LoRA on attention and on the output layer: the decoder + output-layer path must use the adapted layers."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, cfg = tiny
+    fresh, _ = load_model_and_tokenizer(cfg.model)
+    peft_model = get_peft_model(fresh, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"],
+                                                  init_lora_weights=False)).eval()
+    assert split_head(peft_model) is not None
+    lists = [tok("LoRA adapters change the score of every token here. " * 3, add_special_tokens=False)["input_ids"]]
+    prefix = prefix_token_id(tok)
+    got = score_token_lists(peft_model, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    want = _reference_scores(peft_model, lists, prefix, tok.bos_token_id, 16, 16, False)
+    assert got[0][0] == pytest.approx(want[0][0], rel=1e-5)
+    with peft_model.disable_adapter():
+        base = score_token_lists(peft_model, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    assert base[0][0] != pytest.approx(got[0][0], rel=1e-4)
