@@ -16,18 +16,24 @@ from harness import config, paths
 from harness.config import PerplexitySuite
 from harness.eval.perplexity import (
     aggregate,
+    calibration,
     corpus_path,
     count_words,
+    equal_length_batches,
     perplexity_metrics,
     prefix_token_id,
     read_corpus_text,
+    run_perplexity,
     run_suite,
+    run_suite_in_mode,
     score_token_lists,
     select_documents,
+    split_head,
     wikitext_detokenize,
     wikitext_documents,
     window_spans,
 )
+from harness.eval.precision import plan
 from harness.model.load import load_model_and_tokenizer
 from harness.model.scoring import score_rows
 
@@ -126,6 +132,15 @@ def test_select_documents_whole_documents_up_to_budget():
     assert select_documents(toks, 1000) == 3
 
 
+def test_equal_length_batches_never_mix_lengths():
+    lengths = [16, 5, 16, 16, 9, 5, 16, 3]
+    batches = equal_length_batches(lengths, 3)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))  # every window once
+    assert all(len(b) <= 3 and len({lengths[i] for i in b}) == 1 for b in batches)
+    assert batches[0] == [0, 2, 3] and batches[1] == [6]  # longest first, then input order
+    assert [lengths[b[0]] for b in batches] == [16, 16, 9, 5, 3]
+
+
 # --------------------------------------------------------------------------- tiny-model scoring
 @pytest.fixture(scope="module")
 def tiny():
@@ -173,6 +188,137 @@ def test_windows_batching_and_context(tiny):
     assert bos[1] == len(toks) and bos[0] != pytest.approx(one[0], rel=1e-6)
 
 
+def _reference_scores(model, lists, prefix, bos, L, stride, bos_every_window):
+    """The definition, written out: one forward per window, full fp32 logits, the last n_score positions scored."""
+    import torch
+    import torch.nn.functional as F
+
+    out = []
+    for toks in lists:
+        s, nll = [prefix] + toks, 0.0
+        for start, end, n_score in window_spans(len(toks), L, stride, bos_every_window):
+            inp = ([bos] if bos_every_window and start > 0 else []) + s[start:end]
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([inp])).logits[0].float()
+            nll += float(F.cross_entropy(logits[-n_score:], torch.tensor(s[end - n_score + 1:end + 1]), reduction="sum"))
+        out.append((nll, len(toks)))
+    return out
+
+
+@pytest.mark.parametrize("L,stride,bos", [(16, 16, False), (16, 5, False), (16, 16, True), (12, 4, True)])
+def test_batched_chunked_scoring_equals_one_forward_per_window(tiny, L, stride, bos):
+    model, tok, cfg = tiny
+    rng = random.Random(L * 100 + stride)
+    lists = [[rng.randrange(3, 200) for _ in range(n)] for n in (1, 7, 16, 17, 40, 33, 16)]  # equal and odd lengths
+    prefix = prefix_token_id(tok)
+    want = _reference_scores(model, lists, prefix, tok.bos_token_id, L, stride, bos)
+    assert split_head(model) is not None  # the tiny Llama takes the decoder + chunked output layer path
+    for batch_size, chunk in ((1, None), (3, 4), (8, 1)):
+        got = score_token_lists(model, lists, prefix, tok.bos_token_id, L, stride, batch_size, bos, chunk_rows=chunk)
+        assert [n for _, n in got] == [n for _, n in want]
+        for (a, _), (b, _) in zip(got, want):
+            assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_models_with_scaled_logits_use_their_own_forward(tiny):
+    """A model whose logits are not output_layer(hidden) (soft-capping, scaling) is scored through its forward."""
+    import torch
+
+    model, tok, cfg = tiny
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        def get_decoder(self):
+            return self.inner.get_decoder()
+
+        def get_output_embeddings(self):
+            return self.inner.get_output_embeddings()
+
+        def forward(self, input_ids, **kw):
+            kw.pop("logits_to_keep", None)
+            out = self.inner(input_ids=input_ids, **kw)
+            out.logits = 2.0 * torch.tanh(out.logits)  # soft-capping and scaling, as Gemma 2 / Cohere do
+            return out
+
+    scaled = Scaled(model)
+    assert split_head(scaled) is None
+    lists = [tok("Soft-capped logits change the perplexity. " * 3, add_special_tokens=False)["input_ids"]]
+    prefix = prefix_token_id(tok)
+    got = score_token_lists(scaled, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    want = _reference_scores(scaled, lists, prefix, tok.bos_token_id, 16, 16, False)
+    plain = score_token_lists(model, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    assert got[0][0] == pytest.approx(want[0][0], rel=1e-5)
+    assert got[0][0] != pytest.approx(plain[0][0], rel=1e-3)
+
+
+def _corpus(tmp_path):
+    f = tmp_path / "corpus.txt"
+    f.write_text("Evaluation in bf16 moves log-likelihoods a little. " * 12)
+    return PerplexitySuite(name="mycorpus", path=str(f), max_length=16, stride=16, batch_size=2)
+
+
+def test_exact_mode_records_fp32_and_no_calibration(tiny, tmp_path):
+    model, tok, cfg = tiny
+    suite = _corpus(tmp_path)
+    entry, rows = run_suite_in_mode(model, tok, suite, plan("exact", "cpu"), cfg.model, progress=False)
+    assert entry["mode"] == "exact" and entry["precision"]["dtype"] == "float32"
+    assert "calibration" not in entry
+    assert entry["metrics"] == pytest.approx(run_suite(model, tok, suite, cfg.model, progress=False)[0]["metrics"])
+
+
+def test_fast_mode_in_bf16_records_its_deviation(tiny, tmp_path):
+    import torch
+
+    model, tok, cfg = tiny
+    suite = _corpus(tmp_path)
+    bf16 = plan("fast", "cpu", native_bf16=True)  # what a CPU with AMX / AVX512-BF16 (or a GPU) gets
+    assert bf16.dtype == "bfloat16"
+    entry, rows = run_suite_in_mode(model, tok, suite, bf16, cfg.model, progress=False)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the evaluated copy is bf16, not the model
+    assert entry["mode"] == "fast" and entry["precision"] == bf16.record()
+    cal = entry["calibration"]
+    exact = run_suite_in_mode(model, tok, suite, plan("exact", "cpu"), cfg.model, progress=False)[0]
+    assert cal["tokens"] == 16  # the first window: max_length tokens of the first document
+    first = tok(suite_text := (tmp_path / "corpus.txt").read_text(), add_special_tokens=False)["input_ids"][:16]
+    want = _reference_scores(model, [first], prefix_token_id(tok), tok.bos_token_id, 16, 16, False)[0][0]
+    assert cal["nll_exact"] == pytest.approx(want, rel=1e-5)
+    assert cal["nll_fast"] != cal["nll_exact"]  # bf16 really ran
+    assert cal["rel_diff"] == pytest.approx(abs(cal["token_perplexity_fast"] - cal["token_perplexity_exact"])
+                                            / cal["token_perplexity_exact"])
+    assert 0 < cal["rel_diff"] < 0.05
+    assert entry["metrics"]["token_perplexity"] != exact["metrics"]["token_perplexity"]
+    assert entry["metrics"]["token_perplexity"] == pytest.approx(exact["metrics"]["token_perplexity"], rel=0.05)
+    assert suite_text
+
+
+def test_perplexity_suite_follows_eval_mode(tiny, tmp_path, monkeypatch):
+    from harness.eval.registry import SuiteContext
+    from harness.model import device as device_module
+
+    model, tok, _ = tiny
+    suite = _corpus(tmp_path)
+    entries = {}
+    for mode, native in (("exact", True), ("fast", False), ("fast", True)):
+        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda native=native: native)
+        cfg = config.compose(["model=tiny-llama", f"eval.mode={mode}"])
+        cfg.eval.perplexity = [suite]
+        got = {}
+        run_perplexity(SuiteContext(model, tok, cfg, tmp_path / f"{mode}-{native}", False, got.__setitem__))
+        entries[(mode, native)] = got["mycorpus"]
+    assert entries[("exact", True)]["precision"]["dtype"] == "float32"
+    assert entries[("fast", False)]["precision"]["dtype"] == "float32"  # an AVX2 CPU: fast mode is fp32, says why
+    assert "without native bf16" in entries[("fast", False)]["precision"]["reason"]
+    assert entries[("fast", True)]["precision"]["dtype"] == "bfloat16" and "calibration" in entries[("fast", True)]
+    assert "calibration" not in entries[("fast", False)]
+    assert entries[("exact", True)]["config_hash"] == entries[("fast", False)]["config_hash"]  # same numbers
+    assert entries[("fast", True)]["config_hash"] != entries[("exact", True)]["config_hash"]
+    assert (tmp_path / "fast-True" / "samples" / "mycorpus.jsonl").is_file()
+
+
 def test_run_suite_on_a_plain_text_file(tiny, tmp_path):
     model, tok, cfg = tiny
     f = tmp_path / "corpus.txt"
@@ -212,3 +358,22 @@ def test_data_root_is_used(monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     assert corpus_path(PerplexitySuite(name="c", path="w/c.txt")) == paths.data_root() / "w" / "c.txt"
     assert read_corpus_text("w/c.txt") == "x y z"
+
+
+def test_peft_wrapped_model_scores_with_its_adapter(tiny):
+    """LoRA on attention and on the output layer: the decoder + output-layer path must use the adapted layers."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok, cfg = tiny
+    fresh, _ = load_model_and_tokenizer(cfg.model)
+    peft_model = get_peft_model(fresh, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"],
+                                                  init_lora_weights=False)).eval()
+    assert split_head(peft_model) is not None
+    lists = [tok("LoRA adapters change the score of every token here. " * 3, add_special_tokens=False)["input_ids"]]
+    prefix = prefix_token_id(tok)
+    got = score_token_lists(peft_model, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    want = _reference_scores(peft_model, lists, prefix, tok.bos_token_id, 16, 16, False)
+    assert got[0][0] == pytest.approx(want[0][0], rel=1e-5)
+    with peft_model.disable_adapter():
+        base = score_token_lists(peft_model, lists, prefix, tok.bos_token_id, 16, 16, 2)
+    assert base[0][0] != pytest.approx(got[0][0], rel=1e-4)

@@ -13,6 +13,11 @@ the ORIGINAL document (`len(re.split(r"\\s+", page))`, UTF-8 bytes). Then, over 
 With stride == max_length the windows are lm-eval's `loglikelihood_rolling` windows (one token of carried
 context); a smaller stride gives each scored token more context (lower perplexity). Models that need BOS
 (model.add_bos) get it at the start of every window. The math is in pure functions at the top.
+
+Speed at equal numbers (score_token_lists): windows run in batches of exactly equal length (never padded, no
+attention mask); the decoder's hidden states of the scored positions go through the output layer a slice at a
+time, cross-entropy in fp32, so the [positions, vocab] logits never exist whole. eval.mode picks the dtype
+(harness/eval/precision.py); a non-fp32 mode records its deviation from fp32 on the first window (calibration).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Iterable, Sequence
 from harness import atomic, paths
 from harness.config import ModelConfig, PerplexitySuite
 from harness.eval.metrics import declare_metric
+from harness.eval.precision import EvalPrecision, model_for, plan
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
 from harness.run.progress import bar
@@ -173,47 +179,127 @@ def model_max_length(model, model_cfg: ModelConfig | None, requested: int) -> in
     return min(limits)
 
 
-def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, bos_id: int | None,
-                      max_length: int, stride: int, batch_size: int, bos_every_window: bool = False,
-                      pad_id: int = 0, progress: bool = False, desc: str = "perplexity") -> list[tuple[float, int]]:
-    """(summed NLL in nats, scored tokens) per token list; every token scored once given its window."""
-    import torch
-    import torch.nn.functional as F
+@dataclass(frozen=True)
+class Window:
+    doc: int  # index into the token lists
+    ids: list[int]  # what the model reads
+    n_score: int  # the last n_score predictions are scored
+    targets: list[int]  # the tokens those predictions are scored against
 
+
+def plan_windows(token_lists: Sequence[list[int]], prefix_id: int, bos_id: int | None, max_length: int, stride: int,
+                 bos_every_window: bool = False) -> list[Window]:
+    """Every document's windows (window_spans), as the token ids the model reads and the targets it is scored on."""
     if bos_every_window and bos_id is None:
         raise ValueError("model.add_bos=true but the tokenizer has no BOS token")
-    jobs = []  # (doc index, input ids, n_score, targets)
+    out = []
     for d, toks in enumerate(token_lists):
         s = [prefix_id] + list(toks)
         for start, end, n_score in window_spans(len(toks), max_length, stride, bos_every_window):
             inp = s[start:end]
             if bos_every_window and start > 0:
                 inp = [bos_id] + inp
-            jobs.append((d, inp, n_score, s[end - n_score + 1:end + 1]))
+            out.append(Window(d, inp, n_score, s[end - n_score + 1:end + 1]))
+    return out
+
+
+def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of windows of EXACTLY the same length (longest first, then input order), at most
+    batch_size each: no padding, so no attention mask either (the causal kernel runs) and no position is wasted.
+    On a CPU a window of hundreds of tokens fills the matrix units alone, so a length that occurs once runs alone."""
+    by_len: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        by_len.setdefault(n, []).append(i)
+    size = max(1, batch_size)
+    return [idx[b:b + size] for n in sorted(by_len, reverse=True) for idx in [by_len[n]] for b in range(0, len(idx), size)]
+
+
+def split_head(model):
+    """(decoder, output layer) of a causal LM whose logits are output_layer(decoder(ids).last_hidden_state), checked
+    on a few tokens against the model's own forward (bit for bit up to 1e-6: no logit soft-capping or scaling hides
+    in between); None when the model is not built that way, and the caller uses full forwards."""
+    import torch
+
+    from harness.model.scoring import plain_forward
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    probe = torch.arange(2, 10, device=model_device(model)).unsqueeze(0) % max(2, int(head.weight.shape[0]))
+    try:
+        want = plain_forward(model)(input_ids=probe, use_cache=False).logits.float()
+        got = head(decoder(input_ids=probe, use_cache=False).last_hidden_state).float()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=1e-6):
+        return None
+    return decoder, head
+
+
+def head_nll(head, hidden, targets, chunk_rows: int):
+    """Summed cross-entropy (fp32) of head(hidden) against targets, `chunk_rows` positions at a time, so the
+    [positions, vocab] logits never exist at once (49,152 x 1,024 fp32 is 200 MB per window for SmolLM2)."""
+    import torch.nn.functional as F
+
+    total = None
+    for a in range(0, hidden.shape[0], chunk_rows):
+        logits = head(hidden[a:a + chunk_rows]).float()
+        part = F.cross_entropy(logits, targets[a:a + chunk_rows], reduction="sum")
+        total = part if total is None else total + part
+    return total
+
+
+def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, bos_id: int | None,
+                      max_length: int, stride: int, batch_size: int, bos_every_window: bool = False,
+                      pad_id: int = 0, progress: bool = False, desc: str = "perplexity",
+                      chunk_rows: int | None = None) -> list[tuple[float, int]]:
+    """(summed NLL in nats, scored tokens) per token list; every token scored once given its window.
+
+    Windows run in batches of equal length (equal_length_batches: never padded, so `pad_id` is not needed and
+    only kept for callers). The decoder's final hidden states of the scored positions go through the output layer
+    `chunk_rows` positions at a time with the cross-entropy in fp32 (split_head); a model whose logits are not
+    output_layer(hidden) gets full forwards with logits for the scored positions only. Same numbers as one forward
+    per window with fp32 logits (tests/test_perplexity.py checks it to 1e-5)."""
+    import torch
+    import torch.nn.functional as F
+
+    from harness.model.scoring import plain_forward, supports_logits_to_keep
+
+    windows = plan_windows(token_lists, prefix_id, bos_id, max_length, stride, bos_every_window)
     out = [[0.0, 0] for _ in token_lists]
     device = model_device(model)
     was_training = model.training
     model.eval()
-    shown = bar(total=sum(j[2] for j in jobs), desc=desc, unit="tok", disable=not progress, leave=False)
+    shown = bar(total=sum(w.n_score for w in windows), desc=desc, unit="tok", disable=not progress, leave=False)
     try:
         with torch.inference_mode():
-            for b in range(0, len(jobs), max(1, batch_size)):
-                batch = jobs[b:b + batch_size]
-                width = max(len(j[1]) for j in batch)
-                ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for i, (_, inp, _, _) in enumerate(batch):
-                    ids[i, :len(inp)] = torch.tensor(inp)
-                    mask[i, :len(inp)] = 1
-                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-                for i, (d, inp, n_score, targets) in enumerate(batch):
-                    n = len(inp)
-                    lg = logits[i, n - n_score:n].float()
-                    nll = F.cross_entropy(lg, torch.tensor(targets, device=lg.device), reduction="sum")
-                    out[d][0] += float(nll)
-                    out[d][1] += n_score
-                    shown.update(n_score)
-                del logits
+            parts = split_head(model) if windows else None
+            if parts is not None and chunk_rows is None:
+                chunk_rows = max(16, (1 << 24) // max(1, int(parts[1].weight.shape[0])))  # ~64 MB of fp32 logits
+            forward = plain_forward(model)
+            trim = parts is None and supports_logits_to_keep(model)
+            for batch in equal_length_batches([len(w.ids) for w in windows], batch_size):
+                ws = [windows[i] for i in batch]
+                n, keep = len(ws[0].ids), max(w.n_score for w in ws)
+                ids = torch.tensor([w.ids for w in ws], dtype=torch.long, device=device)
+                if parts is not None:
+                    hidden = parts[0](input_ids=ids, use_cache=False).last_hidden_state[:, n - keep:]
+                else:
+                    logits = forward(input_ids=ids, use_cache=False, **({"logits_to_keep": keep} if trim else {})
+                                     ).logits[:, -keep:]
+                for row, w in enumerate(ws):
+                    targets = torch.tensor(w.targets, dtype=torch.long, device=device)
+                    if parts is not None:
+                        nll = head_nll(parts[1], hidden[row, keep - w.n_score:], targets, chunk_rows)
+                    else:
+                        nll = F.cross_entropy(logits[row, keep - w.n_score:].float(), targets, reduction="sum")
+                    out[w.doc][0] += float(nll)
+                    out[w.doc][1] += w.n_score
+                    shown.update(w.n_score)
     finally:
         shown.close()
         if was_training:
@@ -292,14 +378,51 @@ def perplexity_cost(cfg) -> dict[str, float]:
     return out
 
 
+def calibration(exact_model, fast_model, tokenizer, suite: PerplexitySuite, model_cfg: ModelConfig | None = None,
+                bos_every_window: bool = False) -> dict:
+    """How far fast mode moves the suite's number: the first window of the first document (up to max_length tokens)
+    scored by both models -> {tokens, nll_exact, nll_fast, token_perplexity_exact, token_perplexity_fast, rel_diff}
+    (rel_diff of the token perplexity)."""
+    docs = load_documents(suite)
+    max_length = model_max_length(exact_model, model_cfg, suite.max_length)
+    first = next((t for t in (tokenizer(d.text, add_special_tokens=False)["input_ids"] for d in docs) if t), None)
+    if first is None:
+        raise ValueError(f"perplexity suite {suite.name}: the corpus has no tokens to calibrate on")
+    toks = [first[:max_length]]
+    args = (prefix_token_id(tokenizer), tokenizer.bos_token_id, max_length, max_length, 1, bos_every_window)
+    (nll_exact, n), = score_token_lists(exact_model, toks, *args)
+    (nll_fast, _), = score_token_lists(fast_model, toks, *args)
+    ppl_exact, ppl_fast = math.exp(nll_exact / n), math.exp(nll_fast / n)
+    return {"tokens": n, "nll_exact": nll_exact, "nll_fast": nll_fast, "token_perplexity_exact": ppl_exact,
+            "token_perplexity_fast": ppl_fast, "rel_diff": abs(ppl_fast - ppl_exact) / ppl_exact}
+
+
+def run_suite_in_mode(model, tokenizer, suite: PerplexitySuite, precision: EvalPrecision,
+                      model_cfg: ModelConfig | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+    """run_suite on model_for(model, precision), with `mode` and `precision` (harness/eval/precision.py) in the
+    entry; in a mode whose dtype is not fp32 also `calibration`: its deviation from fp32 on the first window."""
+    evaluated = model_for(model, precision)
+    entry, rows = run_suite(evaluated, tokenizer, suite, model_cfg, progress=progress)
+    entry["mode"] = precision.mode
+    entry["precision"] = precision.record()
+    if precision.dtype != "float32":
+        exact = model_for(model, plan("exact", str(model_device(model))))
+        entry["calibration"] = calibration(exact, evaluated, tokenizer, suite, model_cfg, entry["bos_every_window"])
+    return entry, rows
+
+
 @register_suite_kind("perplexity", order=1, names=lambda cfg: [s.name for s in cfg.eval.perplexity],
                      items=perplexity_items, cost=perplexity_cost)
 def run_perplexity(ctx: SuiteContext) -> None:
+    precision = plan(ctx.cfg.eval.mode, str(model_device(ctx.model)))
     for suite in ctx.cfg.eval.perplexity:
         ctx.begin(suite.name)
-        entry, rows = run_suite(ctx.model, ctx.tokenizer, suite, ctx.cfg.model, progress=ctx.progress)
+        entry, rows = run_suite_in_mode(ctx.model, ctx.tokenizer, suite, precision, ctx.cfg.model,
+                                        progress=ctx.progress)
         hash_cfg = {**dataclasses.asdict(suite), "bos_every_window": entry["bos_every_window"],
                     "max_length": entry["max_length"], "stride": entry["stride"]}
+        if precision.dtype != "float32":  # exact mode's hashes stay those of the records written before eval.mode
+            hash_cfg["dtype"] = precision.dtype
         entry["config_hash"] = config_hash(hash_cfg)
         atomic.write_jsonl(ctx.run_dir / "samples" / f"{suite.name}.jsonl", rows)
         entry["samples"] = f"samples/{suite.name}.jsonl"
