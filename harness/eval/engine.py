@@ -118,12 +118,12 @@ def plan_batches(rows: list[Row], batch_size: int, tokens_per_row: int = BATCH_T
 def allowed(segments: torch.Tensor, positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
     """[B, L] segments (-1 = padding) and positions -> [B, 1, L, L] bool, True where query q may attend key k:
     k at or before q in the row, and k in the prefix or in q's own branch; with a window, also
-    position(q) - position(k) < window (transformers' sliding window). Padding attends to earlier padding
-    (never an empty row: sdpa would give NaN)."""
+    position(q) - position(k) < window (transformers' sliding window). Padding attends to itself and earlier
+    padding only (never an empty row: sdpa would give NaN)."""
     L = segments.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
     same = segments[:, :, None] == segments[:, None, :]
-    prefix = (segments == 0)[:, None, :]
+    prefix = (segments == 0)[:, None, :] & (segments >= 0)[:, :, None]
     mask = causal & (same | prefix)
     if window is not None:
         mask &= (positions[:, :, None] - positions[:, None, :]) < window
