@@ -294,6 +294,27 @@ def test_run_suites_records_the_mode_in_eval_json(tmp_path, monkeypatch):
     assert next(model.parameters()).dtype == torch.float32  # the trained model itself is not converted
 
 
+def test_the_report_names_runs_evaluated_in_other_modes(tmp_path):
+    """eval.json entries carry mode + precision; the report's eval-settings check names a difference in them."""
+    from tests.fixtures_runs import make_study
+    from tests.test_report_evidence import edit_eval, report
+
+    make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20, failures=False, baseline=False)
+    flip = iter(range(100))
+
+    def set_mode(ev, _):
+        fast = next(flip) % 3 == 0
+        ev["suites"]["hellaswag"].update(mode="fast" if fast else "exact",
+                                         precision={"mode": "fast" if fast else "exact",
+                                                    "dtype": "bfloat16" if fast else "float32", "reason": "test"})
+
+    edit_eval(tmp_path / "runs", set_mode)
+    res, md, _ = report(tmp_path)
+    lines = [w for w in res["warnings"] if "hellaswag" in w]
+    assert len(lines) == 1 and 'eval.mode = "exact (float32)" (4 runs), "fast (bfloat16)" (2 runs)' in lines[0], lines
+    assert lines[0] in md
+
+
 # -------------------------------------------------------------------------------- the real model
 MC_TASKS = ["hellaswag", "arc_easy", "arc_challenge", "piqa", "winogrande", "openbookqa"]
 
