@@ -16,7 +16,7 @@ from lm_eval.models.huggingface import HFLM
 
 from harness import config
 from harness.config import LmEvalConfig
-from harness.eval.engine import PackedHFLM, allowed, mask_layout, pack_group, plan_batches, plan_groups
+from harness.eval.engine import PackedHFLM, allowed, fill_rows, mask_layout, pack_group, plan_batches, plan_groups
 from harness.eval.lm_eval import build_lm, calibration_stats, run_tasks
 from harness.eval.precision import EvalPrecision
 from harness.model.load import load_model_and_tokenizer
@@ -95,23 +95,40 @@ def test_pack_group_maps_scored_positions_into_the_row():
 
 
 def test_mask_branch_sees_prefix_and_itself_only():
-    seg = torch.tensor([[0, 0, 1, 1, 2, -1]])
-    pos = torch.tensor([[0, 1, 2, 3, 2, 0]])
-    m = allowed(seg, pos)[0, 0]
-    assert m.tolist() == [
-        [1, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0],
-        [1, 1, 1, 0, 0, 0],
-        [1, 1, 1, 1, 0, 0],
-        [1, 1, 0, 0, 1, 0],  # branch 2 skips branch 1
-        [0, 0, 0, 0, 0, 1],  # padding: itself only (no empty row)
+    grp = torch.tensor([[0, 0, 0, 0, 0, 1, 1, -1]])
+    seg = torch.tensor([[0, 0, 1, 1, 2, 0, 1, -1]])
+    pos = torch.tensor([[0, 1, 2, 3, 2, 0, 1, 0]])
+    m = allowed(grp, seg, pos)[0, 0]
+    assert m.int().tolist() == [
+        [1, 0, 0, 0, 0, 0, 0, 0],
+        [1, 1, 0, 0, 0, 0, 0, 0],
+        [1, 1, 1, 0, 0, 0, 0, 0],
+        [1, 1, 1, 1, 0, 0, 0, 0],
+        [1, 1, 0, 0, 1, 0, 0, 0],  # branch 2 skips branch 1
+        [0, 0, 0, 0, 0, 1, 0, 0],  # a second group in the row sees nothing of the first
+        [0, 0, 0, 0, 0, 1, 1, 0],
+        [0, 0, 0, 0, 0, 0, 0, 1],  # padding: itself only (no empty row)
     ]
-    w = allowed(seg, pos, window=2)[0, 0]
-    assert w[3].tolist() == [0, 0, 1, 1, 0, 0]  # position 3 sees positions 2 and 3
+    w = allowed(grp, seg, pos, window=2)[0, 0]
+    assert w[3].int().tolist() == [0, 0, 1, 1, 0, 0, 0, 0]  # position 3 sees positions 2 and 3
+
+
+def test_fill_rows_puts_short_groups_together_and_keeps_them_apart():
+    inputs = [[1] * n for n in (5, 50, 20, 400, 30, 45)]
+    starts, targets = [len(x) - 1 for x in inputs], [[7]] * len(inputs)
+    rows = [pack_group(len(x), [i], inputs, starts, targets) for i, x in enumerate(inputs)]
+    filled = fill_rows(rows, capacity=100)
+    assert sorted(len(r.tokens) for r in filled) == [50, 100, 400]  # first fit: 50+45+5, 30+20; 400 alone
+    for r in filled:
+        assert len(r.groups) == len(r.tokens) and r.groups == sorted(r.groups)
+        for i, where, _ in r.scored:  # each request's scored position is the last token of its own group
+            g = r.groups[where[0]]
+            assert where == [max(k for k, x in enumerate(r.groups) if x == g)] and len(inputs[i]) == r.groups.count(g)
+            assert r.positions[where[0]] == len(inputs[i]) - 1
 
 
 def test_batches_are_longest_first_and_within_budget():
-    rows = [pack_group(n, [0], [[1] * n], [0], [[1]]) for n in (5, 50, 20, 400, 30)]
+    rows = [pack_group(n, [0], [[1] * n], [0], [[1]]) for n in (5, 50, 20, 400, 30)]  # one request each
     batches = plan_batches(rows, batch_size=2, tokens_per_row=60)
     assert [[len(r.tokens) for r in b] for b in batches] == [[400], [50, 30], [20, 5]]
 

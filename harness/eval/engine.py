@@ -16,7 +16,10 @@ openbookqa) or the same sentence start (winogrande). PackedHFLM overrides one me
   3. ask the model for logits only at the positions whose next token is a continuation token (transformers'
      boolean `logits_to_keep`, so final_logit_softcapping and peft wrappers stay the model's own) and
      log-softmax only those rows;
-  4. batch rows of similar length (longest first, like lm-eval).
+  4. put short groups together into rows of similar length (each group still sees only itself), and batch the
+     rows longest first, like lm-eval (so padding is a few per cent of the tokens); a batch of rows that each hold one request
+     (loglikelihood_rolling's windows) gets the model's own causal mask (sdpa's causal kernel skips the upper
+     triangle) and default positions.
 
 The inputs are lm-eval's own encoded pairs (its _encode_pair: its tokenisation and its token boundary between
 context and continuation); each result is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
@@ -36,19 +39,22 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-PACK_TOKENS = 1024  # the longest packed row (a single request longer than this still gets its own row)
+PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
+ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
 BATCH_TOKENS_PER_ROW = 512  # a batch holds at most batch_size x this many (padded) tokens
 
 
 # ------------------------------------------------------------------------------------ planning (pure)
 @dataclass
 class Row:
-    """One packed row: tokens, their positions, their segment (0 = the shared prefix, k >= 1 = branch k) and, per
-    request packed here, (request index, indices into the row of its scored positions, its target tokens)."""
+    """One packed row: tokens, their positions, their group (a row holds one or more groups) and segment within it
+    (0 = the group's shared prefix, k >= 1 = its branch k), and, per request packed here, (request index, indices
+    into the row of its scored positions, its target tokens)."""
 
     tokens: list[int] = field(default_factory=list)
     positions: list[int] = field(default_factory=list)
     segments: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
     scored: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
 
 
@@ -98,7 +104,33 @@ def pack_group(prefix: int, members: list[int], inputs: list[list[int]], starts:
         row.segments += [k] * len(branch)
         where = [t if t < prefix else offset + t - prefix for t in range(starts[i], starts[i] + len(targets[i]))]
         row.scored.append((i, where, targets[i]))
+    row.groups = [0] * len(row.tokens)
     return row
+
+
+def fill_rows(rows: list[Row], capacity: int) -> list[Row]:
+    """Put several short rows (groups) into one row of at most `capacity` tokens, first fit, longest first, so that
+    batches carry little padding; each keeps its own group id, so the mask keeps them apart. Rows at or above
+    capacity stay as they are."""
+    out: list[Row] = []
+    open_rows: list[Row] = []
+    for r in sorted(rows, key=lambda r: -len(r.tokens)):
+        if len(r.tokens) >= capacity:
+            out.append(r)
+            continue
+        for b in open_rows[-64:]:  # the newest rows: older ones are nearly full (groups come longest first)
+            if len(b.tokens) + len(r.tokens) <= capacity:
+                break
+        else:
+            b = Row()
+            open_rows.append(b)
+        offset, gid = len(b.tokens), (b.groups[-1] + 1 if b.groups else 0)
+        b.tokens += r.tokens
+        b.positions += r.positions
+        b.segments += r.segments
+        b.groups += [gid] * len(r.tokens)
+        b.scored += [(i, [w + offset for w in where], tgt) for i, where, tgt in r.scored]
+    return out + open_rows
 
 
 def plan_batches(rows: list[Row], batch_size: int, tokens_per_row: int = BATCH_TOKENS_PER_ROW) -> list[list[Row]]:
@@ -115,16 +147,18 @@ def plan_batches(rows: list[Row], batch_size: int, tokens_per_row: int = BATCH_T
     return batches
 
 
-def allowed(segments: torch.Tensor, positions: torch.Tensor, window: int | None = None) -> torch.Tensor:
-    """[B, L] segments (-1 = padding) and positions -> [B, 1, L, L] bool, True where query q may attend key k:
-    k at or before q in the row, and k in the prefix or in q's own branch; with a window, also
+def allowed(groups: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor,
+            window: int | None = None) -> torch.Tensor:
+    """[B, L] groups (-1 = padding), segments and positions -> [B, 1, L, L] bool, True where query q may attend
+    key k: k at or before q in the row, in q's group, and in its prefix or in q's own branch; with a window, also
     position(q) - position(k) < window (transformers' sliding window). Padding attends to itself and earlier
     padding only (never an empty row: sdpa would give NaN)."""
     L = segments.shape[1]
     causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
-    same = segments[:, :, None] == segments[:, None, :]
-    prefix = (segments == 0)[:, None, :] & (segments >= 0)[:, :, None]
-    mask = causal & (same | prefix)
+    same_group = groups[:, :, None] == groups[:, None, :]
+    same_branch = segments[:, :, None] == segments[:, None, :]
+    prefix = (segments == 0)[:, None, :]
+    mask = causal & same_group & (same_branch | prefix)
     if window is not None:
         mask &= (positions[:, :, None] - positions[:, None, :]) < window
     return mask[:, None]
@@ -162,11 +196,11 @@ def mask_layout(model) -> tuple[str, dict[str, int | None]] | None:
     return impl, {"all": None}
 
 
-def _model_mask(layout, segments, positions, dtype):
+def _model_mask(layout, groups, segments, positions, dtype):
     impl, windows = layout
     masks = {}
     for name, window in windows.items():
-        m = allowed(segments, positions, window)
+        m = allowed(groups, segments, positions, window)
         if impl == "eager":
             m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
         masks[name] = m
@@ -203,6 +237,7 @@ class PackedHFLM(HFLM):
         starts = [len(requests[i][1]) - 1 for i in indices]
         targets = [list(requests[i][2]) for i in indices]
         rows = [pack_group(p, m, inputs, starts, targets) for p, m in plan_groups(inputs)]
+        rows = fill_rows(rows, min(max(ROW_TOKENS, max(len(r.tokens) for r in rows)), PACK_TOKENS // 2))
         bs = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 8)
         pbar = tqdm(total=len(indices), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (packed)")
@@ -222,17 +257,22 @@ class PackedHFLM(HFLM):
         ids = torch.tensor([pad(r.tokens, 0) for r in batch], dtype=torch.long, device=dev)
         pos = torch.tensor([pad(r.positions, 0) for r in batch], dtype=torch.long, device=dev)
         seg = torch.tensor([pad(r.segments, -1) for r in batch], dtype=torch.long, device=dev)
+        grp = torch.tensor([pad(r.groups, -1) for r in batch], dtype=torch.long, device=dev)
         keep = torch.zeros(len(batch), L, dtype=torch.bool, device=dev)
         for b, r in enumerate(batch):
             for _, where, _ in r.scored:
                 keep[b, where] = True
         flat = (keep.flatten().cumsum(0) - 1).view(len(batch), L)  # (row, index) -> row of the kept logits
-        dtype = next(p.dtype for p in self.model.parameters() if p.dtype.is_floating_point)
-        mask = _model_mask(layout, seg, pos, self.mixed_precision_dtype or dtype)
+        if all(len(r.scored) == 1 for r in batch):  # plain rows (rolling windows): the model's own causal mask
+            lengths = {len(r.tokens) for r in batch}
+            kwargs = {"attention_mask": None if len(lengths) == 1 else (grp >= 0).long()}
+        else:
+            dtype = next(p.dtype for p in self.model.parameters() if p.dtype.is_floating_point)
+            kwargs = {"attention_mask": _model_mask(layout, grp, seg, pos, self.mixed_precision_dtype or dtype),
+                      "position_ids": pos}
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=keep,
-                                use_cache=False).logits  # [kept positions, vocab]
+            logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **kwargs).logits  # [kept, vocab]
         logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         greedy = logits.argmax(dim=-1)
         out = []
