@@ -290,3 +290,17 @@ def run(opts: common.Options) -> dict:
         params={"model": opts.model, "reps": opts.reps, "ppl_docs": opts.ppl_docs, "ppl_max_length": opts.ppl_max_length,
                 "mc_task": opts.mc_task, "mc_items": opts.mc_items, "gen_prompts": opts.gen_prompts,
                 "gen_batch": opts.gen_batch, "gen_new_tokens": opts.gen_new_tokens})
+
+
+if __name__ == "__main__":  # the multiple-choice section alone: python -m benchmarks.evaluation --tasks hellaswag,arc_easy
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="multiple choice: our engine (exact, fast) vs lm-eval run directly")
+    ap.add_argument("--tasks", default="hellaswag,arc_easy")
+    ap.add_argument("--items", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--model", default="smollm2-135m")
+    a = ap.parse_args()
+    opts = common.Options(model=a.model, reps=a.reps, mc_task=a.tasks, mc_items=a.items)
+    print(json.dumps(multiple_choice_section(opts), indent=1, default=str))
