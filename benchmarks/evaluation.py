@@ -7,10 +7,12 @@ Three measurements, each in its own child process with the model loaded once:
                windows: stride = max_length) vs lm-eval's loglikelihood_rolling through simple_evaluate,
                same model, documents and window length; time of each and relative difference of the
                word perplexity. Repeated --reps times; medians.
-  multiple     a multiple-choice task (arc_easy): harness.eval.lm_eval.run_tasks (HFLM around the model in
-  choice       memory) vs lm-eval run directly (HFLM(pretrained=<model dir>) + simple_evaluate, as
-               `lm_eval --model hf` does); items/s without model loading (loading is reported apart)
-               and whether the accuracies agree.
+  multiple     each task of --mc-task (comma-separated, e.g. hellaswag,arc_easy): our engine in exact mode
+  choice       (harness.eval.lm_eval.build_lm: PackedHFLM around the model in memory) vs lm-eval run directly
+               (HFLM(pretrained=<model dir>) + simple_evaluate, as `lm_eval --model hf` does) vs our fast mode
+               (eval.mode=fast's plan on this device), interleaved in one process; items/s without model
+               loading (reported apart), per-item predictions and |d loglik| against lm-eval, peak RSS above
+               the start of each side, and for hellaswag the full 10,042 items' time at the measured rate.
   generation   harness.eval.generation.generate_batched (length-sorted, left-padded batches) vs one prompt at a
                time through model.generate, greedy, same prompts, max_new_tokens and stop tokens;
                generated tokens/s and how many outputs are identical.
@@ -83,52 +85,121 @@ def perplexity_section(opts: common.Options) -> dict:
 
 
 # --------------------------------------------------------------------------- multiple choice
-def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int) -> dict:
+def _rss_mb() -> float:
+    import os
+
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _timed_peak(fn):
+    """fn() -> (its result, wall seconds, peak RSS above the RSS at the start in MiB, sampled every 20 ms)."""
+    import threading
+
+    start, peak, done = _rss_mb(), [0.0], threading.Event()
+
+    def sample():
+        while not done.wait(0.02):
+            peak[0] = max(peak[0], _rss_mb() - start)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    try:
+        out = fn()
+    finally:
+        wall = time.perf_counter() - t0
+        done.set()
+        t.join()
+    return out, wall, max(peak[0], _rss_mb() - start)
+
+
+def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int, fast: bool = True) -> dict:
+    """One task, three sides in this process, interleaved (the order rotates each rep): ours in exact mode
+    (harness.eval.lm_eval.build_lm: the PackedHFLM engine around the model in memory), lm-eval run directly
+    (HFLM(pretrained=<model dir>), as `lm_eval --model hf` does) and ours in fast mode (precision.plan("fast")
+    on this device). Each side is one simple_evaluate call with the same arguments; per-item log-likelihoods
+    are compared."""
     import logging
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    from harness.config import LmEvalConfig
-    from harness.eval.lm_eval import run_tasks, short_name, task_manager, task_name
+    from harness.eval import precision
+    from harness.eval.lm_eval import build_lm, task_manager, task_name
     from harness.model.load import local_dir
 
     cfg, net, tok = _load(model)
-    lm_cfg = LmEvalConfig(tasks=[task], limit=items, batch_size=batch_size)
-    ours_s, theirs_s, ours_acc, theirs_acc = [], [], None, None
     t0 = time.perf_counter()
     direct = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device="cpu",
                   **({"add_bos_token": True} if cfg.model.add_bos else {}))
     load_s = time.perf_counter() - t0
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    full = task_name(task)
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        suites = common.call(run_tasks, net, tok, lm_cfg, cfg.model, None, progress=False)
-        ours_s.append(time.perf_counter() - t0)
-        ours_acc = suites[short_name(task)]["metrics"].get("acc")
-        t0 = time.perf_counter()
-        out = simple_evaluate(model=direct, tasks=[full], limit=items, task_manager=task_manager([task]),
-                              bootstrap_iters=0, verbosity="ERROR")
-        theirs_s.append(time.perf_counter() - t0)
-        theirs_acc = out["results"][full].get("acc,none")
-    return {"ours_s": ours_s, "lm_eval_s": theirs_s, "ours_acc": ours_acc, "lm_eval_acc": theirs_acc,
-            "direct_load_s": load_s, "items": items}
+    fast_plan = precision.plan("fast", "cpu")
+    sides = {"ours": build_lm(net, tok, batch_size, model_cfg=cfg.model), "lm_eval": direct}
+    if fast:
+        sides["fast"] = build_lm(precision.model_for(net, fast_plan), tok, batch_size, model_cfg=cfg.model)
+    full, tm = task_name(task), task_manager([task])
+    secs = {k: [] for k in sides}
+    rss = {k: 0.0 for k in sides}
+    samples: dict = {}
+    acc: dict = {}
+    names = list(sides)
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[:rep % len(names)]:
+            out, wall, peak = _timed_peak(lambda: simple_evaluate(
+                model=sides[name], tasks=[full], limit=items, log_samples=True, task_manager=tm, bootstrap_iters=0,
+                verbosity="ERROR"))
+            secs[name].append(wall)
+            rss[name] = max(rss[name], peak)
+            samples[name] = sorted(out["samples"][full], key=lambda s: s["doc_id"])
+            acc[name] = {k: out["results"][full].get(f"{k},none") for k in ("acc", "acc_norm")}
+    lls = {k: [[float(r[0]) for r in s["filtered_resps"]] for s in v] for k, v in samples.items()}
+
+    def compare(a: str, b: str) -> dict:
+        diffs = [abs(x - y) for xs, ys in zip(lls[a], lls[b], strict=True) for x, y in zip(xs, ys, strict=True)]
+        same = sum(all(sa.get(k) == sb.get(k) for k in ("acc", "acc_norm"))
+                   and max(range(len(xs)), key=xs.__getitem__) == max(range(len(ys)), key=ys.__getitem__)
+                   for sa, sb, xs, ys in zip(samples[a], samples[b], lls[a], lls[b]))
+        return {"max_abs_diff": max(diffs), "identical_predictions": same, "items": len(lls[a])}
+
+    return {"ours_s": secs["ours"], "lm_eval_s": secs["lm_eval"], "fast_s": secs.get("fast", []),
+            "ours_acc": acc["ours"]["acc"], "lm_eval_acc": acc["lm_eval"]["acc"], "acc": acc,
+            "vs_lm_eval": compare("ours", "lm_eval"), "fast_vs_exact": compare("fast", "ours") if fast else None,
+            "fast_precision": fast_plan.record(), "peak_rss_mb_above_start": rss, "direct_load_s": load_s,
+            "items": items, "requests": sum(len(x) for x in lls["ours"])}
 
 
-def multiple_choice_section(opts: common.Options) -> dict:
-    missing = common.missing_modules("harness.eval.lm_eval")
+HELLASWAG_ITEMS = 10042
+
+
+def multiple_choice_section(opts: common.Options) -> list[dict]:
+    """One exact row and one fast row per task in opts.mc_task (comma-separated)."""
+    missing = common.missing_modules("harness.eval.lm_eval", "harness.eval.engine")
     if missing:
-        return {"eval": "multiple choice", "error": f"not measured: {', '.join(missing)} missing"}
-    r = common.run_child("evaluation", "child_multiple_choice",
-                         {"model": opts.model, "task": opts.mc_task, "items": opts.mc_items, "batch_size": 8,
-                          "reps": opts.reps}, opts.workdir / "eval", "multiple-choice", opts.timeout())
-    ours, theirs = common.median(r["ours_s"]), common.median(r["lm_eval_s"])
-    same = r["ours_acc"] is not None and r["lm_eval_acc"] is not None and abs(r["ours_acc"] - r["lm_eval_acc"]) < 1e-9
-    return {"eval": f"multiple choice ({opts.mc_task})", "harness": r["items"] / ours, "reference": r["items"] / theirs,
-            "unit": "items/s", "speed_ratio": theirs / ours, "harness_s": ours, "reference_s": theirs,
-            "agreement": same, "agreement_kind": f"same acc ({r['ours_acc']} vs {r['lm_eval_acc']})", "n": r["items"],
-            "detail": r}
+        return [{"eval": "multiple choice", "error": f"not measured: {', '.join(missing)} missing"}]
+    rows = []
+    for task in opts.mc_task.split(","):
+        r = common.run_child("evaluation", "child_multiple_choice",
+                             {"model": opts.model, "task": task, "items": opts.mc_items, "batch_size": 8,
+                              "reps": opts.reps}, opts.workdir / "eval", f"multiple-choice-{task}", opts.timeout())
+        ours, theirs, fast = common.median(r["ours_s"]), common.median(r["lm_eval_s"]), common.median(r["fast_s"])
+        cmp = r["vs_lm_eval"]
+        detail = {**r, "full_hellaswag_estimate_s": HELLASWAG_ITEMS / (r["items"] / ours) if task == "hellaswag" else None}
+        rows.append({"eval": f"multiple choice ({task}), exact", "harness": r["items"] / ours,
+                     "reference": r["items"] / theirs, "unit": "items/s", "speed_ratio": theirs / ours,
+                     "harness_s": ours, "reference_s": theirs, "agreement": cmp["identical_predictions"] / cmp["items"],
+                     "agreement_kind": f"share of identical predictions (max |d loglik| {cmp['max_abs_diff']:.1e})",
+                     "n": r["items"], "peak_rss_mb": r["peak_rss_mb_above_start"], "detail": detail})
+        if fast is not None:
+            fc = r["fast_vs_exact"]
+            rows.append({"eval": f"multiple choice ({task}), fast ({r['fast_precision']['dtype']})",
+                         "harness": r["items"] / fast, "reference": r["items"] / theirs, "unit": "items/s",
+                         "speed_ratio": theirs / fast, "harness_s": fast, "reference_s": theirs,
+                         "agreement": fc["identical_predictions"] / fc["items"],
+                         "agreement_kind": f"share of predictions as exact mode (max |d loglik| {fc['max_abs_diff']:.1e})",
+                         "n": r["items"], "detail": {"precision": r["fast_precision"]}})
+    return rows
 
 
 # ------------------------------------------------------------------------------------ generation
@@ -203,13 +274,14 @@ def run(opts: common.Options) -> dict:
         try:
             if opts.out_of_time():
                 raise common.ChildError("the run's time budget (--budget-min) was spent")
-            row = fn(opts)
+            got = fn(opts)
         except common.ChildError as exc:
-            row = {"eval": fn.__name__.removesuffix("_section"), "error": f"not measured: {exc}"}
-        row["load_1m"] = common.load_now()
-        if row.get("error"):
-            notes.append(row["error"])
-        rows.append(row)
+            got = {"eval": fn.__name__.removesuffix("_section"), "error": f"not measured: {exc}"}
+        for row in got if isinstance(got, list) else [got]:
+            row["load_1m"] = common.load_now()
+            if row.get("error"):
+                notes.append(row["error"])
+            rows.append(row)
     ppl = rows[0]
     goals = []
     if not ppl.get("error"):
@@ -220,10 +292,22 @@ def run(opts: common.Options) -> dict:
     else:
         goals.append(common.goal("perplexity eval 1.5x lm-eval, same result to 1e-5", None,
                                  "ratio ≥ 1.5, rel. diff ≤ 1e-5", None, ppl["error"]))
-    gen = rows[2]
+    gen = rows[-1]  # generation_section runs last (multiple choice gives a row per task and mode)
     if not gen.get("error"):
         goals.append(common.goal("batched generation vs one at a time, identical greedy outputs", gen["speed_ratio"],
                                  "ratio ≥ 5, all identical", gen["speed_ratio"] >= 5 and gen["agreement"] == 1.0))
+    for row in rows:  # multiple choice, exact mode: the engine's goal
+        if row.get("eval", "").startswith("multiple choice (") and row["eval"].endswith(", exact"):
+            d = row["detail"]
+            goals.append(common.goal(f"{row['eval']}: at least 2.5x lm-eval's items/s with identical predictions",
+                                     row["speed_ratio"], "ratio ≥ 2.5, every prediction identical, |d loglik| ≤ 1e-4",
+                                     row["speed_ratio"] >= 2.5 and row["agreement"] == 1.0
+                                     and d["vs_lm_eval"]["max_abs_diff"] <= 1e-4))
+            rss = d["peak_rss_mb_above_start"]
+            notes.append(f"{row['eval']}: peak RSS above the start of each side (MiB, sampled every 20 ms): "
+                         + ", ".join(f"{k} {v:.0f}" for k, v in rss.items())
+                         + (f"; full HellaSwag (10,042 items) at this rate: {d['full_hellaswag_estimate_s'] / 60:.0f} min"
+                            if d.get("full_hellaswag_estimate_s") else ""))
     notes.append("speed_ratio > 1 means the harness is faster (reference time ÷ harness time; for generation "
                  "batched tokens/s ÷ one-at-a-time tokens/s). Model loading is excluded from both sides.")
     return common.section(
@@ -234,3 +318,17 @@ def run(opts: common.Options) -> dict:
         params={"model": opts.model, "reps": opts.reps, "ppl_docs": opts.ppl_docs, "ppl_max_length": opts.ppl_max_length,
                 "mc_task": opts.mc_task, "mc_items": opts.mc_items, "gen_prompts": opts.gen_prompts,
                 "gen_batch": opts.gen_batch, "gen_new_tokens": opts.gen_new_tokens})
+
+
+if __name__ == "__main__":  # the multiple-choice section alone: python -m benchmarks.evaluation --tasks hellaswag,arc_easy
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(description="multiple choice: our engine (exact, fast) vs lm-eval run directly")
+    ap.add_argument("--tasks", default="hellaswag,arc_easy")
+    ap.add_argument("--items", type=int, default=100)
+    ap.add_argument("--reps", type=int, default=1)
+    ap.add_argument("--model", default="smollm2-135m")
+    a = ap.parse_args()
+    opts = common.Options(model=a.model, reps=a.reps, mc_task=a.tasks, mc_items=a.items)
+    print(json.dumps(multiple_choice_section(opts), indent=1, default=str))

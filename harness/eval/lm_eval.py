@@ -3,12 +3,15 @@
     harness eval RUN_DIR eval=standard                 # hellaswag, arc_easy, arc_challenge, piqa
     harness eval model=smollm2-135m --crosscheck       # our wikitext2 perplexity vs lm-eval's
 
-The model is wrapped in lm-eval's HFLM (pretrained=<model instance>), so a freshly trained peft model is
-evaluated without a save/reload. Our offline tasks live in harness/eval/tasks/ (data from the shared kit) and
+The model is wrapped in our PackedHFLM (harness/eval/engine.py: lm-eval's HFLM, pretrained=<model instance>, whose
+loglikelihood requests are scored with shared prefixes packed once), so a freshly trained peft model is evaluated
+without a save/reload. eval.mode (harness/eval/precision.py) decides the dtype; a fast mode that runs in another
+dtype than fp32 records its deviation from exact mode on the first items of each task (`calibration`).
+crosscheck_wikitext and the benchmarks' reference side use lm-eval's HFLM unchanged. Our offline tasks live in harness/eval/tasks/ (data from the shared kit) and
 are registered with a TaskManager; short names (`hellaswag`) map to ours (`harness_hellaswag`).
 Per task we keep lm-eval's own results JSON (lm_eval/<task>.json) and one line per item in
 samples/<task>.jsonl ({id: doc_id, acc, acc_norm, target, pred}) for paired tests between runs.
-lm_eval is imported only here.
+lm_eval is imported only here and in engine.py.
 """
 
 from __future__ import annotations
@@ -84,15 +87,20 @@ def task_manager(names: list[str]):
     return tm
 
 
-def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None, model_cfg: ModelConfig | None = None):
-    """lm-eval's HFLM around a model instance (no reload); BOS handling follows model.add_bos."""
+def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None, model_cfg: ModelConfig | None = None,
+             packed: bool = True):
+    """An lm-eval LM around a model instance (no reload); BOS handling follows model.add_bos. packed: our engine
+    (harness/eval/engine.py: lm-eval's HFLM with shared prefixes scored once), else lm-eval's HFLM unchanged."""
     from lm_eval.models.huggingface import HFLM
+
+    from harness.eval.engine import PackedHFLM
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-call warnings about model instances
     kwargs = {}
     if model_cfg is not None and model_cfg.add_bos:
         kwargs["add_bos_token"] = True
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, **kwargs)
+    cls = PackedHFLM if packed else HFLM
+    return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, **kwargs)
 
 
 # ------------------------------------------------------------------------------ pure helpers
@@ -212,20 +220,71 @@ def _add_stderr(metrics: dict, rows: list[dict]) -> dict:
 
 
 def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | None, run_dir: Path | None,
-              on_result=None, on_start=None) -> dict:
+              on_result=None, on_start=None, precision=None, exact_model=None) -> dict:
     """Every task in lm_cfg.tasks -> {short name: suite entry}; on_start(name) before and on_result(name, entry)
-    after each. lm-eval's own progress bars report to the run's display while one is active (quietly)."""
+    after each. lm-eval's own progress bars report to the run's display while one is active (quietly).
+    precision (harness/eval/precision.py EvalPrecision): recorded in each entry as `mode` and `precision`;
+    exact_model (the fp32 model, given when `model` runs in another dtype): each multiple-choice task's first
+    CALIBRATION_ITEMS items are scored by both and the deviation is recorded as `calibration`."""
     lm = build_lm(model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
+    exact_lm = None if exact_model is None else build_lm(exact_model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
     suites = {}
     with quietly():
         for name in lm_cfg.tasks:
             if on_start is not None:
                 on_start(short_name(name))
             entry = run_task(lm, short_name(name), lm_cfg, run_dir)
+            if precision is not None:
+                entry["mode"], entry["precision"] = precision.mode, precision.record()
+            if exact_lm is not None:
+                cal = calibrate(exact_lm, lm, short_name(name), lm_cfg)
+                if cal is not None:
+                    entry["calibration"] = cal
             suites[short_name(name)] = entry
             if on_result is not None:
                 on_result(short_name(name), entry)
     return suites
+
+
+# ---------------------------------------------------------------------------------- calibration
+CALIBRATION_ITEMS = 32  # items of each task scored in both precisions when fast mode runs in another dtype
+
+
+def item_loglikelihoods(lm, name: str, lm_cfg: LmEvalConfig, limit: int) -> list[list[float]] | None:
+    """Per item (doc_id order), the loglikelihood of each choice as `lm` scores it, for the first `limit` items;
+    None for a task that is not multiple choice."""
+    from lm_eval import simple_evaluate
+
+    full = task_name(name)
+    out = simple_evaluate(model=lm, tasks=[full], num_fewshot=lm_cfg.num_fewshot, limit=limit, log_samples=True,
+                          task_manager=task_manager([name]), random_seed=lm_cfg.seed, numpy_random_seed=lm_cfg.seed,
+                          torch_random_seed=lm_cfg.seed, fewshot_random_seed=lm_cfg.seed, bootstrap_iters=0,
+                          verbosity="ERROR")
+    if out["configs"][full]["output_type"] != "multiple_choice":
+        return None
+    samples = sorted(out["samples"][full], key=lambda s: s["doc_id"])
+    return [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+
+
+def calibration_stats(exact: list[list[float]], fast: list[list[float]]) -> dict:
+    """Deviation of fast-mode loglikelihoods from exact ones (same items, same choices): max and mean |delta|
+    over every choice, and the share of items whose argmax (the acc prediction) is the same."""
+    if len(exact) != len(fast) or any(len(a) != len(b) for a, b in zip(exact, fast)):
+        raise ValueError("calibration: the two precisions scored different items or choices")
+    deltas = [abs(a - b) for xs, ys in zip(exact, fast) for a, b in zip(xs, ys)]
+    same = sum(_argmax(xs) == _argmax(ys) for xs, ys in zip(exact, fast))
+    return {"items": len(exact), "requests": len(deltas), "max_abs_delta": max(deltas, default=0.0),
+            "mean_abs_delta": sum(deltas) / len(deltas) if deltas else 0.0,
+            "same_argmax": same / len(exact) if exact else 1.0}
+
+
+def calibrate(exact_lm, fast_lm, name: str, lm_cfg: LmEvalConfig, items: int = CALIBRATION_ITEMS) -> dict | None:
+    """calibration_stats of one task's first `items` items (at most eval.lm_eval.limit); None when not multiple choice."""
+    limit = min(items, lm_cfg.limit) if lm_cfg.limit else items
+    exact = item_loglikelihoods(exact_lm, name, lm_cfg, limit)
+    if exact is None:
+        return None
+    return calibration_stats(exact, item_loglikelihoods(fast_lm, name, lm_cfg, limit))
 
 
 @contextlib.contextmanager
@@ -237,7 +296,8 @@ def quietly():
 
     import lm_eval.evaluator as evaluator
 
-    mods = [importlib.import_module(m) for m in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface")]
+    mods = [importlib.import_module(m) for m in ("lm_eval.api.task", "lm_eval.api.model", "lm_eval.models.huggingface",
+                                                 "harness.eval.engine")]
     original = evaluator.get_git_commit_hash
     evaluator.get_git_commit_hash = _git_commit_hash
     try:
@@ -367,4 +427,12 @@ def run_lm_eval(ctx: SuiteContext) -> None:
         entry["config_hash"] = config_hash({"task": name, **lm_hash}, task_files(name))
         ctx.record(name, entry)
 
-    run_tasks(ctx.model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result, on_start=ctx.begin)
+    from harness.eval import precision as prec
+    from harness.model.load import model_device
+
+    device = getattr(model_device(ctx.model), "type", "cpu")
+    precision = prec.plan(ev.mode, device)
+    model = prec.model_for(ctx.model, precision)
+    exact = None if precision.dtype == "float32" else prec.model_for(ctx.model, prec.plan("exact", device))
+    run_tasks(model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result, on_start=ctx.begin,
+              precision=precision, exact_model=exact)

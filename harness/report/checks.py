@@ -27,13 +27,16 @@ def _flatten(prefix: str, obj, out: dict[str, str]) -> None:
 def suite_settings(run: Run, suite: str, entry: dict) -> dict[str, str]:
     """The settings one suite of one run was evaluated with, as `key -> JSON value`: its part of config.yaml's
     eval section (keys as overrides spell them: eval.lm_eval.limit, eval.generation.0.max_new_tokens), with
-    what its eval.json entry records itself (limit, num_fewshot) taking precedence, since `harness eval
+    what its eval.json entry records itself (limit, num_fewshot, the eval mode and its dtype) taking precedence, since `harness eval
     RUN_DIR eval=...` re-evaluates without rewriting config.yaml. Batch sizes are left out (same results)."""
     ev = run.config.get("eval") if isinstance(run.config.get("eval"), dict) else {}
     kind, out = entry.get("kind"), {}
     if kind == "lm_eval":
         _flatten("eval.lm_eval", {k: v for k, v in (ev.get("lm_eval") or {}).items() if k not in ("tasks", "batch_size")}, out)
         out.update({f"eval.lm_eval.{k}": json.dumps(entry[k]) for k in ("limit", "num_fewshot") if k in entry})
+        if isinstance(entry.get("mode"), str):  # eval.mode and the dtype it ran in (harness/eval/precision.py)
+            dtype = (entry.get("precision") or {}).get("dtype")
+            out["eval.mode"] = json.dumps(f"{entry['mode']} ({dtype})" if dtype else entry["mode"])
     elif kind in ("perplexity", "generation"):
         items = ev.get(kind) if isinstance(ev.get(kind), list) else []
         for i, item in enumerate(items):

@@ -1,0 +1,288 @@
+"""Loglikelihood engine: lm-eval's requests scored with every shared token prefix computed once.
+
+    lm = build_lm(model, tokenizer)           # harness/eval/lm_eval.py: a PackedHFLM around the model in memory
+    simple_evaluate(model=lm, tasks=[...])    # lm-eval's tasks, prompts and metrics; only the scoring differs
+
+lm-eval's HFLM scores each (context, continuation) pair as its own right-padded row and projects every position
+onto the vocabulary. A multiple-choice item sends one pair per choice with the same context (hellaswag, arc, piqa,
+openbookqa) or the same sentence start (winogrande). PackedHFLM overrides one method, `_loglikelihood_tokens`
+(every loglikelihood and loglikelihood_rolling request goes through it), because that is where the work is:
+
+  1. group requests whose inputs share a token prefix (sorted order; a request joins a group while that saves
+     tokens: plan_groups);
+  2. pack each group into one row, prefix + branch_1 + branch_2 ..., with explicit position ids and a 4D attention
+     mask in which each branch sees the prefix and its own earlier tokens only (sliding-window layers, gemma3's,
+     get their own mask);
+  3. ask the model for logits only at the positions whose next token is a continuation token (transformers'
+     boolean `logits_to_keep`, so final_logit_softcapping and peft wrappers stay the model's own) and
+     log-softmax only those rows;
+  4. put short groups together into rows of similar length (each group still sees only itself), and batch the
+     rows longest first, like lm-eval (little padding); a batch of rows that each hold one request
+     (loglikelihood_rolling's windows) gets the model's own causal mask (sdpa's causal kernel skips the upper
+     triangle) and default positions.
+
+The inputs are lm-eval's own encoded pairs (its _encode_pair: its tokenisation and its token boundary between
+context and continuation); each result is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
+and lm-eval's cache hook gets it as HFLM gives it. What cannot be packed goes through HFLM's own method unchanged:
+requests that need left truncation or have an empty context or continuation, and models other than decoder-only
+ones with sdpa or eager attention and a `logits_to_keep` argument (seq2seq, peft prompt learning, flash/flex).
+lm_eval is imported only here and in lm_eval.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
+
+PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
+ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
+BATCH_TOKENS_PER_ROW = 512  # a batch holds at most batch_size x this many (padded) tokens
+
+
+# ------------------------------------------------------------------------------------ planning (pure)
+@dataclass
+class Row:
+    """One packed row: tokens, their positions, their group (a row holds one or more groups) and segment within it
+    (0 = the group's shared prefix, k >= 1 = its branch k), and, per request packed here, (request index, indices
+    into the row of its scored positions, its target tokens)."""
+
+    tokens: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    groups: list[int] = field(default_factory=list)
+    scored: list[tuple[int, list[int], list[int]]] = field(default_factory=list)
+
+
+def _lcp(a: list[int], b: list[int], limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def plan_groups(inputs: list[list[int]], max_row: int = PACK_TOKENS) -> list[tuple[int, list[int]]]:
+    """Requests' model inputs -> groups (shared prefix length, request indices). Inputs are taken in sorted order, so
+    those sharing a prefix are neighbours; one joins the current group when that saves tokens: with prefix p,
+    m members and q tokens in common with the newcomer, the row shrinks by p - m (p - q) tokens against a row of its
+    own (the members' branches grow when the prefix shrinks). It joins when that saving is at least 2 tokens and a
+    quarter of its own length, and the row stays within max_row."""
+    groups: list[list] = []  # [prefix length, members, packed length]
+    for i in sorted(range(len(inputs)), key=lambda j: inputs[j]):
+        seq = inputs[i]
+        if groups:
+            p, members, total = groups[-1]
+            q = _lcp(seq, inputs[members[0]], p)
+            saving = p - len(members) * (p - q)
+            new_total = total - p + len(members) * (p - q) + len(seq)
+            if saving >= 2 and 4 * saving >= len(seq) and new_total <= max(max_row, len(seq)):
+                groups[-1] = [q, [*members, i], new_total]
+                continue
+        groups.append([len(seq), [i], len(seq)])
+    return [(p, members) for p, members, _ in groups]
+
+
+def pack_group(prefix: int, members: list[int], inputs: list[list[int]], starts: list[int],
+               targets: list[list[int]]) -> Row:
+    """One group -> its Row. starts[i]: the first scored position of request i in its input (len(context) - 1);
+    targets[i]: its continuation tokens (the tokens at positions starts[i] + 1 ... of context + continuation)."""
+    row = Row()
+    first = inputs[members[0]]
+    row.tokens += first[:prefix]
+    row.positions += list(range(prefix))
+    row.segments += [0] * prefix
+    for k, i in enumerate(members, start=1):
+        offset = len(row.tokens)
+        branch = inputs[i][prefix:]
+        row.tokens += branch
+        row.positions += list(range(prefix, prefix + len(branch)))
+        row.segments += [k] * len(branch)
+        where = [t if t < prefix else offset + t - prefix for t in range(starts[i], starts[i] + len(targets[i]))]
+        row.scored.append((i, where, targets[i]))
+    row.groups = [0] * len(row.tokens)
+    return row
+
+
+def fill_rows(rows: list[Row], capacity: int) -> list[Row]:
+    """Put several short rows (groups) into one row of at most `capacity` tokens, first fit, longest first, so that
+    batches carry little padding; each keeps its own group id, so the mask keeps them apart. Rows at or above
+    capacity stay as they are."""
+    out: list[Row] = []
+    open_rows: list[Row] = []
+    for r in sorted(rows, key=lambda r: -len(r.tokens)):
+        if len(r.tokens) >= capacity:
+            out.append(r)
+            continue
+        for b in open_rows[-64:]:  # the newest rows: older ones are nearly full (groups come longest first)
+            if len(b.tokens) + len(r.tokens) <= capacity:
+                break
+        else:
+            b = Row()
+            open_rows.append(b)
+        offset, gid = len(b.tokens), (b.groups[-1] + 1 if b.groups else 0)
+        b.tokens += r.tokens
+        b.positions += r.positions
+        b.segments += r.segments
+        b.groups += [gid] * len(r.tokens)
+        b.scored += [(i, [w + offset for w in where], tgt) for i, where, tgt in r.scored]
+    return out + open_rows
+
+
+def plan_batches(rows: list[Row], batch_size: int, tokens_per_row: int = BATCH_TOKENS_PER_ROW) -> list[list[Row]]:
+    """Rows longest first (like lm-eval: an out-of-memory shows at once), cut into batches of at most batch_size
+    rows and batch_size x tokens_per_row padded tokens (one long row always fits)."""
+    rows = sorted(rows, key=lambda r: -len(r.tokens))
+    budget = max(batch_size, 1) * tokens_per_row
+    batches: list[list[Row]] = []
+    for r in rows:
+        if batches and len(batches[-1]) < batch_size and len(batches[-1][0].tokens) * (len(batches[-1]) + 1) <= budget:
+            batches[-1].append(r)
+        else:
+            batches.append([r])
+    return batches
+
+
+def allowed(groups: torch.Tensor, segments: torch.Tensor, positions: torch.Tensor,
+            window: int | None = None) -> torch.Tensor:
+    """[B, L] groups (-1 = padding), segments and positions -> [B, 1, L, L] bool, True where query q may attend
+    key k: k at or before q in the row, in q's group, and in its prefix or in q's own branch; with a window, also
+    position(q) - position(k) < window (transformers' sliding window). Padding attends to itself and earlier
+    padding only (never an empty row: sdpa would give NaN)."""
+    L = segments.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=segments.device).tril()
+    same_group = groups[:, :, None] == groups[:, None, :]
+    same_branch = segments[:, :, None] == segments[:, None, :]
+    prefix = (segments == 0)[:, None, :]
+    mask = causal & same_group & (same_branch | prefix)
+    if window is not None:
+        mask &= (positions[:, :, None] - positions[:, None, :]) < window
+    return mask[:, None]
+
+
+# ------------------------------------------------------------------------------------ the model side
+def _unwrapped(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def mask_layout(model) -> tuple[str, dict[str, int | None]] | None:
+    """How this model takes a custom mask: (attention implementation, {layer type: sliding window or None}),
+    or None when it cannot be packed for (the reason is in the code)."""
+    inner = _unwrapped(model)
+    config = getattr(inner, "config", None)
+    peft_cfg = getattr(model, "active_peft_config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
+        return None  # virtual tokens in front of the input
+    impl = getattr(config, "_attn_implementation", None)
+    if impl not in ("sdpa", "eager"):
+        return None  # flash / flex attention take no dense 4D mask
+    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+        return None
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types:
+        types = set(layer_types)
+        if not types <= {"full_attention", "sliding_attention"}:
+            return None
+        return impl, {t: (window if t == "sliding_attention" else None) for t in types}
+    if window is not None and getattr(config, "use_sliding_window", True):
+        return impl, {"all": window}
+    return impl, {"all": None}
+
+
+def _model_mask(layout, groups, segments, positions, dtype):
+    impl, windows = layout
+    masks = {}
+    for name, window in windows.items():
+        m = allowed(groups, segments, positions, window)
+        if impl == "eager":
+            m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill(~m, torch.finfo(dtype).min)
+        masks[name] = m
+    return masks["all"] if "all" in masks else masks
+
+
+class PackedHFLM(HFLM):
+    """HFLM whose `_loglikelihood_tokens` packs requests that share a prefix (module docstring). Everything else,
+    generation included, is HFLM's."""
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        layout = mask_layout(self.model) if self.backend == "causal" else None
+        if layout is None:
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        windows = [w for w in layout[1].values() if w is not None]
+        packable, rest = [], []
+        for i, (_, ctx, cont) in enumerate(requests):
+            n = len(ctx) + len(cont)
+            ok = len(ctx) > 0 and len(cont) > 0 and n <= self.max_length + 1
+            if ok and windows and "all" in layout[1] and n - 1 > min(windows):
+                ok = False  # one sliding mask for every layer: keep it to inputs within the window
+            (packable if ok else rest).append(i)
+        results: list = [None] * len(requests)
+        if rest:  # lm-eval's own path, in its own order; it feeds the cache hook itself
+            for i, r in zip(rest, super()._loglikelihood_tokens([requests[i] for i in rest],
+                                                                 disable_tqdm=True, override_bs=override_bs)):
+                results[i] = r
+        if packable:
+            self._score_packed(requests, packable, layout, results, disable_tqdm, override_bs)
+        return results
+
+    def _score_packed(self, requests, indices, layout, results, disable_tqdm, override_bs) -> None:
+        inputs = [(requests[i][1] + requests[i][2])[:-1] for i in indices]
+        starts = [len(requests[i][1]) - 1 for i in indices]
+        targets = [list(requests[i][2]) for i in indices]
+        rows = [pack_group(p, m, inputs, starts, targets) for p, m in plan_groups(inputs)]
+        rows = fill_rows(rows, min(max(ROW_TOKENS, max(len(r.tokens) for r in rows)), PACK_TOKENS // 2))
+        bs = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 8)
+        pbar = tqdm(total=len(indices), disable=(disable_tqdm or self.rank != 0),
+                    desc="Running loglikelihood requests (packed)")
+        for batch in plan_batches(rows, bs):
+            for j, answer in self._score_batch(batch, layout):
+                i = indices[j]
+                results[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                pbar.update(1)
+        pbar.close()
+
+    def _score_batch(self, batch: list[Row], layout) -> list[tuple[int, tuple[float, bool]]]:
+        L = len(batch[0].tokens)
+        pad = lambda seq, value: seq + [value] * (L - len(seq))  # noqa: E731
+        dev = self.device
+        ids = torch.tensor([pad(r.tokens, 0) for r in batch], dtype=torch.long, device=dev)
+        pos = torch.tensor([pad(r.positions, 0) for r in batch], dtype=torch.long, device=dev)
+        seg = torch.tensor([pad(r.segments, -1) for r in batch], dtype=torch.long, device=dev)
+        grp = torch.tensor([pad(r.groups, -1) for r in batch], dtype=torch.long, device=dev)
+        keep = torch.zeros(len(batch), L, dtype=torch.bool, device=dev)
+        for b, r in enumerate(batch):
+            for _, where, _ in r.scored:
+                keep[b, where] = True
+        flat = (keep.flatten().cumsum(0) - 1).view(len(batch), L)  # (row, index) -> row of the kept logits
+        if all(len(r.scored) == 1 for r in batch):  # plain rows (rolling windows): the model's own causal mask
+            lengths = {len(r.tokens) for r in batch}
+            kwargs = {"attention_mask": None if len(lengths) == 1 else (grp >= 0).long()}
+        else:
+            dtype = next(p.dtype for p in self.model.parameters() if p.dtype.is_floating_point)
+            kwargs = {"attention_mask": _model_mask(layout, grp, seg, pos, self.mixed_precision_dtype or dtype),
+                      "position_ids": pos}
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **kwargs).logits  # [kept, vocab]
+        # lm-eval's own normalisation (F.log_softmax, as HFLM): logit - torch.logsumexp, which would spare the second
+        # [kept, vocab] matrix, put choices up to 6e-4 nats below HFLM's on smollm2-135m (always below; the slow
+        # tests in tests/test_engine.py failed with it)
+        logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+        greedy = logits.argmax(dim=-1)
+        out = []
+        for b, r in enumerate(batch):
+            for j, where, tgt in r.scored:
+                rows = flat[b, where]
+                t = torch.tensor(tgt, dtype=torch.long, device=dev)
+                lp = logprobs[rows].gather(1, t[:, None]).squeeze(1)
+                out.append((j, (float(lp.sum()), bool((greedy[rows] == t).all()))))
+        return out
