@@ -328,10 +328,17 @@ def _preload() -> None:
 
 
 def _warm_up() -> None:
-    """Fill caches every trial would otherwise fill again: the override parser's (pure Python, no I/O)."""
+    """Fill caches every trial would otherwise fill again (pure Python, no torch op): the override parser's, and
+    transformers' checkpoint conversion table."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     OverridesParser.create().parse_overrides(WARM_UP_OVERRIDES)
+    try:  # transformers' table of checkpoint key renamings, built (~1,000 regexes) on a process's first model load
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        get_checkpoint_conversion_mapping("llama")
+    except ImportError:  # another transformers version: the first load builds it, as in a cold start
+        pass
 
 
 def _send(sock: socket.socket, msg: dict) -> None:
