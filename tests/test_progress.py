@@ -123,6 +123,27 @@ def test_live_display_renders_to_a_terminal():
         assert needle in text, needle
 
 
+def test_a_bar_inside_a_stage_gives_the_stage_back_its_total_when_it_closes():
+    """A validation pass's bar inside `train` once left the stage at "step 12/1" for the rest of training."""
+    from rich.console import Console
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100, color_system=None)
+    with open_display("train", mode="rich", console=console) as p:
+        p.begin("train", total=20, unit="step")
+        p.update(done=12, loss=1.5)
+        assert list(progress.bar(range(1), desc="val")) == [0]  # exhausted: closes itself, as tqdm
+        st = p.current
+        assert (st.total, st.done, st.unit, st.detail) == (20, 12, "step", "")
+        with progress.bar(total=4, desc="eval", unit="tok") as b:
+            b.update(2)
+            assert (p.current.total, p.current.done) == (4, 2)
+        assert (p.current.total, p.current.done, p.current.unit) == (20, 12, "step")
+        p.update(done=13)
+        console.print(render_run(p, 100))
+    assert "step 13/20" in buf.getvalue()
+
+
 def test_bar_is_tqdm_without_a_display():
     from tqdm import tqdm
 

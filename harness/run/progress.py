@@ -174,18 +174,32 @@ class Progress:
         self.sink.update(self, st, log)
         self._changed()
 
-    def sub(self, detail: str, total: float | None, unit: str = "") -> None:
+    def sub(self, detail: str, total: float | None, unit: str = "") -> tuple | None:
         """A new sub-step of the running stage (a library's progress bar): its own total, counted from 0.
-        With no stage running, it is a stage of its own."""
+        With no stage running, it is a stage of its own. Returns what the stage showed before, for sub_end."""
         if self.current is None:
             self.begin(detail or "working", total=total, unit=unit)
-            return
+            return None
         with self.lock:
             st = self.current
             if st is None:
-                return
+                return None
+            before = (st, st.detail, st.total, st.done, st.first, st.unit)
             st.detail, st.total, st.done, st.first = detail, total, 0, None
             st.unit = unit or st.unit
+        self._changed()
+        return before
+
+    def sub_end(self, before: tuple | None) -> None:
+        """A sub-step is over: its stage, if still running, shows what it showed before (a validation pass inside
+        `train` must not leave the train stage at "step 12/1")."""
+        if before is None:
+            return
+        st, *shown = before
+        with self.lock:
+            if self.current is not st:
+                return
+            st.detail, st.total, st.done, st.first, st.unit = shown
         self._changed()
 
     def end(self, name: str | None = None, skipped: bool = False, **info) -> None:
@@ -457,13 +471,13 @@ class Bar:
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total = total
-        if not disable:
-            current().sub(desc or "", total, unit if unit != "it" else "")
+        self._before = None if disable else current().sub(desc or "", total, unit if unit != "it" else "")
 
     def __iter__(self):
         for item in self.iterable:
             yield item
             self.update(1)
+        self.close()  # as tqdm: an exhausted bar closes itself
 
     def __len__(self) -> int:
         return int(self.total or 0)
@@ -479,7 +493,10 @@ class Bar:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        before, self._before = self._before, None
+        current().sub_end(before)
+
     def refresh(self, *a, **k) -> None: ...
     def set_description(self, *a, **k) -> None: ...
     def set_postfix(self, *a, **k) -> None: ...
