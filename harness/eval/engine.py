@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
+from harness.model.scoring import base_model
+
 PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
 ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
 BATCH_TOKENS_PER_ROW = 512  # a batch holds at most batch_size x this many (padded) tokens
@@ -165,14 +167,10 @@ def allowed(groups: torch.Tensor, segments: torch.Tensor, positions: torch.Tenso
 
 
 # ------------------------------------------------------------------------------------ the model side
-def _unwrapped(model):
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def mask_layout(model) -> tuple[str, dict[str, int | None]] | None:
     """How this model takes a custom mask: (attention implementation, {layer type: sliding window or None}),
     or None when it cannot be packed for (the reason is in the code)."""
-    inner = _unwrapped(model)
+    inner = base_model(model)
     config = getattr(inner, "config", None)
     peft_cfg = getattr(model, "active_peft_config", None)
     if config is None or getattr(config, "is_encoder_decoder", False):

@@ -220,9 +220,9 @@ def split_head(model):
     in between); None when the model is not built that way, and the caller uses full forwards."""
     import torch
 
-    from harness.model.scoring import plain_forward
+    from harness.model.scoring import base_model, plain_forward
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = base_model(model)
     try:
         decoder, head = base.get_decoder(), base.get_output_embeddings()
     except (AttributeError, NotImplementedError):

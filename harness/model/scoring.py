@@ -48,12 +48,16 @@ def target_positions(labels):
     return keep
 
 
+def base_model(model):
+    """The transformers model inside a peft wrapper (the model itself when it is not wrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def supports_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep (transformers' decoder-only models do)."""
     import inspect
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
 def target_nll(forward, inputs: dict, label_smoothing: float = 0.0, target_only: bool = True):
