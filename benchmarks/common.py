@@ -157,7 +157,8 @@ def machine() -> dict:
         pass
     from harness.run.environment import git_info, package_versions
 
-    info.update(cpu_kind=cpu_kind()["kind"], native_bf16=cpu_kind()["native_bf16"])
+    kind = cpu_kind()
+    info.update(cpu_kind=kind["kind"], native_bf16=kind["native_bf16"])
     info["packages"] = package_versions()
     info["git"] = git_info()
     return info
