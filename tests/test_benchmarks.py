@@ -110,6 +110,7 @@ def test_cli_rejects_bad_names():
 
 
 # ------------------------------------------------------------------------ isolated measurements
+@pytest.mark.slow
 def test_run_child_reports_peak_memory_of_that_process(tmp_path):
     r = common.run_child("matmul", "measure", {"dtype": "fp32", "n": 64, "reps": 1, "min_seconds": 0.01}, tmp_path, "mm")
     assert r["best_flops"] > 0 and r["best_layout"] in matmul.LAYOUTS
@@ -127,6 +128,7 @@ def long_rows(tmp_path_factory):
     return str(out)
 
 
+@pytest.mark.slow
 def test_harness_and_plain_loop_see_the_same_full_batches(long_rows, tmp_path):
     kw = dict(**TINY, method="lora", precision="fp32", data_path=long_rows, max_length=128, batch_size=2,
               warmup=1, steps=2)
@@ -155,6 +157,7 @@ def test_qlora_baseline_is_really_4bit():
     assert getattr(net, "is_loaded_in_4bit", False) and lora is not None
 
 
+@pytest.mark.slow
 def test_packing_fills_blocks(tmp_path):
     kw = dict(**TINY, method="lora", precision="fp32", data_path="", max_length=128, batch_size=2, warmup=1, steps=2)
     off = training.child_harness(**kw, workdir=str(tmp_path / "off"), packing=False)
@@ -163,12 +166,14 @@ def test_packing_fills_blocks(tmp_path):
     assert off["tokens_per_step"] < on["tokens_per_step"]
 
 
+@pytest.mark.slow
 def test_perplexity_benchmark_agrees_with_lm_eval():
     r = evaluation.child_perplexity("tiny-llama", docs=1, max_length=64, batch_size=4, reps=1)
     assert r["rel_diff"]["word_perplexity"] < 1e-3
     assert r["ours_s"][0] > 0 and r["lm_eval_s"][0] > 0 and r["tokens"] > 0
 
 
+@pytest.mark.slow
 def test_multiple_choice_benchmark_same_accuracy():
     r = evaluation.child_multiple_choice("tiny-llama", "arc_easy", items=3, batch_size=4, reps=1)
     assert r["ours_acc"] is not None and r["ours_acc"] == r["lm_eval_acc"]
@@ -218,6 +223,7 @@ def test_report_scale_small_study(tmp_path):
     assert (tmp_path / "report" / "reports" / report_scale.STUDY / "report.html").exists()
 
 
+@pytest.mark.slow
 def test_run_writes_markdown_and_json(tmp_path):
     assert run.main(["--quick", "--only", "matmul", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "quick.json").read_text())

@@ -109,6 +109,7 @@ def test_trainer_records_the_decision(tiny_overrides, monkeypatch, forced, layer
     assert (manifest["bf16_fast_backward_layers"] > 0) is layers
 
 
+@pytest.mark.slow
 def test_trainer_records_a_measured_decision(tiny_overrides, monkeypatch, tmp_path):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv(bf16cpu.OVERRIDE_ENV, raising=False)
@@ -124,6 +125,7 @@ def test_trainer_records_a_measured_decision(tiny_overrides, monkeypatch, tmp_pa
     assert rec["native_bf16"] == environment.cpu_identity()["native_bf16"]
 
 
+@pytest.mark.slow
 def test_fp32_runs_carry_no_layout_record(tiny_overrides):
     ov = tiny_overrides + ["method=lora", "train.precision=fp32", "train.max_steps=1", "run_id=fp32"]
     status, run_dir = train_run(config.compose(ov), ov)

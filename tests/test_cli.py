@@ -85,6 +85,7 @@ def test_status_works_from_any_folder_with_root_or_harness_root(elsewhere, tmp_p
     assert rc == 0 and "study demo" in out
 
 
+@pytest.mark.slow
 def test_report_reads_and_writes_under_the_root(elsewhere, tmp_path, capsys):
     from tests.fixtures_runs import make_study
 

@@ -270,6 +270,7 @@ def _tiny_model(cfg):
     return load_model_and_tokenizer(cfg.model)
 
 
+@pytest.mark.slow
 def test_every_suite_of_a_trained_run_records_its_contamination(planted_run, tmp_path, capsys, monkeypatch):
     from harness.eval.suites import run_suites
     from harness.eval.val import val_items

@@ -79,6 +79,7 @@ def test_a_corrupt_entry_is_prepared_again(cfg, tok):
     assert redo.stats["cache"] == "miss" and json.loads(entry.read_text())["train"] == redo.train
 
 
+@pytest.mark.slow
 def test_a_second_training_run_reuses_the_first_runs_preparation(tiny_overrides, tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     seen = []

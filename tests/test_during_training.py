@@ -65,6 +65,7 @@ def test_off_by_default_and_a_good_setting_composes():
 
 
 # ---------------------------------------------------------------------------------- on a tiny model
+@pytest.mark.slow
 def test_benchmarks_at_the_scheduled_steps_and_identical_training_losses(tiny_overrides):
     """LoRA dropout draws from torch's RNG every step and lm-eval reseeds every RNG: the losses would differ if
     the benchmark left a trace. Steps 2 and 4 (every_steps=2) and the checkpoints at 3 and 6 (save_every=3; the
@@ -86,6 +87,7 @@ def test_benchmarks_at_the_scheduled_steps_and_identical_training_losses(tiny_ov
     assert "benchmark_time_s" not in read_summary(plain)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_records_no_benchmark_step_twice(tiny_overrides, monkeypatch):
     """Interrupted right after the benchmark row of step 6 was written (the tracker gets the row after
     metrics.jsonl), before checkpoint 6 (the benchmark runs before the Trainer saves): the resume from

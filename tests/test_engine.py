@@ -134,6 +134,7 @@ def test_batches_are_longest_first_and_within_budget():
 
 
 # ------------------------------------------------------------------------------- against lm-eval's HFLM
+@pytest.mark.slow
 def test_packed_scores_equal_hflm_on_random_requests(tiny):
     model, tok, _ = tiny
     stock, ours = _pair(model, tok)
@@ -212,6 +213,7 @@ def test_rolling_loglikelihood_equals_hflm(tiny):
     assert all(abs(a - b) <= TOL for a, b in zip(want, got)), (want, got)
 
 
+@pytest.mark.slow
 def test_peft_wrapped_model_equals_hflm(tiny):
     from peft import LoraConfig, get_peft_model
 
@@ -275,6 +277,7 @@ def test_calibration_stats():
         calibration_stats(exact, fast[:1])
 
 
+@pytest.mark.slow
 def test_forced_bf16_fast_mode_records_mode_precision_and_calibration(tiny):
     from harness.eval.precision import model_for
 
@@ -294,6 +297,7 @@ def test_forced_bf16_fast_mode_records_mode_precision_and_calibration(tiny):
     assert exact["mode"] == "exact" and "calibration" not in exact
 
 
+@pytest.mark.slow
 def test_run_suites_records_the_mode_in_eval_json(tmp_path, monkeypatch):
     from harness import atomic
     from harness.eval import precision as prec

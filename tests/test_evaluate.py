@@ -50,6 +50,7 @@ def test_every_suite_entry_gets_the_metadata_of_its_metrics():
     }
 
 
+@pytest.mark.slow
 def test_every_shipped_eval_config_composes():
     for name in config.group_options("eval"):
         cfg = _cfg(f"eval={name}")
@@ -62,6 +63,7 @@ def test_every_shipped_eval_config_composes():
     assert quick.perplexity[0].max_tokens == 4000 and quick.val_loss
 
 
+@pytest.mark.slow
 def test_run_suites_on_a_peft_model_in_memory(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -105,6 +107,7 @@ def _baseline_run_dir(root, *overrides):
     return run_dir
 
 
+@pytest.mark.slow
 def test_harness_eval_run_dir_end_to_end(tmp_path, capsys):
     run_dir = _baseline_run_dir(tmp_path, "eval=quick", "eval.lm_eval.limit=3", FAST_PPL)
     assert cli.main(["eval", str(run_dir), "--quiet"]) == 0
@@ -128,6 +131,7 @@ def test_harness_eval_run_dir_end_to_end(tmp_path, capsys):
     assert "hellaswag" in ev2["suites"]
 
 
+@pytest.mark.slow
 def test_harness_eval_with_an_adapter_changes_the_numbers(tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
@@ -149,6 +153,7 @@ def test_harness_eval_with_an_adapter_changes_the_numbers(tmp_path):
     assert with_adapter != pytest.approx(base_suites["wikitext2"]["metrics"]["word_perplexity"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_harness_eval_loads_full_weights_from_model_dir(tmp_path):
     run_dir = _baseline_run_dir(tmp_path, "eval=perplexity", FAST_PPL)
     cfg = config.load_run_config(run_dir)
@@ -163,6 +168,7 @@ def test_harness_eval_loads_full_weights_from_model_dir(tmp_path):
     assert got["config_hash"] == ref["config_hash"]
 
 
+@pytest.mark.slow
 def test_harness_eval_base_model_creates_a_baseline_run(tmp_path, capsys):
     rc = cli.main(["eval", "model=tiny-llama", "data=alpaca-tiny", "tracker=none", "eval=perplexity", FAST_PPL,
                    f"output_dir={tmp_path}", "--quiet"])

@@ -140,6 +140,7 @@ def test_user_folder_mistakes_are_reported_with_the_fix(user_conf):
     assert "says name: alpaca-tiny" in str(e.value) and "Set name: copied" in str(e.value)
 
 
+@pytest.mark.slow
 def test_config_dir_option_on_validate_and_sweep(user_conf, tmp_path, monkeypatch):
     monkeypatch.delenv("HARNESS_CONFIG_PATH")
     r = harness(["validate", "--config-dir", str(user_conf), "data=my-set", "model=tiny-llama"])

@@ -147,6 +147,7 @@ def test_agreement_is_cohens_kappa_on_the_consensus():
                                                            ["first", "second", "tie", "second"]))
 
 
+@pytest.mark.slow
 def test_cli_round_trip_with_a_tiny_judge_into_human_elo(run_dirs, tmp_path, capsys):
     out = tmp_path / "judge" / "vicuna.jsonl"
     human = tmp_path / "human.judgments.jsonl"

@@ -143,6 +143,7 @@ def tiny_lm(tiny):
     return build_lm(model, tok, batch_size=8, model_cfg=cfg.model)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SHORT_NAMES if n != "wikitext"])
 def test_each_task_runs_on_tiny_llama(tiny_lm, tmp_path, name):
     entry = run_task(tiny_lm, name, LmEvalConfig(tasks=[name], limit=5), tmp_path,
@@ -169,6 +170,7 @@ def test_unknown_task_is_a_clear_error():
     assert "Offline tasks shipped here" in str(err.value)
 
 
+@pytest.mark.slow
 def test_crosscheck_agrees_with_lm_eval_on_tiny_llama(tiny):
     model, tok, cfg = tiny
     res = crosscheck_wikitext(model, tok, max_length=128, batch_size=8, limit=2, model_cfg=cfg.model,

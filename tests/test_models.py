@@ -26,6 +26,7 @@ def test_tiny_model_is_deterministic_and_has_chat_template():
     assert tok.decode(ids) == "Hello world"
 
 
+@pytest.mark.slow
 def test_concurrent_conversion_is_safe(tmp_path):
     env = dict(os.environ, HARNESS_CACHE=str(tmp_path / "cache"))
     code = "from harness import config; from harness.model.load import local_dir; print(local_dir(config.compose(['model=tiny-gpt2']).model))"

@@ -52,6 +52,7 @@ def wheel(tmp_path_factory) -> tuple[Path, str]:
     return whl, out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_the_wheel_holds_conf_sweeps_and_task_yamls(wheel):
     names = set(zipfile.ZipFile(wheel[0]).namelist())
     for p in sorted(paths.shipped("conf").rglob("*.yaml")):
@@ -64,6 +65,7 @@ def test_the_wheel_holds_conf_sweeps_and_task_yamls(wheel):
     assert not [n for n in names if n.startswith(("conf/", "sweeps/", "tests/"))]  # nothing at the top level
 
 
+@pytest.mark.slow
 def test_the_build_has_no_licence_or_package_warnings(wheel):
     log = wheel[1]
     assert "project.license` as a TOML table is deprecated" not in log
@@ -77,6 +79,7 @@ def test_the_build_has_no_licence_or_package_warnings(wheel):
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
+@pytest.mark.slow
 def test_an_installed_copy_composes_from_another_folder(wheel, tmp_path):
     target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()

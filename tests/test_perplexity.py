@@ -295,6 +295,7 @@ def test_fast_mode_in_bf16_records_its_deviation(tiny, tmp_path):
     assert suite_text
 
 
+@pytest.mark.slow
 def test_perplexity_suite_follows_eval_mode(tiny, tmp_path, monkeypatch):
     from harness.eval.registry import SuiteContext
     from harness.model import device as device_module

@@ -110,6 +110,7 @@ def test_pairs_tokenise_like_sft_with_eos_and_long_pairs_are_cut(tok):
     assert fit_pair([1, 2], [3], [4], 16, keep_first=False)[3:] == (False, False)
 
 
+@pytest.mark.slow
 @needs_data
 def test_sft_on_preference_data_learns_the_chosen_answers(runs_dir, tok):
     from harness.data.formats import FORMATS
@@ -125,6 +126,7 @@ def test_sft_on_preference_data_learns_the_chosen_answers(runs_dir, tok):
     assert status == "completed", read_summary(run_dir).get("reason")
 
 
+@pytest.mark.slow
 @needs_data
 def test_shipped_preference_data_loads(tok):
     d = config.compose(["data=dpo-en-demo", "train.objective=dpo"]).data
@@ -165,6 +167,7 @@ def _run(overrides, outcome=None):
     ("dpo", "lora", "adapter disabled"), ("dpo", "qlora", "adapter disabled"), ("dpo", "full", "copy"),
     ("orpo", "lora", "none"), ("orpo", "qlora", "none"),
 ])
+@pytest.mark.slow
 def test_preference_objectives_train_and_record(pref_overrides, objective, method, reference):
     outcome = Outcome()
     status, run_dir = _run(pref_overrides + [f"train.objective={objective}", f"method={method}"], outcome)
@@ -213,6 +216,7 @@ def test_trl_trains_on_the_harness_tokens(pref_overrides, tmp_path):
     assert row["rejected_labels"] == [-100] * len(ex["prompt_ids"]) + ex["rejected_ids"]
 
 
+@pytest.mark.slow
 @needs_data
 def test_preference_run_resumes_and_diverges_like_sft(pref_overrides, monkeypatch):
     from harness.train import fit as fit_module
@@ -247,6 +251,7 @@ def test_preference_run_resumes_and_diverges_like_sft(pref_overrides, monkeypatc
 
 
 # ----------------------------------------------------------------------------------- init_from
+@pytest.mark.slow
 @needs_data
 def test_init_from_chains_sft_adapter_into_dpo(tiny_overrides, pref_overrides):
     from safetensors.torch import load_file
@@ -274,6 +279,7 @@ def test_init_from_chains_sft_adapter_into_dpo(tiny_overrides, pref_overrides):
     assert dpo.keys() == sft.keys() and any(not torch.equal(dpo[k], sft[k]) for k in sft)
 
 
+@pytest.mark.slow
 @needs_data
 def test_init_from_full_weights_and_refusals(tiny_overrides, pref_overrides, runs_dir):
     from harness.model.init_from import resolve_init_from
@@ -316,6 +322,7 @@ def _logp(model, prompt_ids, answer_ids) -> float:
     return sum(float(lp[len(prompt_ids) - 1 + i, t]) for i, t in enumerate(answer_ids))
 
 
+@pytest.mark.slow
 @needs_data
 def test_preference_suite_matches_a_hand_computation(tmp_path):
     from peft import LoraConfig, get_peft_model
@@ -363,6 +370,7 @@ def test_preference_suite_matches_a_hand_computation(tmp_path):
     assert summarise([], 10) == ({}, {})
 
 
+@pytest.mark.slow
 @needs_data
 def test_dpo_run_with_the_preference_suite_records_it(pref_overrides):
     ov = [o for o in pref_overrides if o != "eval=none"] + ["method=lora", "eval=preference", "train.lr=1e-2"]

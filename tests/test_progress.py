@@ -207,6 +207,7 @@ def test_sweep_counts_and_running_trials(tmp_path):
     assert "sweep t" in buf.getvalue() and "trial 2" in buf.getvalue() and "step 20/100" in buf.getvalue()
 
 
+@pytest.mark.slow
 def test_sweep_driver_shows_each_running_trial(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["progress:3", "ok"]})
     env = dict(fake_env, HARNESS_PROGRESS_INTERVAL="0")
@@ -291,6 +292,7 @@ def tiny_train(tmp_path_factory):
     return r, out_dir
 
 
+@pytest.mark.slow
 def test_plain_output_of_a_tiny_train(tiny_train):
     r, out_dir = tiny_train
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -313,6 +315,7 @@ def test_plain_output_of_a_tiny_train(tiny_train):
     assert snap["finished"] and [s["state"] for s in snap["stages"]] == ["done"] * 3
 
 
+@pytest.mark.slow
 def test_a_default_tiny_train_prints_none_of_the_silenced_warnings(tiny_train):
     r, _ = tiny_train
     assert r.returncode == 0, r.stderr[-3000:]

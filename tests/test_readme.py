@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -37,6 +39,7 @@ def test_makefile_targets_do_what_the_readme_says():
     assert "torch==2.13.0" in mk, "the venv pins the CPU build of torch before anything else"
 
 
+@pytest.mark.slow
 def test_every_shipped_sweep_is_listed_dry_run():
     for spec in sorted((REPO / "sweeps").glob("*.yaml")):
         out = subprocess.run([sys.executable, "-m", "harness", "sweep", str(spec), "--dry-run"],
@@ -44,6 +47,7 @@ def test_every_shipped_sweep_is_listed_dry_run():
         assert out.returncode == 0, f"{spec.name}: {out.stdout[-2000:]}{out.stderr[-2000:]}"
 
 
+@pytest.mark.slow
 def test_quickstart_demo_fast_equivalent(tmp_path):
     """`make demo` = `harness sweep sweeps/quickstart.yaml` + `harness report quickstart`; here on the
     tiny model with two training steps and five items per task, in the same two commands."""

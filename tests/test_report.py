@@ -52,6 +52,7 @@ def built(tmp_path_factory):
     return tmp, dirs, out
 
 
+@pytest.mark.slow
 def test_writes_every_output(built):
     tmp, _, out = built
     for f in ("report.md", "report.html", "results.csv", "results.json"):
@@ -240,6 +241,7 @@ def test_references_and_provenance(built):
     assert "0123456789abcdef0123456789abcdef01234567" in md and "sha256:bcc37c64db1a739a" in md
 
 
+@pytest.mark.slow
 def test_deterministic_except_timestamp(tmp_path, capsys):
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20)
     a = build(tmp_path / "a", "--studies-dir", str(tmp_path / "none"), runs=tmp_path / "runs")
@@ -263,6 +265,7 @@ def test_source_date_epoch_fixes_the_timestamp(tmp_path, monkeypatch):
     assert timestamp() == "1970-01-01T00:00:00Z"
 
 
+@pytest.mark.slow
 def test_comparability_warning_and_auto_baseline(tmp_path):
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20, mismatch=True, failures=False,
                baseline_in_study=False)
@@ -277,6 +280,7 @@ def test_comparability_warning_and_auto_baseline(tmp_path):
     assert "base tiny-llama" not in (out2 / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_optuna_history_and_importances(tmp_path):
     dirs = make_study(tmp_path / "runs", "demo", n_configs=6, seeds=2, items=20, baseline=False)
     (tmp_path / "studies").mkdir()

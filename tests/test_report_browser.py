@@ -101,6 +101,7 @@ def _values(browser: Browser, i: int) -> list:
                             .filter(r => !r.hidden).map(r => r.cells[{i}].getAttribute('data-v'))""")
 
 
+@pytest.mark.slow
 def test_renders_offline_with_its_one_script(browser, page):
     _open(browser, page[1])
     html = page[1].read_text()

@@ -46,6 +46,7 @@ def starred(md: str, column: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------- metadata
+@pytest.mark.slow
 def test_direction_and_paired_tests_come_from_the_records_not_the_names(tmp_path):
     """A metric the report has never heard of gets a paired test from its recorded per-item key; a
     recorded direction wins over what the name suggests."""
@@ -181,6 +182,7 @@ def test_ties_are_not_starred():
 
 
 # -------------------------------------------------------------------------- eval settings
+@pytest.mark.slow
 def test_an_eval_setting_nobody_varied_is_named_in_one_line(tmp_path):
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20, failures=False, baseline=False,
                fewshot_mismatch=True)
@@ -217,6 +219,7 @@ def test_contamination_is_shown_per_eval_set_with_a_warning_above_the_threshold(
 
 
 # ------------------------------------------------------------------------------- identity
+@pytest.mark.slow
 def test_base_rows_are_attached_by_weights_hash_not_by_name(tmp_path):
     # a base evaluation under the study's model name but of other weights is not the study's base
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=20, failures=False, baseline_in_study=False,

@@ -77,6 +77,7 @@ def test_csv_safe(value, cell):
 DOLLARS = ["a$b$c", "$x$", "$_$", "$\\notacommand$"]
 
 
+@pytest.mark.slow
 def test_dollar_signs_in_names_and_values_are_drawn_literally(tmp_path):
     make_study(tmp_path / "runs", "demo", n_configs=4, seeds=2, items=10, failures=False)
 
@@ -107,6 +108,7 @@ def _cells(line: str) -> int:
     return len(re.findall(r"(?<!\\)\|", line))
 
 
+@pytest.mark.slow
 def test_every_user_string_in_report_md_is_escaped(tmp_path):
     make_study(tmp_path / "runs", "demo", n_configs=3, seeds=2, items=10)
     metric = f"{IMG}|*m*"

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from harness import atomic, config
 from harness.recipes import qlora_dtypes
 
@@ -49,6 +51,7 @@ def test_dtype_table_and_ordering_check(tmp_path):
     assert far["checks"]["Int8 closer to unquantized than every 4-bit type"] is False
 
 
+@pytest.mark.slow
 def test_quantized_base_evaluation_on_tiny_model(tmp_path):
     for method in ("lora", "qlora"):  # lora = the unquantized base (method.quant=none)
         r = subprocess.run([sys.executable, "-m", "harness", "eval", "model=tiny-llama", f"method={method}",
@@ -69,6 +72,7 @@ def _run(args, tmp_path, timeout=900):
     return r.stdout
 
 
+@pytest.mark.slow
 def test_lora_e2e_recipe_runs_and_reports_beside_the_paper(tmp_path):
     """The README's E2E command pair on the tiny model: two training steps, beam 2 on three MRs."""
     runs, storage, out = tmp_path / "runs", f"sqlite:///{tmp_path / 'e2e.db'}", tmp_path / "reports"
@@ -86,6 +90,7 @@ def test_lora_e2e_recipe_runs_and_reports_beside_the_paper(tmp_path):
     assert "e2e.bleu" in md and "lora" in md and "full" in md
 
 
+@pytest.mark.slow
 def test_smollm2_zeroshot_recipe_runs_and_reports_beside_the_references(tmp_path):
     """The zero-shot recipe on the tiny model with three items per task; the report shows the references."""
     runs, out = tmp_path / "runs", tmp_path / "reports"

@@ -80,6 +80,7 @@ def _interrupt_at(monkeypatch, step: int):
     monkeypatch.setattr(fit_module, "make_callback", interrupting)
 
 
+@pytest.mark.slow
 def test_a_corrupted_newest_checkpoint_resumes_from_the_previous_one(tiny_overrides, monkeypatch, capsys):
     ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
         "method=lora", "train.max_steps=8", "train.save_every=3", "train.eval_every=0", "run_id=corrupt"]
@@ -116,6 +117,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_run_with_its_reason_and_the_rerun_resumes(tiny_overrides, small_disk):
     ov = [o for o in tiny_overrides if not o.startswith(("train.max_steps", "output_dir"))] + [
         "method=full", "train.max_steps=4", "train.save_every=1", "train.eval_every=0", "run_id=full",
@@ -207,6 +209,7 @@ def test_killed_during_evaluation_the_rerun_evaluates_without_training_again(tin
     assert not (run_dir / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_a_rerun_without_a_checkpoint_records_each_step_once(tiny_overrides):
     """Killed before its first checkpoint: the rerun trains from step 0 and the killed attempt's rows go."""
     ov = tiny_overrides + ["method=lora", "run_id=nockpt"]

@@ -55,6 +55,7 @@ def test_mcnemar_no_discordant_pairs_and_bad_input():
         mcnemar_exact([2, 0], [1, 0])
 
 
+@pytest.mark.slow
 def test_holm_known_list():
     # sorted: 0.005*4=0.02, 0.01*3=0.03, 0.03*2=0.06, 0.04*1=0.04 -> monotone 0.06
     assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
@@ -182,6 +183,7 @@ def test_paired_permutation_random_branch_by_hand():
     assert paired_permutation([0.0] * 20, [0.0] * 20, n=1000)[1] == 1.0
 
 
+@pytest.mark.slow
 def test_holm_matches_statsmodels_and_r_p_adjust():
     from statsmodels.stats.multitest import multipletests
 

@@ -107,6 +107,7 @@ def test_command_line_override_pins_an_axis_and_extends_base():
         {"method": "full", "train.lr": 1e-3}, {"method": "lora", "train.lr": 1e-3}, {"method": "qlora", "train.lr": 1e-3}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec_path", sorted((REPO / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_specs_validate_in_a_dry_run(spec_path, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -135,6 +136,7 @@ def test_every_trial_config_is_checked_before_training(tmp_path, fake_env, capsy
 
 
 # ---------------------------------------------------------------------------------- driver
+@pytest.mark.slow
 def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok", "crash", "kill"]}, seeds=[0, 1], max_retries=0)
     r = harness(["sweep", str(spec)], fake_env, tmp_path)
@@ -170,6 +172,7 @@ def test_grid_runs_each_cell_once_and_failures_do_not_stop_the_study(tmp_path, f
     assert piped.wait(timeout=90) == 0 and "BrokenPipe" not in err and "Traceback" not in err, err
 
 
+@pytest.mark.slow
 def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
     # r=4 completes first; r=64 reports a worse loss at step 10 and is pruned by the median pruner;
     # a run whose record lacks the objective fails with the metric named
@@ -184,6 +187,7 @@ def test_pruned_and_missing_metric_trials(tmp_path, fake_env):
     assert third.state.name == "FAIL" and "summary.best_val_loss missing" in third.user_attrs["reason"]
 
 
+@pytest.mark.slow
 def test_worker_killed_mid_trial_then_resume_completes_each_cell_once(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleepfirst:15", "ok"]}, seeds=[0, 1])
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], env=fake_env, cwd=tmp_path,
@@ -226,6 +230,7 @@ def run_concurrently(spec: Path, env: dict, cwd: Path, commands: list[list[str]]
     return outs
 
 
+@pytest.mark.slow
 def test_concurrent_drivers_and_workers_share_one_sqlite_study(tmp_path, fake_env):
     # two drivers started together (both enqueue the grid) and one of them with 2 local worker processes
     cells = list(range(1, 9))
@@ -239,6 +244,7 @@ def test_concurrent_drivers_and_workers_share_one_sqlite_study(tmp_path, fake_en
     assert outs[0].count(" start ") == outs[0].count(" COMPLETE ") >= 1  # worker events relayed to the driver
 
 
+@pytest.mark.slow
 def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"method": ["lora", "qlora"]},
                       search={"method.r": {"type": "int", "low": 2, "high": 32, "log": True}},
@@ -256,6 +262,7 @@ def test_search_sampler_runs_n_trials_times_seeds(tmp_path, fake_env):
         assert [(c.user_attrs["seed"], c.params) for c in copies] == [(1, t.params)]
 
 
+@pytest.mark.slow
 def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleepfirst:60", "ok"]}, max_retries=0)
     # a terminal's foreground job has SIGINT at its default; a test run started in the background of a
@@ -282,6 +289,7 @@ def test_ctrl_c_requeues_the_running_trial_and_the_rerun_finishes_it(tmp_path, f
     assert states == {0: "FAIL", 1: "COMPLETE", 2: "COMPLETE"}  # max_retries=0: a Ctrl-C is not a retry
 
 
+@pytest.mark.slow
 def test_journal_storage_and_references_reach_the_runs(tmp_path, fake_env):
     refs = [{"metric": "summary.best_val_loss", "value": 1.5, "source": "Hu et al. (2021), Table 2"}]
     spec = write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}, references=refs)

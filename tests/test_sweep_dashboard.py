@@ -39,6 +39,7 @@ def swept(tmp_path, fake_env):
     return tmp_path
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # the matplotlib backend
 def test_grid_trials_carry_their_cell_as_optuna_params(swept):
     import optuna
@@ -75,6 +76,7 @@ def _get(url: str) -> dict:
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_readme_dashboard_command_shows_the_grid(swept):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

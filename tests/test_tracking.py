@@ -126,6 +126,7 @@ def test_tracker_options_compose_alone_and_together():
     assert config.from_dict(old).tracker.backends == {}
 
 
+@pytest.mark.slow
 def test_every_tracker_logs_config_steps_eval_and_weights(tiny_overrides, runs_dir):
     ov = [o for o in tiny_overrides if o not in ("tracker=none", "eval=none")] + [
         "tracker=[wandb,mlflow,tensorboard]", "tracker.tags=[t1]", "eval=perplexity", FAST_PPL, "eval.val_loss=true",
@@ -191,6 +192,7 @@ def _fake_run(tmp_path: Path, *extra: str):
     return cfg, run_dir, summary
 
 
+@pytest.mark.slow
 def test_a_failing_tracker_is_reported_and_dropped_while_the_others_go_on(tmp_path, monkeypatch, capsys):
     cfg, run_dir, summary = _fake_run(tmp_path, "tracker=[mlflow,tensorboard]")
     monkeypatch.setattr(tracking.MlflowBackend, "log", lambda *a: (_ for _ in ()).throw(RuntimeError("store down")))
@@ -209,6 +211,7 @@ def test_a_failing_tracker_is_reported_and_dropped_while_the_others_go_on(tmp_pa
     assert tracking.start(config.compose(["model=tiny-llama", "data=alpaca-tiny", "tracker=none"]), run_dir).backends == {}
 
 
+@pytest.mark.slow
 def test_a_resumed_run_continues_its_mlflow_run(tmp_path):
     cfg, run_dir, summary = _fake_run(tmp_path, "tracker=mlflow", "tracker.artifacts=false")
     for attempt, steps in enumerate(([1, 2], [2, 3])):  # killed after step 2, resumed from its step-2 checkpoint

@@ -29,6 +29,7 @@ def _run(overrides, outcome=None):
     return train_run(cfg, overrides, outcome=outcome)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["full", "lora", "qlora", "lora-8bit", "qlora-fp4", "dora"])
 def test_every_method_trains_and_records(tiny_overrides, method):
     status, run_dir = _run(tiny_overrides + [f"method={method}"])
@@ -64,6 +65,7 @@ def _base_and_adapter(model):
     return base, adapter
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, method):
     """The adapter trains and the base does not: every floating-point base tensor is bit-identical after
@@ -108,6 +110,7 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
         assert not torch.allclose(trained(input_ids=ids).logits.float(), ref_logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
     import bitsandbytes as bnb
 
@@ -126,6 +129,7 @@ def test_qlora_base_layers_are_4bit_nf4(tiny_overrides):
         assert w.numel() * w.element_size() * 2 == layer.in_features * layer.out_features
 
 
+@pytest.mark.slow
 def test_qlora_adapters_train_in_the_run_precision(tiny_overrides):
     outcome = Outcome()
     status, _ = _run(tiny_overrides + ["method=qlora", "train.precision=fp32"], outcome)
@@ -184,6 +188,7 @@ def test_pad_batch_pads_ids_masks_and_labels():
     assert b["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
 
 
+@pytest.mark.slow
 def test_same_seed_same_losses(tiny_overrides):
     a = _run(tiny_overrides + ["method=lora", "run_id=a"])[1]
     b = _run(tiny_overrides + ["method=lora", "run_id=b"])[1]
@@ -195,6 +200,7 @@ def test_same_seed_same_losses(tiny_overrides):
     assert lc != la
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_a_memorisable_batch(tiny_overrides):
     ov = tiny_overrides + ["method=full", "train.lr=3e-3", "train.max_steps=25", "data.max_rows=4",
                            "data.val_size=0", "train.batch_size=4", "train.warmup_ratio=0", "train.scheduler=constant"]
@@ -205,6 +211,7 @@ def test_loss_goes_down_on_a_memorisable_batch(tiny_overrides):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_not_raised(tiny_overrides):
     status, run_dir = _run(tiny_overrides + ["method=full", "train.lr=1e30", "train.max_steps=6", "train.max_grad_norm=0"])
     s = read_summary(run_dir)
@@ -212,6 +219,7 @@ def test_divergence_is_recorded_not_raised(tiny_overrides):
     assert "loss" in s["reason"]
 
 
+@pytest.mark.slow
 def test_collapse_at_a_huge_learning_rate_is_recorded_as_diverged(tiny_overrides):
     """LoRA at lr=1e9 kills the tiny model without a NaN (gradient norm 0, loss = log(vocab size)): diverged,
     with what was seen, and training stops there."""
@@ -261,6 +269,7 @@ def test_runtime_failure_is_recorded(tiny_overrides):
     assert status == "failed" and "nonexistent_proj" in s["reason"]
 
 
+@pytest.mark.slow
 def test_completed_run_id_is_not_retrained(tiny_overrides):
     status, run_dir = _run(tiny_overrides + ["run_id=done"])
     before = (run_dir / "summary.json").read_text()
@@ -275,6 +284,7 @@ def _mark(run_dir, status):
     (run_dir / "summary.json").write_text(json.dumps(s))
 
 
+@pytest.mark.slow
 def test_resuming_with_a_changed_config_is_refused_and_force_records_the_change(tiny_overrides):
     ov = tiny_overrides + ["run_id=again"]
     status, run_dir = _run(ov)
@@ -297,6 +307,7 @@ def test_resuming_with_a_changed_config_is_refused_and_force_records_the_change(
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"] == 0.001
 
 
+@pytest.mark.slow
 def test_a_sweep_retry_with_the_same_overrides_resumes(tiny_overrides, runs_dir):
     """The sweep re-queues an interrupted trial with the same run_id and overrides under a new trial number
     (and study tags): bookkeeping keys, not a changed config."""
@@ -310,6 +321,7 @@ def test_a_sweep_retry_with_the_same_overrides_resumes(tiny_overrides, runs_dir)
     assert "config_changes_on_resume" not in read_summary(run_dir)
 
 
+@pytest.mark.slow
 def test_model_and_data_given_by_path_name_the_run_and_its_record(byo_model_dir, tiny_overrides, tmp_path):
     data = tmp_path / "my_recipes.json"
     data.write_text((paths.data_root() / "alpaca" / "alpaca_tiny.json").read_text())
@@ -324,6 +336,7 @@ def test_model_and_data_given_by_path_name_the_run_and_its_record(byo_model_dir,
     assert manifest["model"]["name"] == "My-Model-v2" and manifest["model"]["path"] == str(byo_model_dir)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_checkpoint(tiny_overrides, runs_dir):
     ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
         "train.max_steps=100", "train.save_every=5", "run_id=crash", "method=lora", "train.eval_every=0"]
@@ -358,6 +371,7 @@ def test_checkpoint_killed_while_saving_is_skipped(tmp_path):
     assert last_checkpoint(tmp_path).name == "checkpoint-5"
 
 
+@pytest.mark.slow
 def test_wandb_offline_files_under_run_dir(tiny_overrides):
     ov = [o for o in tiny_overrides if o != "tracker=none"] + ["tracker=wandb"]
     status, run_dir = _run(ov)
@@ -407,6 +421,7 @@ def test_bf16_cpu_fast_backward_matches_autograd():
     assert grads(fast)[0] == l1
 
 
+@pytest.mark.slow
 def test_validation_loss_is_plain_cross_entropy_under_label_smoothing(tiny_overrides):
     """Label smoothing changes training, not the validation number: the same model state gives the same
     val_loss with and without it (one step at lr 1e-12 leaves the model as it was)."""
@@ -431,6 +446,7 @@ def _val_run(overrides, outcome=None):
     return read_summary(run_dir), read_eval(run_dir)["suites"]["val"], read_metrics(run_dir), run_dir
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eval_every", [0, 3])  # the final evaluation call, and the scheduled one at the last step
 def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides, eval_every):
     """The trainer's validation loss (metrics.jsonl, summary best/final_val_loss) and the `val` suite after
@@ -441,6 +457,7 @@ def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides
     assert [r["val_loss"] for r in metrics if "val_loss" in r][-1] == summary["final_val_loss"]
 
 
+@pytest.mark.slow
 def test_val_loss_does_not_depend_on_the_batch_size(tiny_overrides):
     """Token-weighted: the same model state (one step at lr 1e-12) gives the same val_loss at batch size 2 and 5
     (a mean of per-batch means would not)."""
@@ -454,6 +471,7 @@ def test_val_loss_does_not_depend_on_the_batch_size(tiny_overrides):
     assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_val_loss_under_bf16_training_is_the_fp32_number_of_the_saved_run(tiny_overrides):
     """Training in bf16 autocast does not leak into the validation loss: the trainer's number, the `val` suite
     right after training and `harness eval RUN_DIR` on the saved adapter (a fresh fp32 model) agree."""

@@ -82,6 +82,7 @@ def test_driver_killed_five_times_in_one_cell_then_rerun_completes_each_cell_onc
     assert read_summary(slow_dir)["status"] == "completed"
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # study.ask() below, outside Study.optimize on purpose
 def test_stale_trial_is_requeued_without_limit_and_its_run_marked_interrupted(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -108,6 +109,7 @@ def test_stale_trial_is_requeued_without_limit_and_its_run_marked_interrupted(tm
         trial = new
 
 
+@pytest.mark.slow
 def test_run_that_completed_before_its_driver_died_is_not_trained_again(tmp_path, fake_env, monkeypatch, capsys):
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"]}, heartbeat=FAST_HEARTBEAT))
     url = default_storage_url("t", tmp_path / "studies")
@@ -128,6 +130,7 @@ def test_run_that_completed_before_its_driver_died_is_not_trained_again(tmp_path
     assert read_summary(run_dir)["status"] == "completed"
 
 
+@pytest.mark.slow
 def test_trial_failures_count_against_max_retries_and_retry_failed_brings_them_back(tmp_path, fake_env, monkeypatch, capsys):
     from harness.commands import status
 
@@ -179,6 +182,7 @@ def mounts():
         subprocess.run(["umount", "-l", str(m)], capture_output=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["under-a-file", "read-only", "full"])
 def test_unwritable_runs_root_stops_the_driver_cleanly_and_a_rerun_recovers(tmp_path, fake_env, how, mounts):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"], "method.r": [4, 8]})
@@ -220,6 +224,7 @@ def test_unwritable_runs_root_stops_the_driver_cleanly_and_a_rerun_recovers(tmp_
     assert complete_cells(trials_of(tmp_path)) == sorted(t.cell for t in plan_grid(load_spec(spec)))
 
 
+@pytest.mark.slow
 def test_full_disk_while_opening_a_trial_log_stops_the_driver_cleanly(tmp_path, fake_env, monkeypatch, capsys):
     """Where no tmpfs can be mounted: the first write of a trial (its train.log) fails with ENOSPC."""
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"], "method.r": [4, 8]})
@@ -239,6 +244,7 @@ def test_full_disk_while_opening_a_trial_log_stops_the_driver_cleanly(tmp_path, 
     assert complete_cells(trials_of(tmp_path)) == sorted(t.cell for t in plan_grid(load_spec(spec)))
 
 
+@pytest.mark.slow
 def test_trial_with_an_invalid_run_id_fails_with_the_reason_and_the_rest_runs(tmp_path, fake_env, monkeypatch, capsys):
     spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"], "method.r": [4, 8]}))
     url = default_storage_url("t", tmp_path / "studies")
@@ -276,6 +282,7 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")  # a zombie has ended (nothing may reap it in a container)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux's")
 def test_workers_and_their_children_die_with_a_killed_driver(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["sleep:60"], "method.r": [1, 2, 3, 4]})
@@ -303,6 +310,7 @@ def test_workers_and_their_children_die_with_a_killed_driver(tmp_path, fake_env)
 
 
 # ------------------------------------------------------------------ 5. a signal while a child finishes
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["termparent", "termafter", "termparent-int", "termparent-130"])
 def test_sigterm_while_a_child_finishes_keeps_its_completed_trial(tmp_path, fake_env, mode):
     """termparent-int / -130: the child had recorded its completed result when the driver's SIGINT ended it
@@ -346,6 +354,7 @@ def test_parallel_workers_sample_different_configurations(tmp_path, fake_env):
 
 
 # ----------------------------------------------------------------------------------- 7. bad inputs
+@pytest.mark.slow
 def test_awkward_values_and_study_names_reach_every_trial_unchanged(tmp_path, fake_env):
     values = ["a..b", "x=y", "p/q", "../data/x.json", "${oc.env:HOME}", "back\\slash", "nan"]
     spec = write_spec(tmp_path / "s.yaml", study="s=1", grid={"notes": values})
@@ -362,6 +371,7 @@ def test_awkward_values_and_study_names_reach_every_trial_unchanged(tmp_path, fa
         assert paths.check_name(cfg.run_id)
 
 
+@pytest.mark.slow
 def test_cells_that_cannot_run_are_reported_before_anything_runs(tmp_path, fake_env):
     spec = write_spec(tmp_path / "s.yaml", grid={"notes": ["ok"]}, seeds=[0, 10**130])  # the run id would pass 128 characters
     for extra in (["--dry-run"], []):
