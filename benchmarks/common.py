@@ -55,9 +55,9 @@ class Options:
     ppl_max_length: int = 1024
     mc_task: str = "arc_easy"
     mc_items: int = 20
-    gen_prompts: int = 8
-    gen_batch: int = 8
-    gen_new_tokens: int = 32
+    gen_prompts: int = 32
+    gen_batch: int = 32
+    gen_new_tokens: int = 64
     sweep_trials: tuple[int, ...] = (2, 4)
     sweep_workers: tuple[int, ...] = (1, 2)
     report_runs: int = 1000

@@ -267,6 +267,83 @@ def generation_section(opts: common.Options) -> dict:
             "detail": r}
 
 
+# ------------------------------------------------------------------------------ compute bound
+def padded_tokens(lengths: list[int], batch_size: int) -> int:
+    """Tokens a batched forward pays for: sequences longest first, cut into batches, each padded to its longest."""
+    order = sorted(lengths, reverse=True)
+    return sum(order[b] * len(order[b:b + batch_size]) for b in range(0, len(order), batch_size))
+
+
+def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_head: float, batch_size: int = 8) -> dict:
+    """How much faster the engine can be than lm-eval's HF loglikelihood on these encoded (context, continuation)
+    requests where matrix products bound the speed (a CPU): the ratio of model FLOPs (2 per parameter per position;
+    attention and log-softmax left out). lm-eval runs each request alone (context + continuation - 1 positions,
+    batches padded to their longest) and computes the output layer at every position; the engine runs the rows
+    harness.eval.engine plans (shared prefixes once, groups packed) and the output layer only where a continuation
+    token is scored. Exact mode cannot beat this ratio: it computes every remaining product in fp32."""
+    from harness.eval import engine
+
+    lm_tokens = padded_tokens([len(c) + len(t) - 1 for c, t in requests], batch_size)
+    inputs = [(c + t)[:-1] for c, t in requests]
+    starts = [len(c) - 1 for c, _ in requests]
+    targets = [list(t) for _, t in requests]
+    rows = [engine.pack_group(p, m, inputs, starts, targets) for p, m in engine.plan_groups(inputs)]
+    rows = engine.fill_rows(rows, min(max(engine.ROW_TOKENS, max(len(r.tokens) for r in rows)), engine.PACK_TOKENS // 2))
+    ours_tokens = sum(max(len(r.tokens) for r in b) * len(b) for b in engine.plan_batches(rows, batch_size))
+    scored = sum(len(t) for t in targets)
+    lm_flop = 2 * lm_tokens * (n_body + n_head)
+    ours_flop = 2 * (ours_tokens * n_body + scored * n_head)
+    return {"requests": len(requests), "lm_eval_positions": lm_tokens, "engine_positions": ours_tokens,
+            "scored_positions": scored, "flop_ratio": lm_flop / ours_flop}
+
+
+def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int = 8) -> dict:
+    """flop_bound for the first `items` items of each task, encoded as lm-eval's HFLM encodes them (trailing context
+    whitespace moved to the continuation); no model runs, only its tokenizer and parameter counts."""
+    import json
+
+    from lm_eval.tasks import get_task_dict
+
+    from harness import config
+    from harness.eval.lm_eval import task_manager, task_name
+    from harness.model.load import local_dir, load_tokenizer
+
+    cfg = config.compose([f"model={model}", "tracker=none"])
+    tok = load_tokenizer(cfg.model)
+    with open(local_dir(cfg.model) / "config.json", encoding="utf-8") as f:
+        mc = json.load(f)
+    n_head = mc["vocab_size"] * mc["hidden_size"]
+    n_body = _parameters(local_dir(cfg.model)) - (n_head if mc.get("tie_word_embeddings", True) else 2 * n_head)
+
+    def encode(ctx: str, cont: str) -> tuple[list[int], list[int]]:
+        n = len(ctx) - len(ctx.rstrip())
+        if n:
+            ctx, cont = ctx[:-n], ctx[-n:] + cont
+        whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
+        c = tok(ctx, add_special_tokens=False)["input_ids"]
+        return c, whole[len(c):]
+
+    out = {}
+    for name in tasks:
+        task = get_task_dict([task_name(name)], task_manager([name]))[task_name(name)]
+        task.build_all_requests(limit=items, rank=0, world_size=1)
+        out[name] = flop_bound([encode(*inst.args) for inst in task.instances], n_body, n_head, batch_size)
+    return {"model": model, "items": items, "batch_size": batch_size, "n_body": n_body, "n_head": n_head, "tasks": out}
+
+
+def _parameters(model_dir) -> int:
+    """Parameters in a model directory's safetensors files (shapes only: nothing is loaded)."""
+    from math import prod
+
+    from safetensors import safe_open
+
+    total = 0
+    for f in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            total += sum(prod(st.get_slice(k).get_shape()) for k in st.keys())
+    return total
+
+
 # ------------------------------------------------------------------------------------- driver
 def run(opts: common.Options) -> dict:
     rows, notes = [], []
@@ -329,6 +406,11 @@ if __name__ == "__main__":  # the multiple-choice section alone: python -m bench
     ap.add_argument("--items", type=int, default=100)
     ap.add_argument("--reps", type=int, default=1)
     ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--flop-bound", action="store_true",
+                    help="only the compute bound of the speed-up (task_flop_bounds): no model runs, seconds")
     a = ap.parse_args()
+    if a.flop_bound:
+        print(json.dumps(task_flop_bounds(a.model, a.tasks.split(","), a.items), indent=1))
+        raise SystemExit(0)
     opts = common.Options(model=a.model, reps=a.reps, mc_task=a.tasks, mc_items=a.items)
     print(json.dumps(multiple_choice_section(opts), indent=1, default=str))

@@ -179,6 +179,20 @@ def test_multiple_choice_benchmark_same_accuracy():
     assert r["ours_acc"] is not None and r["ours_acc"] == r["lm_eval_acc"]
 
 
+def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored():
+    from benchmarks.evaluation import flop_bound, padded_tokens
+
+    assert padded_tokens([3, 9, 1, 9, 5], 2) == 9 * 2 + 5 * 2 + 1
+    # one context, two endings: lm-eval pays 4 + 5 positions padded to 5 (10) with the output layer everywhere;
+    # the engine one row of 5 (context once, then the second ending's extra token), the output layer on 3 targets
+    b = flop_bound([([1, 2, 3, 4], [5]), ([1, 2, 3, 4], [6, 7])], n_body=1.0, n_head=1.0, batch_size=8)
+    assert (b["lm_eval_positions"], b["engine_positions"], b["scored_positions"]) == (10, 5, 3)
+    assert b["flop_ratio"] == pytest.approx(20 / 8)
+    # unrelated requests share nothing: only the output layer saves
+    c = flop_bound([([1, 2], [3]), ([7, 8], [9])], n_body=1.0, n_head=0.0)
+    assert c["flop_ratio"] == pytest.approx(1.0)
+
+
 def test_generation_benchmark_counts_tokens():
     r = evaluation.child_generation("tiny-llama", "alpaca-tiny", prompts=3, batch_size=2, new_tokens=3, reps=1)
     assert r["prompts"] == 3 and 0 < r["batched_tokens"] <= 9 and 0 < r["single_tokens"] <= 9

@@ -46,7 +46,10 @@ PRELOAD = ("torch", "transformers", "transformers.trainer", "peft", "datasets", 
            "hydra.core.override_parser.overrides_parser", "harness.cli", "harness.commands.train",
            "harness.commands.common", "harness.config.overrides", "harness.launch", "harness.pipeline",
            "harness.train.fit", "harness.eval.suites", "harness.model.load", "harness.model.methods",
-           "harness.model.preflight", "harness.data.cache", "harness.run.tracking", "harness.sweep.pruning")
+           "harness.model.preflight", "harness.data.cache", "harness.run.tracking", "harness.sweep.pruning",
+           # the trackers' libraries (optional): wandb.init imports wandb.sdk.launch (wandb.apis.public, ~80 pydantic
+           # models built from their source's docstrings), which took 4 s of every SmolLM2 quickstart trial's set-up
+           "wandb", "wandb.sdk.launch", "mlflow", "tensorboardX")
 # Overrides of every shape a trial's command line has: parsing them once fills the caches of Hydra's parser
 # (antlr4 builds its lexer's DFA lazily: the first command line of a process took 1-2 s to parse, later ones ms).
 WARM_UP_OVERRIDES = ["model=tiny-llama", "train.lr=1.0e-4", "train.max_steps=20", "method.r=16", "data.max_rows=40",
