@@ -193,6 +193,17 @@ def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored()
     assert c["flop_ratio"] == pytest.approx(1.0)
 
 
+@pytest.mark.slow  # lm-eval's task index and data: ~10 s
+def test_task_flop_bounds_read_the_tasks_requests_and_the_models_parameters():
+    from benchmarks.evaluation import task_flop_bounds
+
+    r = task_flop_bounds("tiny-llama", ["arc_easy"], 4)
+    b = r["tasks"]["arc_easy"]
+    assert r["n_head"] == 64 * 384 and r["n_body"] > 0  # tiny-llama: hidden 64, vocab 384, tied
+    assert b["requests"] == 16 and b["lm_eval_positions"] > b["engine_positions"] > b["scored_positions"] > 0
+    assert b["flop_ratio"] > 1
+
+
 def test_generation_benchmark_counts_tokens():
     r = evaluation.child_generation("tiny-llama", "alpaca-tiny", prompts=3, batch_size=2, new_tokens=3, reps=1)
     assert r["prompts"] == 3 and 0 < r["batched_tokens"] <= 9 and 0 < r["single_tokens"] <= 9
