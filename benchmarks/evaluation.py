@@ -284,13 +284,9 @@ def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_hea
     from harness.eval import engine
 
     lm_tokens = padded_tokens([len(c) + len(t) - 1 for c, t in requests], batch_size)
-    inputs = [(c + t)[:-1] for c, t in requests]
-    starts = [len(c) - 1 for c, _ in requests]
-    targets = [list(t) for _, t in requests]
-    rows = [engine.pack_group(p, m, inputs, starts, targets) for p, m in engine.plan_groups(inputs)]
-    rows = engine.fill_rows(rows, min(max(engine.ROW_TOKENS, max(len(r.tokens) for r in rows)), engine.PACK_TOKENS // 2))
-    ours_tokens = sum(max(len(r.tokens) for r in b) * len(b) for b in engine.plan_batches(rows, batch_size))
-    scored = sum(len(t) for t in targets)
+    batches = engine.plan_batches(engine.plan_rows(requests), batch_size)
+    ours_tokens = sum(max(len(r.tokens) for r in b) * len(b) for b in batches)
+    scored = sum(len(t) for _, t in requests)
     lm_flop = 2 * lm_tokens * (n_body + n_head)
     ours_flop = 2 * (ours_tokens * n_body + scored * n_head)
     return {"requests": len(requests), "lm_eval_positions": lm_tokens, "engine_positions": ours_tokens,
@@ -298,10 +294,13 @@ def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_hea
 
 
 def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int = 8) -> dict:
-    """flop_bound for the first `items` items of each task, encoded as lm-eval's HFLM encodes them (trailing context
-    whitespace moved to the continuation); no model runs, only its tokenizer and parameter counts."""
+    """flop_bound for the first `items` items of each task, encoded by lm-eval's own pair encoding (trailing context
+    whitespace moved to the continuation; no special tokens, as HFLM for a model without add_bos); no model runs,
+    only its tokenizer and parameter counts."""
     import json
+    from types import SimpleNamespace
 
+    from lm_eval.api.model import TemplateLM
     from lm_eval.tasks import get_task_dict
 
     from harness import config
@@ -315,19 +314,14 @@ def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int =
     n_head = mc["vocab_size"] * mc["hidden_size"]
     n_body = _parameters(local_dir(cfg.model)) - (n_head if mc.get("tie_word_embeddings", True) else 2 * n_head)
 
-    def encode(ctx: str, cont: str) -> tuple[list[int], list[int]]:
-        n = len(ctx) - len(ctx.rstrip())
-        if n:
-            ctx, cont = ctx[:-n], ctx[-n:] + cont
-        whole = tok(ctx + cont, add_special_tokens=False)["input_ids"]
-        c = tok(ctx, add_special_tokens=False)["input_ids"]
-        return c, whole[len(c):]
-
+    # lm-eval's own pair encoding (TemplateLM._encode_pair) over this tokenizer, without loading a model
+    encoder = SimpleNamespace(backend="causal", tok_encode=lambda s: tok(s, add_special_tokens=False)["input_ids"])
     out = {}
     for name in tasks:
         task = get_task_dict([task_name(name)], task_manager([name]))[task_name(name)]
         task.build_all_requests(limit=items, rank=0, world_size=1)
-        out[name] = flop_bound([encode(*inst.args) for inst in task.instances], n_body, n_head, batch_size)
+        pairs = [TemplateLM._encode_pair(encoder, *inst.args) for inst in task.instances]
+        out[name] = flop_bound(pairs, n_body, n_head, batch_size)
     return {"model": model, "items": items, "batch_size": batch_size, "n_body": n_body, "n_head": n_head, "tasks": out}
 
 

@@ -135,6 +135,16 @@ def fill_rows(rows: list[Row], capacity: int) -> list[Row]:
     return out + open_rows
 
 
+def plan_rows(pairs: list[tuple[list[int], list[int]]]) -> list[Row]:
+    """Encoded (context, continuation) requests -> the packed rows that score them: groups by shared prefix
+    (plan_groups, pack_group), then short groups put together (fill_rows). Row.scored indexes into `pairs`."""
+    inputs = [(c + t)[:-1] for c, t in pairs]
+    starts = [len(c) - 1 for c, _ in pairs]
+    targets = [list(t) for _, t in pairs]
+    rows = [pack_group(p, m, inputs, starts, targets) for p, m in plan_groups(inputs)]
+    return fill_rows(rows, min(max(ROW_TOKENS, max(len(r.tokens) for r in rows)), PACK_TOKENS // 2))
+
+
 def plan_batches(rows: list[Row], batch_size: int, tokens_per_row: int = BATCH_TOKENS_PER_ROW) -> list[list[Row]]:
     """Rows longest first (like lm-eval: an out-of-memory shows at once), cut into batches of at most batch_size
     rows and batch_size x tokens_per_row padded tokens (one long row always fits)."""
@@ -231,11 +241,7 @@ class PackedHFLM(HFLM):
         return results
 
     def _score_packed(self, requests, indices, layout, results, disable_tqdm, override_bs) -> None:
-        inputs = [(requests[i][1] + requests[i][2])[:-1] for i in indices]
-        starts = [len(requests[i][1]) - 1 for i in indices]
-        targets = [list(requests[i][2]) for i in indices]
-        rows = [pack_group(p, m, inputs, starts, targets) for p, m in plan_groups(inputs)]
-        rows = fill_rows(rows, min(max(ROW_TOKENS, max(len(r.tokens) for r in rows)), PACK_TOKENS // 2))
+        rows = plan_rows([(requests[i][1], requests[i][2]) for i in indices])
         bs = self.batch_size if isinstance(self.batch_size, int) else (override_bs or 8)
         pbar = tqdm(total=len(indices), disable=(disable_tqdm or self.rank != 0),
                     desc="Running loglikelihood requests (packed)")
