@@ -69,7 +69,7 @@ def test_off_by_default_and_a_good_setting_composes():
 def test_benchmarks_at_the_scheduled_steps_and_identical_training_losses(tiny_overrides):
     """LoRA dropout draws from torch's RNG every step and lm-eval reseeds every RNG: the losses would differ if
     the benchmark left a trace. Steps 2 and 4 (every_steps=2) and the checkpoints at 3 and 6 (save_every=3; the
-    Trainer also saves at the last step)."""
+    last step counts as a checkpoint: its weights are saved, by fit() rather than by the Trainer)."""
     ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
         "method=lora", "train.max_steps=6", "train.save_every=3"]
     status_a, plain = _train(ov + ["run_id=plain"])

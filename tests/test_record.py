@@ -37,3 +37,17 @@ def test_manifest_is_checked_too(tmp_path):
 
 def test_every_status_but_running_and_baseline_has_an_exit_code():
     assert set(EXIT_CODES) == set(STATUSES) - {"running", "baseline"}
+
+
+def test_package_versions_are_read_once_per_process_and_missing_ones_are_none():
+    from importlib import metadata
+
+    from harness.run import environment
+
+    names = ("torch", "no-such-package-here")
+    first = environment.package_versions(names)
+    assert first == {"torch": metadata.version("torch"), "no-such-package-here": None}
+    first["torch"] = "edited by a caller"
+    hits = environment._package_versions.cache_info().hits
+    assert environment.package_versions(names)["torch"] == metadata.version("torch")  # a copy each time
+    assert environment._package_versions.cache_info().hits == hits + 1

@@ -364,3 +364,19 @@ def test_real_trainer_grid_end_to_end(tmp_path, monkeypatch):
         summary = json.loads((Path(t.user_attrs["run_dir"]) / "summary.json").read_text())
         assert summary["method"] == t.user_attrs["params"]["method"] and summary["trial"] == t.number
         print(f"trial {t.number}: wall {t.user_attrs['wall_time_s']:.1f}s overhead {t.user_attrs['overhead_s']:.1f}s")
+
+
+def test_a_trials_storage_handle_skips_the_set_up_its_driver_did(tmp_path):
+    """open_storage(set_up=True), as a trial's pruning reporter opens it: the driver created the tables and
+    checked their schema, so neither is done again; on a database nobody set up it creates nothing."""
+    import optuna
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name="s", storage=open_storage(url)).enqueue_trial({"x": 1})
+    again = optuna.load_study(study_name="s", storage=open_storage(url, set_up=True))
+    assert [t.params for t in again.get_trials()] == [{}]  # an enqueued trial: its fixed params wait in system attrs
+    bare = f"sqlite:///{tmp_path / 'bare.db'}"
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # its tables do not exist
+        optuna.load_study(study_name="s", storage=open_storage(bare, set_up=True))
+    assert sa.inspect(sa.create_engine(bare)).get_table_names() == []

@@ -235,3 +235,47 @@ def test_fork_hazards_name_a_running_thread():
         stop.set()
         t.join()
     assert len(during) == 1 and "threads running after the imports" in during[0] and during != before
+
+
+# What a sweep trial runs after the fork server's preparation (serve(): _preload, _warm_up, gc.freeze): one tiny
+# LoRA trial in process, with the study, trial and storage a sweep worker passes (so its pruning reporter opens
+# the study's storage, which the test's process has set up as a driver would); prints the modules the trial imported.
+TRIAL_AFTER_WARM_UP = """
+import gc, json, sys
+from harness.sweep import warm
+warm._preload(); warm._warm_up(); gc.collect(); gc.freeze()
+url, out = sys.argv[1], sys.argv[2]
+before = set(sys.modules)
+from harness.cli import main
+rc = main(["train", "model=tiny-llama", "data=alpaca-tiny", "tracker=none", "eval=none", "method=lora",
+           "train.max_steps=2", "train.batch_size=2", "train.max_length=128", "data.max_rows=40",
+           f"output_dir={out}", "study=w", "trial=0", f"storage={url}"])
+print(json.dumps({"rc": rc, "imported": sorted(set(sys.modules) - before)}))
+"""
+# Libraries whose import a warm trial must not pay again (each cost 0.1-1 s per trial before it was preloaded:
+# Optuna's storage with SQLAlchemy and alembic was 0.5-0.7 s of a 1.8 s tiny trial's overhead)
+PRELOADED = {"optuna", "sqlalchemy", "alembic", "hydra", "omegaconf", "datasets", "lm_eval", "accelerate",
+             "safetensors", "tokenizers", "yaml", "jinja2"}
+
+
+@pytest.mark.slow  # the fork server's imports in a fresh interpreter, then a tiny training: 20-60 s
+def test_a_warm_trial_imports_none_of_the_preloaded_libraries_again(tmp_path, monkeypatch):
+    import optuna
+
+    from harness.sweep.storage import open_storage
+
+    env = _env(tmp_path, monkeypatch)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="w", storage=open_storage(url), direction="minimize")
+    study.set_user_attr("harness_spec", {"pruner": {"type": "median"}})
+    study.enqueue_trial({})
+    study.ask()
+    probe = subprocess.run([sys.executable, "-c", TRIAL_AFTER_WARM_UP, url,
+                            str(tmp_path / "runs")], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0
+    again = [m for m in result["imported"] if m.split(".")[0] in PRELOADED]
+    assert not again, f"a warm trial imported these itself (add them to harness/sweep/warm.py PRELOAD): {again}"
+    summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
+    assert summary["status"] == "completed" and summary["trial"] == 0

@@ -371,6 +371,39 @@ def test_checkpoint_killed_while_saving_is_skipped(tmp_path):
     assert last_checkpoint(tmp_path).name == "checkpoint-5"
 
 
+def test_the_trainers_checkpoint_at_the_last_step_is_cancelled_and_only_that_one():
+    from transformers import TrainerControl, TrainerState
+
+    from harness.train.callbacks import skip_final_checkpoint
+
+    skip = skip_final_checkpoint()
+    for step, max_steps, kept in ((4, 8, True), (8, 8, False), (9, 8, False), (4, 0, True)):
+        control = TrainerControl(should_save=True)
+        skip.on_step_end(None, TrainerState(global_step=step, max_steps=max_steps), control)
+        assert control.should_save is kept, (step, max_steps)
+
+
+@pytest.mark.slow
+def test_a_full_fine_tune_writes_no_checkpoint_at_its_last_step(tiny_overrides, monkeypatch):
+    """The weights fit() saves after training are the last step's; the Trainer's own checkpoint of that step
+    (weights and optimizer state, deleted a moment later) is not written. The ones before it are."""
+    from transformers import Trainer
+
+    saved, real = [], Trainer._save_checkpoint
+
+    def recording(self, *a, **kw):
+        saved.append(self.state.global_step)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Trainer, "_save_checkpoint", recording)
+    ov = [o for o in tiny_overrides if not o.startswith("train.max_steps")] + [
+        "method=full", "train.max_steps=4", "train.save_every=2", "run_id=last"]
+    status, run_dir = _run(ov)
+    assert status == "completed" and saved == [2]
+    assert (run_dir / "model" / "model.safetensors").exists() and not (run_dir / "checkpoints").exists()
+    assert read_summary(run_dir)["steps"] == 4
+
+
 @pytest.mark.slow
 def test_wandb_offline_files_under_run_dir(tiny_overrides):
     ov = [o for o in tiny_overrides if o != "tracker=none"] + ["tracker=wandb"]

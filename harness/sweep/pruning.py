@@ -27,7 +27,7 @@ class OptunaReporter:
         from harness.sweep.spec import PrunerSpec
         from harness.sweep.storage import open_storage
 
-        store = open_storage(storage)
+        store = open_storage(storage, set_up=True)  # by the sweep driver that started this trial
         spec = optuna.load_study(study_name=study, storage=store).user_attrs.get("harness_spec") or {}
         pruner = build_pruner(PrunerSpec(**(spec.get("pruner") or {"type": "none"})))
         self._study = optuna.load_study(study_name=study, storage=store, pruner=pruner)

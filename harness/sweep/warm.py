@@ -46,7 +46,14 @@ PRELOAD = ("torch", "transformers", "transformers.trainer", "peft", "datasets", 
            "hydra.core.override_parser.overrides_parser", "harness.cli", "harness.commands.train",
            "harness.commands.common", "harness.config.overrides", "harness.launch", "harness.pipeline",
            "harness.train.fit", "harness.eval.suites", "harness.model.load", "harness.model.methods",
-           "harness.model.preflight", "harness.data.cache", "harness.run.tracking", "harness.sweep.pruning",
+           "harness.model.preflight", "harness.model.init_from", "harness.data.cache", "harness.run.tracking",
+           "harness.sweep.pruning",
+           # the architectures of the packaged models (tiny-llama, SmolLM2: Llama; Gemma 3): imported on first load
+           "transformers.models.llama.modeling_llama", "transformers.models.gemma3.modeling_gemma3",
+           # a trial's pruning reporter opens the study's storage: Optuna's RDB models, SQLAlchemy, alembic (~0.5 s)
+           "harness.sweep.samplers", "harness.sweep.spec", "harness.sweep.storage", "optuna.storages._rdb.models",
+           "sqlalchemy.orm", "alembic.migration", "alembic.script", "alembic.command", "alembic.config",
+           "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql.psycopg2", "psycopg2",
            # the trackers' libraries (optional): wandb.init imports wandb.sdk.launch (wandb.apis.public, ~80 pydantic
            # models built from their source's docstrings), which took 4 s of every SmolLM2 quickstart trial's set-up
            "wandb", "wandb.sdk.launch", "mlflow", "tensorboardX")
@@ -331,11 +338,23 @@ def _preload() -> None:
 
 
 def _warm_up() -> None:
-    """Fill caches every trial would otherwise fill again (pure Python, no torch op): the override parser's, and
-    transformers' checkpoint conversion table."""
+    """Fill caches every trial would otherwise fill again (pure Python, no torch op): the override parser's,
+    Hydra's and OmegaConf's on a first composition, SQLAlchemy's mapper configuration of Optuna's tables, the
+    installed package versions of the environment record, and transformers' checkpoint conversion table."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from harness.run.environment import package_versions
+
     OverridesParser.create().parse_overrides(WARM_UP_OVERRIDES)
+    package_versions()
+    try:  # the default config; a user's broken conf/ fails in the trial itself, with its message
+        from harness.config import compose
+
+        compose([])
+    except Exception:  # noqa: BLE001 - a warm-up only
+        pass
+    if "sqlalchemy.orm" in sys.modules:
+        sys.modules["sqlalchemy.orm"].configure_mappers()
     try:  # transformers' table of checkpoint key renamings, built (~1,000 regexes) on a process's first model load
         from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 

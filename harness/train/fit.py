@@ -22,7 +22,7 @@ from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, now_iso, read_metrics, write_summary
 from harness.train import distributed
 from harness.train.benchmarks import BenchClock, make_benchmark_callback
-from harness.train.callbacks import CollapseWatch, Outcome, make_callback
+from harness.train.callbacks import CollapseWatch, Outcome, make_callback, skip_final_checkpoint
 from harness.train.distributed import write_manifest  # rank 0 alone writes the record (train.devices > 1)
 from harness.train.objectives import OBJECTIVES
 from harness.train.progress import attach_progress
@@ -236,6 +236,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         # every rank gets the callback: rank 0 runs the benchmark, the others (harness/launch.py follow, no
         # benchmark given) wait for it at a barrier
         callbacks.append(make_benchmark_callback(cfg, run_dir, benchmark, tokenizer, tracker, clock))
+    callbacks.append(skip_final_checkpoint())  # after the others: the last step still counts as a checkpoint for them
     trainer = objective.build_trainer(cfg, model=model, tokenizer=tokenizer, args=args, train_rows=prepared.train,
                                       val_rows=val_rows, callbacks=callbacks)
     attach_progress(trainer, paused=clock)
