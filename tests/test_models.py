@@ -77,3 +77,45 @@ def test_gemma3_assembles_converts_and_needs_bos():
     with torch.no_grad():
         out = model(**ids)
     assert torch.isfinite(out.logits).all()
+
+
+@pytest.mark.slow  # bitsandbytes' import and two loads: ~9 s on the 2-core machine
+def test_a_quantized_base_is_kept_and_loads_back_bit_identical(tmp_path, monkeypatch):
+    """QLoRA on a CPU: the first load quantizes and keeps the result (quantized_dir); the next loads it as saved,
+    without quantizing: the same tensors, the same tied head, and torch's RNG untouched on both paths (a run's
+    LoRA init, drawn after the load, is the same whether the kept copy existed)."""
+    import bitsandbytes.functional as bnbf
+
+    from harness.model.load import quantized_dir
+    from harness.model.methods import build_quant_config
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    cfg = config.compose(["model=tiny-llama", "method=qlora"])
+    quant = build_quant_config(cfg.method, torch.float32)
+    calls, real = [], bnbf.quantize_4bit
+    monkeypatch.setattr(bnbf, "quantize_4bit", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    kept = quantized_dir(cfg.model, quant, torch.float32)
+    assert kept is not None and not kept.exists()
+
+    torch.manual_seed(0)
+    first, _ = load_model_and_tokenizer(cfg.model, quantization_config=quant)
+    after_first = torch.rand(4)
+    quantized = len(calls)
+    assert quantized > 0 and (kept / "config.json").exists() and list(kept.glob("*.safetensors"))
+    torch.manual_seed(0)
+    again, _ = load_model_and_tokenizer(cfg.model, quantization_config=quant)
+    assert torch.equal(torch.rand(4), after_first)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(4), after_first)  # neither load drew from the RNG
+    assert len(calls) == quantized  # loaded as kept, not quantized again
+    a, b = first.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert type(again.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
+    ids = torch.tensor([[1, 5, 9, 12, 40]])
+    with torch.no_grad():
+        assert torch.equal(first(ids).logits, again(ids).logits)
+    # other settings, another copy; a model harness does not cache itself, none
+    other = build_quant_config(config.compose(["model=tiny-llama", "method=qlora-fp4"]).method, torch.float32)
+    assert quantized_dir(cfg.model, other, torch.float32) not in (None, kept)
+    hub = config.compose(["model=tiny-llama", "model.source=hub", f"model.path={local_dir(cfg.model)}"]).model
+    assert quantized_dir(hub, quant, torch.float32) is None

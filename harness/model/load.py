@@ -244,22 +244,61 @@ def bars_to_display() -> None:
     hf_logging.set_tqdm_hook(tqdm_hook)
 
 
+def quantized_dir(cfg: ModelConfig, quantization_config, dtype) -> Path | None:
+    """Where the bitsandbytes-quantized copy of a base model is kept between runs (None: not kept), beside the
+    model's own cached directory and keyed on the quantization settings, the unquantized layers' dtype and the
+    versions of bitsandbytes, transformers and torch. Only for the models harness itself caches (a packaged GGUF,
+    a tiny model: their directory never changes under its name), without remote code, for CPU runs, where the
+    4-bit quantization at load takes seconds (2-3 s for SmolLM2-135M on 2 cores; milliseconds on a GPU)."""
+    if cfg.source not in ("gguf-package", "tiny") or cfg.trust_remote_code:
+        return None
+    import hashlib
+    import json
+
+    from harness.run.environment import package_versions
+
+    ident = {"quantization": quantization_config.to_dict(), "dtype": str(dtype),
+             **package_versions(("bitsandbytes", "transformers", "torch"))}
+    key = hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    base = local_dir(cfg)
+    return base.parent / f"{base.name}.bnb-{key}"
+
+
+def _keep_quantized(model, target: Path) -> None:
+    """Save a just-quantized model for the next run (_publish: atomic, one writer); a failure only costs that
+    run the quantization again."""
+    try:
+        _publish(lambda tmp: model.save_pretrained(tmp, safe_serialization=True), target)
+    except (OSError, ModelError, RuntimeError, ValueError) as exc:
+        print(f"[harness] note: could not keep the quantized base model in {target} ({type(exc).__name__}: {exc}); "
+              "the next run quantizes it again", flush=True)
+
+
 def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=None, device: str = "cpu"):
-    """Model (optionally bitsandbytes-quantized) and tokenizer for cfg, weights as safetensors."""
+    """Model (optionally bitsandbytes-quantized) and tokenizer for cfg, weights as safetensors. On a CPU the
+    quantized base is kept after its first quantization (quantized_dir) and later runs load it as it was saved:
+    the same tensors, bit for bit, and no draw from torch's RNG on either path (tests/test_models.py)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     bars_to_display()
     src = str(local_dir(cfg))
-    kwargs = dict(
-        revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code,
-        dtype=dtype or torch.float32, use_safetensors=True,
-    )
+    dtype = dtype or torch.float32
+    kwargs = dict(revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code, dtype=dtype,
+                  use_safetensors=True)
+    kept = None
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
         # cuda: the current GPU, this rank's under torchrun (harness/train/distributed.py sets it)
         kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else device}
-    model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        kept = quantized_dir(cfg, quantization_config, dtype) if device == "cpu" else None
+    if kept is not None and (kept / "config.json").exists():
+        model = AutoModelForCausalLM.from_pretrained(str(kept), dtype=dtype, use_safetensors=True,
+                                                     device_map={"": "cpu"})  # its config names the quantization
+    else:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+        if kept is not None and os.environ.get("RANK", "0") == "0":  # one writer among torchrun's ranks
+            _keep_quantized(model, kept)
     if quantization_config is None and device != "cpu":
         model = model.to(device)
     return model, load_tokenizer(cfg)
