@@ -153,6 +153,98 @@ def child_stages(model: str, data: str, max_length: int) -> dict:
     return t
 
 
+def child_qlora_base(model: str, reps: int = 3) -> dict:
+    """Child: a QLoRA trial's 4-bit base on a CPU, quantized at load (what every trial did) vs loaded as kept
+    after the first quantization (harness.model.load.quantized_dir), alternating, medians of reps; and whether
+    the two give the same tensors."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from harness import config
+    from harness.model.load import load_model_and_tokenizer, local_dir, quantized_dir
+    from harness.model.methods import build_quant_config
+
+    cfg = config.compose([f"model={model}", "method=qlora"])
+    quant = build_quant_config(cfg.method, torch.float32)
+    load_model_and_tokenizer(cfg.model, quantization_config=quant)  # keeps it if no earlier run did
+    quantizing, kept, same = [], [], True
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fresh = AutoModelForCausalLM.from_pretrained(str(local_dir(cfg.model)), dtype=torch.float32, use_safetensors=True,
+                                                     quantization_config=quant, device_map={"": "cpu"})
+        quantizing.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        loaded, _ = load_model_and_tokenizer(cfg.model, quantization_config=quant)
+        kept.append(time.perf_counter() - t0)
+        a, b = fresh.state_dict(), loaded.state_dict()
+        same = same and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        del fresh, loaded, a, b
+    return {"quantize_at_load_s": common.median(quantizing), "kept_load_s": common.median(kept),
+            "kept_includes_tokenizer": True, "same_tensors": same,
+            "kept_dir": str(quantized_dir(cfg.model, quant, torch.float32))}
+
+
+def child_checkpoint_save(model: str, data: str, method: str = "full") -> dict:
+    """Child: what the Trainer's checkpoint at a trial's last step cost before it was dropped (harness/train/
+    callbacks.py skip_final_checkpoint): a 2-step run of `method` saving at step 1, its checkpoint timed and sized
+    (the step-2 one is the last step's: not written)."""
+    import tempfile
+
+    from transformers import Trainer
+
+    from harness import config
+    from harness.pipeline import train_run
+
+    saves, real = [], Trainer._save_checkpoint
+
+    def timed(self, *a, **kw):
+        t0 = time.perf_counter()
+        out = real(self, *a, **kw)
+        folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        saves.append({"step": self.state.global_step, "seconds": time.perf_counter() - t0, "bytes": size})
+        return out
+
+    Trainer._save_checkpoint = timed
+    with tempfile.TemporaryDirectory() as out:
+        ov = [f"model={model}", f"data={data}", f"method={method}", "tracker=none", "eval=none", "train=quick",
+              "train.max_steps=2", "train.save_every=1", "train.eval_every=0", f"output_dir={out}"]
+        status, _ = train_run(config.compose(ov), ov)
+    Trainer._save_checkpoint = real
+    return {"status": status, "saves": saves}
+
+
+def last_checkpoint_ab(model: str, data: str, steps: int = 10, reps: int = 2) -> list[dict]:
+    """In this process: full fine-tunes of `steps` steps whose last step is a checkpoint step (train=quick saves
+    every 10), with the last-step checkpoint skipped (as shipped) and written (the skip made a no-op callback),
+    alternating; each run's train_time_s, wall and final loss."""
+    import tempfile
+
+    from transformers import TrainerCallback
+
+    import harness.train.fit as fit
+    from harness import config
+    from harness.pipeline import train_run
+    from harness.run.record import read_summary
+
+    shipped, rows = fit.skip_final_checkpoint, []
+    try:
+        for rep in range(reps):
+            for mode in ("skipped", "written"):
+                fit.skip_final_checkpoint = shipped if mode == "skipped" else TrainerCallback
+                with tempfile.TemporaryDirectory() as out:
+                    ov = [f"model={model}", f"data={data}", "method=full", "tracker=none", "eval=none", "train=quick",
+                          f"train.max_steps={steps}", f"output_dir={out}", f"run_id={mode}{rep}"]
+                    t0 = time.perf_counter()
+                    status, run_dir = train_run(config.compose(ov), ov)
+                    s = read_summary(run_dir) or {}
+                    rows.append({"last_checkpoint": mode, "rep": rep, "status": status, "train_time_s": s.get("train_time_s"),
+                                 "wall_s": time.perf_counter() - t0, "final_train_loss": s.get("final_train_loss")})
+    finally:
+        fit.skip_final_checkpoint = shipped
+    return rows
+
+
 def run(opts: common.Options) -> dict:
     work = opts.workdir / "sweep"
     rows, notes = [], []
@@ -219,6 +311,29 @@ def run(opts: common.Options) -> dict:
                                  f"{second:.2f} s in process 2 ({stages[1]['data_cache']}) vs {uncached:.2f} s uncached",
                                  "process 2 reuses it", cached_data, "" if cached_data else
                                  f"process 2's harness.data.cache.prepare was a {stages[1]['data_cache']}"))
+    if not opts.out_of_time():
+        try:
+            q = common.run_child("sweep_overhead", "child_qlora_base", {"model": opts.model}, work, "qlora-base",
+                                 opts.timeout())
+            notes.append(f"QLoRA base on {opts.model} (CPU): quantized at load {q['quantize_at_load_s']:.2f} s, loaded "
+                         f"as kept {q['kept_load_s']:.2f} s with its tokenizer (medians, alternating); same tensors: "
+                         f"{q['same_tensors']}")
+            goals.append(common.goal("quantized QLoRA base reused across trials",
+                                     f"{q['kept_load_s']:.2f} s vs {q['quantize_at_load_s']:.2f} s quantizing",
+                                     "faster, same tensors", q["same_tensors"] and q["kept_load_s"] < q["quantize_at_load_s"]))
+        except common.ChildError as exc:
+            notes.append(f"not measured: QLoRA base load: {exc}")
+    if not opts.out_of_time():
+        try:
+            c = common.run_child("sweep_overhead", "child_checkpoint_save", {"model": opts.model, "data": opts.data},
+                                 work, "checkpoint", opts.timeout())
+            first = c["saves"][0] if c["saves"] else None
+            notes.append(f"full fine-tuning of {opts.model}: the Trainer's checkpoint at a trial's last step, no longer "
+                         "written (fit saves those weights): " + (f"{first['seconds']:.2f} s, {first['bytes'] / 1e6:.0f} MB "
+                         f"(the step-1 checkpoint of a 2-step run; steps saved: {[x['step'] for x in c['saves']]})"
+                         if first else "no checkpoint was saved"))
+        except common.ChildError as exc:
+            notes.append(f"not measured: checkpoint cost: {exc}")
     columns = ["trials", "workers", "start", "sweep_wall_s", "trials_per_min", "driver_wall_s", "process_start_s",
                "in_process_overhead_s", "train_s", "overhead_s", "overhead_share", "completed", "load_1m"]
     if stages:

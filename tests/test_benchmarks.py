@@ -220,6 +220,24 @@ def test_stage_timings_name_every_stage():
     assert sweep_overhead.child_stages("tiny-llama", "alpaca-tiny", 128)["data_cache"] == "hit"
 
 
+@pytest.mark.slow  # bitsandbytes' import and three quantizing loads of the tiny model
+def test_qlora_base_benchmark_compares_the_kept_copy_with_quantizing():
+    r = sweep_overhead.child_qlora_base("tiny-llama", reps=1)
+    assert r["same_tensors"] is True and r["quantize_at_load_s"] > 0 and r["kept_load_s"] > 0
+    assert ".bnb-" in r["kept_dir"]
+
+
+@pytest.mark.slow  # two tiny full fine-tunes in process
+def test_last_checkpoint_ab_trains_the_same_either_way():
+    rows = sweep_overhead.last_checkpoint_ab("tiny-llama", "alpaca-tiny", steps=4, reps=1)
+    assert [r["last_checkpoint"] for r in rows] == ["skipped", "written"]
+    assert all(r["status"] == "completed" for r in rows)
+    assert rows[0]["final_train_loss"] == rows[1]["final_train_loss"]
+    from harness.train import fit
+
+    assert fit.skip_final_checkpoint.__name__ == "skip_final_checkpoint"  # restored
+
+
 @pytest.mark.slow  # a real `harness sweep` with one trial in a child process: ~30-55 s on a shared 2-core CPU
 def test_sweep_overhead_one_trial(tmp_path):
     row = sweep_overhead.measure_sweep(tmp_path, n_trials=1, workers=1, timeout_s=600)
