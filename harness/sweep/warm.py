@@ -1,5 +1,6 @@
 """Warm trial starts: each sweep worker keeps one fork server that has imported the heavy libraries (torch,
-transformers, peft, datasets, lm_eval and harness's train/eval modules) and forks a child per trial, so a trial
+transformers, peft, datasets, lm_eval, the trackers', Optuna's storage and harness's train/eval modules) and
+filled their first-use caches (PRELOAD, _warm_up), and forks a child per trial, so a trial
 is still its own process but pays no import. The worker drives the child through `WarmProcess`, which has the
 surface of the subprocess.Popen it used before (pid, stdout, poll, wait, returncode, send_signal, terminate, kill).
 
