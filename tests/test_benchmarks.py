@@ -152,6 +152,7 @@ def test_trl_baseline_with_its_defaults(long_rows, tmp_path):
     assert t["gradient_checkpointing"] is True  # TRL's default, which the comparison documents
 
 
+@pytest.mark.slow  # bitsandbytes' import and a 4-bit load: ~6 s
 def test_qlora_baseline_is_really_4bit():
     cfg, net, lora = training._load_plain("tiny-llama", "qlora", "fp32", "alpaca-tiny")
     assert getattr(net, "is_loaded_in_4bit", False) and lora is not None

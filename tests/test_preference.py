@@ -190,6 +190,7 @@ def test_preference_objectives_train_and_record(pref_overrides, objective, metho
         assert rows[0]["rewards_chosen"] == 0 and rows[0]["rewards_rejected"] == 0
 
 
+@pytest.mark.slow  # TRL's DPO trainer on the tiny model: ~4 s
 @needs_data
 def test_trl_trains_on_the_harness_tokens(pref_overrides, tmp_path):
     from transformers import TrainingArguments

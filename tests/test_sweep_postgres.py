@@ -47,6 +47,7 @@ def pg_url() -> str:
     return PG_URL
 
 
+@pytest.mark.slow  # two sweep workers on PostgreSQL: 12-15 s
 def test_two_workers_on_one_postgres_study_run_each_cell_once(pg_url, tmp_path, monkeypatch):
     import optuna
     from tests.sweep_fakes import FAKE_TRAIN, write_spec  # the stand-in trainer and spec writer

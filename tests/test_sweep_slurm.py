@@ -161,6 +161,7 @@ def _submit(tmp_path: Path, url: str, study: str, cells: list[int], notes: str) 
     return job, script.parent, env
 
 
+@pytest.mark.slow  # a Slurm job array of real sweep workers: 40-60 s on the 2-core machine
 @pytest.mark.slurm
 def test_a_job_array_runs_each_cell_once_and_survives_a_cancelled_task(cluster, tmp_path):
     # 1. two array tasks share four cells: each runs exactly once, and status names the task that ran it
@@ -198,6 +199,7 @@ def test_a_job_array_runs_each_cell_once_and_survives_a_cancelled_task(cluster, 
     assert all(finished_by[t.user_attrs["params"]["method.r"]] == f"{job}_0" for t in cut)  # the other task took it over
 
 
+@pytest.mark.slow  # two Slurm tasks, one killed: 13-20 s
 @pytest.mark.slurm
 def test_a_task_killed_outright_leaves_its_trial_to_the_other_task(cluster, tmp_path):
     # SIGKILL of the worker (a node that crashed, or KillWait running out on a stuck worker; `scancel --signal=KILL`
