@@ -380,3 +380,10 @@ def test_a_trials_storage_handle_skips_the_set_up_its_driver_did(tmp_path):
     with pytest.raises(optuna.exceptions.StorageInternalError):  # its tables do not exist
         optuna.load_study(study_name="s", storage=open_storage(bare, set_up=True))
     assert sa.inspect(sa.create_engine(bare)).get_table_names() == []
+
+
+def test_an_idle_worker_looks_again_soon_then_less_often():
+    from harness.sweep.worker import wait_interval
+
+    assert [wait_interval(n, 5) for n in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0]
+    assert wait_interval(10_000, 5) == 5 and wait_interval(0, 0.1) == 0.1  # capped by the heartbeat interval

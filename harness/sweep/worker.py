@@ -393,6 +393,14 @@ def _driver_failed(study, trial, spec: SweepSpec, opts: WorkerOptions, storage, 
     raise DriverError(f"{what}: {reason}. {fate} Fix the cause and run the same command again.") from exc
 
 
+def wait_interval(waits: int, cap: float) -> float:
+    """Seconds before a worker with nothing to take looks at the study again, after `waits` looks: 0.25 s, doubling
+    up to cap. Other workers' last trials usually end soon after this worker's (the sweep ends when the last
+    worker sees none running: a fixed 5 s wait cost up to 5 s at the end of every multi-worker sweep), while a
+    long wait for a trial that runs for minutes costs one storage query every `cap` seconds."""
+    return min(cap, 0.25 * 2 ** min(waits, 16))
+
+
 def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) -> int:
     """Take and run trials until the study is done (nothing queued or running, budget spent). Returns 0,
     or 130 when stopped by Ctrl-C / SIGTERM. RUNNING trials of other workers are waited for: if their
@@ -401,7 +409,7 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
         study, storage = open_study(spec, opts.storage_url, create=False)
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     taker = Taker()
-    waited_note = False
+    waited_note, waits = False, 0
     with StopFlag() as stop, _starter(spec, opts) as starter:
         if starter is not None:  # the imports finish before a trial is taken, so its heartbeat never waits on them
             starter.wait_ready(stop=lambda: stop.signum is not None)
@@ -411,7 +419,7 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
                 opts.emit(note)
             taker.notes.clear()
             if trial is not None:
-                waited_note = False
+                waited_note, waits = False, 0
                 opts.emit(run_trial(study, trial, spec, opts, storage, stop, starter))
                 continue
             if running == 0 or (deadline is not None and time.time() > deadline):
@@ -419,7 +427,8 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
             if not waited_note:
                 opts.emit({"event": "wait", "running": running})
                 waited_note = True
-            until = time.time() + min(spec.heartbeat_interval, 5)
+            until = time.time() + wait_interval(waits, min(spec.heartbeat_interval, 5))
+            waits += 1
             while stop.signum is None and time.time() < until:
                 time.sleep(0.2)
     return EXIT_CODES["interrupted"]
