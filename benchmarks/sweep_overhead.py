@@ -180,7 +180,7 @@ def child_qlora_base(model: str, reps: int = 3) -> dict:
         same = same and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
         del fresh, loaded, a, b
     return {"quantize_at_load_s": common.median(quantizing), "kept_load_s": common.median(kept),
-            "kept_includes_tokenizer": True, "same_tensors": same,
+            "same_tensors": same,
             "kept_dir": str(quantized_dir(cfg.model, quant, torch.float32))}
 
 

@@ -409,7 +409,7 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
         study, storage = open_study(spec, opts.storage_url, create=False)
     deadline = time.time() + spec.timeout_s if spec.timeout_s else None
     taker = Taker()
-    waited_note, waits = False, 0
+    waits = 0  # looks at the study since this worker last had a trial to take
     with StopFlag() as stop, _starter(spec, opts) as starter:
         if starter is not None:  # the imports finish before a trial is taken, so its heartbeat never waits on them
             starter.wait_ready(stop=lambda: stop.signum is not None)
@@ -419,14 +419,13 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
                 opts.emit(note)
             taker.notes.clear()
             if trial is not None:
-                waited_note, waits = False, 0
+                waits = 0
                 opts.emit(run_trial(study, trial, spec, opts, storage, stop, starter))
                 continue
             if running == 0 or (deadline is not None and time.time() > deadline):
                 return 0
-            if not waited_note:
+            if waits == 0:
                 opts.emit({"event": "wait", "running": running})
-                waited_note = True
             until = time.time() + wait_interval(waits, min(spec.heartbeat_interval, 5))
             waits += 1
             while stop.signum is None and time.time() < until:
