@@ -52,23 +52,42 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
 
     suite = PerplexitySuite(name="wikitext2", path="wikitext-2-raw/wiki.test.raw", max_length=max_length,
                             stride=max_length, batch_size=batch_size)
-    toks = [tok(d.text, add_special_tokens=False)["input_ids"] for d in load_documents(suite)[:docs]]
+    from harness.eval import precision
+    from harness.eval.perplexity import aggregate, count_words
+
+    picked = load_documents(suite)[:docs]
+    toks = [tok(d.text, add_special_tokens=False)["input_ids"] for d in picked]
     L = model_max_length(net, cfg.model, max_length)
-    score_token_lists(net, toks, prefix_token_id(tok), tok.bos_token_id, L, L, batch_size)  # lm-eval not run yet:
+
+    def score(model) -> dict:  # ours on the model as given: word/byte perplexity over the documents
+        scored = score_token_lists(model, toks, prefix_token_id(tok), tok.bos_token_id, L, L, batch_size)
+        return aggregate({"nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
+                         for d, (nll, n) in zip(picked, scored))
+
+    score(net)  # lm-eval not run yet:
     harness_rss = _peak_rss_mb()  # the process's peak so far is the harness's (model + its scoring)
-    runs = []
+    fast_plan = precision.plan("fast", "cpu")  # fast mode's side, when it is not fp32 on this CPU (bf16 where native)
+    fast_net = precision.model_for(net, fast_plan) if fast_plan.dtype != "float32" else None
+    runs, fast_s, fast = [], [], None
     for _ in range(reps):
         r = common.call(crosscheck_wikitext, net, tok, max_length=max_length, batch_size=batch_size, limit=docs,
                                        model_cfg=cfg.model, progress=False)
         runs.append(r)
+        if fast_net is not None:
+            t0 = time.perf_counter()
+            fast = score(fast_net)
+            fast_s.append(time.perf_counter() - t0)
     last = runs[-1]
+    fast_rel = ({m: abs(fast[m] - last["ours"][m]) / abs(last["ours"][m]) for m in last["lm_eval"]}
+                if fast is not None else None)
     return {"ours_s": [r["ours_wall_s"] for r in runs], "lm_eval_s": [r["lm_eval_wall_s"] for r in runs],
             "tokens": last["tokens"], "n_docs": last["n_docs"], "max_length": last["max_length"],
             "ours": last["ours"], "lm_eval": last["lm_eval"], "rel_diff": last["rel_diff"],
-            "loaded_rss_mb": loaded_rss, "harness_rss_mb": harness_rss}
+            "loaded_rss_mb": loaded_rss, "harness_rss_mb": harness_rss,
+            "fast_precision": fast_plan.record(), "fast_s": fast_s, "fast": fast, "fast_rel_diff_vs_exact": fast_rel}
 
 
-def perplexity_section(opts: common.Options) -> dict:
+def perplexity_section(opts: common.Options) -> dict | list[dict]:
     missing = common.missing_modules("harness.eval.perplexity", "harness.eval.lm_eval")
     if missing:
         return {"eval": "perplexity", "error": f"not measured: {', '.join(missing)} missing"}
@@ -76,12 +95,21 @@ def perplexity_section(opts: common.Options) -> dict:
                          {"model": opts.model, "docs": opts.ppl_docs, "max_length": opts.ppl_max_length,
                           "batch_size": 4, "reps": opts.reps}, opts.workdir / "eval", "perplexity", opts.timeout())
     ours, theirs = common.median(r["ours_s"]), common.median(r["lm_eval_s"])
-    return {"eval": "perplexity (wikitext2)", "harness": r["tokens"] / ours, "reference": r["tokens"] / theirs,
+    exact = {"eval": "perplexity (wikitext2)", "harness": r["tokens"] / ours, "reference": r["tokens"] / theirs,
             "unit": "tokens/s", "speed_ratio": theirs / ours, "harness_s": ours, "reference_s": theirs,
             "agreement": r["rel_diff"]["word_perplexity"], "agreement_kind": "rel. diff word ppl",
             "n": r["tokens"], "peak_rss_mb": f"{r['harness_rss_mb']:,.0f} harness, {r['peak_rss_mb']:,.0f} with lm-eval "
                                               f"(model loaded: {r['loaded_rss_mb']:,.0f})",
             "detail": {**r, "word_perplexity": r["ours"]["word_perplexity"]}}
+    if not r["fast_s"]:  # fast mode is fp32 on this CPU: the same computation as the exact row
+        return [exact]
+    fast = common.median(r["fast_s"])
+    return [exact, {"eval": f"perplexity (wikitext2), fast ({r['fast_precision']['dtype']})",
+                    "harness": r["tokens"] / fast, "reference": r["tokens"] / theirs, "unit": "tokens/s",
+                    "speed_ratio": theirs / fast, "harness_s": fast, "reference_s": theirs,
+                    "agreement": r["fast_rel_diff_vs_exact"]["word_perplexity"],
+                    "agreement_kind": "rel. diff word ppl vs exact", "n": r["tokens"],
+                    "detail": {"precision": r["fast_precision"], "fast": r["fast"]}}]
 
 
 # --------------------------------------------------------------------------- multiple choice
@@ -198,7 +226,7 @@ def multiple_choice_section(opts: common.Options) -> list[dict]:
                          "speed_ratio": theirs / fast, "harness_s": fast, "reference_s": theirs,
                          "agreement": fc["identical_predictions"] / fc["items"],
                          "agreement_kind": f"share of predictions as exact mode (max |d loglik| {fc['max_abs_diff']:.1e})",
-                         "n": r["items"], "detail": {"precision": r["fast_precision"]}})
+                         "n": r["items"], "detail": {"precision": r["fast_precision"], "acc": r["acc"]}})
     return rows
 
 
@@ -367,6 +395,23 @@ def run(opts: common.Options) -> dict:
     if not gen.get("error"):
         goals.append(common.goal("batched generation vs one at a time, identical greedy outputs", gen["speed_ratio"],
                                  "ratio ≥ 5, all identical", gen["speed_ratio"] >= 5 and gen["agreement"] == 1.0))
+    for row in rows:  # fast mode's goals, judged where it runs another dtype than exact mode (bf16 where native)
+        if row.get("error") or ", fast (" not in row.get("eval", ""):
+            continue
+        if row["eval"].endswith("(float32)"):
+            goals.append(common.goal(f"{row['eval']}: at least 6x lm-eval fp32", None, "ratio ≥ 6", None,
+                                     "not measured: fast mode is fp32 on a CPU without native bf16 (the exact row)"))
+            continue
+        if row["eval"].startswith("perplexity"):
+            goals.append(common.goal(f"{row['eval']}: at least 4x lm-eval fp32, word perplexity within 0.5%",
+                                     row["speed_ratio"], "ratio ≥ 4, rel. diff ≤ 0.005",
+                                     row["speed_ratio"] >= 4 and row["agreement"] <= 0.005))
+        else:
+            acc = row["detail"]["acc"]
+            gap = max(abs(acc["fast"][k] - acc["lm_eval"][k]) for k in ("acc", "acc_norm") if acc["fast"].get(k) is not None)
+            goals.append(common.goal(f"{row['eval']}: at least 6x lm-eval fp32, accuracy within 0.5 points",
+                                     row["speed_ratio"], f"ratio ≥ 6, |d acc| ≤ 0.005 (here {gap:.3f})",
+                                     row["speed_ratio"] >= 6 and gap <= 0.005))
     for row in rows:  # multiple choice, exact mode: the engine's goal
         if row.get("eval", "").startswith("multiple choice (") and row["eval"].endswith(", exact"):
             d = row["detail"]

@@ -141,6 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="sequence length of the packing benchmark (default 512: most alpaca rows are shorter, so "
                         "unpacked batches carry padding)")
     p.add_argument("--ppl-docs", type=int, default=None, help="wikitext2 documents for the perplexity comparison (default 1)")
+    p.add_argument("--mc-tasks", default="", help="multiple-choice tasks of the evaluation benchmark, comma-separated "
+                                                  "(default arc_easy; e.g. hellaswag,arc_easy)")
+    p.add_argument("--mc-items", type=int, default=None, help="items per multiple-choice task (default 20)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="results directory (default benchmarks/results)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (run dirs, child logs)")
     return p.parse_args(argv)
@@ -149,7 +152,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def options_from(args: argparse.Namespace) -> common.Options:
     overrides = {}
     for key, attr in (("reps", "reps"), ("steps", "steps"), ("bf16_steps", "bf16_steps"), ("train_reps", "train_reps"), ("bf16_reps", "bf16_reps"), ("warmup", "warmup_steps"), ("max_length", "max_length"),
-                      ("batch_size", "batch_size"), ("report_runs", "report_runs"), ("ppl_docs", "ppl_docs"),
+                      ("batch_size", "batch_size"), ("report_runs", "report_runs"), ("ppl_docs", "ppl_docs"), ("mc_items", "mc_items"),
                       ("train_budget_min", "train_budget_min"),
                       ("packing_max_length", "packing_max_length")):
         v = getattr(args, key)
@@ -159,6 +162,8 @@ def options_from(args: argparse.Namespace) -> common.Options:
             overrides[attr] = v
     if args.packing_precision:
         overrides["packing_precision"] = args.packing_precision
+    if args.mc_tasks:
+        overrides["mc_task"] = ",".join(x.strip() for x in args.mc_tasks.split(",") if x.strip())
     for key in ("methods", "precisions", "impls"):
         if getattr(args, key):
             overrides[key] = tuple(x.strip() for x in getattr(args, key).split(",") if x.strip())

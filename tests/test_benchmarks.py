@@ -107,6 +107,14 @@ def test_cli_rejects_bad_names():
         run.selected("training,nope")
     with pytest.raises(SystemExit, match="unknown"):
         run.options_from(run.parse_args(["--quick", "--methods", "lora,dora"]))
+    with pytest.raises(SystemExit, match="--mc-items=0"):
+        run.options_from(run.parse_args(["--mc-items", "0"]))
+
+
+def test_cli_sets_the_multiple_choice_tasks_and_items():
+    opts = run.options_from(run.parse_args(["--mc-tasks", "hellaswag, arc_easy", "--mc-items", "100"]))
+    assert (opts.mc_task, opts.mc_items) == ("hellaswag,arc_easy", 100)
+    assert (run.options_from(run.parse_args([])).mc_task, run.options_from(run.parse_args([])).mc_items) == ("arc_easy", 20)
 
 
 # ------------------------------------------------------------------------ isolated measurements
@@ -172,6 +180,10 @@ def test_perplexity_benchmark_agrees_with_lm_eval():
     r = evaluation.child_perplexity("tiny-llama", docs=1, max_length=64, batch_size=4, reps=1)
     assert r["rel_diff"]["word_perplexity"] < 1e-3
     assert r["ours_s"][0] > 0 and r["lm_eval_s"][0] > 0 and r["tokens"] > 0
+    if r["fast_precision"]["dtype"] == "float32":  # a CPU without native bf16: fast mode is exact mode, not re-run
+        assert r["fast"] is None and r["fast_s"] == []
+    else:  # bf16 where native: timed, and its deviation from exact mode measured
+        assert len(r["fast_s"]) == 1 and 0 < r["fast_rel_diff_vs_exact"]["word_perplexity"] < 0.05
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ records its calibration.
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -168,6 +169,16 @@ def test_greedy_flags_match_when_continuations_are_greedy(tiny):
     assert [g for _, g in got] == [True, True, False] * 6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_max_gives_argmaxs_index_on_ties(dtype):
+    """The engine's greedy flag takes max(dim).indices (argmax is 5x slower on bf16 CPUs): the first of equal
+    maxima, as lm-eval's argmax."""
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(300, 4096, generator=g) * 2).round().to(dtype)  # many ties at the maximum
+    x[:, 7] = x.max(dim=-1).values  # and a tie with an early column in every row
+    assert torch.equal(x.max(dim=-1).indices, x.argmax(dim=-1))
+
+
 def test_token_boundary_and_trailing_space_score_as_lm_eval(tiny):
     """lm-eval's _encode_pair tokenises context + continuation together and cuts at the context's length (a
     trailing space moves to the continuation); the engine takes those pairs as they are. Reference: HFLM scoring
@@ -263,6 +274,23 @@ def test_build_lm_gives_the_engine_and_a_stock_one_on_request(tiny):
     model, tok, cfg = tiny
     assert type(build_lm(model, tok, model_cfg=cfg.model)) is PackedHFLM
     assert type(build_lm(model, tok, model_cfg=cfg.model, packed=False)) is HFLM
+
+
+def test_a_bf16_model_is_log_softmaxed_in_fp32_and_scores_closer_to_fp32(tiny):
+    """Fast mode's bf16 copy: lm-eval's default log-softmax would stay in bf16 (a step of 0.06 at -10 nats)."""
+    model, tok, cfg = tiny
+    assert build_lm(model, tok, model_cfg=cfg.model).softmax_dtype is None  # exact mode: lm-eval's own default
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    lm = build_lm(half, tok, model_cfg=cfg.model)
+    assert lm.softmax_dtype == torch.float32
+    reqs = random_requests(6, model.config.vocab_size)
+    exact = [ll for ll, _ in build_lm(model, tok, model_cfg=cfg.model)._loglikelihood_tokens(reqs, disable_tqdm=True)]
+    lm.softmax_dtype = None  # what lm-eval's default would give
+    in_bf16 = [ll for ll, _ in lm._loglikelihood_tokens(reqs, disable_tqdm=True)]
+    lm.softmax_dtype = torch.float32
+    in_fp32 = [ll for ll, _ in lm._loglikelihood_tokens(reqs, disable_tqdm=True)]
+    err = lambda got: max(abs(a - b) for a, b in zip(got, exact, strict=True))  # noqa: E731
+    assert err(in_fp32) < err(in_bf16), (err(in_fp32), err(in_bf16))
 
 
 # ------------------------------------------------------------------------------------------ eval.mode

@@ -91,6 +91,7 @@ def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = Non
              packed: bool = True):
     """An lm-eval LM around a model instance (no reload); BOS handling follows model.add_bos. packed: our engine
     (harness/eval/engine.py: lm-eval's HFLM with shared prefixes scored once), else lm-eval's HFLM unchanged."""
+    import torch
     from lm_eval.models.huggingface import HFLM
 
     from harness.eval.engine import PackedHFLM
@@ -99,6 +100,10 @@ def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = Non
     kwargs = {}
     if model_cfg is not None and model_cfg.add_bos:
         kwargs["add_bos_token"] = True
+    if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
+        # fast mode's bf16 model: log-softmax its logits in fp32 (lm-eval's default keeps the model's dtype, whose
+        # 8-bit mantissa rounds a log-probability of -10 to a step of 0.06); only scored positions pay for it
+        kwargs["softmax_dtype"] = "float32"
     cls = PackedHFLM if packed else HFLM
     return cls(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, **kwargs)
 

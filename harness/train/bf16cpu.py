@@ -21,8 +21,9 @@ hidden -> intermediate, the base weight trainable or frozen as in the run) under
 patched, interleaved, median of two after a warm-up (0.5-0.7 s on a 1-thread AVX2 CPU). The result is cached
 per machine (CPU model + flags + torch version + threads + shape) under $HARNESS_CACHE/bf16cpu/, and the
 decision, both timings and where they came from go into the run's manifest.json (`bf16_layout`). CPUs with
-native bf16 (AMX / AVX512-BF16) get the same measurement: nothing assumes the patch helps or hurts there (not
-yet measured on such a machine). On tiny models the patch's copies cost more than they save and it is not applied.
+native bf16 (AMX / AVX512-BF16) get the same measurement: nothing assumes the patch helps or hurts there. On an
+AMD EPYC with AVX512-BF16 (2026-12-02, 1 thread) it measured 0.53x (LoRA shape) and 0.60x (full) of the stock
+kernels, so stock is kept there (benchmarks/results/avx512bf16/results.md, column bf16_layout). On tiny models the patch's copies cost more than they save and it is not applied.
 HARNESS_BF16_LAYOUT=tn forces the patch, =stock forbids it, =auto (default) measures.
 """
 
@@ -86,7 +87,9 @@ def _forward(self, x):
 
     if not torch.is_autocast_enabled("cpu") or not torch.is_grad_enabled():
         return self._harness_plain_forward(x)
-    return _FN.apply(x, self.weight, self.bias)
+    from harness.train.frozen_cast import kept_weight
+
+    return _FN.apply(x, kept_weight(self, torch.bfloat16), self.bias)  # a frozen weight's kept bf16 copy (frozen_cast.py)
 
 
 def patch_linear_layers(model) -> int:

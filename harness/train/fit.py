@@ -244,6 +244,11 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         manifest["reference_model"] = trainer.reference_model_kind
         write_manifest(run_dir, manifest)
 
+    if precision in ("bf16", "fp16"):  # frozen weights (LoRA's base) cast once, not at every forward: identical numbers
+        from harness.train.frozen_cast import keep_casts
+
+        manifest["frozen_casts_kept"] = keep_casts(model)
+        write_manifest(run_dir, manifest)
     if device == "cpu" and precision == "bf16":
         # emulated bf16: autograd's input-gradient matmul can be ~4x slower than the forward's; the tn layout
         # (harness/train/bf16cpu.py) is applied only where a one-time measurement at this model's shape says it is faster
@@ -269,6 +274,10 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     t_train = time.time()
     result = trainer.train(resume_from_checkpoint=str(ckpt) if ckpt else None)
     train_time = time.time() - t_train - clock.seconds  # training alone: benchmarks during training left out
+    if manifest.get("frozen_casts_kept"):
+        from harness.train.frozen_cast import drop_casts
+
+        drop_casts(model)  # their memory back before evaluation
     distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
