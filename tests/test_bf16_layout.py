@@ -95,6 +95,17 @@ def test_override_skips_the_measurement(tmp_path, monkeypatch):
     assert not (tmp_path / "bf16cpu").exists()
 
 
+def test_the_measurement_leaves_torchs_rng_where_it_was():
+    """A run that measures the layout must train as one that reads the cache: the measurement's nn.Linear init
+    once drew from torch's global RNG, so a LoRA run's adapters started elsewhere the first time on a machine."""
+    import torch
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    bf16cpu.measure(8, 16, 32, weight_grad=False, reps=1)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 # ---------------------------------------------------------------------------------- the run record
 @pytest.mark.parametrize("forced,layers", [("tn", True), ("stock", False)])
 def test_trainer_records_the_decision(tiny_overrides, monkeypatch, forced, layers):

@@ -105,9 +105,24 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
     trained.eval()
     with torch.no_grad(), trained.disable_adapter():
         base_logits = trained(input_ids=ids).logits.float()
-    torch.testing.assert_close(base_logits, ref_logits, rtol=0, atol=1e-5)
+    # the 4-bit codes too: state_dict() gives them in bitsandbytes' storage layout whichever layout a forward left.
+    # (Not the double-quantized absmax: bitsandbytes' repacking for its AVX512-BF16 kernel and back re-quantizes
+    # it, which moves some of its bytes by one.)
+    quantized = {k: v for k, v in ref.state_dict().items() if v.dtype == torch.uint8 and k.endswith(".weight")}
+    after = trained.get_base_model().state_dict()
+    for k, v in quantized.items():
+        k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in after else k
+        assert torch.equal(v, after[k2]), f"4-bit base weight {k} changed"
+    assert len(quantized) == (14 if method == "qlora" else 0)
+    # QLoRA's logits with the adapter disabled are 2.3e-3 from the fresh model's on a native-bf16 CPU (AVX512-BF16,
+    # 2026-12-02): there bitsandbytes repacks a 4-bit layer for its AVX512-BF16 inference kernel at its first
+    # inference forward, which the trained model did and the fresh one (loaded from harness's kept 4-bit copy) did
+    # not, and the kernels (and the repacked absmax) round differently; exact on AVX2. A trained base would move them by far more (lr
+    # 1e-2), and every tensor above is bit-identical.
+    atol = 1e-2 if method == "qlora" and compute == torch.bfloat16 else 1e-5
+    torch.testing.assert_close(base_logits, ref_logits, rtol=0, atol=atol)
     with torch.no_grad():  # and the adapter does change the outputs: the check above can fail
-        assert not torch.allclose(trained(input_ids=ids).logits.float(), ref_logits, atol=1e-5)
+        assert not torch.allclose(trained(input_ids=ids).logits.float(), ref_logits, atol=atol)
 
 
 @pytest.mark.slow

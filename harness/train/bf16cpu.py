@@ -196,7 +196,8 @@ def measure(tokens: int, in_features: int, out_features: int, weight_grad: bool,
     import torch
 
     gen = torch.Generator().manual_seed(0)
-    layer = torch.nn.Linear(in_features, out_features, bias=False)
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's init draws from torch's global RNG: the run's must not move
+        layer = torch.nn.Linear(in_features, out_features, bias=False)
     layer.weight.requires_grad_(weight_grad)
     x = torch.randn(tokens, in_features, generator=gen, requires_grad=True)
 

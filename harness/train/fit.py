@@ -278,6 +278,17 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         from harness.train.frozen_cast import drop_casts
 
         drop_casts(model)  # their memory back before evaluation
+    if "_original_forward" in vars(model):
+        # accelerate replaced the forward of a bf16/fp16-trained model by an autocast-wrapped one; the model is
+        # evaluated next, and exact mode is fp32: lm-eval calls model(...), which would still run under autocast
+        from accelerate.utils import extract_model_from_parallel
+
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "_require_grads_hook", None) is not None:
+        # prepare_model_for_kbit_training (QLoRA) made every input require grad; evaluation then ran bitsandbytes'
+        # training kernel, not the packed inference kernel a fresh load of the saved run uses on AVX512-BF16 CPUs
+        base.disable_input_require_grads()
     distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
