@@ -129,6 +129,21 @@ def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.exists() else 0
 
 
+def release_training_forward(model) -> None:
+    """The model's own forward back for evaluation. accelerate replaced the forward of a bf16/fp16-trained model by
+    an autocast-wrapped one (TRL's preference trainers add theirs), and exact mode is fp32: lm-eval calls
+    model(...), which would still run under autocast. QLoRA's input-require-grads hook (prepare_model_for_kbit_
+    training) goes too: with it, evaluation ran bitsandbytes' training kernel instead of the inference kernel that a
+    fresh load of the saved run gets on AVX512-BF16 CPUs."""
+    if "_original_forward" in vars(model):
+        from accelerate.utils import extract_model_from_parallel
+
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base, "_require_grads_hook", None) is not None:
+        base.disable_input_require_grads()
+
+
 def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker, reporter, benchmark=None) -> str:
     """Train one run into run_dir; fills `summary` and `manifest.json`, leaves the trained model and its
     tokenizer in `outcome`. Returns "completed" (trained and saved), "diverged" or "pruned"; raises on
@@ -278,17 +293,6 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         from harness.train.frozen_cast import drop_casts
 
         drop_casts(model)  # their memory back before evaluation
-    if "_original_forward" in vars(model):
-        # accelerate replaced the forward of a bf16/fp16-trained model by an autocast-wrapped one; the model is
-        # evaluated next, and exact mode is fp32: lm-eval calls model(...), which would still run under autocast
-        from accelerate.utils import extract_model_from_parallel
-
-        extract_model_from_parallel(model, keep_fp32_wrapper=False)
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base, "_require_grads_hook", None) is not None:
-        # prepare_model_for_kbit_training (QLoRA) made every input require grad; evaluation then ran bitsandbytes'
-        # training kernel, not the packed inference kernel a fresh load of the saved run uses on AVX512-BF16 CPUs
-        base.disable_input_require_grads()
     distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
@@ -311,6 +315,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         return "completed"  # the other ranks of a run over several devices: rank 0 saves and records
     summary["peak_memory_mb"] = (torch.cuda.max_memory_allocated() / 2**20) if device == "cuda" else peak_rss_mb()
     summary["peak_memory_kind"] = "cuda_max_allocated" if device == "cuda" else "rss"
+
+    release_training_forward(model)  # the trainer is done with it (the final validation above still used it)
 
     # 7. save: adapter or full weights, as safetensors. Always: until the run is complete they are what a rerun
     # evaluates instead of training again (trained_at in summary.json); train.save_model=false drops them then.
