@@ -53,7 +53,7 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
     suite = PerplexitySuite(name="wikitext2", path="wikitext-2-raw/wiki.test.raw", max_length=max_length,
                             stride=max_length, batch_size=batch_size)
     from harness.eval import precision
-    from harness.eval.perplexity import aggregate, count_words
+    from harness.eval.perplexity import aggregate, document_rows
 
     picked = load_documents(suite)[:docs]
     toks = [tok(d.text, add_special_tokens=False)["input_ids"] for d in picked]
@@ -61,8 +61,7 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
 
     def score(model) -> dict:  # ours on the model as given: word/byte perplexity over the documents
         scored = score_token_lists(model, toks, prefix_token_id(tok), tok.bos_token_id, L, L, batch_size)
-        return aggregate({"nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
-                         for d, (nll, n) in zip(picked, scored))
+        return aggregate(document_rows(picked, scored))
 
     score(net)  # lm-eval not run yet:
     harness_rss = _peak_rss_mb()  # the process's peak so far is the harness's (model + its scoring)

@@ -14,7 +14,7 @@ import torch
 
 from harness import config
 from harness.pipeline import train_run
-from harness.run.record import read_summary
+from harness.run.record import read_metrics, read_summary
 from harness.train import bf16cpu, frozen_cast
 
 
@@ -83,9 +83,8 @@ def test_under_the_tn_layout_patch_both_apply_and_the_drop_leaves_it_working():
     assert torch.equal(_step(stock, x), _step(both, x))
 
 
-def _losses(run_dir) -> list[float]:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [(r["train_loss"], r["grad_norm"]) for r in rows if "train_loss" in r]
+def _losses(run_dir) -> list[tuple]:
+    return [(r["train_loss"], r["grad_norm"]) for r in read_metrics(run_dir) if "train_loss" in r]
 
 
 @pytest.mark.parametrize("layout", ["stock", "tn"])

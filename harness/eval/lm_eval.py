@@ -381,7 +381,7 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
 
     from harness.eval.perplexity import (
         aggregate,
-        count_words,
+        document_rows,
         load_documents,
         model_max_length,
         prefix_token_id,
@@ -400,8 +400,7 @@ def crosscheck_wikitext(model, tokenizer, max_length: int = 1024, batch_size: in
                                           L, L, batch_size, bos_every_window=False,
                                           pad_id=tokenizer.pad_token_id or 0, progress=progress, desc="ours")
     ours_s = time.time() - t0
-    rows = [{"nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
-            for d, (nll, n) in zip(docs, scored)]
+    rows = document_rows(docs, scored)
     ours = aggregate(rows)
 
     from lm_eval.models.huggingface import HFLM

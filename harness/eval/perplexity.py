@@ -69,6 +69,12 @@ def aggregate(rows: Iterable[dict]) -> dict[str, float]:
     )
 
 
+def document_rows(docs: Sequence[Doc], scored: Sequence[tuple[float, int]]) -> list[dict]:
+    """score_token_lists' (nll, tokens) per document -> the rows aggregate() sums: {id, nll, tokens, words, bytes}."""
+    return [{"id": d.id, "nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
+            for d, (nll, n) in zip(docs, scored, strict=True)]
+
+
 def window_spans(n_targets: int, max_length: int, stride: int, bos_every_window: bool = False) -> list[tuple[int, int, int]]:
     """Windows over a sequence s = [prefix] + tokens whose targets are s[1..n_targets].
 
@@ -338,10 +344,7 @@ def run_suite(model, tokenizer, suite: PerplexitySuite, model_cfg: ModelConfig |
         progress=progress, desc=suite.name,
     )
     wall = time.time() - t0
-    rows = [
-        {"id": d.id, "nll": nll, "tokens": n, "words": count_words(d.page), "bytes": len(d.page.encode("utf-8"))}
-        for d, (nll, n) in zip(docs, scored)
-    ]
+    rows = document_rows(docs, scored)
     n_tokens = sum(r["tokens"] for r in rows)
     entry = {
         "kind": "perplexity", "metrics": aggregate(rows), "n": len(rows), "tokens": n_tokens,

@@ -23,7 +23,8 @@ per machine (CPU model + flags + torch version + threads + shape) under $HARNESS
 decision, both timings and where they came from go into the run's manifest.json (`bf16_layout`). CPUs with
 native bf16 (AMX / AVX512-BF16) get the same measurement: nothing assumes the patch helps or hurts there. On an
 AMD EPYC with AVX512-BF16 (2026-12-02, 1 thread) it measured 0.53x (LoRA shape) and 0.60x (full) of the stock
-kernels, so stock is kept there (benchmarks/results/avx512bf16/results.md, column bf16_layout). On tiny models the patch's copies cost more than they save and it is not applied.
+kernels, so stock is kept there (benchmarks/results/avx512bf16/results.md, column bf16_layout). On tiny models
+the patch's copies cost more than they save and it is not applied.
 HARNESS_BF16_LAYOUT=tn forces the patch, =stock forbids it, =auto (default) measures.
 """
 

@@ -7,8 +7,8 @@ written in bf16 per step. Measured on an AMD EPYC with native bf16 (AVX512-BF16)
 tokens: 1.35 s per step with the casts, 1.23 s with a copy kept per layer, the same losses bit for bit
 (docs/benchmarks.md, "Frozen weights cast once").
 
-`keep_casts(model, dtype)` gives every nn.Linear whose weight does not require grad a forward that, while autocast
-to `dtype` is on, multiplies by a `dtype` copy of the weight made at its first use and kept on the layer (not a
+`keep_casts(model)` gives every nn.Linear whose weight does not require grad a forward that, while autocast is
+on, multiplies by a copy of the weight in autocast's dtype, made at its first use and kept on the layer (not a
 parameter or buffer: never saved). The copy is the cast autocast would make (same rounding), so results are
 identical; it is made again if the weight is changed in place (its version counter) or moved. Outside autocast
 the layer runs its own forward. `drop_casts(model)` frees the copies and restores the forwards (after training,
