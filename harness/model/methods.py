@@ -54,3 +54,45 @@ def linear_module_names(model) -> list[str]:
         if kind in ("Linear", "Linear4bit", "Linear8bitLt", "Conv1D") and not full_name.endswith("lm_head"):
             names.add(full_name.rsplit(".", 1)[-1])
     return sorted(names)
+
+
+# bitsandbytes' CPU inference layout, held off while training (see hold_4bit_training_layout)
+_HELD = "_harness_avx512bf16_layout"
+
+
+def hold_4bit_training_layout(model) -> int:
+    """Keep bitsandbytes' 4-bit layers in their training layout until release_4bit_training_layout; returns how many.
+
+    On a CPU with AVX512-BF16, a Linear4bit repacks its weight for an inference kernel at its first forward in eval
+    mode without grad (a validation pass, a benchmark during training) and keeps it that way. That kernel has no
+    backward: every later training step loses the gradient through the layer's input (bitsandbytes only warns), so
+    the adapters below it train on a cut gradient, and the repacking rounds the absmax to bf16 (a checkpoint save
+    unpacks and re-quantizes it). Held: no repacking, and a layer already repacked is unpacked first."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnbf
+
+    held = 0
+    for module in model.modules():
+        if not isinstance(module, bnb.nn.Linear4bit) or not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        state = getattr(module.weight, "quant_state", None)
+        if state is not None and getattr(state, "packing_format_for_cpu", False):
+            module.weight.data, module.weight.quant_state = bnbf._convert_weight_packed_for_cpu_inverse(
+                module.weight.data, state)
+        if not hasattr(module, _HELD):
+            setattr(module, _HELD, module.support_avx512bf16_for_cpu)
+        module.support_avx512bf16_for_cpu = False
+        held += 1
+    return held
+
+
+def release_4bit_training_layout(model) -> int:
+    """Undo hold_4bit_training_layout: evaluation gets bitsandbytes' inference kernel again, as a fresh load of the
+    saved run does. Returns how many layers were released."""
+    released = 0
+    for module in model.modules():
+        if hasattr(module, _HELD):
+            module.support_avx512bf16_for_cpu = getattr(module, _HELD)
+            delattr(module, _HELD)
+            released += 1
+    return released

@@ -17,6 +17,7 @@ from pathlib import Path
 from harness import atomic, config
 from harness.config import ConfigError, RunConfig
 from harness.model.device import resolve_device, resolve_precision
+from harness.model.methods import release_4bit_training_layout
 from harness.model.scoring import eval_rows
 from harness.run.environment import peak_rss_mb, run_environment
 from harness.run.record import SCHEMA, now_iso, read_metrics, write_summary
@@ -134,7 +135,8 @@ def release_training_forward(model) -> None:
     an autocast-wrapped one (TRL's preference trainers add theirs), and exact mode is fp32: lm-eval calls
     model(...), which would still run under autocast. QLoRA's input-require-grads hook (prepare_model_for_kbit_
     training) goes too: with it, evaluation ran bitsandbytes' training kernel instead of the inference kernel that a
-    fresh load of the saved run gets on AVX512-BF16 CPUs."""
+    fresh load of the saved run gets on AVX512-BF16 CPUs; the inference layout that training held off
+    (hold_4bit_training_layout) is allowed again for the same reason."""
     if "_original_forward" in vars(model):
         from accelerate.utils import extract_model_from_parallel
 
@@ -142,6 +144,7 @@ def release_training_forward(model) -> None:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if getattr(base, "_require_grads_hook", None) is not None:
         base.disable_input_require_grads()
+    release_4bit_training_layout(model)
 
 
 def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker, reporter, benchmark=None) -> str:
@@ -155,7 +158,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
 
     from harness.model.init_from import load_init_adapter, load_init_weights, merge_init_adapter, resolve_init_from
     from harness.model.load import identity, load_model_and_tokenizer
-    from harness.model.methods import build_peft_config, build_quant_config, linear_module_names
+    from harness.model.methods import (build_peft_config, build_quant_config, hold_4bit_training_layout,
+                                       linear_module_names)
 
     t = cfg.train
     if t.num_threads:
@@ -191,6 +195,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing)
+        manifest["bnb_4bit_layers_held"] = hold_4bit_training_layout(model)  # validation must not cut gradients
     lora = build_peft_config(cfg.method, targets)
     if lora is not None:
         from peft import get_peft_model
