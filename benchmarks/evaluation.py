@@ -301,13 +301,17 @@ def padded_tokens(lengths: list[int], batch_size: int) -> int:
     return sum(order[b] * len(order[b:b + batch_size]) for b in range(0, len(order), batch_size))
 
 
-def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_head: float, batch_size: int = 8) -> dict:
+def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_head: float, batch_size: int = 8,
+               attn_width_layers: int = 0) -> dict:
     """How much faster the engine can be than lm-eval's HF loglikelihood on these encoded (context, continuation)
     requests where matrix products bound the speed (a CPU): the ratio of model FLOPs (2 per parameter per position;
     attention and log-softmax left out). lm-eval runs each request alone (context + continuation - 1 positions,
     batches padded to their longest) and computes the output layer at every position; the engine runs the rows
     harness.eval.engine plans (shared prefixes once, groups packed) and the output layer only where a continuation
-    token is scored. Exact mode cannot beat this ratio: it computes every remaining product in fp32."""
+    token is scored. Exact mode cannot beat this ratio: it computes every remaining product in fp32.
+    Also the engine's own FLOPs (`engine_flop`), and with attn_width_layers (attention width x layers) its attention
+    products over every padded row, masked pairs included (`engine_attention_flop`: 4 x width x layers x L^2 per row),
+    from which a time at a given matmul peak follows (minutes_at_peak)."""
     from harness.eval import engine
 
     lm_tokens = padded_tokens([len(c) + len(t) - 1 for c, t in requests], batch_size)
@@ -316,14 +320,22 @@ def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_hea
     scored = sum(len(t) for _, t in requests)
     lm_flop = 2 * lm_tokens * (n_body + n_head)
     ours_flop = 2 * (ours_tokens * n_body + scored * n_head)
+    attention = 4 * attn_width_layers * sum(max(len(r.tokens) for r in b) ** 2 * len(b) for b in batches)
     return {"requests": len(requests), "lm_eval_positions": lm_tokens, "engine_positions": ours_tokens,
-            "scored_positions": scored, "flop_ratio": lm_flop / ours_flop}
+            "scored_positions": scored, "flop_ratio": lm_flop / ours_flop, "engine_flop": ours_flop,
+            "engine_attention_flop": attention}
 
 
-def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int = 8) -> dict:
-    """flop_bound for the first `items` items of each task, encoded by lm-eval's own pair encoding (trailing context
-    whitespace moved to the continuation; no special tokens, as HFLM for a model without add_bos); no model runs,
-    only its tokenizer and parameter counts."""
+def minutes_at_peak(bound: dict, peak_gflops: float) -> float:
+    """Pure: the engine's time on a flop_bound's requests if every product ran at `peak_gflops` (a floor)."""
+    return (bound["engine_flop"] + bound["engine_attention_flop"]) / (peak_gflops * 1e9) / 60
+
+
+def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int = 8,
+                     peak_gflops: float | None = None) -> dict:
+    """flop_bound for the first `items` items of each task (0: all), encoded by lm-eval's own pair encoding (trailing
+    context whitespace moved to the continuation; no special tokens, as HFLM for a model without add_bos); no model
+    runs, only its tokenizer and parameter counts. With peak_gflops, each task's minutes_at_peak."""
     import json
     from types import SimpleNamespace
 
@@ -346,10 +358,15 @@ def task_flop_bounds(model: str, tasks: list[str], items: int, batch_size: int =
     out = {}
     for name in tasks:
         task = get_task_dict([task_name(name)], task_manager([name]))[task_name(name)]
-        task.build_all_requests(limit=items, rank=0, world_size=1)
+        task.build_all_requests(limit=items or None, rank=0, world_size=1)
         pairs = [TemplateLM._encode_pair(encoder, *inst.args) for inst in task.instances]
-        out[name] = flop_bound(pairs, n_body, n_head, batch_size)
-    return {"model": model, "items": items, "batch_size": batch_size, "n_body": n_body, "n_head": n_head, "tasks": out}
+        heads = mc.get("num_attention_heads", 1)
+        width_layers = (mc.get("head_dim") or mc["hidden_size"] // heads) * heads * mc["num_hidden_layers"]
+        out[name] = flop_bound(pairs, n_body, n_head, batch_size, attn_width_layers=width_layers)
+        if peak_gflops:
+            out[name]["minutes_at_peak"] = minutes_at_peak(out[name], peak_gflops)
+    return {"model": model, "items": items, "batch_size": batch_size, "n_body": n_body, "n_head": n_head,
+            **({"peak_gflops": peak_gflops} if peak_gflops else {}), "tasks": out}
 
 
 def _parameters(model_dir) -> int:
@@ -446,9 +463,12 @@ if __name__ == "__main__":  # the multiple-choice section alone: python -m bench
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--flop-bound", action="store_true",
                     help="only the compute bound of the speed-up (task_flop_bounds): no model runs, seconds")
+    ap.add_argument("--peak-gflops", type=float, default=None,
+                    help="with --flop-bound: each task's minutes if every product ran at this many GFLOP/s "
+                         "(e.g. the bf16 matmul peak of `--only matmul` times the threads)")
     a = ap.parse_args()
     if a.flop_bound:
-        print(json.dumps(task_flop_bounds(a.model, a.tasks.split(","), a.items), indent=1))
+        print(json.dumps(task_flop_bounds(a.model, a.tasks.split(","), a.items, peak_gflops=a.peak_gflops), indent=1))
         raise SystemExit(0)
     opts = common.Options(model=a.model, reps=a.reps, mc_task=a.tasks, mc_items=a.items)
     print(json.dumps(multiple_choice_section(opts), indent=1, default=str))

@@ -193,7 +193,7 @@ def test_multiple_choice_benchmark_same_accuracy():
 
 
 def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored():
-    from benchmarks.evaluation import flop_bound, padded_tokens
+    from benchmarks.evaluation import flop_bound, minutes_at_peak, padded_tokens
 
     assert padded_tokens([3, 9, 1, 9, 5], 2) == 9 * 2 + 5 * 2 + 1
     # one context, two endings: lm-eval pays 4 + 5 positions padded to 5 (10) with the output layer everywhere;
@@ -204,6 +204,10 @@ def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored()
     # unrelated requests share nothing: only the output layer saves
     c = flop_bound([([1, 2], [3]), ([7, 8], [9])], n_body=1.0, n_head=0.0)
     assert c["flop_ratio"] == pytest.approx(1.0)
+    # the engine's own FLOPs: body 2 x 5 positions + head 2 x 3 targets; attention 4 x width-layers x 5^2 (one row)
+    d = flop_bound([([1, 2, 3, 4], [5]), ([1, 2, 3, 4], [6, 7])], n_body=1.0, n_head=1.0, attn_width_layers=10)
+    assert (d["engine_flop"], d["engine_attention_flop"]) == (16, 4 * 10 * 25)
+    assert minutes_at_peak(d, 1e-9 * 1016 / 60) == pytest.approx(1.0)
 
 
 @pytest.mark.slow  # lm-eval's task index and data: ~10 s
