@@ -316,11 +316,12 @@ def flop_bound(requests: list[tuple[list[int], list[int]]], n_body: float, n_hea
 
     lm_tokens = padded_tokens([len(c) + len(t) - 1 for c, t in requests], batch_size)
     batches = engine.plan_batches(engine.plan_rows(requests), batch_size)
-    ours_tokens = sum(max(len(r.tokens) for r in b) * len(b) for b in batches)
+    widths = [(max(len(r.tokens) for r in b), len(b)) for b in batches]  # (padded row length, rows) per batch
+    ours_tokens = sum(length * rows for length, rows in widths)
     scored = sum(len(t) for _, t in requests)
     lm_flop = 2 * lm_tokens * (n_body + n_head)
     ours_flop = 2 * (ours_tokens * n_body + scored * n_head)
-    attention = 4 * attn_width_layers * sum(max(len(r.tokens) for r in b) ** 2 * len(b) for b in batches)
+    attention = 4 * attn_width_layers * sum(length ** 2 * rows for length, rows in widths)
     return {"requests": len(requests), "lm_eval_positions": lm_tokens, "engine_positions": ours_tokens,
             "scored_positions": scored, "flop_ratio": lm_flop / ours_flop, "engine_flop": ours_flop,
             "engine_attention_flop": attention}

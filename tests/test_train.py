@@ -97,7 +97,7 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
         if "lora_B" in name:
             moved += int(p.detach().abs().sum() > 0)  # B starts at zero: any non-zero means it trained
     assert moved > 0
-    base_after = after = trained.get_base_model().state_dict()
+    base_after = trained.get_base_model().state_dict()
     compared = 0
     for k, v in ref_state.items():
         k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_after else k
@@ -110,8 +110,8 @@ def test_lora_moves_adapter_only_and_base_stays_bit_identical(tiny_overrides, me
         base_logits = trained(input_ids=ids).logits.float()
     # the 4-bit codes too (the state above: before either model's first forward in eval mode)
     for k, v in quantized.items():
-        k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in after else k
-        assert torch.equal(v, after[k2]), f"4-bit base weight {k} changed"
+        k2 = k.replace(".weight", ".base_layer.weight") if k.replace(".weight", ".base_layer.weight") in base_after else k
+        assert torch.equal(v, base_after[k2]), f"4-bit base weight {k} changed"
     assert len(quantized) == (14 if method == "qlora" else 0)
     atol = 1e-5
     torch.testing.assert_close(base_logits, ref_logits, rtol=0, atol=atol)
@@ -145,7 +145,6 @@ def test_qlora_adapters_train_in_the_run_precision(tiny_overrides):
     assert status == "completed"
     dtypes = {p.dtype for p in outcome.model.parameters() if p.requires_grad}
     assert dtypes == {torch.float32}  # bf16 adapters would be emulated (slow) on CPUs without native bf16
-
 
 
 def _linear4bit(seed: int = 0):
@@ -209,6 +208,7 @@ def test_qlora_validation_during_training_leaves_training_unchanged(tiny_overrid
     assert held[0] == held[1] and held[0] > 0  # recorded: every 4-bit layer
     layers = [m for m in outcome.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.support_avx512bf16_for_cpu == bnb.functional.has_avx512bf16() for m in layers)
+
 
 def _tiny_lm():
     from transformers import LlamaConfig, LlamaForCausalLM
