@@ -254,6 +254,62 @@ def _load_plain(model: str, method: str, precision: str, data: str):
     return cfg, net, lora
 
 
+OPTIMIZER_KINDS = {"for-loop (adamw_torch)": {"foreach": False}, "foreach": {"foreach": True},
+                   "fused (adamw_torch_fused)": {"fused": True}}
+
+
+def child_optimizer(model: str, reps: int = 5) -> dict:
+    """Child: one AdamW step over the model's full weights (what full fine-tuning updates) with each kernel of
+    torch.optim.AdamW: the first step (state allocation included) and the median of `reps` more, and the largest
+    difference from the for-loop's weights after them (the fused kernel rounds differently, by an ulp)."""
+    import torch
+
+    _, net, _ = _load_plain(model, "full", "fp32", "alpaca-demo")
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in net.parameters()]
+    start = [p.detach().clone() for p in net.parameters()]
+    out, after = {}, {}
+    for kind, kw in OPTIMIZER_KINDS.items():
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt = torch.optim.AdamW(params, lr=2e-5, **kw)
+        times = []
+        for _ in range(reps + 1):
+            t0 = time.perf_counter()
+            opt.step()
+            times.append(time.perf_counter() - t0)
+        out[kind] = {"first_step_s": times[0], "step_s": common.median(times[1:])}
+        after[kind] = params
+    ref = after["for-loop (adamw_torch)"]
+    for kind in OPTIMIZER_KINDS:
+        out[kind]["max_abs_diff"] = max(float((a - b).detach().abs().max()) for a, b in zip(after[kind], ref))
+    return {"params": sum(w.numel() for w in start), "threads": torch.get_num_threads(), "kinds": out}
+
+
+def optimizer_ab(model: str, data: str, steps: int = 20, reps: int = 3) -> list[dict]:
+    """In this process: full fine-tunes (train=quick, `steps` steps, no evaluation) with train.optimizer
+    adamw_torch and adamw_torch_fused, alternating; each run's train_time_s and losses."""
+    import tempfile
+
+    from harness import config
+    from harness.pipeline import train_run
+    from harness.run.record import read_summary
+
+    rows = []
+    for rep in range(reps):
+        for optim in ("adamw_torch", "adamw_torch_fused"):
+            with tempfile.TemporaryDirectory() as out:
+                ov = [f"model={model}", f"data={data}", "method=full", "tracker=none", "eval=none", "train=quick",
+                      f"train.max_steps={steps}", f"train.optimizer={optim}", "train.save_model=false",
+                      f"output_dir={out}", f"run_id={optim}-{rep}"]
+                status, run_dir = train_run(config.compose(ov), ov)
+                s = read_summary(run_dir) or {}
+                rows.append({"optimizer": optim, "rep": rep, "status": status, "train_time_s": s.get("train_time_s"),
+                             "final_train_loss": s.get("final_train_loss"), "best_val_loss": s.get("best_val_loss")})
+    return rows
+
+
 def child_plain(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
                 batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0) -> dict:
     """Child: a minimal PyTorch training loop on the same token rows the harness trains on."""
@@ -276,7 +332,7 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
     cfg.data.path, cfg.data.val_size = data_path or cfg.data.path, 0
     rows = hdata.prepare(cfg.data, tok, max_length=max_length, packing=False, add_bos=cfg.model.add_bos).train
     params = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
+    opt = torch.optim.AdamW(params, lr=lr, fused=True)  # the kernel the harness and TRL use by default
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed)).tolist()
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     use_bf16 = precision == "bf16"
@@ -382,6 +438,13 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
     notes.append(f"data: {subset['rows']} of {subset['of']} {opts.data} rows fill max_length={opts.max_length} "
                  f"(needed {need} for {opts.warmup_steps}+{opts.steps} steps of batch {opts.batch_size}"
                  + ("" if subset["enough"] else "; fewer, so rows repeat") + ")")
+    try:
+        optim = common.run_child("training", "child_optimizer", {"model": opts.model}, work, "optimizer", opts.timeout())
+        notes.append(f"AdamW step over {optim['params'] / 1e6:.0f}M full weights, {optim['threads']} threads: " + "; ".join(
+            f"{k} {v['step_s']:.3f} s (first {v['first_step_s']:.2f} s, max diff {v['max_abs_diff']:.1e})"
+            for k, v in optim["kinds"].items()))
+    except common.ChildError as exc:
+        notes.append(f"AdamW kernels not measured: {exc}")
     base_params = subset["base_params"]
     arch, target_share = subset["arch"], subset["target_share"]
     n_matmul = matmul_params(base_params, arch)

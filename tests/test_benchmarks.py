@@ -160,6 +160,16 @@ def test_trl_baseline_with_its_defaults(long_rows, tmp_path):
     assert t["gradient_checkpointing"] is True  # TRL's default, which the comparison documents
 
 
+def test_fused_adamw_updates_the_weights_as_the_for_loop_does():
+    # train.optimizer defaults to adamw_torch_fused: the same update as the for-loop kernel, up to rounding
+    r = training.child_optimizer("tiny-llama", reps=2)
+    kinds = r["kinds"]
+    assert set(kinds) == set(training.OPTIMIZER_KINDS) and r["params"] > 0
+    assert kinds["foreach"]["max_abs_diff"] == 0.0
+    assert 0.0 <= kinds["fused (adamw_torch_fused)"]["max_abs_diff"] < 1e-6
+    assert all(k["step_s"] > 0 and k["first_step_s"] > 0 for k in kinds.values())
+
+
 @pytest.mark.slow  # bitsandbytes' import and a 4-bit load: ~6 s
 def test_qlora_baseline_is_really_4bit():
     cfg, net, lora = training._load_plain("tiny-llama", "qlora", "fp32", "alpaca-tiny")

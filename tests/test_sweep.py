@@ -387,3 +387,63 @@ def test_an_idle_worker_looks_again_soon_then_less_often():
 
     assert [wait_interval(n, 5) for n in range(6)] == [0.25, 0.5, 1.0, 2.0, 4.0, 5.0]
     assert wait_interval(10_000, 5) == 5 and wait_interval(0, 0.1) == 0.1  # capped by the heartbeat interval
+
+
+def _sweep_args(spec: Path, *extra: str):
+    import argparse
+
+    from harness.commands import sweep as sweep_cmd
+
+    p = argparse.ArgumentParser()
+    sweep_cmd.add_arguments(p)
+    args = p.parse_args([str(spec), *extra])
+    args.runs_root = str(spec.parent / "runs")
+    return args
+
+
+def _processes_running(marker: str) -> list[int]:
+    """Live processes whose command line contains `marker` (zombies left out)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and marker.encode() in (d / "cmdline").read_bytes():
+                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                    pids.append(int(d.name))
+        except (OSError, IndexError):
+            pass
+    return pids
+
+
+def test_workers_started_early_wait_for_the_driver_and_leave_untold(tmp_path, fake_env, monkeypatch):
+    """--workers N starts its workers before the driver composes and queues the trials (their fork servers import
+    meanwhile); a worker never told GO exits 0 without opening the study, and close() leaves none behind."""
+    from harness.commands.sweep import EarlyStart
+
+    for key in (TRAIN_CMD_ENV, "PYTHONPATH"):  # the stand-in trainer: no fork server to wait for
+        monkeypatch.setenv(key, fake_env[key])
+    spec = write_spec(tmp_path / "s.yaml", grid={"method.r": [2, 4]})
+    url = f"sqlite:///{tmp_path / 'early.db'}"
+    args = _sweep_args(spec, "--workers", "2", "--storage", url)
+    early = EarlyStart(args, "local", load_spec(spec), url)
+    workers = list(early.workers)
+    assert len(workers) == 2 and early.starter is None
+    time.sleep(1.0)
+    assert [w.poll() for w in workers] == [None, None]  # waiting for GO on stdin
+    early.close()
+    assert [w.returncode for w in workers] == [0, 0], [w.stdout.read() for w in workers]
+    assert not (tmp_path / "early.db").exists()  # they never looked at the study
+    assert not early.workers
+
+    args = _sweep_args(spec, "--dry-run")  # nothing starts for a dry run, a Slurm driver or an external launcher
+    assert EarlyStart(args, "local", load_spec(spec), url).workers == []
+    args = _sweep_args(spec, "--workers", "2")
+    assert EarlyStart(args, "slurm", load_spec(spec), url).workers == []
+
+
+def test_a_driver_that_fails_its_checks_stops_the_workers_it_started(tmp_path, fake_env):
+    spec = write_spec(tmp_path / "bad-early.yaml", base=[*BASE, "model=no-such-model"], grid={"method.r": [2, 4]})
+    r = harness(["sweep", str(spec), "--workers", "2"], fake_env, tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "no-such-model" in r.stderr
+    assert not (tmp_path / "runs").exists()
+    assert _processes_running("bad-early.yaml") == []  # the workers started before the check are gone

@@ -50,11 +50,11 @@ from harness.sweep.plan import (
 )
 from harness.sweep.progress import SweepProgress, fmt_params
 from harness.sweep.retry import retry_failed, unfinished
-from harness.sweep.spawn import emit_json, spawn_workers
+from harness.sweep.spawn import emit_json, spawn_workers, start_workers, stop_workers, wait_for_driver
 from harness.sweep.spec import BOOKKEEPING, PlannedTrial, SpecError, SweepSpec, _override_key, load_spec
 from harness.sweep.storage import default_storage_url, study_lock
 from harness.sweep.study import enqueue_grid, open_study, study_counts
-from harness.sweep.worker import DriverError, WorkerOptions, worker_loop
+from harness.sweep.worker import DriverError, WorkerOptions, early_starter, worker_loop
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -72,6 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cold", action="store_true", help="start every trial in a fresh process (default: forked from a warm "
                    "server that has the libraries imported, harness/sweep/warm.py; also HARNESS_SWEEP_COLD=1)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a process started by --workers N
+    p.add_argument("--wait-for-driver", action="store_true", help=argparse.SUPPRESS)  # ... before its driver queued the trials
     add_config_dir(p)  # workers and trials inherit it through HARNESS_CONFIG_PATH
     add_root(p)  # and HARNESS_ROOT
     launch.add_arguments(p)  # --launcher slurm|external and its options (harness/commands/launch.py, docs/cluster.md)
@@ -143,14 +144,56 @@ def _report_unfinished(spec: SweepSpec, study, planned: list[PlannedTrial], sour
     return 1
 
 
+class EarlyStart:
+    """What a sweep starts before it composes and queues the trials, so the fork servers' library imports (8-9 s
+    on 2 cores, harness/sweep/warm.py) overlap that work: this process's fork server when it runs the trials
+    itself (one local worker, or a --worker), the worker processes of --workers N (each starts its own server
+    and waits for the driver's GO, harness/sweep/spawn.py). Whatever is not handed on is stopped by close()."""
+
+    def __init__(self, args: argparse.Namespace, kind: str, spec: SweepSpec, url: str) -> None:
+        self.starter, self.workers = None, []
+        if args.dry_run or not (args.worker or kind == "local"):
+            return
+        if args.workers > 1 and not args.worker:
+            self.workers = start_workers(args, args.workers, url)
+        else:
+            self.starter = early_starter(spec, warm=not args.cold)
+
+    def take_starter(self):
+        starter, self.starter = self.starter, None
+        return starter
+
+    def take_workers(self) -> list:
+        workers, self.workers = self.workers, []
+        return workers
+
+    def close(self) -> None:
+        if self.starter is not None:
+            self.take_starter().close()
+        if self.workers:
+            stop_workers(self.take_workers())
+
+
 def run(args: argparse.Namespace) -> int:
     use_config_dirs(args)
     use_root(args)
     args.runs_root = str(Path(args.runs_root).expanduser().resolve() if args.runs_root else paths.runs_root())
     try:
-        study_name = args.study or load_spec(args.spec).study
-        url = args.storage or default_storage_url(study_name)
-        launcher = launch.resolve(args, load_spec(args.spec), url)  # sets args.workers; bad options: exit 2
+        first = load_spec(args.spec)
+        url = args.storage or default_storage_url(args.study or first.study)
+        launcher = launch.resolve(args, first, url)  # sets args.workers; bad options: exit 2
+    except (SpecError, ValueError) as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    early = EarlyStart(args, launcher.kind, first, url)
+    try:
+        return _run(args, url, launcher, early)
+    finally:
+        early.close()
+
+
+def _run(args: argparse.Namespace, url: str, launcher, early: EarlyStart) -> int:
+    try:
         spec, planned, tags = prepare(args, url)
     except (SpecError, ValueError) as exc:
         print(exc, file=sys.stderr)
@@ -161,8 +204,11 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: config OK for every trial listed; nothing trained")
         return 0
     if args.worker:
+        if args.wait_for_driver and not wait_for_driver():
+            return 0  # the driver stopped before queueing (its own message says why)
         try:
-            return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=emit_json, warm=not args.cold))
+            return worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=emit_json, warm=not args.cold,
+                                                   starter=early.take_starter()))
         except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
             print(_driver_error(exc), file=sys.stderr)
             return 1
@@ -193,9 +239,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     try:
         if args.workers > 1:
-            rc = spawn_workers(args, args.workers, url, printer)
+            rc = spawn_workers(args, args.workers, url, printer, early.take_workers() or None)
         else:
-            rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer, warm=not args.cold), study, storage)
+            rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer, warm=not args.cold,
+                                                 starter=early.take_starter()), study, storage)
     except Exception as exc:  # noqa: BLE001 - one message, no traceback; the trial is re-queued
         printer.close()
         print(_driver_error(exc), file=sys.stderr)

@@ -105,7 +105,7 @@ class TrainConfig:
     grad_accum: int = 1
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    optimizer: str = "adamw_torch"
+    optimizer: str = "adamw_torch_fused"  # torch AdamW, one fused kernel (CPU and GPU): transformers' own default
     label_smoothing: float = 0.0
     max_length: int = 512
     packing: bool = False

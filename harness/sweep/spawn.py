@@ -34,16 +34,61 @@ def worker_command(args: argparse.Namespace, url: str, python: str | None = None
             "--runs-root", args.runs_root, "--worker"] + (["--study", args.study] if args.study else []) + (["--stream"] if args.stream else []) + (["--cold"] if getattr(args, "cold", False) else [])
 
 
-def spawn_workers(args: argparse.Namespace, n: int, url: str, printer) -> int:
-    """N local worker processes, their events relayed here. Returns 130 if any was interrupted, else the
-    highest exit code (1: a worker's driver error)."""
-    cmd = worker_command(args, url)
+GO = "go"  # the line a worker started with --wait-for-driver reads on its stdin before it looks at the study
+
+
+def start_workers(args: argparse.Namespace, n: int, url: str) -> list[subprocess.Popen]:
+    """N local worker processes, started before the driver composes and queues the trials: each starts its fork
+    server at once (its imports run beside the driver's checks) and waits for a GO line on its stdin before it
+    opens the study (spawn_workers sends it); end of input instead (stop_workers) makes it stop and exit 0."""
+    cmd = worker_command(args, url) + ["--wait-for-driver"]
     # N trainers on one machine: split the cores between them, or their OpenMP threads fight
     # (oversubscribed spin-waiting made training several times slower on a 2-core machine).
     threads_each = str(max(1, (os.cpu_count() or 1) // n))
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", threads_each))
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                              preexec_fn=die_with_parent(signal.SIGTERM)) for _ in range(n)]
+    return [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=env, preexec_fn=die_with_parent(signal.SIGTERM)) for _ in range(n)]
+
+
+def _tell(procs: list[subprocess.Popen], line: str | None) -> None:
+    """Write `line` to each worker's stdin (None: nothing) and close it."""
+    for p in procs:
+        try:
+            if line is not None:
+                p.stdin.write(line + "\n")
+            p.stdin.close()
+        except (BrokenPipeError, OSError, ValueError):  # a worker that has already exited
+            pass
+
+
+def wait_for_driver() -> bool:
+    """In a worker started by start_workers: block until the driver has queued the trials. True: go on;
+    False: the driver stopped (a bad spec, Ctrl-C) or died, so the worker exits without touching the study."""
+    try:
+        return sys.stdin.readline().strip() == GO
+    except (OSError, ValueError):
+        return False
+
+
+def stop_workers(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None:
+    """Workers from start_workers that were never told GO: close their stdin (they stop their fork servers and
+    exit), then make sure they are gone."""
+    _tell(procs, None)
+    for p in procs:
+        try:
+            p.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def spawn_workers(args: argparse.Namespace, n: int, url: str, printer,
+                  procs: list[subprocess.Popen] | None = None) -> int:
+    """N local worker processes (those of start_workers when given, told GO now), their events relayed here.
+    Returns 130 if any was interrupted, else the highest exit code (1: a worker's driver error)."""
+    if procs is None:
+        procs = start_workers(args, n, url)
+    _tell(procs, GO)
     lock = threading.Lock()
 
     def relay(i: int, p: subprocess.Popen) -> None:

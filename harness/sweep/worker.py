@@ -61,6 +61,7 @@ class WorkerOptions:
     stream: bool = False  # echo the child's output with a prefix (always written to train.log)
     emit: Callable[[dict], None] = print
     warm: bool = True  # worker_loop starts trials from a fork server (harness/sweep/warm.py); False: --cold
+    starter: Starter | None = None  # a fork server already importing (early_starter), used instead of a new one
 
 
 class StopFlag:
@@ -433,15 +434,25 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
     return EXIT_CODES["interrupted"]
 
 
+def early_starter(spec: SweepSpec, warm: bool = True) -> Starter | None:
+    """The worker's trial starter, started now: a fork server (harness/sweep/warm.py) unless --cold /
+    HARNESS_SWEEP_COLD=1 or the trials are not `python -m harness train` (HARNESS_SWEEP_TRAIN_CMD in tests); None
+    starts them cold. `harness sweep` calls it before composing and queueing the trials, so the server's imports
+    (8-9 s on 2 cores) run beside that work instead of after it; give it to worker_loop as WorkerOptions.starter."""
+    if not warm or cold_requested() or _train_command(spec.command) != default_train_command():
+        return None
+    return Starter(_trial_env(), note=print, preexec=die_with_parent())
+
+
 @contextlib.contextmanager
 def _starter(spec: SweepSpec, opts: WorkerOptions):
-    """The worker's trial starter: a fork server (harness/sweep/warm.py) unless --cold / HARNESS_SWEEP_COLD=1 or
-    the trials are not `python -m harness train` (HARNESS_SWEEP_TRAIN_CMD in tests); None starts them cold."""
-    if not opts.warm or cold_requested() or _train_command(spec.command) != default_train_command():
+    """The worker's trial starter: opts.starter when one was started early, else early_starter now; closed when
+    the worker ends."""
+    starter = opts.starter if opts.starter is not None else early_starter(spec, opts.warm)
+    if starter is None:
         yield None
         return
-    starter = Starter(_trial_env(), note=lambda text: opts.emit({"event": "note", "note": text}),
-                      preexec=die_with_parent())
+    starter.note = lambda text: opts.emit({"event": "note", "note": text})
     try:
         yield starter
     finally:
