@@ -127,6 +127,14 @@ def fake_env(tmp_path, monkeypatch):
     return make_fake_env(tmp_path)
 
 
+def is_running(pid: int) -> bool:
+    """A live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def write_spec(path: Path, **kw) -> Path:
     tree = {"study": "t", "base": BASE, "objectives": [{"metric": "summary.best_val_loss", "direction": "minimize"}],
             "heartbeat": {"interval_s": 1, "grace_period_s": 3}, **kw}

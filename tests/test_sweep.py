@@ -30,7 +30,7 @@ from harness.sweep.spec import SpecError, load_spec, parse_spec
 from harness.sweep.storage import default_storage_url, open_storage
 from harness.sweep.study import enqueue_grid, open_study
 from harness.sweep.worker import TRAIN_CMD_ENV
-from tests.sweep_fakes import BASE, FAKE_TRAIN, by_state, fake_env, harness, trials_of, write_spec  # noqa: F401 (fixture; FAKE_TRAIN for test_sweep_postgres)
+from tests.sweep_fakes import BASE, FAKE_TRAIN, by_state, fake_env, harness, is_running, trials_of, write_spec  # noqa: F401 (fixture; FAKE_TRAIN for test_sweep_postgres)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -407,11 +407,10 @@ def _processes_running(marker: str) -> list[int]:
     for d in Path("/proc").iterdir():
         try:
             if d.name.isdigit() and marker.encode() in (d / "cmdline").read_bytes():
-                if (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                    pids.append(int(d.name))
-        except (OSError, IndexError):
+                pids.append(int(d.name))
+        except OSError:
             pass
-    return pids
+    return [pid for pid in pids if is_running(pid)]
 
 
 def test_workers_started_early_wait_for_the_driver_and_leave_untold(tmp_path, fake_env, monkeypatch):

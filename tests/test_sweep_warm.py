@@ -21,7 +21,7 @@ import pytest
 
 from harness.sweep.warm import COLD_ENV, Starter, default_train_command
 from harness.sweep.worker import TRAIN_CMD_ENV
-from tests.sweep_fakes import BASE, harness, trials_of, write_spec
+from tests.sweep_fakes import BASE, harness, is_running, trials_of, write_spec
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = [*BASE[:-1], "eval=none", "train.batch_size=2", "train.max_length=128", "train.log_every=1", "data.max_rows=40"]
@@ -44,14 +44,6 @@ def _same(record: dict) -> dict:
 
 def _metrics(run_dir: Path) -> list[dict]:
     return [_same(json.loads(line)) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-
-
-def _running(pid: int) -> bool:
-    """A live process (not gone, not a zombie waiting to be reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
 
 
 def _fork_server_children(worker_pid: int) -> list[int]:
@@ -158,7 +150,7 @@ def test_fork_server_and_its_child_die_with_a_killed_worker(tmp_path, monkeypatc
         deadline = time.time() + 20
         alive = [server, child]
         while alive and time.time() < deadline:
-            alive = [p for p in alive if _running(p)]
+            alive = [p for p in alive if is_running(p)]
             time.sleep(0.2)
         assert not alive, f"still running after their worker was killed: {alive} (server {server}, child {child})"
     finally:

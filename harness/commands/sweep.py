@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace, url: str, launcher, early: EarlyStart) -> int
     t0 = time.time()
     try:
         if args.workers > 1:
-            rc = spawn_workers(args, args.workers, url, printer, early.take_workers() or None)
+            rc = spawn_workers(early.take_workers() or start_workers(args, args.workers, url), printer)
         else:
             rc = worker_loop(spec, WorkerOptions(url, args.runs_root, args.stream, emit=printer, warm=not args.cold,
                                                  starter=early.take_starter()), study, storage)

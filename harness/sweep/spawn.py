@@ -82,12 +82,9 @@ def stop_workers(procs: list[subprocess.Popen], timeout_s: float = 10.0) -> None
             p.wait()
 
 
-def spawn_workers(args: argparse.Namespace, n: int, url: str, printer,
-                  procs: list[subprocess.Popen] | None = None) -> int:
-    """N local worker processes (those of start_workers when given, told GO now), their events relayed here.
-    Returns 130 if any was interrupted, else the highest exit code (1: a worker's driver error)."""
-    if procs is None:
-        procs = start_workers(args, n, url)
+def spawn_workers(procs: list[subprocess.Popen], printer) -> int:
+    """The local worker processes of start_workers, told GO now, their events relayed here. Returns 130 if any
+    was interrupted, else the highest exit code (1: a worker's driver error)."""
     _tell(procs, GO)
     lock = threading.Lock()
 
