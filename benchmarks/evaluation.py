@@ -453,6 +453,32 @@ def run(opts: common.Options) -> dict:
                 "gen_batch": opts.gen_batch, "gen_new_tokens": opts.gen_new_tokens})
 
 
+# ------------------------------------------------------------------------------------- attention
+ATTENTION_SHAPES = ((1, 1024), (1, 512), (4, 256), (8, 128))  # (rows, positions): perplexity windows to packed rows
+
+
+def attention_kernels(model: str = "smollm2-135m", reps: int = 9) -> list[dict]:
+    """Fast mode's block-causal attention vs sdpa at the model's head shape (harness/eval/attention.py), per
+    (rows, positions) of ATTENTION_SHAPES, bf16 and fp32: median ms of one call, interleaved."""
+    import torch
+
+    from harness import config
+    from harness.eval import attention
+    from harness.model.load import load_model_and_tokenizer
+
+    net, _ = load_model_and_tokenizer(config.compose([f"model={model}", "tracker=none"]).model)
+    heads, kv, dim = attention._shape(net)
+    del net
+    rows = []
+    for dtype in ("bfloat16", "float32"):
+        for batch, positions in ATTENTION_SHAPES:
+            sdpa_ms, blocked_ms = attention.measure(heads, kv, dim, positions, reps, batch=batch, dtype=dtype)
+            rows.append({"dtype": dtype, "rows": batch, "positions": positions, "heads": [heads, kv, dim],
+                         "sdpa_ms": round(sdpa_ms, 2), "blocked_ms": round(blocked_ms, 2),
+                         "speedup": round(sdpa_ms / blocked_ms, 2), "threads": torch.get_num_threads()})
+    return rows
+
+
 if __name__ == "__main__":  # the multiple-choice section alone: python -m benchmarks.evaluation --tasks hellaswag,arc_easy
     import argparse
     import json
@@ -467,7 +493,12 @@ if __name__ == "__main__":  # the multiple-choice section alone: python -m bench
     ap.add_argument("--peak-gflops", type=float, default=None,
                     help="with --flop-bound: each task's minutes if every product ran at this many GFLOP/s "
                          "(e.g. the bf16 matmul peak of `--only matmul` times the threads)")
+    ap.add_argument("--attention", action="store_true",
+                    help="only fast mode's block-causal attention vs sdpa at the model's head shape (attention_kernels)")
     a = ap.parse_args()
+    if a.attention:
+        print(json.dumps(attention_kernels(a.model), indent=1))
+        raise SystemExit(0)
     if a.flop_bound:
         print(json.dumps(task_flop_bounds(a.model, a.tasks.split(","), a.items, peak_gflops=a.peak_gflops), indent=1))
         raise SystemExit(0)

@@ -446,3 +446,51 @@ def test_a_driver_that_fails_its_checks_stops_the_workers_it_started(tmp_path, f
     assert "no-such-model" in r.stderr
     assert not (tmp_path / "runs").exists()
     assert _processes_running("bad-early.yaml") == []  # the workers started before the check are gone
+
+
+def test_a_finished_study_ends_its_worker_without_waiting_for_the_fork_server(tmp_path, fake_env):
+    """nothing_left: queued, running, a failed cell with retries left or a search budget left are work; a worker
+    whose study has none returns before waiting on its (still importing) fork server."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from harness.sweep.study import next_trial, nothing_left
+    from harness.sweep.worker import WorkerOptions, worker_loop
+
+    url = default_storage_url("t", tmp_path / "studies")
+    spec = load_spec(write_spec(tmp_path / "s.yaml", grid={"method.r": [4, 8]}, max_retries=1))
+    study, storage = open_study(spec, url, create=True)
+    enqueue_grid(study, storage, url, spec, plan_grid(spec))
+    assert not nothing_left(study, spec, None)  # two queued
+    first, _ = next_trial(study, storage, spec, url, None)
+    study.tell(first, 1.0)
+    second, _ = next_trial(study, storage, spec, url, None)
+    assert not nothing_left(study, spec, None)  # one running
+    assert nothing_left(study, spec, time.time() - 1)  # ... but past the deadline
+    second.set_user_attr("reason", "exit code 1")
+    study.tell(second, state=TrialState.FAIL)
+    assert not nothing_left(study, spec, None)  # failed once, max_retries=1: it runs again
+    again, _ = next_trial(study, storage, spec, url, None)
+    again.set_user_attr("reason", "exit code 1")
+    study.tell(again, state=TrialState.FAIL)
+    assert nothing_left(study, spec, None)  # retries spent: the study is finished
+    search = load_spec(write_spec(tmp_path / "r.yaml", study="r", sampler="tpe", budget={"n_trials": 3},
+                                  search={"train.lr": {"type": "float", "low": 1e-5, "high": 1e-3}}))
+    assert not nothing_left(open_study(search, default_storage_url("r", tmp_path / "studies"), create=True)[0],
+                            search, None)  # budget left to sample
+
+    class Starter:  # the fork server, still importing: waiting on it is what a finished study must not do
+        waited = closed = False
+
+        def wait_ready(self, stop=None):
+            Starter.waited = True
+            return True
+
+        def close(self):
+            Starter.closed = True
+
+    before = len(optuna.load_study(study_name="t", storage=open_storage(url)).get_trials())
+    assert worker_loop(spec, WorkerOptions(url, str(tmp_path / "runs"), False, emit=lambda e: None,
+                                           starter=Starter())) == 0
+    assert not Starter.waited and Starter.closed
+    assert len(optuna.load_study(study_name="t", storage=open_storage(url)).get_trials()) == before

@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-from harness.model.scoring import base_model
+from harness.eval.attention import NAME as BLOCKED
+from harness.model.scoring import base_model, split_head
 
 PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
 ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
@@ -189,8 +190,8 @@ def mask_layout(model) -> tuple[str, dict[str, int | None]] | None:
     if peft_cfg is not None and getattr(peft_cfg, "is_prompt_learning", False):
         return None  # virtual tokens in front of the input
     impl = getattr(config, "_attn_implementation", None)
-    if impl not in ("sdpa", "eager"):
-        return None  # flash / flex attention take no dense 4D mask
+    if impl not in ("sdpa", "eager", BLOCKED):
+        return None  # flash / flex attention take no dense 4D mask (the blocked kernel takes sdpa's bool masks)
     if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
         return None
     window = getattr(config, "sliding_window", None)
@@ -255,6 +256,13 @@ class PackedHFLM(HFLM):
                 pbar.update(1)
         pbar.close()
 
+    def _split(self):
+        """(decoder, output layer) when the model's logits are output_layer(decoder(...)) (harness/model/scoring.py
+        split_head, checked once per engine), else None: then the model's own forward with logits_to_keep."""
+        if not hasattr(self, "_harness_split"):
+            self._harness_split = split_head(self.model)
+        return self._harness_split
+
     def _score_batch(self, batch: list[Row], layout) -> list[tuple[int, tuple[float, bool]]]:
         L = len(batch[0].tokens)
         pad = lambda seq, value: seq + [value] * (L - len(seq))  # noqa: E731
@@ -275,15 +283,8 @@ class PackedHFLM(HFLM):
             dtype = next(p.dtype for p in self.model.parameters() if p.dtype.is_floating_point)
             kwargs = {"attention_mask": _model_mask(layout, grp, seg, pos, self.mixed_precision_dtype or dtype),
                       "position_ids": pos}
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                             enabled=self.mixed_precision_dtype is not None):
-            logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **kwargs).logits  # [kept, vocab]
-        # lm-eval's own normalisation (F.log_softmax, as HFLM): logit - torch.logsumexp, which would spare the second
-        # [kept, vocab] matrix, put choices up to 6e-4 nats below HFLM's on smollm2-135m (always below; the slow
-        # tests in tests/test_engine.py failed with it)
-        # row by row, so in slices of SOFTMAX_ROWS kept rows (the same numbers as one call): the [kept, vocab]
-        # log-probabilities never exist at once. A kept row can score several targets (requests sharing
-        # continuation tokens share positions), so the (row, target) pairs of every request are gathered.
+        # A kept row can score several targets (requests sharing continuation tokens share positions), so the
+        # (row, target) pairs of every request are gathered.
         owners, rows, tgts = [], [], []
         for b, r in enumerate(batch):
             for j, where, tgt in r.scored:
@@ -291,13 +292,31 @@ class PackedHFLM(HFLM):
                 rows.append(flat[b, where])
                 tgts.append(torch.tensor(tgt, dtype=torch.long, device=dev))
         pair_row, pair_tgt = torch.cat(rows), torch.cat(tgts)
-        pair_lp = torch.empty(pair_row.shape[0], dtype=self.softmax_dtype or logits.dtype, device=dev)
-        for a in range(0, logits.shape[0], SOFTMAX_ROWS):
-            part = F.log_softmax(logits[a:a + SOFTMAX_ROWS], dim=-1, dtype=self.softmax_dtype)
-            sel = (pair_row >= a) & (pair_row < a + SOFTMAX_ROWS)
-            pair_lp[sel] = part[pair_row[sel] - a, pair_tgt[sel]]
-        # max's index = argmax's (the first of equal maxima: tests/test_engine.py), and 5x faster than argmax on bf16
-        pair_greedy = logits.max(dim=-1).indices[pair_row] == pair_tgt
+        parts = self._split()
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                             enabled=self.mixed_precision_dtype is not None):
+            if parts is None:  # the model's own output: [kept, vocab] logits
+                logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **kwargs).logits
+                n_kept, slice_logits = logits.shape[0], lambda a, b: logits[a:b]
+            else:  # the output layer SOFTMAX_ROWS kept positions at a time: no [kept, vocab] matrix, 100-200 MB per
+                #    HellaSwag batch faulted in fresh each time (1,000 x 49,152 bf16: 121 ms fresh, 77 ms reused)
+                hidden = parts[0](input_ids=ids, use_cache=False, **kwargs).last_hidden_state[keep]  # [kept, hidden]
+                n_kept, slice_logits = hidden.shape[0], lambda a, b: parts[1](hidden[a:b])
+            # lm-eval's own normalisation (F.log_softmax, as HFLM), in slices of SOFTMAX_ROWS kept rows (row-wise:
+            # the same numbers as one call). logit - torch.logsumexp, which would spare the [rows, vocab]
+            # log-probabilities, put choices up to 6e-4 nats below HFLM's on smollm2-135m (the slow tests failed)
+            pair_lp = None  # in the log-softmax's dtype, as HFLM sums them
+            best = torch.empty(n_kept, dtype=torch.long, device=dev)  # each kept position's greedy token
+            for a in range(0, n_kept, SOFTMAX_ROWS):
+                chunk = slice_logits(a, a + SOFTMAX_ROWS)
+                part = F.log_softmax(chunk, dim=-1, dtype=self.softmax_dtype)
+                if pair_lp is None:
+                    pair_lp = torch.empty(pair_row.shape[0], dtype=part.dtype, device=dev)
+                sel = (pair_row >= a) & (pair_row < a + SOFTMAX_ROWS)
+                pair_lp[sel] = part[pair_row[sel] - a, pair_tgt[sel]]
+                # max's index = argmax's (the first of equal maxima: tests/test_engine.py), 5x faster than argmax on bf16
+                best[a:a + chunk.shape[0]] = chunk.max(dim=-1).indices
+        pair_greedy = best[pair_row] == pair_tgt
         sizes = [len(t) for t in tgts]
         return [(j, (float(lp.sum()), bool(g.all())))
                 for j, lp, g in zip(owners, pair_lp.split(sizes), pair_greedy.split(sizes), strict=True)]

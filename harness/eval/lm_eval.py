@@ -26,6 +26,7 @@ from pathlib import Path
 
 from harness import atomic
 from harness.config import LmEvalConfig, ModelConfig, PerplexitySuite
+from harness.eval import attention
 from harness.eval.metrics import declare_metric
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.run.progress import tqdm_through_display
@@ -241,6 +242,7 @@ def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | N
             entry = run_task(lm, short_name(name), lm_cfg, run_dir)
             if precision is not None:
                 entry["mode"], entry["precision"] = precision.mode, precision.record()
+                entry["attention"] = attention.describe(model)
             if exact_lm is not None:
                 cal = calibrate(exact_lm, lm, short_name(name), lm_cfg)
                 if cal is not None:

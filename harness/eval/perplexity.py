@@ -32,13 +32,19 @@ from typing import Iterable, Sequence
 
 from harness import atomic, paths
 from harness.config import ModelConfig, PerplexitySuite
+from harness.eval import attention
 from harness.eval.metrics import declare_metric
 from harness.eval.precision import EvalPrecision, model_for, plan
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
+from harness.model.scoring import split_head
 from harness.run.progress import bar
 
 LN2 = math.log(2.0)
+# fp32 logits per output-layer chunk: 6M (24 MB; 128 positions of SmolLM2's 49,152). Below glibc's 32 MB mmap
+# ceiling, so each chunk reuses the last one's memory instead of faulting in fresh pages: with 341-position chunks
+# (64 MB) the output layer + cross-entropy of 1,024 bf16 positions took 240 ms, with 128 118 ms (AVX512-BF16 EPYC)
+HEAD_CHUNK_ELEMENTS = 6 << 20
 
 
 # The suite's four corpus metrics (perplexity_metrics). They are ratios of sums over documents; the samples
@@ -220,32 +226,6 @@ def equal_length_batches(lengths: Sequence[int], batch_size: int) -> list[list[i
     return [idx[b:b + size] for n in sorted(by_len, reverse=True) for idx in [by_len[n]] for b in range(0, len(idx), size)]
 
 
-def split_head(model):
-    """(decoder, output layer) of a causal LM whose logits are output_layer(decoder(ids).last_hidden_state), checked
-    on a few tokens against the model's own forward (bit for bit up to 1e-6: no logit soft-capping or scaling hides
-    in between); None when the model is not built that way, and the caller uses full forwards."""
-    import torch
-
-    from harness.model.scoring import base_model, plain_forward
-
-    base = base_model(model)
-    try:
-        decoder, head = base.get_decoder(), base.get_output_embeddings()
-    except (AttributeError, NotImplementedError):
-        return None
-    if decoder is None or head is None or decoder is base:
-        return None
-    probe = torch.arange(2, 10, device=model_device(model)).unsqueeze(0) % max(2, int(head.weight.shape[0]))
-    try:
-        want = plain_forward(model)(input_ids=probe, use_cache=False).logits.float()
-        got = head(decoder(input_ids=probe, use_cache=False).last_hidden_state).float()
-    except (TypeError, ValueError, RuntimeError):
-        return None
-    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=1e-6):
-        return None
-    return decoder, head
-
-
 def head_nll(head, hidden, targets, chunk_rows: int):
     """Summed cross-entropy (fp32) of head(hidden) against targets, `chunk_rows` positions at a time, so the
     [positions, vocab] logits never exist at once (49,152 x 1,024 fp32 is 200 MB per window for SmolLM2)."""
@@ -285,7 +265,7 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
         with torch.inference_mode():
             parts = split_head(model) if windows else None
             if parts is not None and chunk_rows is None:
-                chunk_rows = max(16, (1 << 24) // max(1, int(parts[1].weight.shape[0])))  # ~64 MB of fp32 logits
+                chunk_rows = max(16, HEAD_CHUNK_ELEMENTS // max(1, int(parts[1].weight.shape[0])))
             forward = plain_forward(model)
             trim = parts is None and supports_logits_to_keep(model)
             for batch in equal_length_batches([len(w.ids) for w in windows], batch_size):
@@ -408,6 +388,7 @@ def run_suite_in_mode(model, tokenizer, suite: PerplexitySuite, precision: EvalP
     entry, rows = run_suite(evaluated, tokenizer, suite, model_cfg, progress=progress)
     entry["mode"] = precision.mode
     entry["precision"] = precision.record()
+    entry["attention"] = attention.describe(evaluated)
     if precision.dtype != "float32":
         exact = model_for(model, plan("exact", str(model_device(model))))
         entry["calibration"] = calibration(exact, evaluated, tokenizer, suite, model_cfg, entry["bos_every_window"])

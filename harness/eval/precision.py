@@ -48,10 +48,14 @@ def plan(mode: str, device: str, native_bf16: bool | None = None) -> EvalPrecisi
 
 def model_for(model, precision: EvalPrecision):
     """The model to evaluate in `precision`: `model` itself when its floating-point weights already have that
-    dtype, else a copy converted to it (quantized base weights, e.g. QLoRA's 4-bit layers, are left as they are)."""
+    dtype, else a copy converted to it (quantized base weights, e.g. QLoRA's 4-bit layers, are left as they are).
+    A bf16 copy on a CPU runs the block-causal attention where it measures faster (harness/eval/attention.py); the
+    model itself is never switched."""
     import copy
 
     import torch
+
+    from harness.eval import attention
 
     dtype = getattr(torch, precision.dtype)
     floats = [p.dtype for p in model.parameters() if p.dtype.is_floating_point]
@@ -59,4 +63,6 @@ def model_for(model, precision: EvalPrecision):
         return model
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         return model  # bitsandbytes layers keep their storage; their compute dtype is set at load
-    return copy.deepcopy(model).to(dtype)
+    converted = copy.deepcopy(model).to(dtype)
+    attention.choose(converted)
+    return converted

@@ -19,6 +19,17 @@ def resolve_precision(cfg: RunConfig, device: str) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
+def env_choice(var: str, choices: tuple[str, ...], hint: str) -> str:
+    """The value of the environment switch `var` (choices[0], the default, when unset or empty); anything not
+    in `choices` is an error that lists them, with `hint` on what the default does."""
+    import os
+
+    value = os.environ.get(var, choices[0]).strip().lower() or choices[0]
+    if value not in choices:
+        raise ValueError(f"{var}={value!r}: use one of {', '.join(choices)} ({hint})")
+    return value
+
+
 def cpu_has_native_bf16() -> bool:
     """AVX512-BF16 or AMX-BF16 in /proc/cpuinfo: bf16 matmuls run natively (harness.run.environment.cpu_identity)."""
     from harness.run.environment import cpu_identity

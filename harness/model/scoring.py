@@ -60,6 +60,32 @@ def supports_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
 
 
+def split_head(model):
+    """(decoder, output layer) of a causal LM whose logits are output_layer(decoder(ids).last_hidden_state), checked
+    on a few tokens against the model's own forward (bit for bit up to 1e-6: no logit soft-capping or scaling hides
+    in between); None when the model is not built that way, and the caller uses full forwards."""
+    import torch
+
+    from harness.model.load import model_device
+
+    base = base_model(model)
+    try:
+        decoder, head = base.get_decoder(), base.get_output_embeddings()
+    except (AttributeError, NotImplementedError):
+        return None
+    if decoder is None or head is None or decoder is base:
+        return None
+    probe = torch.arange(2, 10, device=model_device(model)).unsqueeze(0) % max(2, int(head.weight.shape[0]))
+    try:
+        want = plain_forward(model)(input_ids=probe, use_cache=False).logits.float()
+        got = head(decoder(input_ids=probe, use_cache=False).last_hidden_state).float()
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-6, atol=1e-6):
+        return None
+    return decoder, head
+
+
 def target_nll(forward, inputs: dict, label_smoothing: float = 0.0, target_only: bool = True):
     """(summed cross-entropy over the target tokens, in fp32; number of target tokens; the model outputs).
 

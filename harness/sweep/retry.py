@@ -132,6 +132,14 @@ def reconcile(study, spec: SweepSpec) -> list[tuple[int, int, str]]:
     (also after a driver died between failing a trial and re-queueing it). Returns (old, new, why) for each.
     Call under the study lock."""
     out = []
+    for last, failures, why in due_again(study, spec):
+        out.append((last.number, requeue(study, last, why[:1000], failures=failures), why))
+    return out
+
+
+def due_again(study, spec: SweepSpec) -> list[tuple[Any, int, str]]:
+    """(last trial, failure count, why) of every cell reconcile would re-queue; reads only."""
+    out = []
     for ts in _by_cell(study.get_trials(deepcopy=False)).values():
         if _open(ts):
             continue
@@ -144,7 +152,7 @@ def reconcile(study, spec: SweepSpec) -> list[tuple[int, int, str]]:
             why = f"retry {failures} of max_retries={spec.max_retries}: trial {last.number} failed: {last.user_attrs.get('reason', '')}"
         else:
             continue
-        out.append((last.number, requeue(study, last, why[:1000], failures=failures), why))
+        out.append((last, failures, why))
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from harness.sweep.params import cell_params, dropped_note, grid_distributions, recorded_distributions
 from harness.sweep.plan import cell_key, grid_run_id, trial_overrides
-from harness.sweep.retry import fail_stale, reconcile
+from harness.sweep.retry import due_again, fail_stale, reconcile
 from harness.sweep.samplers import build_pruner, build_sampler, worker_seed
 from harness.sweep.spec import Dimension, PlannedTrial, SpecError, SweepSpec
 from harness.sweep.storage import open_storage, record_heartbeat, study_lock
@@ -149,6 +149,21 @@ def next_trial(study, storage, spec: SweepSpec, url: str, deadline: float | None
             if k in dims:
                 _suggest(trial, dims[k])
     return trial, running
+
+
+def nothing_left(study, spec: SweepSpec, deadline: float | None) -> bool:
+    """Whether next_trial could only answer (None, 0): nothing WAITING or RUNNING, no failed cell that reconcile
+    would queue again, no search budget left, or the deadline passed. Reads only (no lock): a worker asks it
+    before waiting for its fork server, so a finished study ends at once instead of after the server's imports."""
+    from optuna.trial import TrialState
+
+    if deadline is not None and time.time() > deadline:
+        return True
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING)):
+        return False
+    if spec.sampler != "grid" and (spec.n_trials is None or _count_sampled(study) < spec.n_trials):
+        return False
+    return not due_again(study, spec)
 
 
 def _ask(study):

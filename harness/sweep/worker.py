@@ -33,7 +33,7 @@ from harness.sweep.plan import bookkeeping_overrides, merge_overrides
 from harness.sweep.retry import DRIVER_ERROR, INTERRUPTED, NOT_RETRIED, TRIAL_FAILED, reconcile, record_run_status
 from harness.sweep.spec import SweepSpec
 from harness.sweep.storage import record_heartbeat, study_lock
-from harness.sweep.study import Taker, next_trial, open_study
+from harness.sweep.study import Taker, next_trial, nothing_left, open_study
 from harness.sweep.warm import Starter, cold_requested, default_train_command
 
 TRAIN_CMD_ENV = "HARNESS_SWEEP_TRAIN_CMD"  # tests only: replaces `python -m harness train`
@@ -413,6 +413,8 @@ def worker_loop(spec: SweepSpec, opts: WorkerOptions, study=None, storage=None) 
     waits = 0  # looks at the study since this worker last had a trial to take
     with StopFlag() as stop, _starter(spec, opts) as starter:
         if starter is not None:  # the imports finish before a trial is taken, so its heartbeat never waits on them
+            if nothing_left(study, spec, deadline):
+                return 0  # a finished study: no wait for the server's imports (its context closes it)
             starter.wait_ready(stop=lambda: stop.signum is not None)
         while stop.signum is None:
             trial, running = next_trial(study, storage, spec, opts.storage_url, deadline, taker)

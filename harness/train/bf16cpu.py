@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import time
 import types
@@ -153,11 +152,9 @@ def decide(stock_s: float, patched_s: float, min_speedup: float = MIN_SPEEDUP) -
 
 def override() -> str:
     """HARNESS_BF16_LAYOUT: auto (measure), tn (force the patch), stock (never). Anything else is an error."""
-    value = os.environ.get(OVERRIDE_ENV, "auto").strip().lower() or "auto"
-    if value not in OVERRIDES:
-        raise ValueError(f"{OVERRIDE_ENV}={value!r}: use one of {', '.join(OVERRIDES)} "
-                         "(auto measures stock vs tn once per machine and shape)")
-    return value
+    from harness.model.device import env_choice
+
+    return env_choice(OVERRIDE_ENV, OVERRIDES, "auto measures stock vs tn once per machine and shape")
 
 
 def machine_key(cpu: dict, torch_version: str, threads: int, shape: tuple, weight_grad: bool) -> str:
