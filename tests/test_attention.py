@@ -84,7 +84,7 @@ def test_a_mask_that_sees_later_keys_gets_full_width_blocks():
     mask = mask[None, None]
     ours, theirs = both(q, k, v, mask)
     assert torch.allclose(ours, theirs, atol=TOL, rtol=TOL), (ours - theirs).abs().max()
-    assert mask._harness_causal[1] is False
+    assert mask._harness_key_ranges[1][0] == (0, 100)  # the first block reads keys up to 100, past its end
 
 
 def test_additive_float_masks_equal_sdpa():
@@ -103,12 +103,20 @@ def test_a_query_with_no_key_allowed_gives_no_nan():
     assert torch.isfinite(ours).all()
 
 
-def test_the_causal_check_is_remembered_per_mask_and_redone_after_a_change():
-    mask = torch.ones(80, 80, dtype=torch.bool).tril()[None, None].clone()
-    assert attention._causal_subset(mask) is True
-    assert mask._harness_causal == (mask._version, True)
-    mask[..., 3, 50] = True  # in place: the tensor's version moves on
-    assert attention._causal_subset(mask) is False
+def test_key_ranges_skip_other_groups_and_are_redone_after_a_change():
+    """Two packed groups that see only themselves: the second block of queries needs keys from 40, not from 0;
+    the ranges are kept on the mask tensor for every layer and recomputed once it changes in place."""
+    causal = torch.ones(80, 80, dtype=torch.bool).tril()
+    group = torch.zeros(80, 80, dtype=torch.bool)
+    group[:40, :40] = group[40:, 40:] = True
+    mask = (causal & group)[None, None].clone()
+    assert attention._key_ranges(mask, 80) == [(0, 64), (40, 80)]
+    assert mask._harness_key_ranges == (mask._version, [(0, 64), (40, 80)])
+    mask[..., 70, 10] = True  # in place: the tensor's version moves on
+    assert attention._key_ranges(mask, 80) == [(0, 64), (10, 80)]
+    q, k, v = qkv(b=1, n=80, seed=5)
+    ours, theirs = both(q, k, v, mask)
+    assert torch.allclose(ours, theirs, atol=TOL, rtol=TOL), (ours - theirs).abs().max()
 
 
 def test_bf16_blocks_stay_within_bf16_rounding_of_an_fp32_reference():

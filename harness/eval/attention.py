@@ -52,22 +52,25 @@ def _sdpa():
     return sdpa_attention_forward
 
 
-def _causal_subset(mask) -> bool:
-    """Whether a bool mask [.., q, k] allows no query a later key (then causal blocks lose nothing). Checked once
-    per mask tensor (every layer of a forward gets the same one) and remembered on it with its version."""
-    import torch
-
-    seen = getattr(mask, "_harness_causal", None)
+def _key_ranges(mask, length: int) -> list[tuple[int, int]]:
+    """For each block of BLOCK queries, the keys [lo, hi) that any of its queries may attend in a bool mask
+    [.., q, k] (over every row and head): the engine's packed rows hold several groups that each see only
+    themselves, so a block needs the keys from its earliest query's group start, not from 0; a causal mask never
+    gives hi past the block's end. Computed once per mask tensor (every layer of a forward gets the same one) and
+    remembered on it with its version."""
+    seen = getattr(mask, "_harness_key_ranges", None)
     if seen is not None and seen[0] == mask._version:
         return seen[1]
-    q, k = mask.shape[-2], mask.shape[-1]
-    later = torch.ones(q, k, dtype=torch.bool, device=mask.device).triu(1 + k - q)
-    ok = not bool((mask & later).any())
+    ranges = []
+    for s in range(0, length, BLOCK):
+        e = min(length, s + BLOCK)
+        cols = mask[..., s:e, :].any(dim=-2).reshape(-1, mask.shape[-1]).any(dim=0).nonzero()
+        ranges.append((int(cols[0]), int(cols[-1]) + 1) if len(cols) else (s, e))
     try:
-        mask._harness_causal = (mask._version, ok)
+        mask._harness_key_ranges = (mask._version, ranges)
     except (AttributeError, RuntimeError):
         pass
-    return ok
+    return ranges
 
 
 def blocked_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
@@ -89,29 +92,34 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
     g, L = h // kvh, n_q
     scale = scaling if scaling is not None else d ** -0.5
     # an additive mask may open any key, a bool one too where it is not causal: then no block skips keys
-    full_width = mask is not None and (mask.dtype != torch.bool or not _causal_subset(mask))
+    if mask is None:  # pure causal: a block sees the keys up to its end
+        ranges = [(0, min(L, s + BLOCK)) for s in range(0, L, BLOCK)]
+    elif mask.dtype == torch.bool:
+        ranges = _key_ranges(mask, L)
+    else:  # an additive mask may open any key: full width
+        ranges = [(0, L)] * len(range(0, L, BLOCK))
     low = torch.finfo(query.dtype).min  # not -inf: a query with no key allowed (padding) gets no NaN
     out = torch.empty(b, L, kvh, g, d, dtype=query.dtype, device=query.device)
     qg = (query * scale).view(b, kvh, g, L, d)
     kt = key.reshape(b * kvh, L, d).transpose(1, 2)
     vv = value.reshape(b * kvh, L, d)
     later = None if mask is not None else torch.ones(BLOCK, BLOCK, dtype=torch.bool, device=query.device).triu(1)
-    for s in range(0, L, BLOCK):
+    for s, (lo, hi) in zip(range(0, L, BLOCK), ranges):
         e = min(L, s + BLOCK)
-        n, width = e - s, (L if full_width else e)
+        n, width = e - s, hi - lo
         qi = qg[:, :, :, s:e].reshape(b * kvh, g * n, d)
-        scores = torch.bmm(qi, kt[:, :, :width]).view(b, kvh, g, n, width)
+        scores = torch.bmm(qi, kt[:, :, lo:hi]).view(b, kvh, g, n, width)
         if mask is None:
             scores[..., s:e].masked_fill_(later[:n, :n], low)
         else:
-            m = mask[:, :, s:e, :width]
+            m = mask[:, :, s:e, lo:hi]
             m = m.unsqueeze(2) if m.shape[1] == 1 else m.reshape(m.shape[0], kvh, g, n, width)
             if m.dtype == torch.bool:
                 scores.masked_fill_(~m, low)
             else:
                 scores = (scores.float() + m).clamp_(min=torch.finfo(torch.float32).min)
         p = torch.softmax(scores, dim=-1).to(query.dtype)  # fp32 inside the kernel, bf16 out
-        o = torch.bmm(p.view(b * kvh, g * n, width), vv[:, :width]).view(b, kvh, g, n, d)
+        o = torch.bmm(p.view(b * kvh, g * n, width), vv[:, lo:hi]).view(b, kvh, g, n, d)
         out[:, s:e] = o.permute(0, 3, 1, 2, 4)
     return out.view(b, L, h, d), None
 
