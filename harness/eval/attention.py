@@ -12,8 +12,9 @@ same attention with the CPU's bf16 matrix kernels instead:
                                            out[s:e] = p v[:e]             (bf16 product)
 
 Grouped-query heads share their key/value head without copies (the group's query heads are stacked into one
-product). Masks are transformers' sdpa masks (bool, True = attend) or additive float masks; a mask that lets a
-query see a later key (not causal) gets full-width blocks. Everything the kernel does not cover goes to
+product). Masks are transformers' sdpa masks (bool, True = attend) or additive float masks (full width); with a
+bool mask a block reads only the keys [lo, hi) any of its queries may attend (`_key_ranges`: packed groups that see
+only themselves skip the others' keys, a non-causal mask reaches past the block's end). Everything the kernel does not cover goes to
 transformers' own sdpa function unchanged: training with dropout, a KV cache (queries fewer than keys:
 generation's decoding steps), soft-capping, attention weights requested, a non-causal module.
 
