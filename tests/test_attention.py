@@ -199,6 +199,20 @@ def test_auto_measures_once_per_shape_and_keeps_the_decision(tiny, monkeypatch):
     assert attention.choose(slower).implementation == "sdpa" and slower.config._attn_implementation == "sdpa"
 
 
+def test_a_model_that_refuses_the_kernel_keeps_its_own(tiny, monkeypatch):
+    model, _, _ = tiny
+    monkeypatch.setenv(attention.OVERRIDE_ENV, "blocked")
+    half = copy.deepcopy(model).to(torch.bfloat16)
+
+    def refuse(name):
+        raise ValueError(f"{name} is not supported by this architecture")
+
+    monkeypatch.setattr(half, "set_attn_implementation", refuse)
+    decision = attention.choose(half)
+    assert decision.implementation == "sdpa" and decision.source == "not applicable"
+    assert "not supported" in decision.reason and half.config._attn_implementation == "sdpa"
+
+
 def test_the_real_measurement_times_both_kernels():
     sdpa_ms, blocked_ms = attention.measure(4, 2, 16, positions=128, reps=1)
     assert sdpa_ms > 0 and blocked_ms > 0

@@ -240,7 +240,10 @@ def choose(model) -> AttentionDecision:
                                                round(blocked_ms, 3), shape)
         decision = _MEASURED[key]
     if decision.implementation == NAME:
-        inner.set_attn_implementation(register())
+        try:
+            inner.set_attn_implementation(register())
+        except (ValueError, AttributeError, NotImplementedError) as exc:  # an architecture that takes no registered kernel
+            decision = AttentionDecision(current, "not applicable", f"the model takes no registered attention: {exc}"[:300])
     _CHOSEN[inner] = decision
     return decision
 
