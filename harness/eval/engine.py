@@ -13,9 +13,10 @@ openbookqa) or the same sentence start (winogrande). PackedHFLM overrides one me
   2. pack each group into one row, prefix + branch_1 + branch_2 ..., with explicit position ids and a 4D attention
      mask in which each branch sees the prefix and its own earlier tokens only (sliding-window layers, gemma3's,
      get their own mask);
-  3. ask the model for logits only at the positions whose next token is a continuation token (transformers'
-     boolean `logits_to_keep`, so final_logit_softcapping and peft wrappers stay the model's own) and
-     log-softmax only those rows;
+  3. logits only at the positions whose next token is a continuation token: the decoder over the batch and the
+     output layer over SOFTMAX_ROWS of those positions at a time when the model's logits are output_layer(decoder)
+     (split_head, checked once), else the model's own boolean `logits_to_keep` (final_logit_softcapping stays
+     the model's own); log-softmax only those rows, SOFTMAX_ROWS at a time;
   4. put short groups together into rows of similar length (each group still sees only itself), and batch the
      rows longest first, like lm-eval (little padding); a batch of rows that each hold one request
      (loglikelihood_rolling's windows) gets the model's own causal mask (sdpa's causal kernel skips the upper
@@ -25,7 +26,8 @@ The inputs are lm-eval's own encoded pairs (its _encode_pair: its tokenisation a
 context and continuation); each result is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
 and lm-eval's cache hook gets it as HFLM gives it. What cannot be packed goes through HFLM's own method unchanged:
 requests that need left truncation or have an empty context or continuation, and models other than decoder-only
-ones with sdpa or eager attention and a `logits_to_keep` argument (seq2seq, peft prompt learning, flash/flex).
+ones with sdpa, eager or fast mode's blocked attention (harness/eval/attention.py) and a `logits_to_keep` argument
+(seq2seq, peft prompt learning, flash/flex).
 lm_eval is imported only here and in lm_eval.py.
 """
 
