@@ -479,6 +479,35 @@ def attention_kernels(model: str = "smollm2-135m", reps: int = 9) -> list[dict]:
     return rows
 
 
+def static_cache_ab(model: str = "smollm2-135m", data: str = "alpaca-demo", prompts: int = 32, new_tokens: int = 64,
+                    reps: int = 3) -> dict:
+    """Greedy batched decoding (left-padded batch of `prompts`, `new_tokens` each) with transformers' dynamic KV cache
+    (what harness/eval/generation.py uses) vs its static cache, interleaved: median seconds and whether the outputs
+    are identical."""
+    import torch
+
+    from harness import config
+    from harness.data import load_eval_examples
+
+    _, net, tok = _load(model)
+    examples = list(load_eval_examples(config.compose([f"data={data}"]).data, limit=prompts))[:prompts]
+    texts = [tok.apply_chat_template(e.messages, add_generation_prompt=True, tokenize=False) for e in examples]
+    tok.padding_side = "left"
+    enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    kw = {"max_new_tokens": new_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id or tok.eos_token_id}
+    secs: dict[str, list[float]] = {"dynamic": [], "static": []}
+    outs = {}
+    with torch.inference_mode():
+        for _ in range(reps):
+            for impl in secs:
+                t0 = time.perf_counter()
+                outs[impl] = net.generate(**enc, **kw, **({"cache_implementation": "static"} if impl == "static" else {}))
+                secs[impl].append(time.perf_counter() - t0)
+    return {"dynamic_s": common.median(secs["dynamic"]), "static_s": common.median(secs["static"]), "all_s": secs,
+            "identical": bool(torch.equal(outs["dynamic"], outs["static"])), "batch": list(enc["input_ids"].shape),
+            "threads": torch.get_num_threads()}
+
+
 if __name__ == "__main__":  # the multiple-choice section alone: python -m benchmarks.evaluation --tasks hellaswag,arc_easy
     import argparse
     import json
@@ -495,7 +524,12 @@ if __name__ == "__main__":  # the multiple-choice section alone: python -m bench
                          "(e.g. the bf16 matmul peak of `--only matmul` times the threads)")
     ap.add_argument("--attention", action="store_true",
                     help="only fast mode's block-causal attention vs sdpa at the model's head shape (attention_kernels)")
+    ap.add_argument("--static-cache", action="store_true",
+                    help="only batched greedy decoding with the dynamic vs the static KV cache (static_cache_ab)")
     a = ap.parse_args()
+    if a.static_cache:
+        print(json.dumps(static_cache_ab(a.model), indent=1))
+        raise SystemExit(0)
     if a.attention:
         print(json.dumps(attention_kernels(a.model), indent=1))
         raise SystemExit(0)
