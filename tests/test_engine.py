@@ -326,6 +326,31 @@ def test_forced_bf16_fast_mode_records_mode_precision_and_calibration(tiny):
 
 
 @pytest.mark.slow
+def test_calibration_scores_only_the_exact_side_and_compares_the_reported_numbers(tiny, tmp_path, monkeypatch):
+    """The fast side of the calibration is the task's own run (its first items), not a second fast-mode run."""
+    import json
+
+    from harness.eval import lm_eval as le
+    from harness.eval.precision import model_for
+
+    model, tok, cfg = tiny
+    precision = EvalPrecision("fast", "bfloat16", "forced in a test")
+    scored = []
+    real = le.item_loglikelihoods
+    monkeypatch.setattr(le, "item_loglikelihoods", lambda lm, *a: scored.append(lm) or real(lm, *a))
+    lm_cfg = LmEvalConfig(tasks=["arc_easy"], limit=6, batch_size=4)
+    entry = run_tasks(model_for(model, precision), tok, lm_cfg, cfg.model, tmp_path, precision=precision,
+                      exact_model=model)["arc_easy"]
+    assert len(scored) == 1 and next(scored[0].model.parameters()).dtype == torch.float32  # the exact side only
+    rows = [json.loads(line) for line in (tmp_path / "samples" / "arc_easy.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and entry["calibration"]["items"] == 6
+    exact_lm = le.build_lm(model, tok, 4, model_cfg=cfg.model)
+    exact = real(exact_lm, "arc_easy", lm_cfg, 3)
+    fast = [[0.0] * len(xs) for xs in exact] + [[0.0]]  # handed numbers: compared as given, first items only
+    assert le.calibrate(exact_lm, None, "arc_easy", lm_cfg, items=3, fast=fast) == le.calibration_stats(exact, fast[:3])
+
+
+@pytest.mark.slow
 def test_run_suites_records_the_mode_in_eval_json(tmp_path, monkeypatch):
     from harness import atomic
     from harness.eval import precision as prec

@@ -176,9 +176,12 @@ def task_metrics(results: dict) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------ running
-def run_task(lm, name: str, lm_cfg: LmEvalConfig, run_dir: Path | None, gen_kwargs: dict | None = None) -> dict:
+def run_task(lm, name: str, lm_cfg: LmEvalConfig, run_dir: Path | None, gen_kwargs: dict | None = None,
+             choices: list | None = None) -> dict:
     """One task -> eval.json suite entry (no config_hash); writes lm_eval/<name>.json and samples/<name>.jsonl.
-    gen_kwargs override generation settings of generative tasks (e.g. {"max_gen_toks": 16})."""
+    gen_kwargs override generation settings of generative tasks (e.g. {"max_gen_toks": 16}). `choices`, when
+    given, receives each item's choice log-likelihoods (doc_id order; multiple choice only): fast mode's
+    calibration compares them with exact mode's instead of scoring the slice again."""
     from lm_eval import simple_evaluate
 
     full = task_name(name)
@@ -193,6 +196,8 @@ def run_task(lm, name: str, lm_cfg: LmEvalConfig, run_dir: Path | None, gen_kwar
     wall = time.time() - t0
     results = out["results"][full]
     output_type = out["configs"][full]["output_type"]
+    if choices is not None and output_type == "multiple_choice":
+        choices.extend(choice_loglikelihoods(out["samples"][full]))
     rows = sample_rows(out["samples"][full], output_type)
     if output_type != "multiple_choice":
         rows = merge_filters(rows)
@@ -231,7 +236,8 @@ def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | N
     after each. lm-eval's own progress bars report to the run's display while one is active (quietly).
     precision (harness/eval/precision.py EvalPrecision): recorded in each entry as `mode` and `precision`;
     exact_model (the fp32 model, given when `model` runs in another dtype): each multiple-choice task's first
-    CALIBRATION_ITEMS items are scored by both and the deviation is recorded as `calibration`."""
+    CALIBRATION_ITEMS items are scored by it too, and their deviation from the task's own (fast) log-likelihoods
+    is recorded as `calibration`."""
     lm = build_lm(model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
     exact_lm = None if exact_model is None else build_lm(exact_model, tokenizer, lm_cfg.batch_size, model_cfg=model_cfg)
     suites = {}
@@ -239,12 +245,13 @@ def run_tasks(model, tokenizer, lm_cfg: LmEvalConfig, model_cfg: ModelConfig | N
         for name in lm_cfg.tasks:
             if on_start is not None:
                 on_start(short_name(name))
-            entry = run_task(lm, short_name(name), lm_cfg, run_dir)
+            choices: list = []
+            entry = run_task(lm, short_name(name), lm_cfg, run_dir, choices=choices)
             if precision is not None:
                 entry["mode"], entry["precision"] = precision.mode, precision.record()
                 entry["attention"] = attention.describe(model)
             if exact_lm is not None:
-                cal = calibrate(exact_lm, lm, short_name(name), lm_cfg)
+                cal = calibrate(exact_lm, lm, short_name(name), lm_cfg, fast=choices)
                 if cal is not None:
                     entry["calibration"] = cal
             suites[short_name(name)] = entry
@@ -269,8 +276,12 @@ def item_loglikelihoods(lm, name: str, lm_cfg: LmEvalConfig, limit: int) -> list
                           verbosity="ERROR")
     if out["configs"][full]["output_type"] != "multiple_choice":
         return None
-    samples = sorted(out["samples"][full], key=lambda s: s["doc_id"])
-    return [[float(r[0]) for r in s["filtered_resps"]] for s in samples]
+    return choice_loglikelihoods(out["samples"][full])
+
+
+def choice_loglikelihoods(samples: list[dict]) -> list[list[float]]:
+    """lm-eval's logged samples of a multiple-choice task -> each item's choice log-likelihoods, in doc_id order."""
+    return [[float(r[0]) for r in s["filtered_resps"]] for s in sorted(samples, key=lambda s: s["doc_id"])]
 
 
 def calibration_stats(exact: list[list[float]], fast: list[list[float]]) -> dict:
@@ -285,13 +296,19 @@ def calibration_stats(exact: list[list[float]], fast: list[list[float]]) -> dict
             "same_argmax": same / len(exact) if exact else 1.0}
 
 
-def calibrate(exact_lm, fast_lm, name: str, lm_cfg: LmEvalConfig, items: int = CALIBRATION_ITEMS) -> dict | None:
-    """calibration_stats of one task's first `items` items (at most eval.lm_eval.limit); None when not multiple choice."""
+def calibrate(exact_lm, fast_lm, name: str, lm_cfg: LmEvalConfig, items: int = CALIBRATION_ITEMS,
+              fast: list[list[float]] | None = None) -> dict | None:
+    """calibration_stats of one task's first `items` items (at most eval.lm_eval.limit); None when not multiple
+    choice. `fast`: the fast side's choice log-likelihoods from the task's own run (its first items are the same
+    documents: lm-eval's limit takes the first), so only the exact side is scored here; the numbers compared are
+    the reported ones."""
     limit = min(items, lm_cfg.limit) if lm_cfg.limit else items
     exact = item_loglikelihoods(exact_lm, name, lm_cfg, limit)
     if exact is None:
         return None
-    return calibration_stats(exact, item_loglikelihoods(fast_lm, name, lm_cfg, limit))
+    if fast is None or len(fast) < len(exact):
+        fast = item_loglikelihoods(fast_lm, name, lm_cfg, limit)
+    return calibration_stats(exact, fast[:len(exact)])
 
 
 @contextlib.contextmanager
