@@ -508,6 +508,32 @@ def static_cache_ab(model: str = "smollm2-135m", data: str = "alpaca-demo", prom
             "threads": torch.get_num_threads()}
 
 
+def calibration_ab(model: str = "smollm2-135m", task: str = "hellaswag", items: int = 100, reps: int = 3) -> dict:
+    """Fast mode's calibration of one task (harness/eval/lm_eval.py calibrate) as it was (the fast side's first items
+    scored again) vs as it is (handed the run's own log-likelihoods), interleaved: median seconds of each."""
+    import logging
+
+    from harness.config import LmEvalConfig
+    from harness.eval import lm_eval as le
+    from harness.eval import precision
+
+    cfg, net, tok = _load(model)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    fast_lm = le.build_lm(precision.model_for(net, precision.plan("fast", "cpu")), tok, 8, model_cfg=cfg.model)
+    exact_lm = le.build_lm(net, tok, 8, model_cfg=cfg.model)
+    lm_cfg = LmEvalConfig(tasks=[task], limit=items)
+    run = le.item_loglikelihoods(fast_lm, task, lm_cfg, items)  # what the task's own run hands over
+    secs: dict[str, list[float]] = {"rescored": [], "handed": []}
+    out = {}
+    for _ in range(reps):
+        for side in secs:
+            t0 = time.perf_counter()
+            out[side] = le.calibrate(exact_lm, fast_lm, task, lm_cfg, fast=None if side == "rescored" else run)
+            secs[side].append(time.perf_counter() - t0)
+    return {"rescored_s": common.median(secs["rescored"]), "handed_s": common.median(secs["handed"]), "all_s": secs,
+            "calibration": out, "task": task, "items": items}
+
+
 if __name__ == "__main__":  # the multiple-choice section alone: python -m benchmarks.evaluation --tasks hellaswag,arc_easy
     import argparse
     import json
@@ -526,7 +552,13 @@ if __name__ == "__main__":  # the multiple-choice section alone: python -m bench
                     help="only fast mode's block-causal attention vs sdpa at the model's head shape (attention_kernels)")
     ap.add_argument("--static-cache", action="store_true",
                     help="only batched greedy decoding with the dynamic vs the static KV cache (static_cache_ab)")
+    ap.add_argument("--calibration", action="store_true",
+                    help="only fast mode's calibration of the first --tasks task, scored again vs handed the run's "
+                         "numbers (calibration_ab)")
     a = ap.parse_args()
+    if a.calibration:
+        print(json.dumps(calibration_ab(a.model, a.tasks.split(",")[0], a.items, max(a.reps, 3)), indent=1))
+        raise SystemExit(0)
     if a.static_cache:
         print(json.dumps(static_cache_ab(a.model), indent=1))
         raise SystemExit(0)
