@@ -13,15 +13,15 @@ same attention with the CPU's bf16 matrix kernels instead:
 
 Grouped-query heads share their key/value head without copies (the group's query heads are stacked into one
 product). Masks are transformers' sdpa masks (bool, True = attend) or additive float masks (full width); with a
-bool mask a block reads only the keys [lo, hi) any of its queries may attend (`_key_ranges`: packed groups that see
-only themselves skip the others' keys, a non-causal mask reaches past the block's end). Everything the kernel does not cover goes to
-transformers' own sdpa function unchanged: training with dropout, a KV cache (queries fewer than keys:
-generation's decoding steps), soft-capping, attention weights requested, a non-causal module.
+bool mask a block reads only the keys [lo, hi) any of its queries may attend (`_key_ranges`: packed groups that
+see only themselves skip the others' keys, a non-causal mask reaches past the block's end). Everything the kernel
+does not cover goes to transformers' own sdpa function unchanged: training with dropout, a KV cache (queries fewer
+than keys: generation's decoding steps), soft-capping, attention weights requested, a non-causal module.
 
 Measured on that CPU (bf16, 9 query / 3 key-value heads of 64, 2 threads, median of 9, one run): 1,024 positions
 4.9 ms vs sdpa's 11.6 ms; 512: 1.7 vs 4.0 ms; 4 x 256: 1.6 vs 4.1 ms; 8 x 128: 1.1 vs 2.6 ms (`python -m
-benchmarks.evaluation --attention`). In fp32 the blocked form is not faster than sdpa (15.1 vs 11.8 ms at 1,024), so exact
-mode never uses it. It rounds differently from sdpa's bf16 kernel (its scores are bf16 products; sdpa's kernel
+benchmarks.evaluation --attention`). In fp32 the blocked form is not faster than sdpa (15.1 vs 11.8 ms at 1,024),
+so exact mode never uses it. It rounds differently from sdpa's bf16 kernel (its scores are bf16 products; sdpa's kernel
 keeps them in fp32): on random inputs the largest output difference from an fp32 reference was 0.011 against
 sdpa-bf16's 0.009. Fast mode's calibration (harness/eval/precision.py) measures what that costs on the suite.
 
@@ -92,7 +92,6 @@ def blocked_attention(module, query, key, value, attention_mask, dropout: float 
                        is_causal=is_causal, **kwargs)
     g, L = h // kvh, n_q
     scale = scaling if scaling is not None else d ** -0.5
-    # an additive mask may open any key, a bool one too where it is not causal: then no block skips keys
     if mask is None:  # pure causal: a block sees the keys up to its end
         ranges = [(0, min(L, s + BLOCK)) for s in range(0, L, BLOCK)]
     elif mask.dtype == torch.bool:
@@ -174,8 +173,6 @@ def measure(heads: int, kv_heads: int, head_dim: int, positions: int = MEASURE_P
     `reps`."""
     import torch
 
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     class Probe(torch.nn.Module):
         is_causal = True
         num_key_value_groups = heads // kv_heads
@@ -184,7 +181,7 @@ def measure(heads: int, kv_heads: int, head_dim: int, positions: int = MEASURE_P
     q, k, v = (torch.randn(batch, n, positions, head_dim, generator=gen).to(getattr(torch, dtype))
                for n in (heads, kv_heads, kv_heads))
     probe = Probe().eval()
-    fns = {"sdpa": sdpa_attention_forward, "blocked": blocked_attention}
+    fns = {"sdpa": _sdpa(), "blocked": blocked_attention}
     times: dict[str, list[float]] = {name: [] for name in fns}
     with torch.inference_mode():
         for rep in range(reps + 1):
@@ -227,9 +224,9 @@ def choose(model) -> AttentionDecision:
         decision = AttentionDecision(current, "not applicable", f"the model runs {current!r} attention, not sdpa")
     elif shape is None:
         decision = AttentionDecision(current, "not applicable", "no attention-head shape in the model's config")
-    elif override() == "sdpa":
+    elif (forced := override()) == "sdpa":  # read only where it matters (a bad value errs there)
         decision = AttentionDecision(current, "forced", f"{OVERRIDE_ENV}=sdpa")
-    elif override() == "blocked":
+    elif forced == "blocked":
         decision = AttentionDecision(NAME, "forced", f"{OVERRIDE_ENV}=blocked", shape=shape)
     else:
         key = (*shape, torch.get_num_threads())
@@ -242,8 +239,9 @@ def choose(model) -> AttentionDecision:
     if decision.implementation == NAME:
         try:
             inner.set_attn_implementation(register())
-        except (ValueError, AttributeError, NotImplementedError) as exc:  # an architecture that takes no registered kernel
-            decision = AttentionDecision(current, "not applicable", f"the model takes no registered attention: {exc}"[:300])
+        except (ValueError, AttributeError, NotImplementedError) as exc:  # its architecture takes no registered kernel
+            why = f"the model takes no registered attention: {exc}"[:300]
+            decision = AttentionDecision(current, "not applicable", why)
     _CHOSEN[inner] = decision
     return decision
 
