@@ -310,6 +310,66 @@ def optimizer_ab(model: str, data: str, steps: int = 20, reps: int = 3) -> list[
     return rows
 
 
+def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: int = 1, reps: int = 4,
+            model: str = "smollm2-135m") -> dict:
+    """In this process: a hand-written bf16-autocast step (the plain loop's model, random tokens of batch x length)
+    with torch's sdpa, with the block-causal kernel (harness/model/attention.py) and, for LoRA, with the kernel and
+    15-bit dropout masks (harness/train/dropout.py); one model per variant, steps interleaved after a warm-up.
+    Median ms per step and each variant's speed-up over sdpa: what harness/train/attention.py and dropout.py cite.
+
+        PYTHONPATH=. python -c "from benchmarks import training as t; print(t.step_ab('lora', 2, 128, 1))"
+    """
+    import statistics
+
+    import torch
+
+    from harness.model.attention import register
+    from harness.train.dropout import replace_lora_dropout
+
+    torch.set_num_threads(threads)
+    variants = {"sdpa": ("sdpa", False), "blocked": (register(), False)}
+    if method != "full":
+        variants["blocked+dropout"] = (register(), True)
+
+    def build(attn: str, fast_dropout: bool):
+        torch.manual_seed(0)
+        _, net, lora = _load_plain(model, method, "bf16", "alpaca-demo")
+        if lora is not None:
+            from peft import get_peft_model
+
+            net = get_peft_model(net, lora)
+        net.get_base_model().set_attn_implementation(attn) if lora is not None else net.set_attn_implementation(attn)
+        if fast_dropout:
+            replace_lora_dropout(net)
+        params = [p for p in net.parameters() if p.requires_grad]
+        return net.train(), params, torch.optim.AdamW(params, lr=1e-5, fused=True)
+
+    ids = torch.randint(0, 49_000, (batch, length), generator=torch.Generator().manual_seed(0))
+
+    def step(net, params, opt) -> float:
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    built = {name: build(*v) for name, v in variants.items()}
+    times: dict[str, list[float]] = {name: [] for name in built}
+    for name in built:
+        step(*built[name])  # warm-up
+    for _ in range(reps):
+        for name in built:
+            times[name].append(step(*built[name]))
+    ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
+    return {"method": method, "batch": batch, "length": length, "threads": threads, "reps": reps,
+            "median_ms": {k: round(v, 1) for k, v in ms.items()},
+            "speedup_vs_sdpa": {k: round(ms["sdpa"] / v, 3) for k, v in ms.items()},
+            "all_ms": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()}}
+
+
 def child_plain(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
                 batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0) -> dict:
     """Child: a minimal PyTorch training loop on the same token rows the harness trains on."""

@@ -1,6 +1,6 @@
-"""Fast mode's block-causal attention (harness/eval/attention.py): the same attention as transformers' sdpa function
-(checked in fp32, where only the summation order differs), the cases it hands to sdpa, and when a fast-mode copy
-gets it.
+"""The block-causal attention (harness/model/attention.py): the same attention as transformers' sdpa function
+(checked in fp32, where only the summation order differs), its gradients, the cases it hands to sdpa, and when a
+fast-mode copy gets it (harness/eval/attention.py).
 
     python -m pytest -q tests/test_attention.py
 """
@@ -15,6 +15,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from harness.eval import attention
+from harness.model import attention as kernel
 from harness.eval.attention import NAME, blocked_attention, decide
 from harness.eval.engine import allowed
 from tests.test_engine import tiny  # noqa: F401 (fixture: the tiny Llama, fp32)
@@ -135,7 +136,7 @@ def test_what_the_kernel_does_not_cover_goes_to_sdpa(case, monkeypatch):
         calls.append(kwargs)
         return sdpa_attention_forward(*args, **kwargs)
 
-    monkeypatch.setattr(attention, "_sdpa", lambda: spy)
+    monkeypatch.setattr(kernel, "_sdpa", lambda: spy)
     q, k, v = qkv(b=1, n=40)
     m, kw = module(6, 2), {}
     if case == "kv cache":

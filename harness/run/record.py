@@ -132,6 +132,8 @@ class Manifest(TypedDict, total=False):
     frozen_casts_kept: int  # bf16/fp16 training: frozen Linear layers whose weight is cast once (harness/train/frozen_cast.py)
     bnb_4bit_layers_held: int  # QLoRA: 4-bit layers kept in their training layout while training (model/methods.py)
     bf16_layout: dict  # bf16 on CPU: whether the tn matmul layout was applied, both timings, why (harness/train/bf16cpu.py)
+    train_attention: dict  # bf16 on CPU: whether training ran the block-causal kernel, both timings, why (harness/train/attention.py)
+    lora_dropout: dict  # LoRA on CPU: the adapters' dropout masks from 15-bit integers: layers, p, effective_p (harness/train/dropout.py)
     reference_model: str  # preference objectives: "adapter disabled" | "adapter copy" | "copy" | "none" (docs/preference.md)
     distributed: dict  # a run over several processes: world_size, local_world_size, backend, launcher, strategy, threads_per_process
     init_from: dict  # train.init_from: the finished run training started from (run_dir, kind, name, objective, method)

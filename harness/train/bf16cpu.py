@@ -30,14 +30,13 @@ HARNESS_BF16_LAYOUT=tn forces the patch, =stock forbids it, =auto (default) meas
 
 from __future__ import annotations
 
-import hashlib
-import json
 import statistics
 import time
 import types
 from dataclasses import asdict, dataclass
 
 OVERRIDE_ENV = "HARNESS_BF16_LAYOUT"
+CACHE_KIND = "bf16cpu"  # $HARNESS_CACHE/bf16cpu/<machine key>.json
 OVERRIDES = ("auto", "tn", "stock")
 MIN_SPEEDUP = 1.05  # the patch must beat the stock kernels by 5%: within the noise it changes nothing
 MAX_TOKENS = 64  # the measurement's rows: the run's batch x max_length, capped (the layout gap shows already; 0.5-0.7 s
@@ -142,9 +141,9 @@ class LayoutDecision:
 
 def decide(stock_s: float, patched_s: float, min_speedup: float = MIN_SPEEDUP) -> tuple[bool, str]:
     """Pure: apply the patch only when it measured at least `min_speedup` times faster than the stock kernels."""
-    if not (stock_s > 0 and patched_s > 0):
-        raise ValueError(f"bf16 layout timings must be positive seconds, got stock={stock_s!r} patched={patched_s!r}")
-    speedup = stock_s / patched_s
+    from harness.run.measured import speedup as ratio
+
+    speedup = ratio(stock_s, patched_s, "bf16 layout (stock, patched)")
     if speedup >= min_speedup:
         return True, f"tn layout {speedup:.2f}x faster than stock (>= {min_speedup:.2f}x): applied"
     return False, f"tn layout {speedup:.2f}x the stock speed (< {min_speedup:.2f}x): stock kernels kept"
@@ -159,33 +158,10 @@ def override() -> str:
 
 def machine_key(cpu: dict, torch_version: str, threads: int, shape: tuple, weight_grad: bool) -> str:
     """Pure: the cache key of one measurement: CPU model and flags, torch version, threads, shape, weight gradient."""
-    ident = {"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
-             "threads": threads, "shape": list(shape), "weight_grad": bool(weight_grad)}
-    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+    from harness.run import measured
 
-
-def cache_file(key: str):
-    from harness import paths
-
-    return paths.cache_root() / "bf16cpu" / f"{key}.json"
-
-
-def read_cached(key: str) -> dict | None:
-    """A stored measurement for this key, or None (missing or unreadable: measured again)."""
-    path = cache_file(key)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), (int, float)) for k in ("stock_s", "patched_s")):
-        return None
-    return data
-
-
-def write_cached(key: str, timings: dict) -> str:
-    from harness import atomic
-
-    return str(atomic.write_json(cache_file(key), timings))
+    return measured.key({"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
+                         "threads": threads, "shape": list(shape), "weight_grad": bool(weight_grad)})
 
 
 def measure(tokens: int, in_features: int, out_features: int, weight_grad: bool, reps: int = 2) -> dict:
@@ -228,6 +204,7 @@ def choose(tokens: int, in_features: int, out_features: int, weight_grad: bool) 
     """Whether to patch a bf16 CPU run's Linear layers: the override, else the cached or a fresh measurement."""
     import torch
 
+    from harness.run import measured
     from harness.run.environment import cpu_identity
 
     cpu = cpu_identity()
@@ -239,10 +216,10 @@ def choose(tokens: int, in_features: int, out_features: int, weight_grad: bool) 
                               reason=f"{OVERRIDE_ENV}={forced}: {'applied' if forced == 'tn' else 'stock kernels kept'} "
                                      "without measuring", **common)
     key = machine_key(cpu, torch.__version__, torch.get_num_threads(), shape, weight_grad)
-    timings, source, path = read_cached(key), "cache", str(cache_file(key))
+    timings, source, path = measured.read(CACHE_KIND, key, ("stock_s", "patched_s")), "cache", str(measured.cache_file(CACHE_KIND, key))
     if timings is None:
         timings, source = measure(*shape, weight_grad=weight_grad), "measured"
-        path = write_cached(key, {**timings, "cpu": cpu["cpu"], "torch": torch.__version__, **common})
+        path = measured.write(CACHE_KIND, key, {**timings, "cpu": cpu["cpu"], "torch": torch.__version__, **common})
     apply, reason = decide(timings["stock_s"], timings["patched_s"])
     return LayoutDecision(apply=apply, source=source, reason=reason, stock_s=timings["stock_s"],
                           patched_s=timings["patched_s"], speedup=timings["stock_s"] / timings["patched_s"],

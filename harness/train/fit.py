@@ -281,6 +281,18 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
                         weight_grad=cfg.method.peft == "none")
         manifest["bf16_layout"] = layout.record()
         manifest["bf16_fast_backward_layers"] = patch_linear_layers(model) if layout.apply else 0
+        # torch's CPU sdpa is slow in bf16, its backward most: the block-causal kernel where it measures faster
+        from harness.train import attention as train_attention
+
+        attn = train_attention.choose(model, batch=t.batch_size, positions=t.max_length)
+        manifest["train_attention"] = attn.record()
+        write_manifest(run_dir, manifest)
+    else:
+        attn = None
+    if device == "cpu" and lora is not None:  # torch's CPU bernoulli_ is slow: LoRA's dropout masks from 15-bit integers
+        from harness.train.dropout import replace_lora_dropout
+
+        manifest["lora_dropout"] = replace_lora_dropout(model)
         write_manifest(run_dir, manifest)
 
     # 6. train (resume from the last complete checkpoint of this run_id if there is one)
@@ -298,6 +310,12 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         from harness.train.frozen_cast import drop_casts
 
         drop_casts(model)  # their memory back before evaluation
+    if attn is not None:
+        train_attention.restore(model, attn)  # evaluation runs the model's own sdpa (exact mode: lm-eval's kernel)
+    if manifest.get("lora_dropout", {}).get("layers"):
+        from harness.train.dropout import restore_lora_dropout
+
+        restore_lora_dropout(model)
     distributed.barrier()  # every rank's last checkpoint is written before rank 0 removes checkpoints/
     state = trainer.state
     tokens = state.num_input_tokens_seen - getattr(trainer, "_initial_num_input_tokens_seen", 0)
