@@ -128,6 +128,7 @@ def aggregate_reps(results: list[dict]) -> dict:
         "final_train_loss": results[-1].get("final_train_loss"),
         "gradient_checkpointing": results[0].get("gradient_checkpointing"),
         "bf16_layout": layout_cell(results[0].get("bf16_layout")),
+        "attention": attention_cell(results[0].get("train_attention")),
     }
 
 
@@ -214,7 +215,8 @@ def child_harness(model: str, method: str, precision: str, data: str, data_path:
             "wall_time_s": summary.get("wall_time_s"), "precision": summary.get("precision"),
             "final_train_loss": summary.get("final_train_loss"), "data_stats": {k: manifest.get("data", {}).get(k) for k in
                                                                               ("train_rows", "truncated_rows", "packed_blocks", "stream_tokens")},
-            "bf16_layout": manifest.get("bf16_layout"), "run_dir": str(run_dir)}
+            "bf16_layout": manifest.get("bf16_layout"), "train_attention": manifest.get("train_attention"),
+            "run_dir": str(run_dir)}
 
 
 def layout_cell(rec: dict | None) -> str | None:
@@ -223,6 +225,16 @@ def layout_cell(rec: dict | None) -> str | None:
         return None
     speed = f" {rec['speedup']:.2f}x" if rec.get("speedup") else ""
     return f"{'tn' if rec.get('apply') else 'stock'} ({rec.get('source')}{speed})"
+
+
+def attention_cell(rec: dict | None) -> str | None:
+    """Pure: the table's word for a harness bf16 run's attention kernel (manifest.json train_attention)."""
+    if not rec:
+        return None
+    kernel = "block-causal" if rec.get("implementation") == "harness_blocked" else str(rec.get("implementation"))
+    timed = rec.get("sdpa_ms") and rec.get("blocked_ms")
+    speed = f" {rec['sdpa_ms'] / rec['blocked_ms']:.2f}x" if timed else ""
+    return f"{kernel} ({rec.get('source')}{speed})"
 
 
 def _load_plain(model: str, method: str, precision: str, data: str):
@@ -610,7 +622,7 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
         "training", "Training throughput, memory and MFU per method (median tokens/s over measured steps)", rows,
         columns=["method", "precision", "impl", "reps", "tokens_per_s", "step_s", "vs_plain", "vs_plain_per_rep",
                  "vs_trl", "peak_rss_mb", "trainable_params", "mflop_per_token", "model_gflops", "peak_gflops", "mfu",
-                 "bf16_layout", "load_1m"],
+                 "bf16_layout", "attention", "load_1m"],
         goals=goals, notes=notes,
         params={"model": opts.model, "data": opts.data, "max_length": opts.max_length, "batch_size": opts.batch_size,
                 "warmup_steps": opts.warmup_steps, "steps": opts.steps, "bf16_steps": opts.bf16_steps or opts.steps,

@@ -67,6 +67,13 @@ def test_matmul_shapes_and_peak_cover_every_layout_and_product():
     assert r["products"]["tiny.grad_w.tn"]["mnk"] == [24, 16, 8]
 
 
+def test_attention_cell_names_the_kernel_and_its_timing():
+    assert training.attention_cell(None) is None
+    rec = {"implementation": "harness_blocked", "source": "measured", "sdpa_ms": 7.0, "blocked_ms": 2.8}
+    assert training.attention_cell(rec) == "block-causal (measured 2.50x)"
+    assert training.attention_cell({"implementation": "sdpa", "source": "not applicable"}) == "sdpa (not applicable)"
+
+
 def test_layout_cell_names_the_decision():
     assert training.layout_cell(None) is None
     assert training.layout_cell({"apply": True, "source": "measured", "speedup": 4.05}) == "tn (measured 4.05x)"
