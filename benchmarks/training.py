@@ -323,11 +323,12 @@ def optimizer_ab(model: str, data: str, steps: int = 20, reps: int = 3) -> list[
 
 
 def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: int = 1, reps: int = 4,
-            model: str = "smollm2-135m") -> dict:
-    """In this process: a hand-written bf16-autocast step (the plain loop's model, random tokens of batch x length)
-    with torch's sdpa, with the block-causal kernel (harness/model/attention.py) and, for LoRA, with the kernel and
-    15-bit dropout masks (harness/train/dropout.py); one model per variant, steps interleaved after a warm-up.
-    Median ms per step and each variant's speed-up over sdpa: what harness/train/attention.py and dropout.py cite.
+            model: str = "smollm2-135m", precision: str = "bf16") -> dict:
+    """In this process: a hand-written step (the plain loop's model, random tokens of batch x length; bf16 autocast
+    or fp32) with torch's sdpa, with the block-causal kernel (harness/model/attention.py; bf16 only, as the trainer)
+    and, for LoRA, with 15-bit dropout masks (harness/train/dropout.py) on top; one model per variant, steps
+    interleaved after a warm-up. Median ms per step and each variant's speed-up over the first: what
+    harness/train/attention.py and dropout.py cite.
 
         PYTHONPATH=. python -c "from benchmarks import training as t; print(t.step_ab('lora', 2, 128, 1))"
     """
@@ -339,13 +340,16 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
     from harness.train.dropout import replace_lora_dropout
 
     torch.set_num_threads(threads)
-    variants = {"sdpa": ("sdpa", False), "blocked": (register(), False)}
+    bf16 = precision == "bf16"
+    variants = {"sdpa": ("sdpa", False)}
+    if bf16:
+        variants["blocked"] = (register(), False)
     if method != "full":
-        variants["blocked+dropout"] = (register(), True)
+        variants["blocked+dropout" if bf16 else "sdpa+dropout"] = (register() if bf16 else "sdpa", True)
 
     def build(attn: str, fast_dropout: bool):
         torch.manual_seed(0)
-        _, net, lora = _load_plain(model, method, "bf16", "alpaca-demo")
+        _, net, lora = _load_plain(model, method, precision, "alpaca-demo")
         if lora is not None:
             from peft import get_peft_model
 
@@ -360,7 +364,7 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
 
     def step(net, params, opt) -> float:
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = net(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -376,7 +380,7 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
         for name in built:
             times[name].append(step(*built[name]))
     ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
-    return {"method": method, "batch": batch, "length": length, "threads": threads, "reps": reps,
+    return {"method": method, "precision": precision, "batch": batch, "length": length, "threads": threads, "reps": reps,
             "median_ms": {k: round(v, 1) for k, v in ms.items()},
             "speedup_vs_sdpa": {k: round(ms["sdpa"] / v, 3) for k, v in ms.items()},
             "all_ms": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()}}
