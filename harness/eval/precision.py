@@ -11,6 +11,15 @@
 `plan(mode, device)` decides (pure; the CPU's flags are passed in), `model_for(model, plan)` gives the model to
 evaluate: the same object when its dtype already matches, else a converted copy (the trained model is never
 changed in place: it may still be saved or evaluated by another suite).
+
+4-bit (QLoRA) models in exact mode: on CPUs with AVX512-BF16 (AMX ones too) bitsandbytes 0.50 repacks a Linear4bit
+at its first forward in eval mode for a fused kernel that casts the activations to bf16 ("cpu fused op only support
+bf16"), whatever the compute dtype; on AVX2-only CPUs it dequantizes and multiplies in fp32. So the same QLoRA run
+scored different numbers on the two kinds, and on native-bf16 CPUs its "fp32" numbers were bf16 ones (SmolLM2-135M
+nf4, 4 x 256 random tokens: max |d logit| 1.85 against the dequantized fp32 model, which the training-layout path
+matches exactly). `exact_4bit(model, mode)` holds the training layout (harness/model/methods.py) for the evaluation:
+dequantize + fp32 product on every CPU kind, and faster for scoring there (4 x 256 tokens: 1.14 s against the fused
+kernel's 1.91 s; one decoding token: 48 vs 26 ms). Fast mode keeps bitsandbytes' own choice.
 """
 from __future__ import annotations
 
@@ -44,6 +53,37 @@ def plan(mode: str, device: str, native_bf16: bool | None = None) -> EvalPrecisi
         return EvalPrecision("fast", "bfloat16", "fast mode on a CPU with native bf16 (AMX / AVX512-BF16): bf16")
     return EvalPrecision("fast", "float32", "fast mode on a CPU without native bf16: bf16 is emulated (slower than "
                                             "fp32) and int8 Linear layers deviate too far, so fp32")
+
+
+def exact_4bit(model, mode: str) -> tuple[list, dict] | None:
+    """In exact mode, hold every bitsandbytes 4-bit layer of a CPU model in its training layout (fp32 dequantize +
+    matmul; module docstring) -> (the layers held here, the record for eval.json), else None. Layers someone else
+    holds already (training, for a benchmark during training) are left to them."""
+    if mode != "exact" or not (getattr(model, "is_loaded_in_4bit", False) or _has_4bit(model)):
+        return None
+    from harness.model.load import model_device
+    from harness.model.methods import held_4bit_layers, hold_4bit_training_layout
+
+    if str(model_device(model)) != "cpu":
+        return None
+    before = {id(m) for m in held_4bit_layers(model)}
+    if not hold_4bit_training_layout(model):
+        return None
+    mine = [m for m in held_4bit_layers(model) if id(m) not in before]
+    return mine, {"kernel": "dequantize + fp32 matmul (bitsandbytes' training layout held)", "layers": len(mine) + len(before),
+                  "why": "exact mode: bitsandbytes' fused CPU inference kernel computes in bf16 on AVX512-BF16 CPUs"}
+
+
+def release_4bit(model, held: tuple[list, dict] | None) -> None:
+    """Undo exact_4bit for the layers it held."""
+    if held is not None and held[0]:
+        from harness.model.methods import release_4bit_training_layout
+
+        release_4bit_training_layout(model, only=held[0])
+
+
+def _has_4bit(model) -> bool:
+    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 def model_for(model, precision: EvalPrecision):

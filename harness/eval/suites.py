@@ -21,7 +21,7 @@ from harness import config
 from harness.config import ConfigError, RunConfig
 
 # the suite kinds register themselves, and declare their metrics, on import (harness/eval/registry.py)
-from harness.eval import generation, lm_eval, perplexity, preference, val  # noqa: F401
+from harness.eval import generation, lm_eval, perplexity, precision, preference, val  # noqa: F401
 from harness.eval.contamination import RunCheck
 from harness.eval.metrics import describe_metric
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
@@ -77,6 +77,8 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
             field = check(name, entry, kind.items)
             if field is not None:
                 entry["contamination"] = field
+        if held is not None:
+            entry["bnb_4bit"] = held[1]
         suites[name] = with_metric_meta(entry)
         update_eval(run_dir, {name: entry}, vers)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
@@ -92,11 +94,13 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
     ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin)
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode is given back at the end
+    held = precision.exact_4bit(model, cfg.eval.mode)  # QLoRA in exact mode: fp32 on every CPU kind
     try:
         for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
             kind.run(ctx)
     finally:
         model.train(was_training)
+        precision.release_4bit(model, held)
     cur = shown.current
     if cur is not None and cur.name.startswith("eval ") and cur.name[5:] not in suites:
         shown.end(skipped=True)

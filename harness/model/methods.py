@@ -86,12 +86,19 @@ def hold_4bit_training_layout(model) -> int:
     return held
 
 
-def release_4bit_training_layout(model) -> int:
-    """Undo hold_4bit_training_layout: evaluation gets bitsandbytes' inference kernel again, as a fresh load of the
-    saved run does. Returns how many layers were released."""
+def held_4bit_layers(model) -> list:
+    """The 4-bit layers hold_4bit_training_layout holds now."""
+    return [m for m in model.modules() if hasattr(m, _HELD)]
+
+
+def release_4bit_training_layout(model, only: list | None = None) -> int:
+    """Undo hold_4bit_training_layout (for the layers in `only` when given, e.g. those one caller held itself):
+    bitsandbytes may use its inference kernel again, as on a fresh load of the saved run. Returns how many layers
+    were released."""
     released = 0
+    chosen = None if only is None else {id(m) for m in only}
     for module in model.modules():
-        if hasattr(module, _HELD):
+        if hasattr(module, _HELD) and (chosen is None or id(module) in chosen):
             module.support_avx512bf16_for_cpu = getattr(module, _HELD)
             delattr(module, _HELD)
             released += 1

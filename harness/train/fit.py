@@ -136,7 +136,8 @@ def release_training_forward(model) -> None:
     model(...), which would still run under autocast. QLoRA's input-require-grads hook (prepare_model_for_kbit_
     training) goes too: with it, evaluation ran bitsandbytes' training kernel instead of the inference kernel that a
     fresh load of the saved run gets on AVX512-BF16 CPUs; the inference layout that training held off
-    (hold_4bit_training_layout) is allowed again for the same reason."""
+    (hold_4bit_training_layout) is allowed again for the same reason (fast mode may use it; exact mode holds the fp32
+    path again while it evaluates, on a fresh load too: harness/eval/precision.py exact_4bit)."""
     if "_original_forward" in vars(model):
         from accelerate.utils import extract_model_from_parallel
 

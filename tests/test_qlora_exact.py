@@ -1,0 +1,81 @@
+"""QLoRA models in exact mode evaluate in fp32 on every CPU kind (harness/eval/precision.py exact_4bit): on CPUs with
+AVX512-BF16 bitsandbytes' fused inference kernel casts activations to bf16, so without the hold the same QLoRA run
+scored different "fp32" numbers on AMX and on AVX2 machines.
+
+    python -m pytest -q tests/test_qlora_exact.py
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness.eval import precision
+from harness.eval.suites import run_suites
+from harness.model.methods import held_4bit_layers, hold_4bit_training_layout
+from harness.run.record import read_eval
+from tests.test_evaluate import FAST_PPL, _cfg
+
+
+def _qlora_model(cfg):
+    from harness.model.load import load_model_and_tokenizer
+    from harness.model.methods import build_quant_config
+
+    return load_model_and_tokenizer(cfg.model, quantization_config=build_quant_config(cfg.method, torch.float32))
+
+
+def _dequantized_reference(model, ids):
+    """The 4-bit model's definition: its weights dequantized, multiplied in fp32 (the training layout's path, which
+    never repacks); computed in train mode on a copy before anything evaluated it."""
+    import copy
+
+    ref = copy.deepcopy(model).train()
+    with torch.no_grad():
+        return ref(input_ids=ids).logits
+
+
+def test_exact_mode_scores_the_dequantized_fp32_model_and_gives_bitsandbytes_its_choice_back():
+    import bitsandbytes as bnb
+
+    cfg = _cfg("method=qlora")
+    model, _ = _qlora_model(cfg)
+    ids = torch.randint(0, model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    reference = _dequantized_reference(model, ids)
+    model.eval()
+    held = precision.exact_4bit(model, "exact")
+    assert held is not None and held[1]["layers"] == len(held[0]) > 0 and "fp32" in held[1]["kernel"]
+    with torch.no_grad():
+        scored = model(input_ids=ids).logits
+    assert torch.equal(scored, reference)  # not bitsandbytes' bf16 kernel (max |d| ~1.8 on SmolLM2 on AMX)
+    precision.release_4bit(model, held)
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert all(m.support_avx512bf16_for_cpu == bnb.functional.has_avx512bf16() for m in layers)
+    assert precision.exact_4bit(model, "fast") is None  # fast mode: bitsandbytes' own kernel
+
+
+def test_layers_held_by_training_stay_held():
+    cfg = _cfg("method=qlora")
+    model, _ = _qlora_model(cfg)
+    n = hold_4bit_training_layout(model)  # what training does (a benchmark during training evaluates)
+    held = precision.exact_4bit(model, "exact")
+    assert held is not None and held[0] == [] and held[1]["layers"] == n
+    precision.release_4bit(model, held)
+    assert len(held_4bit_layers(model)) == n
+
+
+def test_a_full_precision_model_is_left_alone():
+    cfg = _cfg()
+    from harness.model.load import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer(cfg.model)
+    assert precision.exact_4bit(model, "exact") is None
+
+
+@pytest.mark.slow
+def test_run_suites_records_the_kernel_of_a_qlora_model(tmp_path):
+    cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL)
+    model, tok = _qlora_model(cfg)
+    suites = run_suites(model, tok, cfg, tmp_path, progress=False)
+    entry = read_eval(tmp_path)["suites"]["wikitext2"]
+    assert "wikitext2" in suites and entry["bnb_4bit"]["layers"] > 0 and "fp32" in entry["bnb_4bit"]["kernel"]
+    assert held_4bit_layers(model) == []  # given back after the suites
