@@ -70,7 +70,8 @@ def exact_4bit(model, mode: str) -> tuple[list, dict] | None:
     if not hold_4bit_training_layout(model):
         return None
     mine = [m for m in held_4bit_layers(model) if id(m) not in before]
-    return mine, {"kernel": "dequantize + fp32 matmul (bitsandbytes' training layout held)", "layers": len(mine) + len(before),
+    return mine, {"kernel": "dequantize + fp32 matmul (bitsandbytes' training layout held)",
+                  "layers": len(mine) + len(before),
                   "why": "exact mode: bitsandbytes' fused CPU inference kernel computes in bf16 on AVX512-BF16 CPUs"}
 
 

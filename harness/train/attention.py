@@ -65,7 +65,8 @@ def decide(sdpa_ms: float, blocked_ms: float, min_speedup: float = MIN_SPEEDUP) 
     speedup = measured.speedup(sdpa_ms, blocked_ms, "attention (sdpa, blocked)")
     if speedup >= min_speedup:
         return True, f"block-causal attention {speedup:.2f}x faster than sdpa for a bf16 forward + backward here"
-    return False, f"block-causal attention {speedup:.2f}x sdpa's speed for a bf16 forward + backward (< {min_speedup:.2f}x): sdpa kept"
+    return False, (f"block-causal attention {speedup:.2f}x sdpa's speed for a bf16 forward + backward "
+                   f"(< {min_speedup:.2f}x): sdpa kept")
 
 
 def override() -> str:

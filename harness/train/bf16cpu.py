@@ -216,7 +216,8 @@ def choose(tokens: int, in_features: int, out_features: int, weight_grad: bool) 
                               reason=f"{OVERRIDE_ENV}={forced}: {'applied' if forced == 'tn' else 'stock kernels kept'} "
                                      "without measuring", **common)
     key = machine_key(cpu, torch.__version__, torch.get_num_threads(), shape, weight_grad)
-    timings, source, path = measured.read(CACHE_KIND, key, ("stock_s", "patched_s")), "cache", str(measured.cache_file(CACHE_KIND, key))
+    timings, source = measured.read(CACHE_KIND, key, ("stock_s", "patched_s")), "cache"
+    path = str(measured.cache_file(CACHE_KIND, key))
     if timings is None:
         timings, source = measure(*shape, weight_grad=weight_grad), "measured"
         path = measured.write(CACHE_KIND, key, {**timings, "cpu": cpu["cpu"], "torch": torch.__version__, **common})
