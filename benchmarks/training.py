@@ -354,7 +354,7 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
             from peft import get_peft_model
 
             net = get_peft_model(net, lora)
-        net.get_base_model().set_attn_implementation(attn) if lora is not None else net.set_attn_implementation(attn)
+        (net.get_base_model() if lora is not None else net).set_attn_implementation(attn)
         if fast_dropout:
             replace_lora_dropout(net)
         params = [p for p in net.parameters() if p.requires_grad]

@@ -16,7 +16,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from harness.eval import attention
 from harness.model import attention as kernel
-from harness.eval.attention import NAME, blocked_attention, decide
+from harness.eval.attention import decide
+from harness.model.attention import NAME, blocked_attention
 from harness.eval.engine import allowed
 from tests.test_engine import tiny  # noqa: F401 (fixture: the tiny Llama, fp32)
 
@@ -60,7 +61,7 @@ def packed_mask(b: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------- the kernel itself
-@pytest.mark.parametrize("n", [1 + attention.BLOCK, 150, 2 * attention.BLOCK])
+@pytest.mark.parametrize("n", [1 + kernel.BLOCK, 150, 2 * kernel.BLOCK])
 def test_causal_blocks_equal_sdpa_in_fp32(n):
     """No mask (transformers' pure-causal case): grouped-query heads, a last block shorter than BLOCK."""
     q, k, v = qkv(n=n)
@@ -111,10 +112,10 @@ def test_key_ranges_skip_other_groups_and_are_redone_after_a_change():
     group = torch.zeros(80, 80, dtype=torch.bool)
     group[:40, :40] = group[40:, 40:] = True
     mask = (causal & group)[None, None].clone()
-    assert attention._key_ranges(mask, 80) == [(0, 64), (40, 80)]
+    assert kernel._key_ranges(mask, 80) == [(0, 64), (40, 80)]
     assert mask._harness_key_ranges == (mask._version, [(0, 64), (40, 80)])
     mask[..., 70, 10] = True  # in place: the tensor's version moves on
-    assert attention._key_ranges(mask, 80) == [(0, 64), (10, 80)]
+    assert kernel._key_ranges(mask, 80) == [(0, 64), (10, 80)]
     q, k, v = qkv(b=1, n=80, seed=5)
     ours, theirs = both(q, k, v, mask)
     assert torch.allclose(ours, theirs, atol=TOL, rtol=TOL), (ours - theirs).abs().max()
@@ -222,7 +223,7 @@ def test_the_real_measurement_times_both_kernels():
 # ------------------------------------------------------------------- through the model and the engine
 def switched(model):
     out = copy.deepcopy(model)
-    out.set_attn_implementation(attention.register())
+    out.set_attn_implementation(kernel.register())
     return out
 
 

@@ -13,7 +13,8 @@ benchmarks.evaluation --attention`). In fp32 the blocked form is not faster than
 so exact mode never uses it. On an AMX Xeon (2026-12-03) it lost in evaluation: 0.45-0.66x sdpa's forward, so
 `choose` keeps sdpa on that kind (training's forward + backward is another matter: harness/train/attention.py). It
 rounds differently from sdpa's bf16 kernel (its scores are bf16 products; sdpa's kernel keeps them in fp32): on
-random inputs the largest output difference from an fp32 reference was 0.011 against sdpa-bf16's 0.009. Fast mode's calibration (harness/eval/precision.py) measures what that costs on the suite.
+random inputs the largest output difference from an fp32 reference was 0.011 against sdpa-bf16's 0.009. Fast
+mode's calibration (harness/eval/precision.py) measures what that costs on the suite.
 
 When (`choose`): only for bf16 evaluation copies on a CPU, and only where it measures faster there: one timing of
 both at the model's head shape (512 positions, interleaved, median of 5; ~60 ms), kept for the process.
@@ -27,7 +28,7 @@ import time
 import weakref
 from dataclasses import asdict, dataclass
 
-from harness.model.attention import BLOCK, NAME, _key_ranges, _sdpa, blocked_attention, head_shape, register  # noqa: F401
+from harness.model.attention import NAME, _sdpa, blocked_attention, head_shape, register
 
 OVERRIDE_ENV = "HARNESS_EVAL_ATTENTION"
 OVERRIDES = ("auto", "blocked", "sdpa")

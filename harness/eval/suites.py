@@ -21,7 +21,8 @@ from harness import config
 from harness.config import ConfigError, RunConfig
 
 # the suite kinds register themselves, and declare their metrics, on import (harness/eval/registry.py)
-from harness.eval import generation, lm_eval, perplexity, precision, preference, val  # noqa: F401
+from harness.eval import generation, lm_eval, perplexity, preference, val  # noqa: F401
+from harness.eval import precision
 from harness.eval.contamination import RunCheck
 from harness.eval.metrics import describe_metric
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions

@@ -1,8 +1,8 @@
 """Per-machine measurements kept between runs: what a one-time timing decided, so the next run reads it.
 
-    key = measured.key({"cpu": ..., "flags": [...], "torch": "2.13.0", "threads": 2, "shape": [...]})
-    timings = measured.read("bf16cpu", key, ("stock_s", "patched_s"))   # None: missing or unreadable
-    path = measured.write("bf16cpu", key, {...})                          # $HARNESS_CACHE/bf16cpu/<key>.json
+    key = measured.machine_key(cpu_identity(), torch.__version__, threads, shape=[...])
+    timings, source, path = measured.cached("bf16cpu", key, ("stock_s", "patched_s"), measure, extra={...})
+        # source "cache": read from $HARNESS_CACHE/bf16cpu/<key>.json; "measured": measure() ran and was stored there
 
 Used by the training stage's measured choices (harness/train/bf16cpu.py: the bf16 matmul layout,
 harness/train/attention.py: the attention kernel). A stored file that cannot be read or lacks a timing is treated
@@ -19,6 +19,23 @@ from pathlib import Path
 def key(ident: dict) -> str:
     """Pure: sha256[:20] of the identity (sorted keys): CPU model and flags, torch version, threads, shape, ..."""
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def machine_key(cpu: dict, torch_version: str, threads: int, **fields) -> str:
+    """Pure: key() of one measurement on this machine: CPU model and flags (harness.run.environment.cpu_identity),
+    torch version, threads, and what the measured work depends on (`fields`: shape, ...)."""
+    return key({"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
+                "threads": threads, **fields})
+
+
+def cached(kind: str, key_: str, timings: tuple[str, ...], measure, extra: dict) -> tuple[dict, str, str]:
+    """The stored measurement of `key_` -> (it, "cache", its path), else measure() stored with `extra` beside it ->
+    (it, "measured", its path)."""
+    stored = read(kind, key_, timings)
+    if stored is not None:
+        return stored, "cache", str(cache_file(kind, key_))
+    fresh = measure()
+    return fresh, "measured", write(kind, key_, {**fresh, **extra})
 
 
 def cache_file(kind: str, key_: str) -> Path:

@@ -146,14 +146,9 @@ def choose(model, batch: int, positions: int) -> TrainAttention:
     else:
         timed = (min(int(batch), MAX_MEASURE_BATCH), int(positions), *shape)
         cpu = cpu_identity()
-        key = measured.key({"cpu": cpu["cpu"], "flags": sorted(cpu["flags"]), "torch": torch.__version__,
-                            "threads": torch.get_num_threads(), "shape": list(timed)})
-        timings, source = measured.read(CACHE_KIND, key, ("sdpa_ms", "blocked_ms")), "cache"
-        path = str(measured.cache_file(CACHE_KIND, key))
-        if timings is None:
-            timings, source = measure(*timed), "measured"
-            path = measured.write(CACHE_KIND, key, {**timings, "shape": list(timed), "cpu": cpu["cpu"],
-                                                    "torch": torch.__version__})
+        key = measured.machine_key(cpu, torch.__version__, torch.get_num_threads(), shape=list(timed))
+        timings, source, path = measured.cached(CACHE_KIND, key, ("sdpa_ms", "blocked_ms"), lambda: measure(*timed),
+                                                {"shape": list(timed), "cpu": cpu["cpu"], "torch": torch.__version__})
         use, reason = decide(timings["sdpa_ms"], timings["blocked_ms"])
         decision = TrainAttention(NAME if use else current, source, reason, timings["sdpa_ms"], timings["blocked_ms"],
                                   run_shape, key, path)

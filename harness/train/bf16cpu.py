@@ -160,8 +160,7 @@ def machine_key(cpu: dict, torch_version: str, threads: int, shape: tuple, weigh
     """Pure: the cache key of one measurement: CPU model and flags, torch version, threads, shape, weight gradient."""
     from harness.run import measured
 
-    return measured.key({"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
-                         "threads": threads, "shape": list(shape), "weight_grad": bool(weight_grad)})
+    return measured.machine_key(cpu, torch_version, threads, shape=list(shape), weight_grad=bool(weight_grad))
 
 
 def measure(tokens: int, in_features: int, out_features: int, weight_grad: bool, reps: int = 2) -> dict:
@@ -216,11 +215,9 @@ def choose(tokens: int, in_features: int, out_features: int, weight_grad: bool) 
                               reason=f"{OVERRIDE_ENV}={forced}: {'applied' if forced == 'tn' else 'stock kernels kept'} "
                                      "without measuring", **common)
     key = machine_key(cpu, torch.__version__, torch.get_num_threads(), shape, weight_grad)
-    timings, source = measured.read(CACHE_KIND, key, ("stock_s", "patched_s")), "cache"
-    path = str(measured.cache_file(CACHE_KIND, key))
-    if timings is None:
-        timings, source = measure(*shape, weight_grad=weight_grad), "measured"
-        path = measured.write(CACHE_KIND, key, {**timings, "cpu": cpu["cpu"], "torch": torch.__version__, **common})
+    timings, source, path = measured.cached(CACHE_KIND, key, ("stock_s", "patched_s"),
+                                            lambda: measure(*shape, weight_grad=weight_grad),
+                                            {"cpu": cpu["cpu"], "torch": torch.__version__, **common})
     apply, reason = decide(timings["stock_s"], timings["patched_s"])
     return LayoutDecision(apply=apply, source=source, reason=reason, stock_s=timings["stock_s"],
                           patched_s=timings["patched_s"], speedup=timings["stock_s"] / timings["patched_s"],
