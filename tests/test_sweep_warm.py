@@ -83,6 +83,8 @@ def test_a_warm_trial_records_the_same_losses_and_summary_as_a_cold_one(tmp_path
     # the environment record: same interpreter, versions and machine; argv as `python -m harness train` sets it
     assert {k: v for k, v in manifest["warm"].items() if k != "command"} == \
            {k: v for k, v in manifest["cold"].items() if k != "command"}
+    if sys.platform.startswith("linux"):  # both processes reuse freed memory (harness/run/memory.py), set the same way
+        assert manifest["warm"]["malloc"]["malloc"] == "keep"
     argv = manifest["warm"]["command"]
     assert argv[0] == manifest["cold"]["command"][0] and argv[0].endswith("harness/__main__.py") and argv[1] == "train"
     assert "study=warm" in argv and "study=cold" in manifest["cold"]["command"]

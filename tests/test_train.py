@@ -47,8 +47,10 @@ def test_every_method_trains_and_records(tiny_overrides, method):
     else:
         assert 0 < s["trainable_params"] < s["total_params"]
     m = json.loads((run_dir / "manifest.json").read_text())
-    for key in ("harness_version", "git", "packages", "python", "torch", "seeds", "data", "model"):
+    for key in ("harness_version", "git", "packages", "python", "torch", "seeds", "data", "model", "malloc"):
         assert key in m, key
+    # full: every weight is trainable and was mapped from the checkpoint file; adapters leave the base mapped
+    assert (m["trainable_copied_from_file_mb"] > 0) == (method == "full"), m["trainable_copied_from_file_mb"]
     assert m["data"]["files"] and m["data"]["files"][0]["sha256"]
     assert m["model"]["sha256"]
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["method"]["name"] == method

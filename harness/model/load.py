@@ -304,6 +304,39 @@ def load_model_and_tokenizer(cfg: ModelConfig, quantization_config=None, dtype=N
     return model, load_tokenizer(cfg)
 
 
+def file_mapped_ranges(maps: str) -> list[tuple[int, int]]:
+    """/proc/PID/maps text -> the address ranges mapped from a file (a path and a non-zero inode): pure."""
+    out = []
+    for line in maps.splitlines():
+        parts = line.split(None, 5)
+        if len(parts) == 6 and parts[4] != "0" and parts[5].startswith("/"):
+            lo, hi = parts[0].split("-")
+            out.append((int(lo, 16), int(hi, 16)))
+    return out
+
+
+def own_trainable_parameters(model) -> int:
+    """Copy the trainable parameters that still map their checkpoint file into the process's own memory; returns the
+    bytes copied. safetensors loads fp32 weights by mmap (private, copy-on-write), so the optimizer's first write to
+    each 4 KiB page took a copy-on-write fault: for a full fine-tune of SmolLM2-135M, 131 K faults and 3.8 s of system
+    time inside the first AdamW step (1.75 s wall, against 0.25-0.39 s after a copy that takes 0.14 s; AMX Xeon).
+    Frozen weights (LoRA's base) stay mapped: they are only read. Same values, same Parameter objects (ties kept)."""
+    import torch
+
+    try:
+        with open("/proc/self/maps") as f:
+            ranges = file_mapped_ranges(f.read())
+    except OSError:  # not Linux: nothing to tell, nothing copied
+        return 0
+    copied = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.device.type == "cpu" and any(lo <= p.data_ptr() < hi for lo, hi in ranges):
+                p.data = p.data.clone()
+                copied += p.numel() * p.element_size()
+    return copied
+
+
 def model_device(model):
     """The device a loaded model's weights are on (cpu for a model without parameters)."""
     try:

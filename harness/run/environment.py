@@ -125,12 +125,15 @@ def environment() -> dict:
 
 
 def run_environment(device: str) -> dict:
-    """environment() plus torch and the device a run uses: the head of every manifest.json (imports torch)."""
+    """environment() plus torch, the device a run uses and the allocator setting (harness/run/memory.py): the head
+    of every manifest.json (imports torch)."""
     import torch
+
+    from harness.run import memory
 
     return {**environment(), "torch": torch.__version__,
             "cuda": torch.version.cuda if torch.cuda.is_available() else None, "device": device,
-            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None}
+            "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None, "malloc": memory.record()}
 
 
 def rss_mb() -> float:

@@ -124,11 +124,13 @@ class Manifest(TypedDict, total=False):
     cuda: str
     device: str
     gpu: str
+    malloc: dict  # the allocator setting: glibc reuses freed blocks (harness/run/memory.py) or its default, and why
     precision: str
     seeds: dict
     model: dict
     data: dict
     bf16_fast_backward_layers: int
+    trainable_copied_from_file_mb: float  # trainable weights copied out of the checkpoint's mmap before training (model/load.py)
     frozen_casts_kept: int  # bf16/fp16 training: frozen Linear layers whose weight is cast once (harness/train/frozen_cast.py)
     bnb_4bit_layers_held: int  # QLoRA: 4-bit layers kept in their training layout while training (model/methods.py)
     bf16_layout: dict  # bf16 on CPU: whether the tn matmul layout was applied, both timings, why (harness/train/bf16cpu.py)

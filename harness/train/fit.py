@@ -158,7 +158,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     from transformers import set_seed
 
     from harness.model.init_from import load_init_adapter, load_init_weights, merge_init_adapter, resolve_init_from
-    from harness.model.load import identity, load_model_and_tokenizer
+    from harness.model.load import identity, load_model_and_tokenizer, own_trainable_parameters
     from harness.model.methods import (build_peft_config, build_quant_config, hold_4bit_training_layout,
                                        linear_module_names)
 
@@ -208,6 +208,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         total = sum(p.numel() for p in model.parameters())
     summary.update(trainable_params=int(trainable), total_params=int(total), trainable_share=trainable / max(total, 1),
                    precision=precision, device=device)
+    # trainable weights still mapped from the checkpoint file: copied now, not one copy-on-write fault per page later
+    manifest["trainable_copied_from_file_mb"] = round(own_trainable_parameters(model) / 2**20, 1)
 
     # 4. data (what the objective trains on)
     objective = OBJECTIVES[t.objective]
