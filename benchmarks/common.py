@@ -260,8 +260,13 @@ def run_child(module: str, function: str, kwargs: dict, workdir: Path, tag: str,
 
 
 def _child_main(argv: list[str]) -> int:
+    from harness.run import memory
+
     module, function, args_path, out_path = argv
     kwargs = json.loads(Path(args_path).read_text())
+    # every side of a measurement (harness, plain loop, TRL, lm-eval) under the allocator setting `harness train`
+    # and `harness eval` run with (harness/run/memory.py); HARNESS_MALLOC=default measures glibc's own
+    malloc = memory.keep_freed_memory()
     try:
         fn = getattr(importlib.import_module(f"benchmarks.{module}"), function)
         result = fn(**kwargs)
@@ -269,6 +274,9 @@ def _child_main(argv: list[str]) -> int:
         traceback.print_exc()
         return 1
     from harness import atomic
+
+    if isinstance(result, dict):
+        result.setdefault("malloc", malloc)
 
     atomic.write_json(out_path, result)
     return 0

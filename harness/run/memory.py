@@ -10,10 +10,11 @@ full fine-tune, 2 x 128 tokens: 190-340 K faults per step), and on these virtual
 kernel time. keep_freed_memory() sets M_MMAP_MAX to 0 (every block comes from the heap) and M_TRIM_THRESHOLD to
 2 GiB (the heap is not shrunk after each step), so freed blocks are reused: on an AMX Xeon, that step's
 forward + backward went from 0.66-1.54 s to 0.56 s once the heap had grown (no faults left), and a `train=quick`
-full fine-tune trained in 22 s instead of 26 s. The price: a process keeps its peak heap until it exits (these
-are one-run processes) and its peak RSS grew by 3-14% in the runs measured (docs/benchmarks.md).
+full fine-tune trained in 22 s instead of 26 s (the same two settings through GLIBC_TUNABLES). The price: a
+process keeps its peak heap until it exits (these are one-run processes) and its peak RSS grew by 3-14% in the
+runs measured (docs/benchmarks.md, "Page faults").
 
-The setting is process state, so it is recorded with the run (manifest.json environment.malloc) and a warm trial
+The setting is process state, so it is recorded with the run (manifest.json `malloc`) and a warm trial
 (harness/sweep/warm.py) applies it exactly as a cold one does.
 """
 
@@ -58,5 +59,5 @@ def _mallopt() -> dict:
 
 
 def record() -> dict:
-    """This process's allocator setting (manifest.json environment.malloc)."""
+    """This process's allocator setting (manifest.json `malloc`)."""
     return dict(_state)
