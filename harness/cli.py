@@ -23,7 +23,6 @@ import os
 import sys
 
 from harness import __version__, quiet
-from harness.run import memory
 from harness.commands import COMMANDS
 
 
@@ -51,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet.install()  # library warnings that ask nothing of the user (harness/quiet.py)
     if command in MODEL_COMMANDS:
+        from harness.run import memory
+
         memory.keep_freed_memory()  # freed blocks reused, not faulted in again (harness/run/memory.py)
     module = importlib.import_module(COMMANDS[command][0])
     # one subcommand's own parser, so that options and Hydra overrides may come in any order

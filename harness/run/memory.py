@@ -11,8 +11,8 @@ kernel time. keep_freed_memory() sets M_MMAP_MAX to 0 (every block comes from th
 2 GiB (the heap is not shrunk after each step), so freed blocks are reused: on an AMX Xeon, that step's
 forward + backward went from 0.66-1.54 s to 0.56 s once the heap had grown (no faults left), and a `train=quick`
 full fine-tune trained in 22 s instead of 26 s (the same two settings through GLIBC_TUNABLES). The price: a
-process keeps its peak heap until it exits (these are one-run processes) and its peak RSS grew by 3-14% in the
-runs measured (docs/benchmarks.md, "Page faults").
+process keeps its peak heap until it exits (these are one-run processes) and its peak RSS grew by 3-18% in the
+training runs measured (docs/benchmarks.md, "Page faults").
 
 The setting is process state, so it is recorded with the run (manifest.json `malloc`) and a warm trial
 (harness/sweep/warm.py) applies it exactly as a cold one does.
@@ -21,7 +21,6 @@ The setting is process state, so it is recorded with the run (manifest.json `mal
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import sys
 
@@ -48,7 +47,7 @@ def keep_freed_memory() -> dict:
 
 def _mallopt() -> dict:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = ctypes.CDLL("libc.so.6")  # glibc's name, as harness/launch.py loads it; absent on musl
         mallopt = libc.mallopt
     except (OSError, AttributeError) as exc:  # musl and other C libraries without glibc's mallopt
         return {"malloc": "default", "reason": f"no glibc mallopt ({exc})"}
