@@ -8,6 +8,7 @@ depend on the process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -173,8 +174,27 @@ def test_hashes_are_stable_across_processes_and_hash_seeds():
         out = subprocess.run([sys.executable, "-c", _HASH_SCRIPT, text], env=env, capture_output=True, text=True,
                              check=True, cwd=str(paths.REPO_ROOT))
         assert json.loads(out.stdout) == here
-    # and across versions and machines: BLAKE2b-64 of the space-joined words, big-endian
-    assert C.ngrams("the quick brown fox".split(), 4) == {15093929626858416814}
+    # and across versions and machines: each word's BLAKE2b-64 (big-endian), combined as documented in window_hashes
+    assert C.ngrams("the quick brown fox".split(), 4) == {3252730684529326860}
+    words = "the quick brown fox".split()
+    acc = 0
+    for w in words:  # the definition, in Python's integers
+        acc = (acc * C._MULT + int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "big")) % 2**64
+    acc ^= acc >> 30
+    acc = acc * C._MIX1 % 2**64
+    acc ^= acc >> 27
+    acc = acc * C._MIX2 % 2**64
+    assert {acc ^ (acc >> 31)} == C.ngrams(words, 4)
+
+
+def test_an_index_holds_exactly_the_ngrams_of_each_text():
+    rng = random.Random(6)
+    texts = [" ".join(_words(rng, k)) for k in (0, 3, 12, 13, 14, 40)] + ["a b c d e f g h i j k l m n o p"]
+    index = C.build_index(texts, n=13, min_words=8)
+    per_text = [C.normalise_words(t) for t in texts]
+    assert index.hashes == frozenset().union(*(C.ngrams(w, 13) for w in per_text))
+    assert index.short_hashes == frozenset().union(*(C.ngrams(w, 8) for w in per_text))
+    assert index.ngrams == 1 + 2 + 28 + 4  # 13-, 14-, 40- and 16-word texts; none under 13 words
 
 
 def test_ngrams_of_short_sequences():

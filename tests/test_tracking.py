@@ -176,6 +176,8 @@ def test_every_tracker_logs_config_steps_eval_and_weights(tiny_overrides, runs_d
     assert final["best_val_loss"] == pytest.approx(summary["best_val_loss"]) and final["status"] == "completed"
     (art,) = [r.artifact for r in records if r.WhichOneof("record_type") == "artifact"]
     assert art.type == "model" and {m.path for m in art.manifest.contents} >= {"adapter/adapter_model.safetensors", "eval.json"}
+    refs = {m.path: m.ref for m in art.manifest.contents}
+    assert refs["adapter/adapter_model.safetensors"] == (run_dir / "adapter" / "adapter_model.safetensors").resolve().as_uri()
 
 
 def _fake_run(tmp_path: Path, *extra: str):
@@ -190,6 +192,24 @@ def _fake_run(tmp_path: Path, *extra: str):
     write_summary(run_dir, summary)
     update_eval(run_dir, {"val": {"metrics": {"loss": 1.5}}}, {})
     return cfg, run_dir, summary
+
+
+def test_wandb_artifact_references_the_weights_where_they_lie_and_not_when_they_will_be_dropped(tmp_path, capsys):
+    for keep in (True, False):
+        cfg, run_dir, summary = _fake_run(tmp_path / str(keep), "tracker=wandb", f"train.save_model={str(keep).lower()}")
+        tracker = tracking.start(cfg, run_dir)
+        assert list(tracker.backends) == ["wandb"]
+        tracker.finish(summary)
+        assert "warning" not in capsys.readouterr().out  # finished, not dropped for an error
+        (art,) = [r.artifact for r in wandb_records(run_dir) if r.WhichOneof("record_type") == "artifact"]
+        entries = {m.path: m for m in art.manifest.contents}
+        assert not entries["eval.json"].ref  # a file of the artifact
+        weights = run_dir / "adapter" / "adapter_model.safetensors"
+        if keep:  # a reference: by path, not read (a full model's md5 cost seconds per trial) nor uploaded
+            assert entries["adapter/adapter_model.safetensors"].ref == weights.resolve().as_uri()
+            assert entries["adapter/adapter_model.safetensors"].size == len(b"weights")
+        else:  # train.save_model=false: the run removes them after its trackers finish
+            assert set(entries) == {"eval.json"}
 
 
 @pytest.mark.slow
