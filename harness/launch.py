@@ -139,13 +139,10 @@ def _relay(stream, sink, tail: list[str], keep: int = 200) -> None:
 def _preexec() -> None:
     """torchrun dies with the launcher (PR_SET_PDEATHSIG), and has its own process group so that a terminal's
     Ctrl-C reaches it once, forwarded by the launcher (torchrun passes the signal on to every rank)."""
-    os.setsid()
-    try:
-        import ctypes
+    from harness.run.parent import set_parent_death_signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    os.setsid()
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def launch(cfg: RunConfig, overrides: list[str], force: bool = False) -> tuple[str, Path]:

@@ -426,14 +426,10 @@ def serve(sock: socket.socket) -> dict | None:
 
 def become_trial(request: dict) -> list[str]:
     """In the forked child: take on the process state of a fresh `python -m harness train ARGS`; returns ARGS."""
-    import ctypes
+    from harness.run.parent import set_parent_death_signal
 
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != request["server"]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if not set_parent_death_signal(signal.SIGKILL, request["server"]) and os.getppid() != request["server"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # die with the server, also where the kernel cannot be asked to
     stdin, out = request["fds"]
     os.dup2(stdin, 0)
     os.dup2(out, 1)

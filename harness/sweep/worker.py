@@ -99,19 +99,10 @@ def die_with_parent(sig: int = signal.SIGKILL) -> Callable[[], None]:
     """A Popen preexec_fn: Linux sends `sig` to the child when its parent dies (PR_SET_PDEATHSIG), so a
     resumed trial never races an orphaned trainer writing the same run directory, and a worker never
     finishes a study alone after its driver was killed. No-op elsewhere."""
+    from harness.run.parent import set_parent_death_signal
+
     parent = os.getpid()
-
-    def preexec() -> None:
-        try:
-            import ctypes
-
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), sig)
-
-    return preexec
+    return lambda: set_parent_death_signal(sig, parent)
 
 
 def _signal_name(rc: int) -> str:

@@ -77,13 +77,11 @@ def cpu_threads(devices: int, num_threads: int = 0) -> int:
 def _die_with_parent() -> None:
     """Linux: SIGKILL this process when torchrun dies (PR_SET_PDEATHSIG), so no rank trains on, orphaned, into a
     run directory that a retry of the trial is already using. No-op elsewhere."""
-    try:
-        import ctypes
-        import signal
+    import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+    from harness.run.parent import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGKILL)
 
 
 def start_rank(cfg: RunConfig) -> World:
