@@ -158,7 +158,7 @@ def machine() -> dict:
     from harness.run.environment import git_info, package_versions
 
     kind = cpu_kind()
-    info.update(cpu_kind=kind["kind"], native_bf16=kind["native_bf16"])
+    info.update(cpu_kind=kind["kind"], native_bf16=kind["native_bf16"], cpu_model_id=kind["model_id"])
     info["packages"] = package_versions()
     info["git"] = git_info()
     return info
@@ -184,7 +184,7 @@ def cpu_kind() -> dict:
     from harness.run.environment import cpu_identity
 
     ident = cpu_identity()
-    return {"cpu": ident["cpu"], "kind": ident["kind"], "native_bf16": ident["native_bf16"]}
+    return {"cpu": ident["cpu"], "model_id": ident["model_id"], "kind": ident["kind"], "native_bf16": ident["native_bf16"]}
 
 
 def load_now() -> float | None:

@@ -25,6 +25,7 @@ import traceback
 from pathlib import Path
 
 from benchmarks import common
+from harness.run.environment import cpu_label
 
 ORDER = ("matmul", "training", "packing", "evaluation", "sweep", "report")
 MODULES = {"matmul": "benchmarks.matmul", "training": "benchmarks.training", "packing": "benchmarks.packing",
@@ -85,10 +86,11 @@ def render_section(sec: dict) -> list[str]:
 
 def to_markdown(record: dict) -> str:
     m = record["machine"]
+    cpu = cpu_label(m.get("cpu"), m.get("cpu_model_id"))
     lines = [
         "# Benchmark results", "",
         f"Command: `{record['command']}`  ",
-        f"Started {record['started_at']}, {record['wall_s']:.0f} s. Machine: {m.get('cpu')} × {m.get('cpu_count')} "
+        f"Started {record['started_at']}, {record['wall_s']:.0f} s. Machine: {cpu} × {m.get('cpu_count')} "
         f"logical CPUs, {m.get('memory_gb')} GB, torch {m.get('torch')} ({m.get('torch_threads')} threads), "
         f"CPU flags {', '.join(m.get('cpu_flags') or []) or '?'}; load average at start {fmt(m.get('load_avg_1m_5m_15m'))}.  ",
         "Ratios compare implementations measured in this same run; absolute numbers move between machines.", "",

@@ -37,6 +37,39 @@ def test_cpu_kind_from_flags():
     assert environment.cpu_kind(["avx2", "avx512f"]) == "AVX512 without BF16 (bf16 emulated)"
     ident = environment.cpu_identity()
     assert ident["native_bf16"] == any(f in ident["flags"] for f in ("avx512_bf16", "amx_bf16"))
+    assert ident["model_id"] == environment.cpu_model_id()
+
+
+X86_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: AMD EPYC
+stepping\t: 1
+flags\t\t: fpu avx2 avx512_bf16
+
+processor\t: 1
+cpu family\t: 26
+model\t\t: 2
+stepping\t: 0
+"""
+ARM_CPUINFO = """processor\t: 0
+BogoMIPS\t: 50.00
+Features\t: fp asimd
+CPU implementer\t: 0x41
+CPU architecture: 8
+CPU variant\t: 0x1
+CPU part\t: 0xd0c
+"""
+
+
+def test_cpu_model_id_tells_machines_with_the_same_name_and_flags_apart():
+    assert environment.cpu_model_id(X86_CPUINFO) == "family 25 model 17 stepping 1"  # the first processor's
+    assert environment.cpu_model_id(ARM_CPUINFO) == "implementer 0x41 part 0xd0c variant 0x1"
+    assert environment.cpu_model_id("processor\t: 0\nmodel name\t: something\n") is None
+    assert environment.cpu_model_id("") is None
+    assert environment.cpu_label("AMD EPYC", "family 25 model 17 stepping 1") == "AMD EPYC (family 25 model 17 stepping 1)"
+    assert environment.cpu_label("AMD EPYC", None) == "AMD EPYC" and environment.cpu_label(None, "family 25") is None
 
 
 def test_machine_key_changes_with_what_changes_the_timing():
@@ -45,6 +78,7 @@ def test_machine_key_changes_with_what_changes_the_timing():
     assert base == bf16cpu.machine_key({"cpu": "AMD EPYC", "flags": ["fma", "avx2"]}, "2.13.0", 1, (64, 576, 1536), False)
     others = [bf16cpu.machine_key({**cpu, "flags": ["avx2", "fma", "amx_bf16"]}, "2.13.0", 1, (64, 576, 1536), False),
               bf16cpu.machine_key({**cpu, "cpu": "Intel Xeon"}, "2.13.0", 1, (64, 576, 1536), False),
+              bf16cpu.machine_key({**cpu, "model_id": "family 26 model 2 stepping 0"}, "2.13.0", 1, (64, 576, 1536), False),
               bf16cpu.machine_key(cpu, "2.14.0", 1, (64, 576, 1536), False),
               bf16cpu.machine_key(cpu, "2.13.0", 2, (64, 576, 1536), False),
               bf16cpu.machine_key(cpu, "2.13.0", 1, (64, 576, 1024), False),

@@ -239,6 +239,7 @@ def test_references_and_provenance(built):
     assert re.search(r"\| e2e\.bleu \| [^|]+ \| [\d.]+ \| 45\.00 \| 10\.00 \| (within|outside) tolerance \|", md)
     assert "| hellaswag.acc |" in md and "reference only" in md
     assert "0123456789abcdef0123456789abcdef01234567" in md and "sha256:bcc37c64db1a739a" in md
+    assert "Fixture CPU @ 2.0GHz (family 25 model 17 stepping 1)" in md  # the same model name can be two CPUs
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from harness import __version__
 from harness.report.aggregate import Config
 from harness.report.fmt import fmt
 from harness.report.runs import SEED_AXES, Run, varying_axes
+from harness.run.environment import cpu_label
 
 OK = ("completed", "baseline")
 
@@ -203,7 +204,7 @@ def provenance(runs: list[Run]) -> dict:
                             for r in ok if (r.manifest.get("git") or {}).get("commit")),
         "python": many(r.manifest.get("python") for r in ok),
         "devices": many(r.manifest.get("device") for r in ok),
-        "cpus": many(r.manifest.get("cpu") for r in ok),
+        "cpus": many(cpu_label(r.manifest.get("cpu"), r.manifest.get("cpu_model_id")) for r in ok),
         "gpus": many(r.manifest.get("gpu") for r in ok),
         "data files": many(f"{f.get('path')} sha256:{str(f.get('sha256'))[:16]}" for r in ok
                            for f in (r.manifest.get("data") or {}).get("files") or []),

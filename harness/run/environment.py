@@ -73,6 +73,36 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_model_id(cpuinfo: str | None = None) -> str | None:
+    """The first processor's family, model and stepping from /proc/cpuinfo (x86: "family 25 model 17 stepping 1";
+    ARM: "implementer 0x41 part 0xd0c"), None where there is none. Pure given `cpuinfo`. The model name and flags do
+    not tell every machine apart: "AMD EPYC" with AVX512-BF16 came here as family 25 (Zen 4, bf16 matmuls 2.1x fp32's)
+    and as a CPU with Zen 5's flags (avx512_vp2intersect, avx_vnni: 4.2x), benchmarks/results/mfu.md."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the first processor's block only
+            continue
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), value.strip())
+    for keys, labels in ((("cpu family", "model", "stepping"), ("family", "model", "stepping")),
+                         (("cpu implementer", "cpu part", "cpu variant"), ("implementer", "part", "variant"))):
+        if fields.get(keys[0]) and fields.get(keys[1]):
+            return " ".join(f"{label} {fields[k]}" for k, label in zip(keys, labels) if fields.get(k))
+    return None
+
+
+def cpu_label(name: str | None, model_id: str | None) -> str | None:
+    """Pure: "AMD EPYC (family 25 model 17 stepping 1)", the name alone without an id, None without a name."""
+    return f"{name} ({model_id})" if name and model_id else name
+
+
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # instructions that make bf16 matmuls native on x86 CPUs
 
 
@@ -102,9 +132,9 @@ def cpu_kind(flags) -> str:
 
 
 def cpu_identity() -> dict:
-    """Model name, flags, kind and native bf16: what a per-machine measurement is keyed on."""
+    """Model name, family / model / stepping, flags, kind and native bf16: what a per-machine measurement is keyed on."""
     flags = cpu_flags()
-    return {"cpu": cpu_name(), "flags": flags, "kind": cpu_kind(flags),
+    return {"cpu": cpu_name(), "model_id": cpu_model_id(), "flags": flags, "kind": cpu_kind(flags),
             "native_bf16": any(f in flags for f in NATIVE_BF16_FLAGS)}
 
 
@@ -118,6 +148,7 @@ def environment() -> dict:
         "hostname": socket.gethostname(),
         "user": getpass.getuser(),
         "cpu": cpu_name(),
+        "cpu_model_id": cpu_model_id(),
         "cpu_count": os.cpu_count(),
         "packages": package_versions(),
         "command": sys.argv,

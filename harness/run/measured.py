@@ -22,10 +22,11 @@ def key(ident: dict) -> str:
 
 
 def machine_key(cpu: dict, torch_version: str, threads: int, **fields) -> str:
-    """Pure: key() of one measurement on this machine: CPU model and flags (harness.run.environment.cpu_identity),
-    torch version, threads, and what the measured work depends on (`fields`: shape, ...)."""
-    return key({"cpu": cpu.get("cpu"), "flags": sorted(cpu.get("flags") or []), "torch": torch_version,
-                "threads": threads, **fields})
+    """Pure: key() of one measurement on this machine: CPU model name, family / model / stepping and flags
+    (harness.run.environment.cpu_identity), torch version, threads, and what the measured work depends on
+    (`fields`: shape, ...)."""
+    return key({"cpu": cpu.get("cpu"), "model_id": cpu.get("model_id"), "flags": sorted(cpu.get("flags") or []),
+                "torch": torch_version, "threads": threads, **fields})
 
 
 def cached(kind: str, key_: str, timings: tuple[str, ...], measure, extra: dict) -> tuple[dict, str, str]:

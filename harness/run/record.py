@@ -118,6 +118,7 @@ class Manifest(TypedDict, total=False):
     hostname: str
     user: str
     cpu: str
+    cpu_model_id: str  # /proc/cpuinfo's family / model / stepping: one model name can be CPUs of two speeds
     cpu_count: int
     packages: dict
     torch: str
