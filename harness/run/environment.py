@@ -75,9 +75,10 @@ def cpu_name() -> str:
 
 def cpu_model_id(cpuinfo: str | None = None) -> str | None:
     """The first processor's family, model and stepping from /proc/cpuinfo (x86: "family 25 model 17 stepping 1";
-    ARM: "implementer 0x41 part 0xd0c"), None where there is none. Pure given `cpuinfo`. The model name and flags do
-    not tell every machine apart: "AMD EPYC" with AVX512-BF16 came here as family 25 (Zen 4, bf16 matmuls 2.1x fp32's)
-    and as a CPU with Zen 5's flags (avx512_vp2intersect, avx_vnni: 4.2x), benchmarks/results/mfu.md."""
+    ARM: "implementer 0x41 part 0xd0c variant 0x1"), None where there is none. Pure given `cpuinfo`. The model name
+    and flags do not tell every machine apart: "AMD EPYC" with AVX512-BF16 came here as family 25 (Zen 4, bf16
+    matmuls 2.1x fp32's) and as a CPU with Zen 5's flags (avx512_vp2intersect, avx_vnni: 4.2x),
+    benchmarks/results/mfu.md."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text()
