@@ -114,9 +114,7 @@ def ngrams(words: Sequence[str], n: int, known: dict[str, int] | None = None) ->
     chance of any false match is about (training n-grams x eval n-grams) / 2^64: below 1e-7 for a million of
     each. Why not a BLAKE2b of each n-gram's text, as until 2026-12-03: one hash per word and numpy's
     arithmetic per window built an index 10x faster (docs/contamination.md)."""
-    if n < 1:
-        raise ValueError(f"n={n}: an n-gram needs n >= 1 words")
-    if len(words) < n:
+    if len(words) < n:  # never true for n < 1: window_hashes rejects that n
         return set()
     return set(window_hashes(word_hashes(words, known), n).tolist())
 
