@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,6 +55,58 @@ def test_harness_malloc_default_leaves_glibc_alone():
     got = _rounds("keep", {"HARNESS_MALLOC": "default"})
     assert got["state"] == {"malloc": "default", "reason": "HARNESS_MALLOC=default"}
     assert got["later_faults"] >= 4 * 32
+
+
+# A child that keeps freed memory, frees 256 MiB of touched heap blocks, and gives them back (or not) to the kernel.
+_GIVE_BACK = textwrap.dedent("""
+    import ctypes, json, os, sys
+    from harness.run import memory
+    memory.keep_freed_memory() if sys.argv[1] == "keep" else None
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    blocks = [libc.malloc(64 << 20) for _ in range(4)]
+    for b in blocks:
+        ctypes.memset(b, 1, 64 << 20)
+    for b in reversed(blocks):
+        libc.free(b)
+    freed = rss()
+    gave = memory.give_back_freed_memory()
+    print(json.dumps({"gave": gave, "freed_rss": freed, "after_rss": rss()}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
+def test_kept_memory_goes_back_to_the_kernel_when_asked():
+    out = subprocess.run([sys.executable, "-c", _GIVE_BACK, "keep"], capture_output=True, text=True, check=True,
+                         timeout=120)
+    got = json.loads(out.stdout)
+    assert got["gave"] is True
+    assert got["freed_rss"] - got["after_rss"] >= 200 << 20  # kept after free(), returned by the trim
+    # without the keep setting glibc already unmapped the blocks at free(): nothing to do, nothing claimed
+    out = subprocess.run([sys.executable, "-c", _GIVE_BACK, "default"], capture_output=True, text=True, check=True,
+                         timeout=120)
+    assert json.loads(out.stdout)["gave"] is False
+
+
+def test_training_state_is_dropped_before_the_weights_are_written():
+    import torch
+
+    from harness.train.fit import drop_training_state
+
+    model = torch.nn.Linear(8, 8)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(4, 8)).sum().backward()
+    optimizer.step()
+    assert len(optimizer.state) == 2 and model.weight.grad is not None
+    weights = model.weight.detach().clone()
+
+    # accelerate's AcceleratedOptimizer holds the torch optimizer as .optimizer
+    drop_training_state(SimpleNamespace(optimizer=SimpleNamespace(optimizer=optimizer)), model)
+    assert len(optimizer.state) == 0 and model.weight.grad is None and model.bias.grad is None
+    assert torch.equal(model.weight, weights)  # the trained weights themselves are untouched
+    drop_training_state(SimpleNamespace(optimizer=None), model)  # nothing to drop: no error
 
 
 def test_file_mapped_ranges_keeps_only_file_mappings():

@@ -212,6 +212,23 @@ def test_wandb_artifact_references_the_weights_where_they_lie_and_not_when_they_
             assert set(entries) == {"eval.json"}
 
 
+def test_wandb_gets_its_requirements_file_from_the_cached_package_list_and_polls_its_core_often(tmp_path):
+    import torch
+    from wandb.sdk.lib.service import service_port_file
+
+    from harness.run.environment import installed_requirements
+
+    cfg, run_dir, summary = _fake_run(tmp_path, "tracker=wandb")
+    tracker = tracking.start(cfg, run_dir)
+    assert service_port_file._SLEEP is tracking._short_sleep  # this wandb's hook: polled every 10 ms, not 0.2 s
+    tracker.finish(summary)
+    (files,) = glob.glob(str(run_dir / "wandb" / "offline-run-*" / "files"))
+    lines = Path(files, "requirements.txt").read_text().splitlines()
+    assert lines == installed_requirements() and f"torch=={torch.__version__}" in lines
+    assert len(lines) == len(set(lines)) > 50 and lines == sorted(lines, key=str.lower)
+    assert tracking.poll_wandb_core_often()  # idempotent
+
+
 @pytest.mark.slow
 def test_a_failing_tracker_is_reported_and_dropped_while_the_others_go_on(tmp_path, monkeypatch, capsys):
     cfg, run_dir, summary = _fake_run(tmp_path, "tracker=[mlflow,tensorboard]")

@@ -63,6 +63,26 @@ def _package_versions(names: tuple[str, ...]) -> tuple[tuple[str, str | None], .
     return tuple(out)
 
 
+def installed_requirements() -> list[str]:
+    """Every installed distribution as "name==version", sorted (a run's requirements.txt for W&B). Read once per
+    process like package_versions: parsing the metadata of ~170 packages takes 0.1-0.3 s, and a warm sweep trial
+    inherits its fork server's reading instead of paying it again."""
+    return list(_installed_requirements())
+
+
+@functools.lru_cache(maxsize=None)
+def _installed_requirements() -> tuple[str, ...]:
+    found = set()
+    for dist in metadata.distributions():
+        try:
+            name, version = dist.metadata["Name"], dist.version
+        except (KeyError, UnicodeDecodeError, TypeError):  # a distribution with broken metadata: left out
+            continue
+        if name and version:
+            found.add(f"{name}=={version}")
+    return tuple(sorted(found, key=str.lower))
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

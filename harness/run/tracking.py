@@ -70,6 +70,33 @@ def _run_key(run_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------------ backends
+def _short_sleep(seconds: float) -> None:
+    time.sleep(min(seconds, 0.01))
+
+
+def poll_wandb_core_often() -> bool:
+    """wandb.init starts its wandb-core process and polls for the file that says where it listens every 0.2 s (its
+    timeout unchanged); the core writes it within ~30 ms here, so each run waited ~0.17 s for nothing (W&B 0.31's
+    service_port_file._SLEEP, its hook for this loop's sleeps). Polled every 10 ms instead. False, and nothing changed,
+    where this wandb has no such hook."""
+    try:
+        from wandb.sdk.lib.service import service_port_file
+    except ImportError:
+        return False
+    if getattr(service_port_file, "_SLEEP", None) not in (time.sleep, _short_sleep):
+        return False
+    service_port_file._SLEEP = _short_sleep
+    return True
+
+
+def write_requirements(files_dir: Path) -> Path:
+    """The installed packages as "name==version" lines in W&B's files folder (requirements.txt, the file W&B would
+    write itself; synced with the run), from the list this process read once (harness/run/environment.py)."""
+    from harness.run.environment import installed_requirements
+
+    return atomic.write_text(files_dir / "requirements.txt", "".join(f"{r}\n" for r in installed_requirements()))
+
+
 class WandbBackend:
     """W&B: offline files under <run_dir>/wandb (sync later), a study's runs grouped and tagged by its name."""
 
@@ -77,6 +104,7 @@ class WandbBackend:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        poll_wandb_core_often()
         self._wandb, self.cfg, self.run_dir = wandb, cfg, run_dir
         self.run = wandb.init(
             project=cfg.tracker.project,
@@ -89,8 +117,11 @@ class WandbBackend:
             tags=list(cfg.tracker.tags) + ([cfg.study] if cfg.study else []),
             config=to_dict(cfg),
             resume="allow",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            # the requirements file comes from the process's cached list (below), not W&B's own scan of every
+            # installed package's metadata at each init
+            settings=wandb.Settings(console="off", x_disable_stats=True, x_save_requirements=False),
         )
+        write_requirements(Path(self.run.dir))
 
     def log(self, metrics: dict, step: int | None) -> None:
         self.run.log(metrics, step=step)

@@ -341,13 +341,16 @@ def _preload() -> None:
 def _warm_up() -> None:
     """Fill caches every trial would otherwise fill again (pure Python, no torch op): the override parser's,
     Hydra's and OmegaConf's on a first composition, SQLAlchemy's mapper configuration of Optuna's tables, the
-    installed package versions of the environment record, and transformers' checkpoint conversion table."""
+    installed package versions of the environment record and of W&B's requirements file, and transformers'
+    checkpoint conversion table."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from harness.run.environment import package_versions
+    from harness.run.environment import installed_requirements, package_versions
 
     OverridesParser.create().parse_overrides(WARM_UP_OVERRIDES)
     package_versions()
+    if "wandb" in sys.modules:  # the requirements file of each W&B run (harness/run/tracking.py write_requirements)
+        installed_requirements()
     try:  # the default config; a user's broken conf/ fails in the trial itself, with its message
         from harness.config import compose
 
