@@ -134,18 +134,15 @@ def machine() -> dict:
         "hostname": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "load_avg_1m_5m_15m": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
     }
+    from harness.run.environment import cpu_flags, cpu_name, git_info, package_versions
+
+    info["cpu"] = cpu_name()
+    info["cpu_flags"] = [f for f in cpu_flags() if f.startswith(("avx", "amx", "fma", "f16c"))]
     try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-        for line in cpuinfo.splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-        flags = next((ln.split(":", 1)[1].split() for ln in cpuinfo.splitlines() if ln.startswith("flags")), [])
-        info["cpu_flags"] = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split()
         info["memory_gb"] = round(int(mem[1]) / 2**20, 1)
     except (OSError, IndexError, ValueError):
-        info.setdefault("cpu", platform.processor())
+        pass
     try:
         import torch
 
@@ -155,8 +152,6 @@ def machine() -> dict:
         info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except ImportError:  # pragma: no cover
         pass
-    from harness.run.environment import git_info, package_versions
-
     kind = cpu_kind()
     info.update(cpu_kind=kind["kind"], native_bf16=kind["native_bf16"], cpu_model_id=kind["model_id"])
     info["packages"] = package_versions()

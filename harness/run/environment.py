@@ -83,13 +83,19 @@ def _installed_requirements() -> tuple[str, ...]:
     return tuple(sorted(found, key=str.lower))
 
 
-def cpu_name() -> str:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    """/proc/cpuinfo, read once per process ("" where there is none): the name, model id and flags all come from it."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        return Path("/proc/cpuinfo").read_text()
     except OSError:
-        pass
+        return ""
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
@@ -100,10 +106,7 @@ def cpu_model_id(cpuinfo: str | None = None) -> str | None:
     matmuls 2.1x fp32's) and as a CPU with Zen 5's flags (avx512_vp2intersect, avx_vnni: 4.2x),
     benchmarks/results/mfu.md."""
     if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
+        cpuinfo = _cpuinfo()
     fields: dict[str, str] = {}
     for line in cpuinfo.splitlines():
         if not line.strip():
@@ -129,12 +132,9 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # instructions that make bf16 m
 
 def cpu_flags() -> list[str]:
     """The CPU's feature flags from /proc/cpuinfo (first processor), sorted; [] where there is none."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return sorted(set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
+    for line in _cpuinfo().splitlines():
+        if line.startswith(("flags", "Features")):
+            return sorted(set(line.split(":", 1)[1].split()))
     return []
 
 
