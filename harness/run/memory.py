@@ -47,13 +47,18 @@ def keep_freed_memory() -> dict:
     return dict(_state)
 
 
+def _glibc(name: str, argtypes: list, restype):
+    """glibc's function `name` with its C signature; OSError or AttributeError on musl and other C libraries."""
+    fn = getattr(ctypes.CDLL("libc.so.6"), name)  # glibc's name, as harness/launch.py loads it; absent on musl
+    fn.argtypes, fn.restype = argtypes, restype
+    return fn
+
+
 def _mallopt() -> dict:
     try:
-        libc = ctypes.CDLL("libc.so.6")  # glibc's name, as harness/launch.py loads it; absent on musl
-        mallopt = libc.mallopt
+        mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int], ctypes.c_int)
     except (OSError, AttributeError) as exc:  # musl and other C libraries without glibc's mallopt
         return {"malloc": "default", "reason": f"no glibc mallopt ({exc})"}
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     if not (mallopt(M_MMAP_MAX, 0) and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return {"malloc": "default", "reason": "glibc refused mallopt(M_MMAP_MAX / M_TRIM_THRESHOLD)"}
     return {"malloc": "keep", "mmap_max": 0, "trim_threshold": TRIM_THRESHOLD}
@@ -68,10 +73,9 @@ def give_back_freed_memory() -> bool:
     if _state.get("malloc") != "keep":
         return False
     try:
-        trim = ctypes.CDLL("libc.so.6").malloc_trim
+        trim = _glibc("malloc_trim", [ctypes.c_size_t], ctypes.c_int)
     except (OSError, AttributeError):
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return bool(trim(0))
 
 
