@@ -219,6 +219,67 @@ def test_cold_flag_reaches_every_worker_command():
     assert "--cold" not in worker_command(args, "sqlite:///x.db")
 
 
+# A trial child's end as exit_trial does it, with the exit pipe become_trial keeps: output first, then the code
+CHILD_EXIT = """
+import sys
+from harness.sweep import warm
+warm._EXIT_FD = int(sys.argv[1])
+print("last line of the trial")
+warm.exit_trial(int(sys.argv[2]))
+"""
+
+
+def test_a_warm_child_closes_its_output_then_reports_its_exit_code_before_exiting(tmp_path):
+    """exit_trial writes the code os._exit leaves (& 0xFF) to the exit pipe, after closing stdout (the worker's
+    pipe ends then): the worker need not wait for the kernel to free the process's memory."""
+    for rc, reported in ((3, b"3"), (0, b"0"), (300, b"44")):
+        read_end, write_end = os.pipe()
+        child = subprocess.Popen([sys.executable, "-c", CHILD_EXIT, str(write_end), str(rc)], cwd=REPO,
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, pass_fds=(write_end,))
+        os.close(write_end)
+        try:
+            assert child.stdout.read() == b"last line of the trial\n"  # EOF: the child closed it
+            assert os.read(read_end, 16) == reported
+            assert child.wait(timeout=60) == int(reported)
+        finally:
+            os.close(read_end)
+            child.stdout.close()
+
+
+def test_the_worker_takes_a_reported_exit_code_and_waits_for_the_server_without_one():
+    """ForkServer.pump: a code on a child's exit pipe ends that child (the server's later "exited" is ignored); a
+    pipe closed with nothing on it (a child killed by a signal) leaves the child to the server's "exited"."""
+    import socket
+    import threading
+
+    from harness.sweep.warm import ForkServer, WarmProcess
+
+    server = ForkServer.__new__(ForkServer)  # the message handling only: no server process
+    server.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server.lock, server.children, server.failure, server.ready, server._started = threading.RLock(), {}, "", {}, []
+    pipes = {}
+    for pid in (101, 102):
+        r, w = os.pipe()
+        pipes[pid] = w
+        server.children[pid] = WarmProcess(server, pid, ["train"], None, r)
+    reported, killed = server.children[101], server.children[102]
+    try:
+        os.write(pipes[101], b"3")
+        os.close(pipes[101])
+        os.close(pipes[102])  # died without a word
+        server.pump(0.5)
+        server.pump(0.0)
+        assert reported.returncode == 3 and reported.exit_fd is None and 101 not in server.children
+        assert killed.returncode is None and killed.exit_fd is None and 102 in server.children
+        for msg in ({"exited": 101, "returncode": 0}, {"exited": 102, "returncode": -9}):
+            theirs.send(json.dumps(msg).encode())
+        server.pump(0.5)
+        assert killed.returncode == -9 and reported.returncode == 3 and not server.children
+    finally:
+        server.sock.close()
+        theirs.close()
+
+
 def test_fork_hazards_name_a_running_thread():
     """The server refuses to fork while a thread runs (its locks would be copied held); named in the reason."""
     import threading
