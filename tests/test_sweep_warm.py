@@ -174,9 +174,13 @@ def test_fork_server_death_falls_back_to_cold_starts_once(tmp_path, monkeypatch)
     try:
         assert starter.wait_ready() and starter.warm
         cmd = [*default_train_command(), "--cfg", "job", "model=tiny-llama"]  # prints the config, trains nothing
+        taken: list[int] = []  # children whose exit code came through their exit pipe (exit_trial)
+        report = starter.server._reported
+        monkeypatch.setattr(starter.server, "_reported", lambda c: (taken.append(c.pid), report(c))[1])
         child = starter.popen(cmd, env)
         assert type(child).__name__ == "WarmProcess"
         assert child.wait(timeout=120) == 0 and b"tiny-llama" in child.stdout.read()
+        assert taken == [child.pid]
         starter.server.proc.kill()  # the fork server dies (OOM killer, a bug): later trials start cold, said once
         starter.server.proc.wait()
         first, second = starter.popen(cmd, env), starter.popen(cmd, env)
@@ -220,9 +224,12 @@ def test_cold_flag_reaches_every_worker_command():
 
 
 # A trial child's end as exit_trial does it, with the exit pipe become_trial keeps: output first, then the code
+# os._exit made to linger, as the kernel's teardown of a big process does: the report must come before it
 CHILD_EXIT = """
-import sys
+import os, sys, time
 from harness.sweep import warm
+exit_now = os._exit
+os._exit = lambda rc: (time.sleep(60), exit_now(rc))
 warm._EXIT_FD = int(sys.argv[1])
 print("last line of the trial")
 warm.exit_trial(int(sys.argv[2]))
@@ -240,8 +247,10 @@ def test_a_warm_child_closes_its_output_then_reports_its_exit_code_before_exitin
         try:
             assert child.stdout.read() == b"last line of the trial\n"  # EOF: the child closed it
             assert os.read(read_end, 16) == reported
-            assert child.wait(timeout=60) == int(reported)
+            assert child.poll() is None  # both came while the process had not yet exited
         finally:
+            child.kill()
+            child.wait()
             os.close(read_end)
             child.stdout.close()
 
@@ -257,6 +266,7 @@ def test_the_worker_takes_a_reported_exit_code_and_waits_for_the_server_without_
     server = ForkServer.__new__(ForkServer)  # the message handling only: no server process
     server.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     server.lock, server.children, server.failure, server.ready, server._started = threading.RLock(), {}, "", {}, []
+    server._unreaped, server._early_exits = set(), {}
     pipes = {}
     for pid in (101, 102):
         r, w = os.pipe()
@@ -271,10 +281,13 @@ def test_the_worker_takes_a_reported_exit_code_and_waits_for_the_server_without_
         server.pump(0.0)
         assert reported.returncode == 3 and reported.exit_fd is None and 101 not in server.children
         assert killed.returncode is None and killed.exit_fd is None and 102 in server.children
-        for msg in ({"exited": 101, "returncode": 0}, {"exited": 102, "returncode": -9}):
+        assert server._unreaped == {101}  # the next start waits for its reap (its memory, a GPU's CUDA context)
+        for msg in ({"exited": 101, "returncode": 0}, {"exited": 102, "returncode": -9},
+                    {"exited": 103, "returncode": -15}):  # 103: read in the same pump as its "started"
             theirs.send(json.dumps(msg).encode())
         server.pump(0.5)
         assert killed.returncode == -9 and reported.returncode == 3 and not server.children
+        assert not server._unreaped and server._early_exits == {103: -15}
     finally:
         server.sock.close()
         theirs.close()

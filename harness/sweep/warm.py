@@ -71,6 +71,7 @@ WARM_UP_OVERRIDES = ["model=tiny-llama", "train.lr=1.0e-4", "train.max_steps=20"
 FORK_AWARE_THREADS = {"jemalloc_bg_thd"}  # pyarrow's allocator: re-creates its thread after a fork
 READY_TIMEOUT_S = 600.0
 MAX_MSG = 1 << 20
+REAP_WAIT_S = 10.0  # how long a new start waits for the reap of a child that reported its exit code
 
 
 def cold_requested() -> bool:
@@ -141,6 +142,8 @@ class ForkServer:
         self.ready: dict | None = None
         self.failure = ""  # why it cannot start trials (once set, for good)
         self._started: list[dict] = []
+        self._unreaped: set[int] = set()  # children that reported their exit code, until the server reaps them
+        self._early_exits: dict[int, int] = {}  # "exited" read before start() registered its child: pid -> code
 
     # -------------------------------------------------------------------- messages
     def pump(self, timeout: float | None) -> None:
@@ -177,7 +180,8 @@ class ForkServer:
             data = b""
         child.close_exit_fd()
         if data.strip().lstrip(b"-").isdigit():
-            self.children.pop(child.pid, None)  # the server's "exited" for this pid is then ignored
+            self.children.pop(child.pid, None)  # the server's "exited" for this pid then only ends _unreaped
+            self._unreaped.add(child.pid)
             child.returncode = int(data)
 
     def _handle(self, msg: dict) -> None:
@@ -188,10 +192,15 @@ class ForkServer:
         elif "started" in msg:
             self._started.append(msg)
         elif "exited" in msg:
-            child = self.children.pop(msg["exited"], None)
+            pid = msg["exited"]
+            child = self.children.pop(pid, None)
             if child is not None:
                 child.close_exit_fd()
                 child.returncode = msg["returncode"]
+            elif pid in self._unreaped:
+                self._unreaped.discard(pid)
+            else:  # its "started" came in the same read: start() registers it next and takes the code from here
+                self._early_exits[pid] = msg["returncode"]
 
     def _died(self, why: str) -> None:
         rc = self.proc.poll()
@@ -234,9 +243,16 @@ class ForkServer:
         """Fork a child that runs `harness ARGS`; None if the server cannot (self.failure says why)."""
         if not self.wait_ready():
             return None
+        # A child that reported its exit code may still be freeing its memory (and, on a GPU, its CUDA context: in
+        # EXCLUSIVE_PROCESS compute mode the next trial could not start one): wait for its reap first. Telling the
+        # study and taking the next trial ran meanwhile, so this wait is usually over already.
+        end = time.monotonic() + REAP_WAIT_S
+        while self._unreaped and not self.failure and time.monotonic() < end:
+            self.pump(max(0.0, min(1.0, end - time.monotonic())))
         read_end, write_end = os.pipe()
         exit_read, exit_write = os.pipe()  # the child's exit code, written just before it exits (exit_trial)
         stdin = 0 if _valid_fd(0) else os.open(os.devnull, os.O_RDONLY)
+        kept = False  # whether the child's WarmProcess holds read_end and exit_read
         try:
             # an ignored SIGINT stays ignored across exec (a worker in a shell's background): the child's too
             ignored = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) == signal.SIG_IGN
@@ -246,22 +262,26 @@ class ForkServer:
                     socket.send_fds(self.sock, [request], [stdin, write_end, exit_write])
                 except OSError as exc:
                     self._died(f"{type(exc).__name__}: {exc}")
-                    os.close(read_end)
-                    os.close(exit_read)
                     return None
                 while not self._started and not self.failure:
                     self.pump(1.0)
                 if self.failure:
-                    os.close(read_end)
-                    os.close(exit_read)
                     return None
                 pid = self._started.pop(0)["started"]
                 child = WarmProcess(self, pid, [*default_train_command()[:3], *args], os.fdopen(read_end, "rb"), exit_read)
-                self.children[pid] = child
+                kept = True
+                if pid in self._early_exits:  # it ended before we registered it (killed at once)
+                    child.close_exit_fd()
+                    child.returncode = self._early_exits.pop(pid)
+                else:
+                    self.children[pid] = child
                 return child
         finally:
             os.close(write_end)
             os.close(exit_write)
+            if not kept:
+                os.close(read_end)
+                os.close(exit_read)
             if stdin != 0:
                 os.close(stdin)
 
@@ -517,6 +537,8 @@ def exit_trial(rc: int) -> None:
         except (OSError, ValueError):
             pass
     if _EXIT_FD is not None:
+        # no Ctrl-C / SIGTERM between the report and the exit (the status would differ from the code reported)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         for fd in (0, 1, 2):
             try:
                 os.close(fd)
