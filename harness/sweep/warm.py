@@ -98,6 +98,11 @@ class WarmProcess:
             os.close(self.exit_fd)
             self.exit_fd = None
 
+    def ended(self, returncode: int, note: str = "") -> None:
+        """Its fate is known (the exit pipe, the server's "exited", the server's death): the code, and why."""
+        self.close_exit_fd()
+        self.returncode, self.note = returncode, note
+
     def poll(self) -> int | None:
         if self.returncode is None:
             self.server.pump(0.0)
@@ -179,10 +184,10 @@ class ForkServer:
         except OSError:
             data = b""
         child.close_exit_fd()
-        if data.strip().lstrip(b"-").isdigit():
+        if data.isdigit():  # exit_trial writes rc & 0xFF
             self.children.pop(child.pid, None)  # the server's "exited" for this pid then only ends _unreaped
             self._unreaped.add(child.pid)
-            child.returncode = int(data)
+            child.ended(int(data))
 
     def _handle(self, msg: dict) -> None:
         if "ready" in msg:
@@ -195,8 +200,7 @@ class ForkServer:
             pid = msg["exited"]
             child = self.children.pop(pid, None)
             if child is not None:
-                child.close_exit_fd()
-                child.returncode = msg["returncode"]
+                child.ended(msg["returncode"])
             elif pid in self._unreaped:
                 self._unreaped.discard(pid)
             else:  # its "started" came in the same read: start() registers it next and takes the code from here
@@ -220,10 +224,8 @@ class ForkServer:
             f": {last[0][:300]}" if last else "") + (f" ({why})" if why else "")
         self.failure = self.failure or f"the warm fork server (pid {self.proc.pid}) died ({how})"
         for child in self.children.values():  # PR_SET_PDEATHSIG: a child dies with its server
-            child.close_exit_fd()
-            child.returncode = -signal.SIGKILL
-            child.note = (f"[harness] the warm fork server (pid {self.proc.pid}) died while this trial ran ({how}); "
-                          "its child was killed with it (PR_SET_PDEATHSIG)")
+            child.ended(-signal.SIGKILL, f"[harness] the warm fork server (pid {self.proc.pid}) died while this trial "
+                                         f"ran ({how}); its child was killed with it (PR_SET_PDEATHSIG)")
         self.children.clear()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S, stop: Callable[[], bool] = lambda: False) -> bool:
@@ -271,8 +273,7 @@ class ForkServer:
                 child = WarmProcess(self, pid, [*default_train_command()[:3], *args], os.fdopen(read_end, "rb"), exit_read)
                 kept = True
                 if pid in self._early_exits:  # it ended before we registered it (killed at once)
-                    child.close_exit_fd()
-                    child.returncode = self._early_exits.pop(pid)
+                    child.ended(self._early_exits.pop(pid))
                 else:
                     self.children[pid] = child
                 return child
@@ -289,9 +290,8 @@ class ForkServer:
         """Stop the server (its running children die with it) and reap it."""
         self.failure = self.failure or "closed"
         for child in self.children.values():  # still running: it dies with the server (PR_SET_PDEATHSIG)
-            child.close_exit_fd()
-            child.returncode = -signal.SIGKILL
-            child.note = f"[harness] the warm fork server (pid {self.proc.pid}) was stopped while this trial ran"
+            child.ended(-signal.SIGKILL,
+                        f"[harness] the warm fork server (pid {self.proc.pid}) was stopped while this trial ran")
         self.children.clear()
         try:
             self.sock.close()
