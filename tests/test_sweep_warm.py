@@ -281,7 +281,7 @@ def test_the_worker_takes_a_reported_exit_code_and_waits_for_the_server_without_
         server.pump(0.0)
         assert reported.returncode == 3 and reported.exit_fd is None and 101 not in server.children
         assert killed.returncode is None and killed.exit_fd is None and 102 in server.children
-        assert server._unreaped == {101}  # the next start waits for its reap (its memory, a GPU's CUDA context)
+        assert server._unreaped == {101}  # the next start and close() wait for its reap (its memory, a GPU's context)
         for msg in ({"exited": 101, "returncode": 0}, {"exited": 102, "returncode": -9},
                     {"exited": 103, "returncode": -15}):  # 103: read in the same pump as its "started"
             theirs.send(json.dumps(msg).encode())

@@ -245,12 +245,7 @@ class ForkServer:
         """Fork a child that runs `harness ARGS`; None if the server cannot (self.failure says why)."""
         if not self.wait_ready():
             return None
-        # A child that reported its exit code may still be freeing its memory (and, on a GPU, its CUDA context: in
-        # EXCLUSIVE_PROCESS compute mode the next trial could not start one): wait for its reap first. Telling the
-        # study and taking the next trial ran meanwhile, so this wait is usually over already.
-        end = time.monotonic() + REAP_WAIT_S
-        while self._unreaped and not self.failure and time.monotonic() < end:
-            self.pump(max(0.0, min(1.0, end - time.monotonic())))
+        self._wait_reaped()
         read_end, write_end = os.pipe()
         exit_read, exit_write = os.pipe()  # the child's exit code, written just before it exits (exit_trial)
         stdin = 0 if _valid_fd(0) else os.open(os.devnull, os.O_RDONLY)
@@ -286,8 +281,19 @@ class ForkServer:
             if stdin != 0:
                 os.close(stdin)
 
+    def _wait_reaped(self) -> None:
+        """Wait (up to REAP_WAIT_S) until the server has reaped every child that reported its exit code. Such a child
+        may still be freeing its memory (and, on a GPU, its CUDA context: in EXCLUSIVE_PROCESS compute mode the next
+        trial could not start one): the next start waits for it, and so does the worker's end, which leaves no child
+        of its own behind. Telling the study and taking the next trial ran meanwhile, so this is usually over."""
+        end = time.monotonic() + REAP_WAIT_S
+        while self._unreaped and not self.failure and time.monotonic() < end:
+            self.pump(max(0.0, min(1.0, end - time.monotonic())))
+
     def close(self) -> None:
-        """Stop the server (its running children die with it) and reap it."""
+        """Stop the server (its running children die with it) and reap it; children that reported their exit code
+        are reaped first (_wait_reaped)."""
+        self._wait_reaped()
         self.failure = self.failure or "closed"
         for child in self.children.values():  # still running: it dies with the server (PR_SET_PDEATHSIG)
             child.ended(-signal.SIGKILL,
