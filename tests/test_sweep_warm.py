@@ -60,40 +60,51 @@ def _fork_server_children(worker_pid: int) -> list[int]:
     return [pid for pid, (ppid, _) in procs.items() if ppid in servers]
 
 
-@pytest.mark.slow  # a fork server's imports plus a cold trial: 30-90 s on the 2-core machine
-def test_a_warm_trial_records_the_same_losses_and_summary_as_a_cold_one(tmp_path, monkeypatch):
+@pytest.mark.slow  # a fork server's imports plus two warm and two cold tiny trials: 40-120 s on the 2-core machine
+def test_warm_trials_record_the_same_losses_and_summary_as_cold_ones(tmp_path, monkeypatch):
+    """Two trials each way: the first warm trial loads its tokenizer itself and tells the fork server, the second is
+    forked with the server's copy (harness/model/preload.py); both record what their cold twins record."""
     env = _env(tmp_path, monkeypatch)
     runs = {}
     for how in ("warm", "cold"):
-        spec = write_spec(tmp_path / f"{how}.yaml", study=how, base=TINY, grid={"train.lr": [2e-4]}, seeds=[3])
+        spec = write_spec(tmp_path / f"{how}.yaml", study=how, base=TINY, grid={"train.lr": [2e-4, 1e-4]}, seeds=[3])
         r = harness(["sweep", str(spec), *(["--cold"] if how == "cold" else [])], env, tmp_path, timeout=600)
         assert r.returncode == 0, r.stdout + r.stderr
-        (t,) = trials_of(tmp_path, how)
-        assert t.state.name == "COMPLETE" and t.user_attrs["start"] == how, t.user_attrs
-        runs[how] = Path(t.user_attrs["run_dir"])
-        assert json.loads((runs[how] / "trial.json").read_text())["start"] == how
-    warm, cold = runs["warm"], runs["cold"]
-    assert "started warm: forked from the worker's fork server" in (warm / "train.log").read_text()
-    assert len(_metrics(warm)) >= 3 and _metrics(warm) == _metrics(cold)  # every step's loss, grad norm, lr; val loss
-    summary = {h: json.loads((d / "summary.json").read_text()) for h, d in runs.items()}
-    assert summary["warm"]["status"] == "completed" and _same(summary["warm"]) == _same(summary["cold"])
-    manifest = {h: json.loads((d / "manifest.json").read_text()) for h, d in runs.items()}
-    # the data preparation the warm trial stored (or found) is the cold trial's cache hit (harness/data/cache.py)
-    assert manifest["warm"]["data"].pop("cache") in ("miss", "hit") and manifest["cold"]["data"].pop("cache") == "hit"
-    # per-machine measured choices (bf16 layout, attention kernel): the first trial of a fresh cache measures them, the
-    # other reads what it stored (harness/run/measured.py) — the same decision and figures, a different source
-    for record in (manifest["warm"], manifest["cold"]):
-        for choice in record.values():
-            if isinstance(choice, dict) and choice.get("source") in ("measured", "cache"):
-                choice.pop("source")
-    # the environment record: same interpreter, versions and machine; argv as `python -m harness train` sets it
-    assert {k: v for k, v in manifest["warm"].items() if k != "command"} == \
-           {k: v for k, v in manifest["cold"].items() if k != "command"}
-    if sys.platform.startswith("linux"):  # both processes reuse freed memory (harness/run/memory.py), set the same way
-        assert manifest["warm"]["malloc"]["malloc"] == "keep"
-    argv = manifest["warm"]["command"]
-    assert argv[0] == manifest["cold"]["command"][0] and argv[0].endswith("harness/__main__.py") and argv[1] == "train"
-    assert "study=warm" in argv and "study=cold" in manifest["cold"]["command"]
+        trials = sorted(trials_of(tmp_path, how), key=lambda t: t.number)
+        assert len(trials) == 2
+        for t in trials:
+            assert t.state.name == "COMPLETE" and t.user_attrs["start"] == how, t.user_attrs
+            runs[how, t.params["train.lr"]] = Path(t.user_attrs["run_dir"])
+            assert json.loads((Path(t.user_attrs["run_dir"]) / "trial.json").read_text())["start"] == how
+        runs[how, "first"] = Path(trials[0].user_attrs["run_dir"])
+    kept = {}
+    for lr in (2e-4, 1e-4):
+        warm, cold = runs["warm", lr], runs["cold", lr]
+        assert "started warm: forked from the worker's fork server" in (warm / "train.log").read_text()
+        assert len(_metrics(warm)) >= 3 and _metrics(warm) == _metrics(cold)  # every step's loss, grad norm, lr; val loss
+        summary = {h: json.loads((d / "summary.json").read_text()) for h, d in (("warm", warm), ("cold", cold))}
+        assert summary["warm"]["status"] == "completed" and _same(summary["warm"]) == _same(summary["cold"])
+        manifest = {h: json.loads((d / "manifest.json").read_text()) for h, d in (("warm", warm), ("cold", cold))}
+        kept[warm == runs["warm", "first"]] = manifest["warm"].pop("kept_by_fork_server", None)
+        assert "kept_by_fork_server" not in manifest["cold"]
+        # the data preparation a warm trial stored (or found) is the cold trial's cache hit (harness/data/cache.py)
+        assert manifest["warm"]["data"].pop("cache") in ("miss", "hit") and manifest["cold"]["data"].pop("cache") == "hit"
+        # per-machine measured choices (bf16 layout, attention kernel): the first trial of a fresh cache measures them,
+        # the others read what it stored (harness/run/measured.py) — the same decision and figures, a different source
+        for record in (manifest["warm"], manifest["cold"]):
+            for choice in record.values():
+                if isinstance(choice, dict) and choice.get("source") in ("measured", "cache"):
+                    choice.pop("source")
+        # the environment record: same interpreter, versions and machine; argv as `python -m harness train` sets it
+        assert {k: v for k, v in manifest["warm"].items() if k != "command"} == \
+               {k: v for k, v in manifest["cold"].items() if k != "command"}
+        if sys.platform.startswith("linux"):  # both processes reuse freed memory (harness/run/memory.py), set the same way
+            assert manifest["warm"]["malloc"]["malloc"] == "keep"
+        argv = manifest["warm"]["command"]
+        assert argv[0] == manifest["cold"]["command"][0] and argv[0].endswith("harness/__main__.py") and argv[1] == "train"
+        assert "study=warm" in argv and "study=cold" in manifest["cold"]["command"]
+    # the first warm trial loaded the tokenizer itself; the server loaded it after that trial, for the second
+    assert kept == {True: None, False: ["tokenizer"]}
 
 
 @pytest.mark.slow  # a fork server's imports plus two tiny trainings: 30-90 s on the 2-core machine

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness import atomic, paths
 from harness.config import ModelConfig, RunConfig, TinySpec
+from harness.model import preload
 from harness.run.progress import tqdm_hook
 from harness.run.record import read_summary
 
@@ -226,12 +227,35 @@ def identity(cfg: ModelConfig) -> dict:
     return info
 
 
-def load_tokenizer(cfg: ModelConfig):
+def tokenizer_hint(cfg: ModelConfig) -> dict | None:
+    """What a warm fork server may keep of cfg's tokenizer (harness/model/preload.py): a local directory's, without
+    remote code; None otherwise."""
+    if cfg.trust_remote_code:
+        return None
+    path = local_dir(cfg)
+    return preload.hint("tokenizer", str(path), revision=cfg.revision or None) if path.is_dir() else None
+
+
+def keep_tokenizer(hint: dict) -> bool:
+    """In a warm fork server: load the tokenizer `hint` names (tokenizer_hint), kept for the trials it forks next."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(
-        str(local_dir(cfg)), revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code
-    )
+    return preload.keep(hint, lambda: AutoTokenizer.from_pretrained(hint["path"], revision=hint["revision"]))
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """cfg's tokenizer, with a pad token (its EOS when it has none). In a warm trial, the fork server's copy when it
+    keeps one (harness/model/preload.py), loaded by the same call with the same arguments from the same files."""
+    from transformers import AutoTokenizer
+
+    hint = tokenizer_hint(cfg)
+    tok = preload.take(hint) if hint is not None else None
+    if tok is None:
+        tok = AutoTokenizer.from_pretrained(
+            str(local_dir(cfg)), revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code
+        )
+        if hint is not None:
+            preload.loaded(hint)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

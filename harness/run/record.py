@@ -132,6 +132,7 @@ class Manifest(TypedDict, total=False):
     data: dict
     bf16_fast_backward_layers: int
     trainable_copied_from_file_mb: float  # trainable weights copied out of the checkpoint's mmap before training (model/load.py)
+    kept_by_fork_server: list  # a warm trial: what its fork server had loaded for it, e.g. ["tokenizer"] (model/preload.py)
     frozen_casts_kept: int  # bf16/fp16 training: frozen Linear layers whose weight is cast once (harness/train/frozen_cast.py)
     bnb_4bit_layers_held: int  # QLoRA: 4-bit layers kept in their training layout while training (model/methods.py)
     bf16_layout: dict  # bf16 on CPU: whether the tn matmul layout was applied, both timings, why (harness/train/bf16cpu.py)

@@ -173,6 +173,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     from transformers import set_seed
 
     from harness.model.init_from import load_init_adapter, load_init_weights, merge_init_adapter, resolve_init_from
+    from harness.model import preload
     from harness.model.load import identity, load_model_and_tokenizer, own_trainable_parameters
     from harness.model.methods import (build_peft_config, build_quant_config, hold_4bit_training_layout,
                                        linear_module_names)
@@ -199,6 +200,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     if init is not None and init.kind == "adapter" and cfg.method.peft == "none":
         model = merge_init_adapter(model, init)
     manifest["model"] = identity(cfg.model)
+    if preload.taken():  # a warm trial: what its fork server had loaded for it (harness/model/preload.py)
+        manifest["kept_by_fork_server"] = preload.taken()
     if init is not None:
         manifest["init_from"] = init.record
     targets = config.target_modules(cfg)
