@@ -111,3 +111,17 @@ def test_load_tokenizer_tells_the_server_only_what_it_may_keep(tmp_path, byo_mod
         told = [json.loads(line) for line in f.read().splitlines()]
     assert told == [{"kind": "tokenizer", "path": str(byo_model_dir), "revision": None}]  # remote code: never kept
     assert tokenizer_hint(ModelConfig(name="hub-id", source="hub", path="HuggingFaceTB/SmolLM2-135M")) is None
+
+
+def test_the_fork_server_keeps_what_a_trial_told_it_and_ignores_what_it_cannot_use(tmp_path, byo_model_dir, monkeypatch):
+    import gc
+
+    from harness.sweep.warm import _keep_hinted
+
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # the server's freeze; this test process collects as usual
+
+    told = [b"not json", json.dumps({"kind": "model", "path": str(byo_model_dir)}).encode(),  # no such kind kept
+            json.dumps(preload.hint("tokenizer", str(tmp_path / "gone"), revision=None)).encode(),  # cannot be read
+            json.dumps(preload.hint("tokenizer", str(byo_model_dir), revision=None)).encode()]
+    _keep_hinted(b"\n".join(told) + b"\n")
+    assert list(preload._kept) == [preload._key(preload.hint("tokenizer", str(byo_model_dir), revision=None))]

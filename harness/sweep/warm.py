@@ -478,6 +478,11 @@ def serve(sock: socket.socket) -> dict | None:
             else:  # the trial closed it (exit_trial) or ended: load what it loaded, while the worker records it
                 _keep_hinted(bytes(hints.pop(fd)))
                 os.close(fd)
+                hazards = fork_hazards()  # a load that left a thread behind: no more forks from here
+                if hazards:
+                    _send(sock, {"error": "the warm fork server is not safe to fork after loading what a trial "
+                                          "loaded: " + "; ".join(hazards)})
+                    return None
         if sock not in readable:
             continue
         data, fds, _, _ = socket.recv_fds(sock, MAX_MSG, 4)
