@@ -21,6 +21,7 @@ def _fresh_state(monkeypatch):
     monkeypatch.setattr(preload, "_kept", {})
     monkeypatch.setattr(preload, "_taken", [])
     monkeypatch.setattr(preload, "_tell_fd", None)
+    monkeypatch.setattr(preload, "_told", set())
 
 
 def _dir(tmp_path, name="m", files=("a.json", "b.txt")):
@@ -44,8 +45,11 @@ def test_a_kept_object_is_taken_once_and_only_with_its_arguments(tmp_path):
 def test_a_changed_added_or_removed_file_discards_the_kept_object(tmp_path):
     d = _dir(tmp_path)
     h = preload.hint("tokenizer", str(d))
+    (d / "additional_chat_templates").mkdir()
+    (d / "additional_chat_templates" / "tool.jinja").write_text("{{ messages }}")
     for change in (lambda: (d / "a.json").write_text("other content"), lambda: (d / "c.json").write_text("{}"),
-                   lambda: (d / "b.txt").unlink()):
+                   lambda: (d / "b.txt").unlink(),
+                   lambda: (d / "additional_chat_templates" / "tool.jinja").write_text("{{ messages[0] }}")):
         assert preload.keep(h, object)
         change()
         assert preload.take(h) is None
@@ -72,6 +76,7 @@ def test_loaded_tells_the_server_one_json_line_and_nothing_without_one(tmp_path)
     r, w = os.pipe()
     preload.tell_server(w)
     preload.loaded(h)
+    preload.loaded(h)  # told once per process
     preload.tell_server(None)  # closes the write end: the server sees the end of what it was told
     with os.fdopen(r, "rb") as f:
         assert [json.loads(line) for line in f.read().splitlines()] == [h]
@@ -79,7 +84,7 @@ def test_loaded_tells_the_server_one_json_line_and_nothing_without_one(tmp_path)
     r, w = os.pipe()
     os.close(r)
     preload.tell_server(w)
-    preload.loaded(h)  # the server is gone: no error, the next trial loads it itself
+    preload.loaded(preload.hint("tokenizer", str(tmp_path), revision="v2"))  # the server is gone: no error
     preload.tell_server(None)
 
 

@@ -240,7 +240,8 @@ def keep_tokenizer(hint: dict) -> bool:
     """In a warm fork server: load the tokenizer `hint` names (tokenizer_hint), kept for the trials it forks next."""
     from transformers import AutoTokenizer
 
-    return preload.keep(hint, lambda: AutoTokenizer.from_pretrained(hint["path"], revision=hint["revision"]))
+    return preload.keep(hint, lambda: AutoTokenizer.from_pretrained(hint["path"], revision=hint["revision"],
+                                                                    trust_remote_code=False))
 
 
 def load_tokenizer(cfg: ModelConfig):

@@ -24,6 +24,7 @@ KEEP_AT_MOST = 2  # kept objects in the server (least recently kept dropped firs
 _kept: dict[str, tuple[tuple, Any]] = {}  # hint key -> (fingerprint of its directory at load, object)
 _tell_fd: int | None = None  # in a warm child: the pipe to its fork server (tell_server)
 _taken: list[str] = []  # kinds this process took from the server (the run's manifest names them)
+_told: set[str] = set()  # hint keys this process told its server already
 
 
 def hint(kind: str, directory: str, **fields: Any) -> dict:
@@ -36,10 +37,17 @@ def _key(h: dict) -> str:
 
 
 def fingerprint(directory: str) -> tuple | None:
-    """(name, size, mtime, inode) of each file directly in `directory`, sorted; None if it cannot be read."""
+    """(name, size, mtime, inode) of each file in `directory` and in its subdirectories one level down (a
+    tokenizer's additional_chat_templates/), sorted; None if it cannot be read."""
+    stats = []
     try:
         with os.scandir(directory) as it:
-            stats = [(e.name, e.stat()) for e in it if e.is_file()]
+            for e in it:
+                if e.is_file():
+                    stats.append((e.name, e.stat()))
+                elif e.is_dir():
+                    with os.scandir(e.path) as sub:
+                        stats += [(f"{e.name}/{f.name}", f.stat()) for f in sub if f.is_file()]
     except OSError:
         return None
     return tuple(sorted((name, s.st_size, s.st_mtime_ns, s.st_ino) for name, s in stats))
@@ -88,9 +96,11 @@ def tell_server(fd: int | None) -> None:
 
 
 def loaded(h: dict) -> None:
-    """This process loaded what `h` names itself: its fork server (if any) keeps one for the next trials."""
-    if _tell_fd is None:
+    """This process loaded what `h` names itself: its fork server (if any) keeps one for the next trials (told once
+    per process)."""
+    if _tell_fd is None or _key(h) in _told:
         return
+    _told.add(_key(h))
     try:
         os.write(_tell_fd, (json.dumps(h) + "\n").encode())
     except OSError:  # the server is gone: the next trial loads it itself

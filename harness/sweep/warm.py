@@ -462,6 +462,7 @@ def serve(sock: socket.socket) -> dict | None:
 
     children: dict[int, int] = {}  # pid -> pidfd
     hints: dict[int, bytearray] = {}  # read end of a child's hint pipe -> what it wrote so far (preload.loaded)
+    unsafe = ""  # why this server forks no more (told at the next request, when no child of its worker runs)
     me = os.getpid()
     while True:
         readable, _, _ = select.select([sock, *children.values(), *hints], [], [])
@@ -479,16 +480,20 @@ def serve(sock: socket.socket) -> dict | None:
                 _keep_hinted(bytes(hints.pop(fd)))
                 os.close(fd)
                 hazards = fork_hazards()  # a load that left a thread behind: no more forks from here
-                if hazards:
-                    _send(sock, {"error": "the warm fork server is not safe to fork after loading what a trial "
-                                          "loaded: " + "; ".join(hazards)})
-                    return None
+                if hazards and not unsafe:
+                    unsafe = ("the warm fork server is not safe to fork after loading what a trial loaded: "
+                              + "; ".join(hazards))
         if sock not in readable:
             continue
         data, fds, _, _ = socket.recv_fds(sock, MAX_MSG, 4)
         if not data:
             return None  # the worker closed its end: our children die with us (PR_SET_PDEATHSIG)
         request = json.loads(data)
+        if unsafe:
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"error": unsafe})
+            return None
         sys.stdout.flush()
         sys.stderr.flush()
         hint_read, hint_write = os.pipe()
@@ -519,6 +524,7 @@ def _keep_hinted(data: bytes) -> None:
                 keep_tokenizer(hint)
         except Exception:  # noqa: BLE001 - see above
             pass
+    gc.collect()
     gc.freeze()  # as the imports' objects: no collection in a child walks them
 
 
