@@ -322,6 +322,54 @@ def test_fork_hazards_name_a_running_thread():
     assert len(during) == 1 and "threads running after the imports" in during[0] and during != before
 
 
+# serve() with its imports, its loads and its thread check stubbed: a fork request's child tells the server one hint
+# and ends; the server records what it was told, and after that "load" its thread check finds a thread
+SERVE_WITH_HINTS = """
+import json, os, socket, sys
+from harness.sweep import warm
+told = []
+warm._preload = warm._warm_up = lambda: None
+warm._keep_hinted = lambda data: told.append(data.decode())
+warm.fork_hazards = lambda: ["threads running after the imports: loader"] if told else []
+request = warm.serve(socket.socket(fileno=int(sys.argv[1])))
+if request is not None:  # the forked child, as a trial that loaded its tokenizer itself
+    os.write(request["hint_fd"], b'{"kind": "tokenizer", "path": "/m"}\\n')
+    os._exit(0)
+print(json.dumps(told))
+"""
+
+
+def test_the_server_loads_what_a_trial_told_it_after_the_trial_and_forks_no_more_if_that_left_a_thread():
+    """serve(): each child gets a hint pipe; its hints reach _keep_hinted once it has closed the pipe (here: ended);
+    a thread found after that load makes the server answer the next request with an error (the worker then starts
+    cold, saying why) rather than fork beside it."""
+    import socket
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen([sys.executable, "-c", SERVE_WITH_HINTS, str(theirs.fileno())], cwd=REPO,
+                            pass_fds=(theirs.fileno(),), stdout=subprocess.PIPE, text=True)
+    theirs.close()
+    null = os.open(os.devnull, os.O_RDWR)
+    try:
+        ours.settimeout(60)
+        assert json.loads(ours.recv(65536))["ready"]
+        request = json.dumps({"args": [], "env": {}, "cwd": str(REPO)}).encode()
+        socket.send_fds(ours, [request], [null, null, null])
+        pid = json.loads(ours.recv(65536))["started"]
+        assert json.loads(ours.recv(65536)) == {"exited": pid, "returncode": 0}
+        socket.send_fds(ours, [request], [null, null, null])
+        answer = json.loads(ours.recv(65536))
+        assert answer == {"error": "the warm fork server is not safe to fork after loading what a trial loaded: "
+                                   "threads running after the imports: loader"}
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and json.loads(out) == ['{"kind": "tokenizer", "path": "/m"}\n']
+    finally:
+        os.close(null)
+        ours.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
 # What a sweep trial runs after the fork server's preparation (serve(): _preload, _warm_up, gc.freeze): one tiny
 # LoRA trial in process, with the study, trial and storage a sweep worker passes (so its pruning reporter opens
 # the study's storage, which the test's process has set up as a driver would); prints the modules the trial imported.
