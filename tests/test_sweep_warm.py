@@ -308,7 +308,7 @@ def test_fork_hazards_name_a_running_thread():
     """The server refuses to fork while a thread runs (its locks would be copied held); named in the reason."""
     import threading
 
-    from harness.sweep.warm import fork_hazards
+    from harness.sweep.preimport import fork_hazards
 
     before = fork_hazards()
     stop = threading.Event()
@@ -326,11 +326,11 @@ def test_fork_hazards_name_a_running_thread():
 # and ends; the server records what it was told, and after that "load" its thread check finds a thread
 SERVE_WITH_HINTS = """
 import json, os, socket, sys
-from harness.sweep import warm
+from harness.sweep import preimport, warm
 told = []
-warm._preload = warm._warm_up = lambda: None
+preimport.import_libraries = preimport.warm_up = lambda: None
 warm._keep_hinted = lambda data: told.append(data.decode())
-warm.fork_hazards = lambda: ["threads running after the imports: loader"] if told else []
+preimport.fork_hazards = lambda: ["threads running after the imports: loader"] if told else []
 request = warm.serve(socket.socket(fileno=int(sys.argv[1])))
 if request is not None:  # the forked child, as a trial that loaded its tokenizer itself
     os.write(request["hint_fd"], b'{"kind": "tokenizer", "path": "/m"}\\n')
@@ -370,13 +370,13 @@ def test_the_server_loads_what_a_trial_told_it_after_the_trial_and_forks_no_more
             proc.kill()
             proc.wait()
 
-# What a sweep trial runs after the fork server's preparation (serve(): _preload, _warm_up, gc.freeze): one tiny
+# What a sweep trial runs after the fork server's preparation (serve(): import_libraries, warm_up, gc.freeze): one tiny
 # LoRA trial in process, with the study, trial and storage a sweep worker passes (so its pruning reporter opens
 # the study's storage, which the test's process has set up as a driver would); prints the modules the trial imported.
 TRIAL_AFTER_WARM_UP = """
 import gc, json, sys
-from harness.sweep import warm
-warm._preload(); warm._warm_up(); gc.collect(); gc.freeze()
+from harness.sweep import preimport
+preimport.import_libraries(); preimport.warm_up(); gc.collect(); gc.freeze()
 url, out = sys.argv[1], sys.argv[2]
 before = set(sys.modules)
 from harness.cli import main
@@ -409,6 +409,6 @@ def test_a_warm_trial_imports_none_of_the_preloaded_libraries_again(tmp_path, mo
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert result["rc"] == 0
     again = [m for m in result["imported"] if m.split(".")[0] in PRELOADED]
-    assert not again, f"a warm trial imported these itself (add them to harness/sweep/warm.py PRELOAD): {again}"
+    assert not again, f"a warm trial imported these itself (add them to harness/sweep/preimport.py PRELOAD): {again}"
     summary = json.loads(next((tmp_path / "runs").glob("*/*/summary.json")).read_text())
     assert summary["status"] == "completed" and summary["trial"] == 0

@@ -1,6 +1,6 @@
 """Warm trial starts: each sweep worker keeps one fork server that has imported the heavy libraries (torch,
 transformers, peft, datasets, lm_eval, the trackers', Optuna's storage and harness's train/eval modules) and
-filled their first-use caches (PRELOAD, _warm_up), and forks a child per trial, so a trial
+filled their first-use caches (harness/sweep/preimport.py), and forks a child per trial, so a trial
 is still its own process but pays no import. The worker drives the child through `WarmProcess`, which has the
 surface of the subprocess.Popen it used before (pid, stdout, poll, wait, returncode, send_signal, terminate, kill).
 
@@ -30,7 +30,8 @@ Fork safety: the server runs no torch op and starts no thread; after its imports
 exits at once: libraries that stop their own threads at a fork do so, e.g. numpy's and scipy's OpenBLAS pools,
 which start at import unless OMP_NUM_THREADS=1, re-created in a child on first use), then checks that the only
 threads left are the known fork-aware ones (pyarrow's jemalloc background thread) and that CUDA is not
-initialized, else it refuses and the worker starts its trials cold, saying why once. If the server dies (killed,
+initialized (preimport.fork_hazards), else it refuses and the worker starts its trials cold, saying why once; it
+checks again after each load of what a trial told it, and refuses the next fork if that left a thread. If the server dies (killed,
 crashed), its running child dies with it (recorded as killed by SIGKILL, the reason says why) and later trials
 start cold.
 """
@@ -47,32 +48,11 @@ import sys
 import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any, Callable
 
+from harness.sweep import preimport
+
 COLD_ENV = "HARNESS_SWEEP_COLD"  # 1: every trial in a fresh process (also `harness sweep --cold`)
-PRELOAD = ("torch", "transformers", "transformers.trainer", "peft", "datasets", "lm_eval", "hydra", "omegaconf",
-           "hydra.core.override_parser.overrides_parser", "harness.cli", "harness.commands.train",
-           "harness.commands.common", "harness.config.overrides", "harness.launch", "harness.pipeline",
-           "harness.train.fit", "harness.eval.suites", "harness.model.load", "harness.model.methods",
-           "harness.model.preflight", "harness.model.init_from", "harness.data.cache", "harness.run.tracking",
-           "harness.sweep.pruning",
-           # the architectures of the packaged models (tiny-llama, SmolLM2: Llama; Gemma 3): imported on first load
-           "transformers.models.llama.modeling_llama", "transformers.models.gemma3.modeling_gemma3",
-           # a trial's pruning reporter opens the study's storage: Optuna's RDB models, SQLAlchemy, alembic (~0.5 s)
-           "harness.sweep.samplers", "harness.sweep.spec", "harness.sweep.storage", "optuna.storages._rdb.models",
-           "sqlalchemy.orm", "alembic.migration", "alembic.script", "alembic.command", "alembic.config",
-           "sqlalchemy.dialects.sqlite", "sqlalchemy.dialects.postgresql.psycopg2", "psycopg2",
-           # the trackers' libraries (optional): wandb.init imports wandb.sdk.launch (wandb.apis.public, ~80 pydantic
-           # models built from their source's docstrings), which took 4 s of every SmolLM2 quickstart trial's set-up
-           "wandb", "wandb.sdk.launch", "mlflow", "tensorboardX")
-# Overrides of every shape a trial's command line has: parsing them once fills the caches of Hydra's parser
-# (antlr4 builds its lexer's DFA lazily: the first command line of a process took 1-2 s to parse, later ones ms).
-WARM_UP_OVERRIDES = ["model=tiny-llama", "train.lr=1.0e-4", "train.max_steps=20", "method.r=16", "data.max_rows=40",
-                     "notes='a, b'", 'notes="x"', "method.target_modules=[q_proj,v_proj]", "++tracker.tags=[a,b-1]",
-                     "storage=sqlite:////tmp/x_y/s.db", "output_dir=/a/b.c", "run_id=c001-0.0002-s0-79090c",
-                     "train.dropout=0.05", "train.flag=true", "+x.y=null", "~a.b", "k=${oc.env:HOME}"]
-FORK_AWARE_THREADS = {"jemalloc_bg_thd"}  # pyarrow's allocator: re-creates its thread after a fork
 READY_TIMEOUT_S = 600.0
 MAX_MSG = 1 << 20
 REAP_WAIT_S = 10.0  # how long a new start waits for the reap of a child that reported its exit code
@@ -373,63 +353,6 @@ class Starter:
 
 
 # ------------------------------------------------------------------------------ server side
-def fork_hazards() -> list[str]:
-    """What would make forking this process unsafe: threads other than the known fork-aware ones, CUDA in use."""
-    problems = []
-    names = []
-    for task in os.listdir("/proc/self/task"):
-        if int(task) != threading.get_native_id():
-            try:
-                names.append(Path(f"/proc/self/task/{task}/comm").read_text().strip())
-            except OSError:
-                pass
-    others = [n for n in names if n not in FORK_AWARE_THREADS]
-    if others:
-        problems.append(f"threads running after the imports: {', '.join(sorted(others))}")
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        problems.append("CUDA was initialized during the imports")
-    return problems
-
-
-def _preload() -> None:
-    import importlib
-    import importlib.util
-
-    for name in PRELOAD:
-        if importlib.util.find_spec(name.split(".")[0]) is not None:  # lm_eval etc. are optional
-            importlib.import_module(name)
-
-
-def _warm_up() -> None:
-    """Fill caches every trial would otherwise fill again (pure Python, no torch op): the override parser's,
-    Hydra's and OmegaConf's on a first composition, SQLAlchemy's mapper configuration of Optuna's tables, the
-    installed package versions of the environment record and of W&B's requirements file, and transformers'
-    checkpoint conversion table."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from harness.run.environment import installed_requirements, package_versions
-
-    OverridesParser.create().parse_overrides(WARM_UP_OVERRIDES)
-    package_versions()
-    if "wandb" in sys.modules:  # the requirements file of each W&B run (harness/run/tracking.py write_requirements)
-        installed_requirements()
-    try:  # the default config; a user's broken conf/ fails in the trial itself, with its message
-        from harness.config import compose
-
-        compose([])
-    except Exception:  # noqa: BLE001 - a warm-up only
-        pass
-    if "sqlalchemy.orm" in sys.modules:
-        sys.modules["sqlalchemy.orm"].configure_mappers()
-    try:  # transformers' table of checkpoint key renamings, built (~1,000 regexes) on a process's first model load
-        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
-
-        get_checkpoint_conversion_mapping("llama")
-    except ImportError:  # another transformers version: the first load builds it, as in a cold start
-        pass
-
-
 def _send(sock: socket.socket, msg: dict) -> None:
     sock.send(json.dumps(msg).encode())
 
@@ -441,8 +364,8 @@ def serve(sock: socket.socket) -> dict | None:
         signal.signal(s, signal.SIG_IGN)
     t0 = time.perf_counter()
     try:
-        _preload()
-        _warm_up()
+        preimport.import_libraries()
+        preimport.warm_up()
     except BaseException as exc:  # noqa: BLE001 - any import failure means cold starts, with the reason
         _send(sock, {"error": f"the warm fork server could not import the libraries: {type(exc).__name__}: {exc}"})
         return None
@@ -450,7 +373,7 @@ def serve(sock: socket.socket) -> dict | None:
     if probe == 0:
         os._exit(0)
     os.waitpid(probe, 0)
-    hazards = fork_hazards()
+    hazards = preimport.fork_hazards()
     if hazards:
         _send(sock, {"error": "the warm fork server is not safe to fork: " + "; ".join(hazards)})
         return None
@@ -479,7 +402,7 @@ def serve(sock: socket.socket) -> dict | None:
             else:  # the trial closed it (exit_trial) or ended: load what it loaded, while the worker records it
                 _keep_hinted(bytes(hints.pop(fd)))
                 os.close(fd)
-                hazards = fork_hazards()  # a load that left a thread behind: no more forks from here
+                hazards = preimport.fork_hazards()  # a load that left a thread behind: no more forks from here
                 if hazards and not unsafe:
                     unsafe = ("the warm fork server is not safe to fork after loading what a trial loaded: "
                               + "; ".join(hazards))
