@@ -236,25 +236,26 @@ def tokenizer_hint(cfg: ModelConfig) -> dict | None:
     return preload.hint("tokenizer", str(path), revision=cfg.revision or None) if path.is_dir() else None
 
 
-def keep_tokenizer(hint: dict) -> bool:
-    """In a warm fork server: load the tokenizer `hint` names (tokenizer_hint), kept for the trials it forks next."""
+def _read_tokenizer(path: str, revision: str | None, trust_remote_code: bool):
+    """The one call that loads a tokenizer, in a trial (load_tokenizer) and in a warm fork server (keep_tokenizer)."""
     from transformers import AutoTokenizer
 
-    return preload.keep(hint, lambda: AutoTokenizer.from_pretrained(hint["path"], revision=hint["revision"],
-                                                                    trust_remote_code=False))
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
+def keep_tokenizer(hint: dict) -> bool:
+    """In a warm fork server: load the tokenizer `hint` names (tokenizer_hint), kept for the trials it forks next."""
+    return preload.keep(hint, lambda: _read_tokenizer(hint["path"], hint["revision"], trust_remote_code=False))
 
 
 def load_tokenizer(cfg: ModelConfig):
     """cfg's tokenizer, with a pad token (its EOS when it has none). In a warm trial, the fork server's copy when it
     keeps one (harness/model/preload.py), loaded by the same call with the same arguments from the same files."""
-    from transformers import AutoTokenizer
-
     hint = tokenizer_hint(cfg)
     tok = preload.take(hint) if hint is not None else None
     if tok is None:
-        tok = AutoTokenizer.from_pretrained(
-            str(local_dir(cfg)), revision=cfg.revision or None, trust_remote_code=cfg.trust_remote_code
-        )
+        path = hint["path"] if hint is not None else str(local_dir(cfg))
+        tok = _read_tokenizer(path, cfg.revision or None, cfg.trust_remote_code)
         if hint is not None:
             preload.loaded(hint)
     if tok.pad_token is None:

@@ -56,7 +56,7 @@ def fingerprint(directory: str) -> tuple | None:
 def take(h: dict) -> Any | None:
     """The object the server kept for hint `h`, if its files are unchanged; at most once per process."""
     entry = _kept.pop(_key(h), None)
-    if entry is None or entry[0] is None or entry[0] != fingerprint(h["path"]):
+    if entry is None or entry[0] != fingerprint(h["path"]):  # keep() stores no entry without a fingerprint
         return None
     _taken.append(h["kind"])
     return entry[1]

@@ -200,8 +200,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
     if init is not None and init.kind == "adapter" and cfg.method.peft == "none":
         model = merge_init_adapter(model, init)
     manifest["model"] = identity(cfg.model)
-    if preload.taken():  # a warm trial: what its fork server had loaded for it (harness/model/preload.py)
-        manifest["kept_by_fork_server"] = preload.taken()
+    if taken := preload.taken():  # a warm trial: what its fork server had loaded for it (harness/model/preload.py)
+        manifest["kept_by_fork_server"] = taken
     if init is not None:
         manifest["init_from"] = init.record
     targets = config.target_modules(cfg)
