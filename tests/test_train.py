@@ -589,3 +589,19 @@ def test_val_loss_under_bf16_training_is_the_fp32_number_of_the_saved_run(tiny_o
     reloaded = read_eval(run_dir)["suites"]["val"]["metrics"]["loss"]
     assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
     assert summary["final_val_loss"] == pytest.approx(reloaded, rel=1e-6)
+
+
+def test_checkpointing_argument_follows_the_installed_transformers():
+    """The pinned transformers names the switch activation_checkpointing; releases before the rename (5.17, as
+    preinstalled on a GPU image where `harness train` failed with an unexpected keyword) gradient_checkpointing."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    @dataclasses.dataclass
+    class BeforeTheRename:
+        output_dir: str = ""
+        gradient_checkpointing: bool = False
+
+    assert fit_module.checkpointing_argument(TrainingArguments) == "activation_checkpointing"
+    assert fit_module.checkpointing_argument(BeforeTheRename) == "gradient_checkpointing"

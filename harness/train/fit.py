@@ -38,6 +38,16 @@ TRAINING_FIELDS = ("trainable_params", "total_params", "trainable_share", "preci
                    "benchmark_time_s")
 
 
+def checkpointing_argument(arguments_class) -> str:
+    """The TrainingArguments field that switches activation checkpointing: `activation_checkpointing` in the
+    pinned transformers (5.23; `gradient_checkpointing` is deprecated there), `gradient_checkpointing` in the
+    5.x releases before the rename (e.g. 5.17, preinstalled in some GPU images)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(arguments_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def _step(ckpt: Path) -> int:
     return int(ckpt.name.split("-")[-1])
 
@@ -259,7 +269,7 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, optim=t.optimizer,
         label_smoothing_factor=t.label_smoothing, seed=t.seed, data_seed=t.seed,
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu",
-        activation_checkpointing=t.gradient_checkpointing and quant is None,
+        **{checkpointing_argument(TrainingArguments): t.gradient_checkpointing and quant is None},
         logging_steps=t.log_every, logging_nan_inf_filter=False, include_num_input_tokens_seen="non_padding",
         eval_strategy="steps" if eval_every else "no", eval_steps=eval_every or None,
         save_strategy="steps", save_steps=save_steps, save_total_limit=1, save_only_model=False,
