@@ -195,6 +195,37 @@ def test_token_boundary_and_trailing_space_score_as_lm_eval(tiny):
     assert_same(want, got)
 
 
+def test_each_context_is_tokenised_once_per_call_with_lm_evals_tokens(tiny):
+    """lm-eval's _encode_pair encodes the context again for every choice; the engine remembers tok_encode for the
+    length of one loglikelihood call: the same pairs (trailing space and merge at the boundary included), the same
+    scores, 2 items x 3 choices -> 6 whole strings + 2 contexts encoded instead of 12, nothing kept after the call."""
+    model, tok, _ = tiny
+    stock, ours = _pair(model, tok, max_length=128, logits_cache=False)
+    items = [("The cat sat on the ", ["mat", " mat", "m at"]), ("hello wor", ["ld and more", "ld", "k"])]
+    insts = [Instance(request_type="loglikelihood", doc={}, arguments=(c, e), idx=i)
+             for c, ends in items for i, e in enumerate(ends)]
+    seen = []
+    original = type(tok).encode
+
+    def counting(self, text, *a, **k):
+        seen.append(text)
+        return original(self, text, *a, **k)
+
+    type(tok).encode = counting
+    try:
+        got = ours.loglikelihood(insts, disable_tqdm=True)
+        n_ours, seen[:] = len(seen), []
+        want = stock.loglikelihood(insts, disable_tqdm=True)
+        n_stock = len(seen)
+    finally:
+        type(tok).encode = original
+    assert (n_stock, n_ours) == (12, 8)
+    assert_same(want, got)
+    assert ours._encoded is None
+    for c, ends in items:  # outside a call: HFLM's own tok_encode, the same pairs
+        assert [ours._encode_pair(c, e) for e in ends] == [stock._encode_pair(c, e) for e in ends]
+
+
 def test_lm_evals_one_token_cache_misreads_a_colliding_request(tiny):
     """lm-eval 0.4's one-token cache (Collator group_by="contexts") groups requests by context + continuation[:-1];
     when a one-token continuation collides with another context's longer one ("the" + " m|at" vs "the m" + "at"),

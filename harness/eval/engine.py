@@ -23,7 +23,8 @@ openbookqa) or the same sentence start (winogrande). PackedHFLM overrides one me
      triangle) and default positions.
 
 The inputs are lm-eval's own encoded pairs (its _encode_pair: its tokenisation and its token boundary between
-context and continuation); each result is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
+context and continuation; within one loglikelihood call tok_encode is remembered, so a context shared by four
+choices is tokenised once, not four times); each result is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
 and lm-eval's cache hook gets it as HFLM gives it. What cannot be packed goes through HFLM's own method unchanged:
 requests that need left truncation or have an empty context or continuation, and models other than decoder-only
 ones with sdpa, eager or fast mode's blocked attention (harness/eval/attention.py) and a `logits_to_keep` argument
@@ -223,6 +224,28 @@ class PackedHFLM(HFLM):
     """HFLM whose `_loglikelihood_tokens` packs requests that share a prefix (module docstring). Everything else,
     generation included, is HFLM's."""
 
+    _encoded: dict | None = None  # tok_encode's results during one loglikelihood call
+
+    def loglikelihood(self, requests, disable_tqdm: bool = False):
+        """HFLM's, with tok_encode remembered for the call: lm-eval's _encode_pair encodes a multiple-choice item's
+        context once per choice (hellaswag: four times), and on a GPU the tokenizer is a large share of the time."""
+        self._encoded = {}
+        try:
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+        finally:
+            self._encoded = None
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
+                   **kwargs) -> list[int]:
+        if self._encoded is None or kwargs:
+            return super().tok_encode(string, add_special_tokens=add_special_tokens,
+                                      left_truncate_len=left_truncate_len, **kwargs)
+        key = (string, add_special_tokens, left_truncate_len)
+        if key not in self._encoded:
+            self._encoded[key] = super().tok_encode(string, add_special_tokens=add_special_tokens,
+                                                    left_truncate_len=left_truncate_len)
+        return list(self._encoded[key])  # a copy: the caller owns what it gets, as from HFLM
+
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         layout = mask_layout(self.model) if self.backend == "causal" else None
         if layout is None:
@@ -273,11 +296,28 @@ class PackedHFLM(HFLM):
         pos = torch.tensor([pad(r.positions, 0) for r in batch], dtype=torch.long, device=dev)
         seg = torch.tensor([pad(r.segments, -1) for r in batch], dtype=torch.long, device=dev)
         grp = torch.tensor([pad(r.groups, -1) for r in batch], dtype=torch.long, device=dev)
-        keep = torch.zeros(len(batch), L, dtype=torch.bool, device=dev)
+        # Every (request, target) pair: its row of the batch, its position there and its target token. A kept row
+        # can score several targets (requests sharing continuation tokens share positions). The index work is done
+        # here on the CPU and crosses to the device once: on a GPU, per-request indexing and per-request .item()
+        # reads were a launch or a synchronisation each (benchmarks/results/gpu.json: the engine was host-bound).
+        owners, sizes, pair_b, pair_at, tgt_list = [], [], [], [], []
         for b, r in enumerate(batch):
-            for _, where, _ in r.scored:
-                keep[b, where] = True
-        flat = (keep.flatten().cumsum(0) - 1).view(len(batch), L)  # (row, index) -> row of the kept logits
+            for j, where, tgt in r.scored:
+                owners.append(j)
+                sizes.append(len(tgt))
+                pair_b += [b] * len(where)
+                pair_at += where
+                tgt_list += tgt
+        keep_cpu = torch.zeros(len(batch), L, dtype=torch.bool)
+        keep_cpu[pair_b, pair_at] = True
+        n_kept = int(keep_cpu.sum())
+        pair_row = (keep_cpu.flatten().cumsum(0) - 1).view(len(batch), L)[pair_b, pair_at]  # row of the kept logits
+        pair_tgt = torch.tensor(tgt_list, dtype=torch.long)
+        order = torch.argsort(pair_row, stable=True)  # pairs by kept row: each softmax slice takes a contiguous run
+        bounds = torch.searchsorted(pair_row[order], torch.arange(0, n_kept + SOFTMAX_ROWS, SOFTMAX_ROWS)).tolist()
+        keep = keep_cpu.to(dev)
+        kept = keep_cpu.flatten().nonzero().squeeze(1).to(dev)  # [kept]: flat indices (a bool index would synchronise)
+        row_sorted, tgt_sorted = pair_row[order].to(dev), pair_tgt[order].to(dev)
         if all(len(r.scored) == 1 for r in batch):  # plain rows (rolling windows): the model's own causal mask
             lengths = {len(r.tokens) for r in batch}
             kwargs = {"attention_mask": None if len(lengths) == 1 else (grp >= 0).long()}
@@ -285,15 +325,6 @@ class PackedHFLM(HFLM):
             dtype = next(p.dtype for p in self.model.parameters() if p.dtype.is_floating_point)
             kwargs = {"attention_mask": _model_mask(layout, grp, seg, pos, self.mixed_precision_dtype or dtype),
                       "position_ids": pos}
-        # A kept row can score several targets (requests sharing continuation tokens share positions), so the
-        # (row, target) pairs of every request are gathered.
-        owners, rows, tgts = [], [], []
-        for b, r in enumerate(batch):
-            for j, where, tgt in r.scored:
-                owners.append(j)
-                rows.append(flat[b, where])
-                tgts.append(torch.tensor(tgt, dtype=torch.long, device=dev))
-        pair_row, pair_tgt = torch.cat(rows), torch.cat(tgts)
         parts = self._split()
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
@@ -302,23 +333,24 @@ class PackedHFLM(HFLM):
                 n_kept, slice_logits = logits.shape[0], lambda a, b: logits[a:b]
             else:  # the output layer SOFTMAX_ROWS kept positions at a time: no [kept, vocab] matrix, 100-200 MB per
                 #    HellaSwag batch faulted in fresh each time (1,000 x 49,152 bf16: 121 ms fresh, 77 ms reused)
-                hidden = parts[0](input_ids=ids, use_cache=False, **kwargs).last_hidden_state[keep]  # [kept, hidden]
+                hidden = parts[0](input_ids=ids, use_cache=False, **kwargs).last_hidden_state.flatten(0, 1)[kept]
                 n_kept, slice_logits = hidden.shape[0], lambda a, b: parts[1](hidden[a:b])
             # lm-eval's own normalisation (F.log_softmax, as HFLM), in slices of SOFTMAX_ROWS kept rows (row-wise:
             # the same numbers as one call). logit - torch.logsumexp, which would spare the [rows, vocab]
             # log-probabilities, put choices up to 6e-4 nats below HFLM's on smollm2-135m (the slow tests failed)
-            pair_lp = None  # in the log-softmax's dtype, as HFLM sums them
+            lp_sorted = None  # in the log-softmax's dtype, as HFLM sums them
             best = torch.empty(n_kept, dtype=torch.long, device=dev)  # each kept position's greedy token
-            for a in range(0, n_kept, SOFTMAX_ROWS):
+            for k, a in enumerate(range(0, n_kept, SOFTMAX_ROWS)):
                 chunk = slice_logits(a, a + SOFTMAX_ROWS)
                 part = F.log_softmax(chunk, dim=-1, dtype=self.softmax_dtype)
-                if pair_lp is None:
-                    pair_lp = torch.empty(pair_row.shape[0], dtype=part.dtype, device=dev)
-                sel = (pair_row >= a) & (pair_row < a + SOFTMAX_ROWS)
-                pair_lp[sel] = part[pair_row[sel] - a, pair_tgt[sel]]
+                if lp_sorted is None:
+                    lp_sorted = torch.empty(row_sorted.shape[0], dtype=part.dtype, device=dev)
+                lo, hi = bounds[k], bounds[k + 1]
+                lp_sorted[lo:hi] = part[row_sorted[lo:hi] - a, tgt_sorted[lo:hi]]
                 # max's index = argmax's (the first of equal maxima: tests/test_engine.py), 5x faster than argmax on bf16
                 best[a:a + chunk.shape[0]] = chunk.max(dim=-1).indices
-        pair_greedy = best[pair_row] == pair_tgt
-        sizes = [len(t) for t in tgts]
+        pair_lp = torch.empty(lp_sorted.shape, dtype=lp_sorted.dtype)
+        pair_lp[order] = lp_sorted.cpu()  # back in request order, on the CPU: one transfer for the batch
+        pair_greedy = best.cpu()[pair_row] == pair_tgt
         return [(j, (float(lp.sum()), bool(g.all())))
                 for j, lp, g in zip(owners, pair_lp.split(sizes), pair_greedy.split(sizes), strict=True)]
