@@ -25,12 +25,12 @@ import time
 from benchmarks import common
 
 
-def _load(model: str):
+def _load(model: str, device: str = "cpu"):
     from harness import config
     from harness.model.load import load_model_and_tokenizer
 
     cfg = config.compose([f"model={model}", "tracker=none"])
-    net, tok = load_model_and_tokenizer(cfg.model)
+    net, tok = load_model_and_tokenizer(cfg.model, device=device)
     net.eval()
     return cfg, net, tok
 
@@ -42,10 +42,23 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, reps: int) -> dict:
+def _gpu_peak_mb(device: str, reset: bool = False) -> float | None:
+    """On a GPU: the peak of torch's allocations so far in MiB (reset=True starts a new peak), else None."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**20
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, reps: int, device: str = "cpu") -> dict:
     from harness.eval.lm_eval import crosscheck_wikitext
 
-    cfg, net, tok = _load(model)
+    cfg, net, tok = _load(model, device)
     loaded_rss = _peak_rss_mb()
     from harness.config import PerplexitySuite
     from harness.eval.perplexity import load_documents, model_max_length, prefix_token_id, score_token_lists
@@ -65,7 +78,8 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
 
     score(net)  # lm-eval not run yet:
     harness_rss = _peak_rss_mb()  # the process's peak so far is the harness's (model + its scoring)
-    fast_plan = precision.plan("fast", "cpu")  # fast mode's side, when it is not fp32 on this CPU (bf16 where native)
+    gpu_peak = _gpu_peak_mb(device)
+    fast_plan = precision.plan("fast", device)  # fast mode's side, when it is not fp32 on this CPU (bf16 where native)
     fast_net = precision.model_for(net, fast_plan) if fast_plan.dtype != "float32" else None
     runs, fast_s, fast = [], [], None
     for _ in range(reps):
@@ -83,7 +97,8 @@ def child_perplexity(model: str, docs: int, max_length: int, batch_size: int, re
             "tokens": last["tokens"], "n_docs": last["n_docs"], "max_length": last["max_length"],
             "ours": last["ours"], "lm_eval": last["lm_eval"], "rel_diff": last["rel_diff"],
             "loaded_rss_mb": loaded_rss, "harness_rss_mb": harness_rss,
-            "fast_precision": fast_plan.record(), "fast_s": fast_s, "fast": fast, "fast_rel_diff_vs_exact": fast_rel}
+            "fast_precision": fast_plan.record(), "fast_s": fast_s, "fast": fast, "fast_rel_diff_vs_exact": fast_rel,
+            "device": device, "gpu_peak_mb": {"harness": gpu_peak, "all": _gpu_peak_mb(device)}}
 
 
 def perplexity_section(opts: common.Options) -> dict | list[dict]:
@@ -119,10 +134,16 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _timed_peak(fn):
-    """fn() -> (its result, wall seconds, peak RSS above the RSS at the start in MiB, sampled every 20 ms)."""
+def _timed_peak(fn, device: str = "cpu"):
+    """fn() -> (its result, wall seconds, peak memory in MiB: on a CPU the RSS above the RSS at the start, sampled
+    every 20 ms; on a GPU torch's peak allocation during fn)."""
     import threading
 
+    if device.startswith("cuda"):
+        _gpu_peak_mb(device, reset=True)
+        t0 = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - t0, _gpu_peak_mb(device)
     start, peak, done = _rss_mb(), [0.0], threading.Event()
 
     def sample():
@@ -141,7 +162,8 @@ def _timed_peak(fn):
     return out, wall, max(peak[0], _rss_mb() - start)
 
 
-def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int, fast: bool = True) -> dict:
+def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int, fast: bool = True,
+                          device: str = "cpu") -> dict:
     """One task, three sides in this process, interleaved (the order rotates each rep): ours in exact mode
     (harness.eval.lm_eval.build_lm: the PackedHFLM engine around the model in memory), lm-eval run directly
     (HFLM(pretrained=<model dir>), as `lm_eval --model hf` does) and ours in fast mode (precision.plan("fast")
@@ -156,13 +178,13 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
     from harness.eval.lm_eval import build_lm, task_manager, task_name
     from harness.model.load import local_dir
 
-    cfg, net, tok = _load(model)
+    cfg, net, tok = _load(model, device)
     t0 = time.perf_counter()
-    direct = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device="cpu",
+    direct = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device=device,
                   **({"add_bos_token": True} if cfg.model.add_bos else {}))
     load_s = time.perf_counter() - t0
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    fast_plan = precision.plan("fast", "cpu")
+    fast_plan = precision.plan("fast", device)
     sides = {"ours": build_lm(net, tok, batch_size, model_cfg=cfg.model), "lm_eval": direct}
     if fast:
         sides["fast"] = build_lm(precision.model_for(net, fast_plan), tok, batch_size, model_cfg=cfg.model)
@@ -176,7 +198,7 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             out, wall, peak = _timed_peak(lambda: simple_evaluate(
                 model=sides[name], tasks=[full], limit=items, log_samples=True, task_manager=tm, bootstrap_iters=0,
-                verbosity="ERROR"))
+                verbosity="ERROR"), device)
             secs[name].append(wall)
             rss[name] = max(rss[name], peak)
             samples[name] = sorted(out["samples"][full], key=lambda s: s["doc_id"])
@@ -194,7 +216,8 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
             "ours_acc": acc["ours"]["acc"], "lm_eval_acc": acc["lm_eval"]["acc"], "acc": acc,
             "vs_lm_eval": compare("ours", "lm_eval"), "fast_vs_exact": compare("fast", "ours") if fast else None,
             "fast_precision": fast_plan.record(), "peak_rss_mb_above_start": rss, "direct_load_s": load_s,
-            "items": items, "requests": sum(len(x) for x in lls["ours"])}
+            "items": items, "requests": sum(len(x) for x in lls["ours"]), "device": device,
+            "peak_kind": "gpu max allocated" if device.startswith("cuda") else "rss above start"}
 
 
 HELLASWAG_ITEMS = 10042
@@ -230,7 +253,8 @@ def multiple_choice_section(opts: common.Options) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ generation
-def child_generation(model: str, data: str, prompts: int, batch_size: int, new_tokens: int, reps: int) -> dict:
+def child_generation(model: str, data: str, prompts: int, batch_size: int, new_tokens: int, reps: int,
+                     device: str = "cpu") -> dict:
     import torch
 
     from harness import config
@@ -238,7 +262,7 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
     from harness.data import load_eval_examples
     from harness.eval.generation import encode_prompt, generate_batched, generated_length, stop_token_ids
 
-    cfg, net, tok = _load(model)
+    cfg, net, tok = _load(model, device)
     data_cfg = config.compose([f"data={data}"]).data
     examples = list(load_eval_examples(data_cfg, limit=prompts))[:prompts]
     chat = bool(getattr(tok, "chat_template", None)) and data_cfg.use_chat_template
@@ -260,7 +284,7 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
         t0 = time.perf_counter()
         with torch.inference_mode():
             for p in ids:  # the loop a user writes first: one prompt at a time
-                x = torch.tensor([p])
+                x = torch.tensor([p], device=device)
                 out = net.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=new_tokens,
                                    do_sample=False, temperature=None, top_p=None, top_k=None, eos_token_id=eos,
                                    pad_token_id=pad)
@@ -273,7 +297,8 @@ def child_generation(model: str, data: str, prompts: int, batch_size: int, new_t
     same = sum(a == b for a, b in zip(batched_out, single_out))
     return {"batched_s": batched_s, "single_s": single_s, "batched_tokens": batched_tokens,
             "single_tokens": single_tokens, "identical_outputs": same, "prompts": len(ids),
-            "loaded_rss_mb": loaded_rss, "batched_rss_mb": batched_rss}
+            "loaded_rss_mb": loaded_rss, "batched_rss_mb": batched_rss, "device": device,
+            "gpu_peak_mb": _gpu_peak_mb(device)}
 
 
 def generation_section(opts: common.Options) -> dict:

@@ -183,10 +183,10 @@ def write_long_rows(model: str, data: str, max_length: int, need: int, out_path:
 
 # ------------------------------------------------------------------------------------- children
 def _overrides(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
-               batch_size: int, total_steps: int, output_dir: str, packing: bool) -> list[str]:
+               batch_size: int, total_steps: int, output_dir: str, packing: bool, device: str = "cpu") -> list[str]:
     ov = [f"model={model}", f"method={method}", f"data={data}", "data.val_size=0", "tracker=none", "eval=none",
           f"train.precision={precision}", f"train.max_steps={total_steps}", f"train.batch_size={batch_size}",
-          f"train.max_length={max_length}", "train.log_every=1", "train.save_model=false", "train.device=cpu",
+          f"train.max_length={max_length}", "train.log_every=1", "train.save_model=false", f"train.device={device}",
           f"train.packing={str(packing).lower()}", f"output_dir={output_dir}"]
     if data_path:
         ov.insert(3, f"data.path={data_path}")
@@ -194,14 +194,15 @@ def _overrides(model: str, method: str, precision: str, data: str, data_path: st
 
 
 def child_harness(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
-                  batch_size: int, warmup: int, steps: int, workdir: str, packing: bool = False) -> dict:
+                  batch_size: int, warmup: int, steps: int, workdir: str, packing: bool = False,
+                  device: str = "cpu") -> dict:
     """Child: one harness training run; step times and tokens come from its own metrics.jsonl."""
     from harness import config
     from harness.pipeline import train_run
     from harness.run.record import read_metrics, read_summary
 
     ov = _overrides(model, method, precision, data, data_path, max_length, batch_size, warmup + steps,
-                    str(Path(workdir) / "runs"), packing)
+                    str(Path(workdir) / "runs"), packing, device)
     cfg = config.compose(ov)
     status, run_dir = train_run(cfg, ov)
     summary = read_summary(run_dir) or {}
@@ -237,7 +238,7 @@ def attention_cell(rec: dict | None) -> str | None:
     return f"{kernel} ({rec.get('source')}{speed})"
 
 
-def _load_plain(model: str, method: str, precision: str, data: str):
+def _load_plain(model: str, method: str, precision: str, data: str, device: str = "cpu"):
     """What a user writes by hand: the model from its (converted) directory, bitsandbytes for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -253,10 +254,12 @@ def _load_plain(model: str, method: str, precision: str, data: str):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type=cfg.method.quant, bnb_4bit_use_double_quant=cfg.method.double_quant,
             bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)
-        kwargs["device_map"] = {"": "cpu"}
+        kwargs["device_map"] = {"": device}
     elif cfg.method.quant != "none":
         raise ValueError(f"method={method}: the benchmark baselines cover full, lora and 4-bit qlora only")
     net = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    if "quantization_config" not in kwargs:
+        net = net.to(device)
     lora = None
     if cfg.method.peft == "lora":
         from peft import LoraConfig
@@ -387,7 +390,7 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
 
 
 def child_plain(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
-                batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0) -> dict:
+                batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0, device: str = "cpu") -> dict:
     """Child: a minimal PyTorch training loop on the same token rows the harness trains on."""
     import torch
 
@@ -395,7 +398,7 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
     from harness.model.load import load_tokenizer
 
     torch.manual_seed(seed)
-    cfg, net, lora = _load_plain(model, method, precision, data)
+    cfg, net, lora = _load_plain(model, method, precision, data, device)
     if cfg.method.quant != "none":
         from peft import prepare_model_for_kbit_training
 
@@ -426,13 +429,15 @@ def child_plain(model: str, method: str, precision: str, data: str, data_path: s
             ids[j, :n] = torch.tensor(rows[i]["input_ids"])
             labels[j, :n] = torch.tensor(rows[i]["labels"])
             mask[j, :n] = 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = net(input_ids=ids, attention_mask=mask, labels=labels).loss
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = net(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()  # the optimizer step is queued, not done, when .item() returns
         dt = time.perf_counter() - t0
         if step >= warmup:
             times.append(dt)

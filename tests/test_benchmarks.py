@@ -209,6 +209,25 @@ def test_multiple_choice_benchmark_same_accuracy():
     assert r["ours_acc"] is not None and r["ours_acc"] == r["lm_eval_acc"]
 
 
+@pytest.mark.slow  # every section at smoke size: ~20 s on a shared 2-core CPU
+def test_gpu_benchmark_quick_runs_every_section_on_this_device(tmp_path):
+    """benchmarks/gpu.py is run by hand on a lent GPU (benchmarks/results/gpu.json); its smoke size runs here on
+    the CPU, so the script cannot rot between the rare sessions that have a GPU."""
+    from benchmarks import gpu
+
+    out = tmp_path / "gpu.json"
+    assert gpu.main(["--quick", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["sections"]) == {"peak", "mc", "host", "full", "ppl", "gen", "train"}
+    assert not [k for k, v in r["sections"].items() if "error" in v], r["sections"]
+    assert r["sections"]["mc"]["result"]["vs_lm_eval"]["identical_predictions"] == r["items"]
+    assert r["sections"]["full"]["result"]["exact"]["items"] == r["items"]
+    assert r["sections"]["gen"]["result"]["identical_outputs"] == r["sections"]["gen"]["result"]["prompts"]
+    rows = r["sections"]["train"]["result"]
+    assert {(x["method"], x["impl"]) for x in rows if x.get("tokens_per_s")} == {
+        (m, i) for m in ("lora", "full") for i in ("harness", "plain")}
+
+
 def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored():
     from benchmarks.evaluation import flop_bound, minutes_at_peak, padded_tokens
 
