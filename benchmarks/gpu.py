@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from benchmarks import common, evaluation, training
+from benchmarks import common, evaluation, matmul, training
 
 
 def matmul_peak(device: str, dtype: str, n: int = 8192, reps: int = 10) -> float:
@@ -42,7 +43,7 @@ def matmul_peak(device: str, dtype: str, n: int = 8192, reps: int = 10) -> float
     for _ in range(reps):
         a @ b
     sync()
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0)
+    return matmul.matmul_flops(n) * reps / (time.perf_counter() - t0)
 
 
 def full_hellaswag(model: str, batch_size: int, device: str, limit: int | None) -> dict:
@@ -69,10 +70,6 @@ def train_rows(model: str, data: str, device: str, max_length: int, batch_size: 
                work: Path, peak_bf16: float | None) -> list[dict]:
     """Harness trainer and plain loop, LoRA and full, bf16, in this process: tokens/s, peak memory, MFU."""
     subset = training.write_long_rows(model, data, max_length, (warmup + steps) * batch_size, str(work / "long.json"))
-    arch = subset["arch"]
-    n_matmul = training.matmul_params(subset["base_params"], arch)
-    head = arch["vocab"] * arch["hidden"]
-    attention = training.attention_flops_per_token(arch["layers"], arch["attn_dim"], max_length)
     rows = []
     for method in ("lora", "full"):
         for impl in ("harness", "plain"):
@@ -84,15 +81,12 @@ def train_rows(model: str, data: str, device: str, max_length: int, batch_size: 
             except Exception as exc:  # noqa: BLE001 - one row's failure is that row's result
                 rows.append({"method": method, "impl": impl, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            share = subset["target_share"] if impl == "harness" else 1.0
-            fpt = training.model_flops_per_token(n_matmul, r.get("trainable_params") or 0, method == "full",
-                                                 head_params=head, head_share=share, attention=attention)
-            achieved = fpt * r["tokens_per_s"] if r.get("tokens_per_s") else None
-            value, err = training.mfu(achieved, peak_bf16)
+            f = training.row_flops(subset, max_length, method, impl, r.get("trainable_params"), r.get("tokens_per_s"),
+                                   peak_bf16)
             rows.append({"method": method, "impl": impl, "tokens_per_s": r.get("tokens_per_s"),
                          "step_s": r.get("step_s"), "peak_mb": r.get("summary_peak_memory_mb"),
-                         "final_train_loss": r.get("final_train_loss"), "mfu": value, "mfu_error": err,
-                         "model_tflops": achieved / 1e12 if achieved else None})
+                         "final_train_loss": r.get("final_train_loss"), "mfu": f["mfu"], "mfu_error": f["mfu_error"],
+                         "model_tflops": f["achieved"] / 1e12 if f["achieved"] else None})
     return rows
 
 
@@ -113,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     model = "tiny-llama" if quick else "smollm2-135m"
     items, batch, reps = (8, 4, 1) if quick else (args.items, args.batch, 3)
-    work = Path(common.Options().workdir)
+    work = Path(tempfile.mkdtemp(prefix="harness-gpu-"))
     try:
         machine = common.machine()
     except Exception as exc:  # noqa: BLE001 - a machine record that cannot be read does not stop the measurements

@@ -79,6 +79,21 @@ def mfu(achieved_flops: float | None, peak_flops: float | None) -> tuple[float |
     return value, None
 
 
+def row_flops(subset: dict, max_length: int, method: str, impl: str, trainable: int | None,
+              tokens_per_s: float | None, peak: float | None) -> dict:
+    """One row's model FLOP per token, model FLOP/s and MFU against `peak`, from write_long_rows' facts about the
+    model and data (`subset`): the harness projects the LM head on target positions only (subset's target_share),
+    the other implementations on every position."""
+    arch = subset["arch"]
+    fpt = model_flops_per_token(matmul_params(subset["base_params"], arch), trainable or 0, method == "full",
+                                head_params=arch["vocab"] * arch["hidden"],
+                                head_share=subset["target_share"] if impl == "harness" else 1.0,
+                                attention=attention_flops_per_token(arch["layers"], arch["attn_dim"], max_length))
+    achieved = fpt * tokens_per_s if tokens_per_s else None
+    value, err = mfu(achieved, peak)
+    return {"flops_per_token": fpt, "achieved": achieved, "mfu": value, "mfu_error": err}
+
+
 def steps_from_metrics(rows: list[dict], warmup: int) -> tuple[list[float], list[int]]:
     """metrics.jsonl rows (one per optimizer step, log_every=1) -> (seconds, tokens) of each step after
     `warmup`. Step k's duration is time_s[k] - time_s[k-1]; the first step (trainer set-up) is never used."""
@@ -570,14 +585,12 @@ def run(opts: common.Options, matmul_section: dict | None = None) -> dict:
                 rows.append(row)
                 continue
             row.update(aggregate_reps(done))
-            share = target_share if impl == "harness" else 1.0  # the harness's LM head runs on target positions only
-            fpt = model_flops_per_token(n_matmul, row["trainable_params"] or 0, method == "full",
-                                        head_params=head_params, head_share=share, attention=attention)
-            achieved = fpt * row["tokens_per_s"] if row.get("tokens_per_s") else None
-            row["mflop_per_token"] = fpt / 1e6
-            row["model_gflops"] = achieved / 1e9 if achieved else None
+            f = row_flops(subset, opts.max_length, method, impl, row["trainable_params"], row.get("tokens_per_s"),
+                          peaks.get(precision))
+            row["mflop_per_token"] = f["flops_per_token"] / 1e6
+            row["model_gflops"] = f["achieved"] / 1e9 if f["achieved"] else None
             row["peak_gflops"] = peaks[precision] / 1e9 if peaks.get(precision) else None
-            row["mfu"], row["mfu_error"] = mfu(achieved, peaks.get(precision))
+            row["mfu"], row["mfu_error"] = f["mfu"], f["mfu_error"]
             if row["mfu_error"]:
                 notes.append(f"{method} {precision} {impl}: {row['mfu_error']}")
             rows.append(row)

@@ -314,10 +314,9 @@ class PackedHFLM(HFLM):
         pair_row = (keep_cpu.flatten().cumsum(0) - 1).view(len(batch), L)[pair_b, pair_at]  # row of the kept logits
         pair_tgt = torch.tensor(tgt_list, dtype=torch.long)
         order = torch.argsort(pair_row, stable=True)  # pairs by kept row: each softmax slice takes a contiguous run
-        bounds = torch.searchsorted(pair_row[order], torch.arange(0, n_kept + SOFTMAX_ROWS, SOFTMAX_ROWS)).tolist()
-        keep = keep_cpu.to(dev)
-        kept = keep_cpu.flatten().nonzero().squeeze(1).to(dev)  # [kept]: flat indices (a bool index would synchronise)
-        row_sorted, tgt_sorted = pair_row[order].to(dev), pair_tgt[order].to(dev)
+        row_sorted = pair_row[order]
+        bounds = torch.searchsorted(row_sorted, torch.arange(0, n_kept + SOFTMAX_ROWS, SOFTMAX_ROWS)).tolist()
+        row_sorted, tgt_sorted = row_sorted.to(dev), pair_tgt[order].to(dev)
         if all(len(r.scored) == 1 for r in batch):  # plain rows (rolling windows): the model's own causal mask
             lengths = {len(r.tokens) for r in batch}
             kwargs = {"attention_mask": None if len(lengths) == 1 else (grp >= 0).long()}
@@ -329,12 +328,13 @@ class PackedHFLM(HFLM):
         with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                              enabled=self.mixed_precision_dtype is not None):
             if parts is None:  # the model's own output: [kept, vocab] logits
-                logits = self.model(input_ids=ids, logits_to_keep=keep, use_cache=False, **kwargs).logits
-                n_kept, slice_logits = logits.shape[0], lambda a, b: logits[a:b]
+                logits = self.model(input_ids=ids, logits_to_keep=keep_cpu.to(dev), use_cache=False, **kwargs).logits
+                slice_logits = lambda a, b: logits[a:b]  # noqa: E731
             else:  # the output layer SOFTMAX_ROWS kept positions at a time: no [kept, vocab] matrix, 100-200 MB per
                 #    HellaSwag batch faulted in fresh each time (1,000 x 49,152 bf16: 121 ms fresh, 77 ms reused)
+                kept = keep_cpu.flatten().nonzero().squeeze(1).to(dev)  # flat indices: a bool index would synchronise
                 hidden = parts[0](input_ids=ids, use_cache=False, **kwargs).last_hidden_state.flatten(0, 1)[kept]
-                n_kept, slice_logits = hidden.shape[0], lambda a, b: parts[1](hidden[a:b])
+                slice_logits = lambda a, b: parts[1](hidden[a:b])  # noqa: E731
             # lm-eval's own normalisation (F.log_softmax, as HFLM), in slices of SOFTMAX_ROWS kept rows (row-wise:
             # the same numbers as one call). logit - torch.logsumexp, which would spare the [rows, vocab]
             # log-probabilities, put choices up to 6e-4 nats below HFLM's on smollm2-135m (the slow tests failed)
