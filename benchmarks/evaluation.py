@@ -162,6 +162,18 @@ def _timed_peak(fn, device: str = "cpu"):
     return out, wall, max(peak[0], _rss_mb() - start)
 
 
+def compare_samples(a: list[dict], b: list[dict]) -> dict:
+    """Two runs of one multiple-choice task (lm-eval's logged samples, sorted by doc_id): the largest per-choice
+    log-likelihood difference and how many items got the same acc, acc_norm and argmax choice."""
+    lls_a, lls_b = ([[float(r[0]) for r in s["filtered_resps"]] for s in x] for x in (a, b))
+    diffs = [abs(x - y) for xs, ys in zip(lls_a, lls_b, strict=True) for x, y in zip(xs, ys, strict=True)]
+    same = sum(all(sa.get(k) == sb.get(k) for k in ("acc", "acc_norm"))
+               and max(range(len(xs)), key=xs.__getitem__) == max(range(len(ys)), key=ys.__getitem__)
+               for sa, sb, xs, ys in zip(a, b, lls_a, lls_b))
+    return {"max_abs_diff": max(diffs), "identical_predictions": same, "items": len(lls_a),
+            "requests": len(diffs)}
+
+
 def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int, fast: bool = True,
                           device: str = "cpu") -> dict:
     """One task, three sides in this process, interleaved (the order rotates each rep): ours in exact mode
@@ -203,20 +215,12 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
             rss[name] = max(rss[name], peak)
             samples[name] = sorted(out["samples"][full], key=lambda s: s["doc_id"])
             acc[name] = {k: out["results"][full].get(f"{k},none") for k in ("acc", "acc_norm")}
-    lls = {k: [[float(r[0]) for r in s["filtered_resps"]] for s in v] for k, v in samples.items()}
-
-    def compare(a: str, b: str) -> dict:
-        diffs = [abs(x - y) for xs, ys in zip(lls[a], lls[b], strict=True) for x, y in zip(xs, ys, strict=True)]
-        same = sum(all(sa.get(k) == sb.get(k) for k in ("acc", "acc_norm"))
-                   and max(range(len(xs)), key=xs.__getitem__) == max(range(len(ys)), key=ys.__getitem__)
-                   for sa, sb, xs, ys in zip(samples[a], samples[b], lls[a], lls[b]))
-        return {"max_abs_diff": max(diffs), "identical_predictions": same, "items": len(lls[a])}
-
     return {"ours_s": secs["ours"], "lm_eval_s": secs["lm_eval"], "fast_s": secs.get("fast", []),
             "ours_acc": acc["ours"]["acc"], "lm_eval_acc": acc["lm_eval"]["acc"], "acc": acc,
-            "vs_lm_eval": compare("ours", "lm_eval"), "fast_vs_exact": compare("fast", "ours") if fast else None,
+            "vs_lm_eval": compare_samples(samples["ours"], samples["lm_eval"]),
+            "fast_vs_exact": compare_samples(samples["fast"], samples["ours"]) if fast else None,
             "fast_precision": fast_plan.record(), "peak_rss_mb_above_start": rss, "direct_load_s": load_s,
-            "items": items, "requests": sum(len(x) for x in lls["ours"]), "device": device,
+            "items": items, "requests": sum(len(x["filtered_resps"]) for x in samples["ours"]), "device": device,
             "peak_kind": "gpu max allocated" if device.startswith("cuda") else "rss above start"}
 
 

@@ -12,7 +12,11 @@ Sections (each one recorded, or its error, before the next starts; the JSON is r
   full        the whole HellaSwag validation set (10,042 items) through our engine, fast and exact: wall time
   ppl         wikitext2 rolling windows: ours vs lm-eval's loglikelihood_rolling, exact and fast
   gen         batched greedy generation vs one prompt at a time, identical outputs
-  train       harness trainer vs a plain PyTorch loop, LoRA and full, bf16: tokens/s and MFU against `peak`
+  drift       exact mode's tolerance on this device: lm-eval against itself at two batch sizes (the GPU's fp32
+              kernels reduce in an order that depends on the batch's shape), and ours against lm-eval at each
+  train       harness trainer vs a plain PyTorch loop, LoRA, full and QLoRA (bitsandbytes), bf16: tokens/s and MFU
+              against `peak`
+Sections run in the order --sections names them.
 --quick runs each section at smoke size on the tiny model (any device; the CPU when there is no GPU).
 """
 
@@ -66,12 +70,43 @@ def full_hellaswag(model: str, batch_size: int, device: str, limit: int | None) 
     return out
 
 
+def batch_drift(model: str, task: str, items: int, sizes: tuple[int, int], device: str) -> dict:
+    """Per-choice log-likelihoods of `items` items from lm-eval's HF backend at two batch sizes and from our exact
+    engine at the same two: how far lm-eval moves from itself when only the batch changes, beside how far ours is
+    from it. The first is the floor under any tolerance ours can be held to on this device."""
+    import logging
+
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.eval.lm_eval import build_lm, task_manager, task_name
+    from harness.model.load import local_dir
+
+    cfg, net, tok = evaluation._load(model, device)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    full, tm = task_name(task), task_manager([task])
+    samples = {}
+    for b in sizes:
+        sides = {f"lm_eval_{b}": HFLM(pretrained=str(local_dir(cfg.model)), batch_size=b, dtype="float32",
+                                      device=device, **({"add_bos_token": True} if cfg.model.add_bos else {})),
+                 f"ours_{b}": build_lm(net, tok, b, model_cfg=cfg.model)}
+        for name, lm in sides.items():
+            out = simple_evaluate(model=lm, tasks=[full], limit=items, log_samples=True, task_manager=tm,
+                                  bootstrap_iters=0, verbosity="ERROR")
+            samples[name] = sorted(out["samples"][full], key=lambda x: x["doc_id"])
+    a, b = sizes
+    pairs = [(f"lm_eval_{a}", f"lm_eval_{b}"), (f"ours_{a}", f"lm_eval_{a}"), (f"ours_{b}", f"lm_eval_{b}"),
+             (f"ours_{a}", f"ours_{b}")]
+    return {"task": task, "items": items, "batch_sizes": list(sizes),
+            **{f"{x}_vs_{y}": evaluation.compare_samples(samples[x], samples[y]) for x, y in pairs}}
+
+
 def train_rows(model: str, data: str, device: str, max_length: int, batch_size: int, warmup: int, steps: int,
-               work: Path, peak_bf16: float | None) -> list[dict]:
-    """Harness trainer and plain loop, LoRA and full, bf16, in this process: tokens/s, peak memory, MFU."""
+               work: Path, peak_bf16: float | None, methods: tuple[str, ...] = ("lora", "full")) -> list[dict]:
+    """Harness trainer and plain loop for each method, bf16, in this process: tokens/s, peak memory, MFU."""
     subset = training.write_long_rows(model, data, max_length, (warmup + steps) * batch_size, str(work / "long.json"))
     rows = []
-    for method in ("lora", "full"):
+    for method in methods:
         for impl in ("harness", "plain"):
             kw = dict(model=model, method=method, precision="bf16", data=data, data_path=subset["path"],
                       max_length=max_length, batch_size=batch_size, warmup=warmup, steps=steps, device=device)
@@ -94,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=2000, help="hellaswag items in the side-by-side slice")
     ap.add_argument("--batch", type=int, default=64, help="batch size of every evaluation side")
-    ap.add_argument("--sections", default="peak,mc,host,full,ppl,gen,train")
+    ap.add_argument("--sections", default="peak,mc,host,drift,full,ppl,gen,train")
+    ap.add_argument("--train-methods", default="lora,full,qlora", help="methods of the train section")
+    ap.add_argument("--train-batch", type=int, default=8, help="rows of 512 tokens per step in the train section")
     ap.add_argument("--out", default="benchmarks/results/gpu.json")
     ap.add_argument("--quick", action="store_true", help="smoke sizes on the tiny model")
     args = ap.parse_args(argv)
@@ -128,29 +165,32 @@ def main(argv: list[str] | None = None) -> int:
         atomic.write_json(out, report)
         print(f"[gpu] {name}: {json.dumps(report['sections'][name], default=str)[:1500]}", flush=True)
 
+    def peak() -> float | None:
+        return (report["sections"].get("peak", {}).get("result") or {}).get("bf16_flops")
+
+    sections = {
+        "peak": lambda: {"bf16_flops": matmul_peak(device, "bfloat16", 512 if quick else 8192),
+                         "fp32_flops": matmul_peak(device, "float32", 512 if quick else 8192)},
+        "mc": lambda: evaluation.child_multiple_choice(model, "hellaswag", items, batch, reps, device=device),
+        "host": lambda: evaluation.child_multiple_choice("tiny-llama", "hellaswag", items if quick else 1000,
+                                                         batch, reps, fast=False, device=device),
+        "drift": lambda: batch_drift(model, "hellaswag", items if quick else 500, (batch, 7), device),
+        "full": lambda: full_hellaswag(model, batch, device, items if quick else None),
+        "ppl": lambda: evaluation.child_perplexity(model, 1 if quick else 10 ** 6, 128 if quick else 2048,
+                                                   2 if quick else 8, reps, device=device),
+        "gen": lambda: evaluation.child_generation(model, "alpaca-tiny" if quick else "alpaca-demo",
+                                                   4 if quick else 32, 2 if quick else 32, 4 if quick else 64,
+                                                   1, device=device),
+        "train": lambda: train_rows(model, "alpaca-tiny" if quick else "alpaca-demo", device, 128 if quick else 512,
+                                    2 if quick else args.train_batch, 1 if quick else 3, 2 if quick else 20, work,
+                                    peak(), tuple(args.train_methods.split(","))),
+    }
     wanted = args.sections.split(",")
-    if "peak" in wanted:
-        record("peak", lambda: {"bf16_flops": matmul_peak(device, "bfloat16", 512 if quick else 8192),
-                                "fp32_flops": matmul_peak(device, "float32", 512 if quick else 8192)})
-    if "mc" in wanted:
-        record("mc", lambda: evaluation.child_multiple_choice(model, "hellaswag", items, batch, reps, device=device))
-    if "host" in wanted:
-        record("host", lambda: evaluation.child_multiple_choice("tiny-llama", "hellaswag", items if quick else 1000,
-                                                                batch, reps, fast=False, device=device))
-    if "full" in wanted:
-        record("full", lambda: full_hellaswag(model, batch, device, items if quick else None))
-    if "ppl" in wanted:
-        record("ppl", lambda: evaluation.child_perplexity(model, 1 if quick else 10 ** 6, 128 if quick else 2048,
-                                                          2 if quick else 8, reps, device=device))
-    if "gen" in wanted:
-        record("gen", lambda: evaluation.child_generation(model, "alpaca-tiny" if quick else "alpaca-demo",
-                                                          4 if quick else 32, 2 if quick else 32, 4 if quick else 64,
-                                                          1, device=device))
-    if "train" in wanted:
-        peak = (report["sections"].get("peak", {}).get("result") or {}).get("bf16_flops")
-        record("train", lambda: train_rows(model, "alpaca-tiny" if quick else "alpaca-demo", device,
-                                           128 if quick else 512, 2 if quick else 8, 1 if quick else 3,
-                                           2 if quick else 20, work, peak))
+    unknown = [w for w in wanted if w not in sections]
+    if unknown:
+        ap.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(sections)}")
+    for name in wanted:
+        record(name, sections[name])
     return 0
 
 

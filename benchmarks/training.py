@@ -166,7 +166,10 @@ def config_order(methods, precisions) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------------- data subset
 def write_long_rows(model: str, data: str, max_length: int, need: int, out_path: str) -> dict:
     """Child: rows of `data` whose rendered prompt+answer fills max_length (and whose prompt leaves at
-    least a quarter of it to the answer, so every row has loss tokens), as an alpaca JSON list at out_path."""
+    least a quarter of it to the answer, so every row has loss tokens), as an alpaca JSON list at out_path.
+    Fewer than `need` such rows are repeated in order up to `need`: the harness trainer reads the file one epoch
+    at a time, and an epoch shorter than the steps asked for would end in a partial batch (20 rows at batch 8:
+    steps of 8, 8 and 4 rows), so it would not be timed on the batches the other implementations get."""
     from harness import atomic, config, paths
     from harness import data as hdata
     from harness.model.load import load_tokenizer, local_dir
@@ -190,8 +193,9 @@ def write_long_rows(model: str, data: str, max_length: int, need: int, out_path:
             target_shares.append(sum(1 for x in ex["labels"][1:max_length] if x != -100) / max_length)
     if not keep:
         raise ValueError(f"data={data}: no row is long enough to fill max_length={max_length}; lower --max-length")
-    atomic.write_json(out_path, keep)
-    return {"rows": len(keep), "of": len(raw), "enough": len(keep) >= need, "path": out_path,
+    written = [keep[i % len(keep)] for i in range(max(need, len(keep)))]
+    atomic.write_json(out_path, written)
+    return {"rows": len(keep), "of": len(raw), "enough": len(keep) >= need, "written": len(written), "path": out_path,
             "base_params": base_param_count(local_dir(cfg.model)), "arch": common.model_arch(model),
             "target_share": sum(target_shares) / len(target_shares)}
 

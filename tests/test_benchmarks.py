@@ -157,6 +157,22 @@ def test_harness_and_plain_loop_see_the_same_full_batches(long_rows, tmp_path):
     assert math.isfinite(p["final_train_loss"])
 
 
+@pytest.mark.slow
+def test_too_few_long_rows_repeat_so_the_harness_trains_on_full_batches(tmp_path):
+    """Fewer long rows than steps x batch: the file repeats them, so the trainer's epoch holds every step in full
+    batches (on a GPU at 512 tokens, 20 alpaca-demo rows at batch 8 had given the harness steps of 8, 8, 4 rows)."""
+    n = training.write_long_rows(TINY["model"], TINY["data"], 128, 1, str(tmp_path / "all.json"))["rows"]
+    batch, steps = n + 1, 2  # a batch larger than the distinct rows: without repeats every step would hold n
+    out = tmp_path / "rows.json"
+    info = training.write_long_rows(TINY["model"], TINY["data"], 128, (1 + steps) * batch, str(out))
+    rows = json.loads(out.read_text())
+    assert not info["enough"] and info["rows"] == n and info["written"] == len(rows) == (1 + steps) * batch
+    assert rows[n] == rows[0]
+    h = training.child_harness(**TINY, method="lora", precision="fp32", data_path=str(out), max_length=128,
+                               batch_size=batch, warmup=1, steps=steps, workdir=str(tmp_path / "h"))
+    assert h["step_tokens"] == [batch * 128] * steps
+
+
 @pytest.mark.slow  # TRL's SFTTrainer (its own tokenisation, gradient checkpointing): ~20-30 s on a shared 2-core CPU
 def test_trl_baseline_with_its_defaults(long_rows, tmp_path):
     t = training.child_trl(**TINY, method="lora", precision="fp32", data_path=long_rows, max_length=128, batch_size=2,
@@ -209,7 +225,7 @@ def test_multiple_choice_benchmark_same_accuracy():
     assert r["ours_acc"] is not None and r["ours_acc"] == r["lm_eval_acc"]
 
 
-@pytest.mark.slow  # every section at smoke size: ~20 s on a shared 2-core CPU
+@pytest.mark.slow  # every section at smoke size: ~40 s on a shared 2-core CPU
 def test_gpu_benchmark_quick_runs_every_section_on_this_device(tmp_path):
     """benchmarks/gpu.py is run by hand on a lent GPU (benchmarks/results/gpu.json); its smoke size runs here on
     the CPU, so the script cannot rot between the rare sessions that have a GPU."""
@@ -218,14 +234,17 @@ def test_gpu_benchmark_quick_runs_every_section_on_this_device(tmp_path):
     out = tmp_path / "gpu.json"
     assert gpu.main(["--quick", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
-    assert set(r["sections"]) == {"peak", "mc", "host", "full", "ppl", "gen", "train"}
+    assert set(r["sections"]) == {"peak", "mc", "host", "drift", "full", "ppl", "gen", "train"}
     assert not [k for k, v in r["sections"].items() if "error" in v], r["sections"]
     assert r["sections"]["mc"]["result"]["vs_lm_eval"]["identical_predictions"] == r["items"]
     assert r["sections"]["full"]["result"]["exact"]["items"] == r["items"]
+    drift = r["sections"]["drift"]["result"]
+    assert drift["lm_eval_4_vs_lm_eval_7"]["identical_predictions"] == r["items"]
+    assert drift["ours_4_vs_lm_eval_4"]["max_abs_diff"] < 1e-4
     assert r["sections"]["gen"]["result"]["identical_outputs"] == r["sections"]["gen"]["result"]["prompts"]
     rows = r["sections"]["train"]["result"]
     assert {(x["method"], x["impl"]) for x in rows if x.get("tokens_per_s")} == {
-        (m, i) for m in ("lora", "full") for i in ("harness", "plain")}
+        (m, i) for m in ("lora", "full", "qlora") for i in ("harness", "plain")}
 
 
 def test_flop_bound_counts_shared_prefixes_once_and_the_head_only_where_scored():

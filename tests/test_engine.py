@@ -307,6 +307,25 @@ def test_build_lm_gives_the_engine_and_a_stock_one_on_request(tiny):
     assert type(build_lm(model, tok, model_cfg=cfg.model, packed=False)) is HFLM
 
 
+def test_model_add_bos_scores_with_bos_as_lm_eval_hf_does_when_the_tokenizer_adds_none(tiny):
+    """`lm_eval --model hf --model_args add_bos_token=True` loads its tokenizer with add_bos_token=True. A tokenizer
+    instance handed to HFLM is taken as it is, so build_lm gives lm-eval a copy that adds BOS (the tiny model's
+    tokenizer adds none of itself; before this its exact mode differed from lm-eval by 0.2 nats per request)."""
+    from harness.model.load import local_dir
+
+    model, tok, cfg = tiny
+    assert cfg.model.add_bos and tok.encode("a")[:1] != [tok.bos_token_id]
+    reference = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=4, dtype="float32", device="cpu",
+                     add_bos_token=True)
+    insts = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i)
+             for i, p in enumerate([("Hello there, how", " are you"), ("A man", " walks a dog"), ("x", " y")])]
+    want = reference.loglikelihood(insts, disable_tqdm=True)
+    for packed in (True, False):
+        assert_same(want, build_lm(model, tok, 4, model_cfg=cfg.model, packed=packed).loglikelihood(
+            insts, disable_tqdm=True))
+    assert tok.encode("a")[:1] != [tok.bos_token_id]  # the caller's tokenizer is left as it was
+
+
 def test_a_bf16_model_is_log_softmaxed_in_fp32_and_scores_closer_to_fp32(tiny):
     """Fast mode's bf16 copy: lm-eval's default log-softmax would stay in bf16 (a step of 0.06 at -10 nats)."""
     model, tok, cfg = tiny

@@ -100,3 +100,21 @@ def test_eval_rows_is_the_trainers_cap():
     assert eval_rows(rows, 0, 4) == rows
     assert eval_rows(rows, 2, 4) == rows[:8]
     assert eval_rows(rows, 5, 4) == rows
+
+
+def test_a_transformers_release_without_mask_logits_to_keep_gets_the_full_logits_path(monkeypatch):
+    """transformers before 5.23 slices `hidden[:, logits_to_keep, :]`, which raises IndexError on a boolean mask
+    (seen on a GPU image with 5.17: every harness training run failed). The check tries a mask, so training and
+    scoring fall back to full logits there, with the same loss."""
+    import transformers.models.llama.modeling_llama as llama
+
+    from harness.model import scoring
+
+    model, rows = _tiny_lm(), _rows()
+    assert scoring.supports_logits_to_keep(model)
+    model.train()
+    monkeypatch.setattr(llama, "slice_logits_to_keep",
+                        lambda h, k: h[:, slice(-k, None) if isinstance(k, int) else k, :])
+    assert not scoring.supports_logits_to_keep(model)
+    assert model.training  # the caller's mode is given back
+    assert score_rows(model, rows, batch_size=4)["loss"] == pytest.approx(_reference(model, rows)[0], rel=1e-6)

@@ -88,6 +88,27 @@ def task_manager(names: list[str]):
     return tm
 
 
+def bos_adding(tokenizer):
+    """The tokenizer, or a copy that puts BOS in front of what it encodes when it does not already. lm-eval's
+    add_bos_token=True only asks the tokenizer for its special tokens; `lm_eval --model hf` loads the tokenizer with
+    add_bos_token=True, which turns BOS on, but an instance handed over is taken as it is: without this, a model
+    with model.add_bos whose tokenizer adds no BOS by default would be scored without one. A copy, since the
+    caller's tokenizer also renders prompts that put BOS in as text (harness/data/tokenize.py: with_bos)."""
+    import copy
+
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise ValueError("model.add_bos=true but the tokenizer has no bos_token; set model.add_bos=false.")
+    if tokenizer.encode("a")[:1] == [bos]:
+        return tokenizer
+    out = copy.deepcopy(tokenizer)
+    out.add_bos_token = True
+    if out.encode("a")[:1] != [bos]:
+        raise ValueError(f"model.add_bos=true but {type(tokenizer).__name__} cannot be made to add its BOS token "
+                         "when encoding; set model.add_bos=false or use a tokenizer that adds it.")
+    return out
+
+
 def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = None, model_cfg: ModelConfig | None = None,
              packed: bool = True):
     """An lm-eval LM around a model instance (no reload); BOS handling follows model.add_bos. packed: our engine
@@ -101,6 +122,7 @@ def build_lm(model, tokenizer, batch_size: int = 8, max_length: int | None = Non
     kwargs = {}
     if model_cfg is not None and model_cfg.add_bos:
         kwargs["add_bos_token"] = True
+        tokenizer = bos_adding(tokenizer)
     if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()):
         # fast mode's bf16 model: log-softmax its logits in fp32 (lm-eval's default keeps the model's dtype, whose
         # 8-bit mantissa rounds a log-probability of -10 to a step of 0.06); only scored positions pay for it

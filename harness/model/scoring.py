@@ -54,10 +54,31 @@ def base_model(model):
 
 
 def supports_logits_to_keep(model) -> bool:
-    """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep (transformers' decoder-only models do)."""
+    """Whether the (PEFT-unwrapped) model's forward takes a boolean (batch, position) mask as logits_to_keep and
+    returns the logits of the kept positions, flattened: transformers' decoder-only models do from 5.23 on
+    (modeling_utils.slice_logits_to_keep); earlier releases take an int or a 1-D index only and raise IndexError
+    on a mask. Tried once on a few tokens (eval mode, no gradients; the caller's mode is given back)."""
     import inspect
 
-    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
+    import torch
+
+    from harness.model.load import model_device
+
+    base = base_model(model)
+    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+        return False
+    ids = torch.arange(2, 8, device=model_device(model)).unsqueeze(0)
+    keep = torch.tensor([[False, True, False, True, True, False]], device=ids.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            got = plain_forward(model)(input_ids=ids, use_cache=False, logits_to_keep=keep).logits
+    except (IndexError, RuntimeError, TypeError, ValueError):
+        return False
+    finally:
+        model.train(was_training)
+    return tuple(got.shape[:1]) == (3,) and got.dim() == 2
 
 
 def split_head(model):
