@@ -103,7 +103,7 @@ def bos_adding(tokenizer):
         return tokenizer
     out = copy.deepcopy(tokenizer)
     out.add_bos_token = True
-    if out.encode("a")[:1] != [bos]:
+    if out.encode("a") != [bos, *tokenizer.encode("a")]:  # BOS in front, and nothing else the tokenizer adds lost
         raise ValueError(f"model.add_bos=true but {type(tokenizer).__name__} cannot be made to add its BOS token "
                          "when encoding; set model.add_bos=false or use a tokenizer that adds it.")
     return out
