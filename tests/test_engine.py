@@ -226,6 +226,40 @@ def test_each_context_is_tokenised_once_per_call_with_lm_evals_tokens(tiny):
         assert [ours._encode_pair(c, e) for e in ends] == [stock._encode_pair(c, e) for e in ends]
 
 
+def test_loglikelihood_runs_without_the_cyclic_collector_and_gives_its_state_back(tiny, monkeypatch):
+    """The collector walks the process's objects each time it runs: paused for a loglikelihood call, restored
+    after, also when it was off before or the call raises."""
+    import gc
+
+    from harness.eval import engine
+
+    model, tok, _ = tiny
+    _, ours = _pair(model, tok)
+    seen = []
+    real = PackedHFLM._loglikelihood_tokens
+
+    def spy(self, *a, **k):
+        seen.append(gc.isenabled())
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(PackedHFLM, "_loglikelihood_tokens", spy)
+    insts = [Instance(request_type="loglikelihood", doc={}, arguments=("The cat", " sat"), idx=0)]
+    assert gc.isenabled()
+    ours.loglikelihood(insts, disable_tqdm=True)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        with engine.collection_paused():
+            pass
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        gc.enable()
+    with pytest.raises(RuntimeError):
+        with engine.collection_paused():
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
 def test_lm_evals_one_token_cache_misreads_a_colliding_request(tiny):
     """lm-eval 0.4's one-token cache (Collator group_by="contexts") groups requests by context + continuation[:-1];
     when a one-token continuation collides with another context's longer one ("the" + " m|at" vs "the m" + "at"),

@@ -34,7 +34,9 @@ lm_eval is imported only here and in lm_eval.py.
 
 from __future__ import annotations
 
+import gc
 import inspect
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -220,6 +222,23 @@ def _model_mask(layout, groups, segments, positions, dtype):
     return masks["all"] if "all" in masks else masks
 
 
+@contextmanager
+def collection_paused():
+    """Python's cyclic garbage collector off for the block, back as it was after. A loglikelihood call allocates
+    hundreds of thousands of small lists and tuples (token lists, planned rows); every few hundred allocations
+    start a collection, and an older-generation one walks every object the process holds (lm-eval's documents and
+    requests, ~490,000 objects at 1,000 HellaSwag items). Planning those items (Zen 4, idle, 7 alternations):
+    0.109 s median with the collector, 0.072 s without, 0.36 s when a full collection fell inside. Nothing the
+    call builds is cyclic, so reference counting frees it all the same."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 class PackedHFLM(HFLM):
     """HFLM whose `_loglikelihood_tokens` packs requests that share a prefix (module docstring). Everything else,
     generation included, is HFLM's."""
@@ -231,7 +250,8 @@ class PackedHFLM(HFLM):
         context once per choice (hellaswag: four times), and on a GPU the tokenizer is a large share of the time."""
         self._encoded = {}
         try:
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            with collection_paused():
+                return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
         finally:
             self._encoded = None
 
