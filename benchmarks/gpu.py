@@ -101,6 +101,9 @@ def batch_drift(model: str, task: str, items: int, sizes: tuple[int, int], devic
             **{f"{x}_vs_{y}": evaluation.compare_samples(samples[x], samples[y]) for x, y in pairs}}
 
 
+NO_PEAK = "no bf16 peak measured before this section: name `peak` before `train` in --sections"
+
+
 def train_rows(model: str, data: str, device: str, max_length: int, batch_size: int, warmup: int, steps: int,
                work: Path, peak_bf16: float | None, methods: tuple[str, ...] = ("lora", "full")) -> list[dict]:
     """Harness trainer and plain loop for each method, bf16, in this process: tokens/s, peak memory, MFU."""
@@ -120,7 +123,8 @@ def train_rows(model: str, data: str, device: str, max_length: int, batch_size: 
                                    peak_bf16)
             rows.append({"method": method, "impl": impl, "tokens_per_s": r.get("tokens_per_s"),
                          "step_s": r.get("step_s"), "peak_mb": r.get("summary_peak_memory_mb"),
-                         "final_train_loss": r.get("final_train_loss"), "mfu": f["mfu"], "mfu_error": f["mfu_error"],
+                         "final_train_loss": r.get("final_train_loss"), "mfu": f["mfu"],
+                         "mfu_error": f["mfu_error"] or (None if peak_bf16 else NO_PEAK),
                          "model_tflops": f["achieved"] / 1e12 if f["achieved"] else None})
     return rows
 
