@@ -174,6 +174,17 @@ def compare_samples(a: list[dict], b: list[dict]) -> dict:
             "requests": len(diffs)}
 
 
+def lm_eval_direct(cfg, batch_size: int, device: str):
+    """lm-eval's HF backend loading the model from its directory, as `lm_eval --model hf --model_args
+    pretrained=<dir>,dtype=float32[,add_bos_token=True]` does: the reference side of every comparison."""
+    from lm_eval.models.huggingface import HFLM
+
+    from harness.model.load import local_dir
+
+    return HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device=device,
+                **({"add_bos_token": True} if cfg.model.add_bos else {}))
+
+
 def child_multiple_choice(model: str, task: str, items: int, batch_size: int, reps: int, fast: bool = True,
                           device: str = "cpu") -> dict:
     """One task, three sides in this process, interleaved (the order rotates each rep): ours in exact mode
@@ -184,16 +195,13 @@ def child_multiple_choice(model: str, task: str, items: int, batch_size: int, re
     import logging
 
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     from harness.eval import precision
     from harness.eval.lm_eval import build_lm, task_manager, task_name
-    from harness.model.load import local_dir
 
     cfg, net, tok = _load(model, device)
     t0 = time.perf_counter()
-    direct = HFLM(pretrained=str(local_dir(cfg.model)), batch_size=batch_size, dtype="float32", device=device,
-                  **({"add_bos_token": True} if cfg.model.add_bos else {}))
+    direct = lm_eval_direct(cfg, batch_size, device)
     load_s = time.perf_counter() - t0
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     fast_plan = precision.plan("fast", device)

@@ -77,18 +77,15 @@ def batch_drift(model: str, task: str, items: int, sizes: tuple[int, int], devic
     import logging
 
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     from harness.eval.lm_eval import build_lm, task_manager, task_name
-    from harness.model.load import local_dir
 
     cfg, net, tok = evaluation._load(model, device)
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     full, tm = task_name(task), task_manager([task])
     samples = {}
     for b in sizes:
-        sides = {f"lm_eval_{b}": HFLM(pretrained=str(local_dir(cfg.model)), batch_size=b, dtype="float32",
-                                      device=device, **({"add_bos_token": True} if cfg.model.add_bos else {})),
+        sides = {f"lm_eval_{b}": evaluation.lm_eval_direct(cfg, b, device),
                  f"ours_{b}": build_lm(net, tok, b, model_cfg=cfg.model)}
         for name, lm in sides.items():
             out = simple_evaluate(model=lm, tasks=[full], limit=items, log_samples=True, task_manager=tm,
