@@ -18,7 +18,7 @@ from lm_eval.models.huggingface import HFLM
 from harness import config
 from harness.config import LmEvalConfig
 from harness.eval.engine import PackedHFLM, allowed, fill_rows, mask_layout, pack_group, plan_batches, plan_groups
-from harness.eval.lm_eval import build_lm, calibration_stats, run_tasks
+from harness.eval.lm_eval import bos_adding, build_lm, calibration_stats, run_tasks
 from harness.eval.precision import EvalPrecision
 from harness.model.load import load_model_and_tokenizer
 
@@ -195,35 +195,68 @@ def test_token_boundary_and_trailing_space_score_as_lm_eval(tiny):
     assert_same(want, got)
 
 
-def test_each_context_is_tokenised_once_per_call_with_lm_evals_tokens(tiny):
-    """lm-eval's _encode_pair encodes the context again for every choice; the engine remembers tok_encode for the
-    length of one loglikelihood call: the same pairs (trailing space and merge at the boundary included), the same
-    scores, 2 items x 3 choices -> 6 whole strings + 2 contexts encoded instead of 12, nothing kept after the call."""
+def test_each_string_is_tokenised_once_per_call_in_one_batch_with_lm_evals_tokens(tiny):
+    """lm-eval's _encode_pair encodes the context again for every choice, one string per tokenizer call; the engine
+    encodes the call's distinct strings in one batch first (plus one string checked against HFLM's tok_encode) and
+    remembers them for the length of one loglikelihood call: the same pairs (trailing space and merge at the
+    boundary included), the same scores, 2 items x 3 choices -> 6 whole strings + 2 contexts in one batch instead of
+    12 single encodes, nothing kept after the call."""
     model, tok, _ = tiny
+    assert tok.is_fast
     stock, ours = _pair(model, tok, max_length=128, logits_cache=False)
     items = [("The cat sat on the ", ["mat", " mat", "m at"]), ("hello wor", ["ld and more", "ld", "k"])]
     insts = [Instance(request_type="loglikelihood", doc={}, arguments=(c, e), idx=i)
              for c, ends in items for i, e in enumerate(ends)]
-    seen = []
-    original = type(tok).encode
+    singles, batches = [], []
+    original_encode, original_call = type(tok).encode, type(tok).__call__
 
-    def counting(self, text, *a, **k):
-        seen.append(text)
-        return original(self, text, *a, **k)
+    def counting_encode(self, text, *a, **k):
+        singles.append(text)
+        return original_encode(self, text, *a, **k)
 
-    type(tok).encode = counting
+    def counting_call(self, text, *a, **k):
+        batches.append(list(text) if isinstance(text, list) else text)
+        return original_call(self, text, *a, **k)
+
+    type(tok).encode, type(tok).__call__ = counting_encode, counting_call
     try:
         got = ours.loglikelihood(insts, disable_tqdm=True)
-        n_ours, seen[:] = len(seen), []
+        n_ours, ours_batches, singles[:], batches[:] = len(singles), list(batches), [], []
         want = stock.loglikelihood(insts, disable_tqdm=True)
-        n_stock = len(seen)
+        n_stock = len(singles)
     finally:
-        type(tok).encode = original
-    assert (n_stock, n_ours) == (12, 8)
+        type(tok).encode, type(tok).__call__ = original_encode, original_call
+    assert (n_stock, n_ours) == (12, 1)
+    assert [len(b) for b in ours_batches] == [8] and len(set(ours_batches[0])) == 8
     assert_same(want, got)
-    assert ours._encoded is None
+    assert ours._encoded is None and ours._wanted is None
     for c, ends in items:  # outside a call: HFLM's own tok_encode, the same pairs
         assert [ours._encode_pair(c, e) for e in ends] == [stock._encode_pair(c, e) for e in ends]
+
+
+def test_batched_encoding_gives_hflms_tokens_with_bos_and_falls_back_when_they_differ(tiny, monkeypatch):
+    """With add_bos_token (BOS added unless the string already starts with it, HFLM's rule) every pre-encoded
+    string is HFLM's tok_encode's; a tokenizer whose batch call disagrees with its single call leaves every string
+    to tok_encode (nothing pre-encoded) and the scores stay HFLM's."""
+    model, tok, _ = tiny
+    tok = bos_adding(tok)  # the tiny tokenizer adds no BOS of its own (build_lm hands lm-eval this copy)
+    kw = dict(pretrained=model, tokenizer=tok, batch_size=4, max_length=128, add_bos_token=True)
+    stock, ours = HFLM(**kw), PackedHFLM(**kw)
+    bos = tok.decode(stock.prefix_token_id)
+    pairs = [("The cat sat on the ", "mat"), (bos + "Already here", " and more"), ("a b", " c"), ("a b", " d")]
+    insts = [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
+    encoded = ours._encode_all(insts)
+    assert len(encoded) == 7
+    for (string, add_special_tokens, left), ids in encoded.items():
+        assert ids == stock.tok_encode(string, add_special_tokens=add_special_tokens, left_truncate_len=left)
+    assert any(s.startswith(bos) for s, _, _ in encoded) and stock.tok_encode("x")[0] == stock.prefix_token_id
+    assert_same(stock.loglikelihood(insts, disable_tqdm=True), ours.loglikelihood(insts, disable_tqdm=True))
+    original_call = type(tok).__call__
+    monkeypatch.setattr(type(tok), "__call__", lambda self, text, *a, **k: (
+        {"input_ids": [[0] + ids for ids in original_call(self, text, *a, **k)["input_ids"]]}
+        if isinstance(text, list) else original_call(self, text, *a, **k)))
+    assert ours._encode_all(insts) == {}
+    assert_same(stock.loglikelihood(insts, disable_tqdm=True), ours.loglikelihood(insts, disable_tqdm=True))
 
 
 def test_loglikelihood_runs_without_the_cyclic_collector_and_gives_its_state_back(tiny, monkeypatch):
