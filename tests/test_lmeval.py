@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import bz2
 import json
+import os
 import re
+import shutil
 
 import pytest
 
@@ -85,6 +87,42 @@ def test_bad_rows_fail_loudly_with_the_row():
             tu.parse_mc_row(bad, where="x.json row 7")
     with pytest.raises(tu.ParseError, match="multiple of 6"):
         tu.parse_hellaswag("a: b\n1\nx\ny\nz\n")
+
+
+def test_a_task_file_is_parsed_once_per_process_until_it_changes(tmp_path, monkeypatch):
+    """lm-eval builds a task again for every simple_evaluate; the loader keeps the parsed data set per version of its
+    file: a second load is the same object without a parse, a changed file (mtime) or another data root is parsed
+    again."""
+    rel = tu.GSM8K_FILE
+    (tmp_path / rel).parent.mkdir(parents=True)
+    shutil.copy(tu.data_file(rel), tmp_path / rel)
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    monkeypatch.setattr(tu, "_KEPT", {})
+    parsed, real = [], tu.parse_gsm8k
+    monkeypatch.setattr(tu, "parse_gsm8k", lambda text: parsed.append(len(text)) or real(text))
+    first = tu.load_gsm8k()
+    assert tu.load_gsm8k() is first and len(parsed) == 1
+    st = (tmp_path / rel).stat()
+    os.utime(tmp_path / rel, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = tu.load_gsm8k()
+    assert again is not first and len(parsed) == 2 and again["test"]["answer"] == first["test"]["answer"]
+    other = tmp_path / "other"
+    (other / rel).parent.mkdir(parents=True)
+    shutil.copy2(tmp_path / rel, other / rel)
+    monkeypatch.setenv("HARNESS_DATA", str(other))
+    assert tu.load_gsm8k() is not again and len(parsed) == 3
+
+
+def test_lm_eval_keeps_the_loader_module_so_a_task_is_parsed_once_over_evaluations(tiny_lm, monkeypatch):
+    """The cache above lives in the module lm-eval executes for `!function utils.load_...`; lm-eval 0.4.13 reuses
+    that module while its file is unchanged, so three evaluations of HellaSwag decompress its file once (at most:
+    an earlier test may have loaded it already)."""
+    calls, real = [], bz2.decompress
+    monkeypatch.setattr(bz2, "decompress", lambda data: calls.append(1) or real(data))
+    for _ in range(3):
+        entry = run_task(tiny_lm, "hellaswag", LmEvalConfig(tasks=["hellaswag"], limit=2), None)
+        assert entry["n"] == 2
+    assert len(calls) <= 1
 
 
 def test_hellaswag_query_matches_lm_evals_construction():
