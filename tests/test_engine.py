@@ -17,6 +17,7 @@ from lm_eval.models.huggingface import HFLM
 
 from harness import config
 from harness.config import LmEvalConfig
+from harness.eval import engine
 from harness.eval.engine import PackedHFLM, allowed, fill_rows, mask_layout, pack_group, plan_batches, plan_groups
 from harness.eval.lm_eval import bos_adding, build_lm, calibration_stats, run_tasks
 from harness.eval.precision import EvalPrecision
@@ -195,7 +196,7 @@ def test_token_boundary_and_trailing_space_score_as_lm_eval(tiny):
     assert_same(want, got)
 
 
-def test_each_string_is_tokenised_once_per_call_in_one_batch_with_lm_evals_tokens(tiny):
+def test_each_string_is_tokenised_once_per_call_in_one_batch_with_lm_evals_tokens(tiny, monkeypatch):
     """lm-eval's _encode_pair encodes the context again for every choice, one string per tokenizer call; the engine
     encodes the call's distinct strings in one batch first (plus one string checked against HFLM's tok_encode) and
     remembers them for the length of one loglikelihood call: the same pairs (trailing space and merge at the
@@ -230,6 +231,14 @@ def test_each_string_is_tokenised_once_per_call_in_one_batch_with_lm_evals_token
     assert [len(b) for b in ours_batches] == [8] and len(set(ours_batches[0])) == 8
     assert_same(want, got)
     assert ours._encoded is None and ours._wanted is None
+    monkeypatch.setattr(engine, "ENCODE_CHUNK", 3)  # a bounded batch: 8 strings in calls of 3, 3 and 2
+    type(tok).__call__ = counting_call
+    try:
+        batches[:] = []
+        assert_same(want, ours.loglikelihood(insts, disable_tqdm=True))
+    finally:
+        type(tok).__call__ = original_call
+    assert [len(b) for b in batches] == [3, 3, 2] and sorted(sum(batches, [])) == sorted(ours_batches[0])
     for c, ends in items:  # outside a call: HFLM's own tok_encode, the same pairs
         assert [ours._encode_pair(c, e) for e in ends] == [stock._encode_pair(c, e) for e in ends]
 
@@ -263,8 +272,6 @@ def test_loglikelihood_runs_without_the_cyclic_collector_and_gives_its_state_bac
     """The collector walks the process's objects each time it runs: paused for a loglikelihood call, restored
     after, also when it was off before or the call raises."""
     import gc
-
-    from harness.eval import engine
 
     model, tok, _ = tiny
     _, ours = _pair(model, tok)

@@ -52,6 +52,8 @@ from harness.model.scoring import base_model, split_head
 PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
 ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
 BATCH_TOKENS_PER_ROW = 512  # a batch holds at most batch_size x this many (padded) tokens
+ENCODE_CHUNK = 4096  # strings per batched tokenizer call: the tokenizer's per-string records (offsets, masks) live
+#   until the call returns (the full HellaSwag's 50,164 strings, SmolLM2: peak RSS +165 MB in chunks, +548 MB at once)
 SOFTMAX_ROWS = 64  # kept positions log-softmaxed at a time (64 x 49,152 fp32: 12.6 MB, not a [kept, vocab] matrix)
 
 
@@ -261,12 +263,15 @@ class PackedHFLM(HFLM):
 
     def _encode_all(self, requests) -> dict:
         """{tok_encode's arguments: its tokens} for every string lm-eval's _encode_pair asks for over these requests,
-        from one tokenizer call per special-tokens setting: a fast tokenizer encodes a batch in Rust (threads unless
-        TOKENIZERS_PARALLELISM=false) without the Python work of one encode() per string (SmolLM2, 1,000 HellaSwag
-        items, one thread, Zen 4: 0.75 s -> 0.47 s). The strings are found by running _encode_pair itself with
-        tok_encode recording its arguments, so its whitespace rule and boundary stay lm-eval's; each setting's first
-        string is checked against HFLM's tok_encode, and any difference leaves the call to it (empty dict). Empty
-        contexts (lm-eval's prefix-token path) and slow tokenizers are left to tok_encode as well."""
+        from batched tokenizer calls (ENCODE_CHUNK strings each, per special-tokens setting): a fast tokenizer
+        encodes a batch in Rust (threads unless TOKENIZERS_PARALLELISM=false) without the Python work of one encode()
+        per string (SmolLM2, 1,000 HellaSwag items, one thread, Zen 4: 0.75 s -> 0.47 s). The strings are found by
+        running _encode_pair itself with tok_encode recording its arguments, so its whitespace rule and boundary stay
+        lm-eval's; each setting's first string is checked against HFLM's tok_encode, and any difference leaves the
+        call to it (empty dict): a tokenizer whose batch call differs from encode() for every string (e.g. one that
+        switches language mode) is caught, one that differs for particular strings only would not be (none of the
+        shipped models' tokenizers does). Empty contexts (lm-eval's prefix-token path) and slow tokenizers are left
+        to tok_encode as well."""
         if not getattr(self.tokenizer, "is_fast", False):
             return {}
         self._wanted = []
@@ -287,9 +292,11 @@ class PackedHFLM(HFLM):
             settings.setdefault(tuple(sorted(kwargs.items())), []).append(key)
         encoded: dict = {}
         for kwargs, keys in settings.items():
-            ids = self.tokenizer([k[0] for k in keys], **dict(kwargs))["input_ids"]
-            for (string, add_special_tokens, left), enc in zip(keys, ids, strict=True):
-                encoded[(string, add_special_tokens, left)] = enc[-left:] if left else enc
+            for a in range(0, len(keys), ENCODE_CHUNK):
+                chunk = keys[a:a + ENCODE_CHUNK]
+                ids = self.tokenizer([k[0] for k in chunk], **dict(kwargs))["input_ids"]
+                for (string, add_special_tokens, left), enc in zip(chunk, ids, strict=True):
+                    encoded[(string, add_special_tokens, left)] = enc[-left:] if left else enc
             string, add_special_tokens, left = keys[0]
             if encoded[keys[0]] != super().tok_encode(string, add_special_tokens=add_special_tokens,
                                                       left_truncate_len=left):

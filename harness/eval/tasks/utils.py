@@ -193,14 +193,15 @@ _KEPT: dict[str, tuple[tuple, object]] = {}  # loader -> (its file's version, it
 
 
 def _kept(name: str, rel: str, parse):
-    """_dataset(parse(path of rel)), parsed once per process and version of the file (path, mtime, size): lm-eval
+    """_dataset(parse(path of rel)), parsed once per process and version of the file (path, inode, size, mtime and
+    ctime: a copy that keeps the old mtime still changes the ctime): lm-eval
     builds a task again for every simple_evaluate (eval.during_training at every evaluation, fast mode's calibration
     a second time) and keeps this module between builds while the module's file is unchanged, so a data set is not
     decompressed and parsed again each time (a 20-item HellaSwag evaluation, tiny model, Zen 4: 1.34 -> 0.85 s).
-    lm-eval only reads it (process_docs maps it into a new data set)."""
+    lm-eval only reads it (indexes its splits; a process_docs would map a split into a new data set)."""
     path = data_file(rel)
     st = path.stat()
-    version = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    version = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     kept = _KEPT.get(name)
     if kept is None or kept[0] != version:
         kept = _KEPT[name] = (version, _dataset(parse(path)))
