@@ -268,6 +268,23 @@ def test_batched_encoding_gives_hflms_tokens_with_bos_and_falls_back_when_they_d
     assert_same(stock.loglikelihood(insts, disable_tqdm=True), ours.loglikelihood(insts, disable_tqdm=True))
 
 
+def test_without_a_split_head_a_release_that_cannot_take_a_mask_is_scored_by_hflm(tiny, monkeypatch):
+    """With no split head the engine passes a boolean logits_to_keep; transformers before 5.23 slices
+    `hidden[:, logits_to_keep, :]` and raises IndexError on it. The engine tries the mask once (scoring.py
+    supports_logits_to_keep) and leaves such a model to HFLM's own path: the same scores, no error."""
+    import transformers.models.llama.modeling_llama as llama
+
+    model, tok, _ = tiny
+    stock, ours = _pair(model, tok, logits_cache=False)
+    monkeypatch.setattr(engine, "split_head", lambda m: None)
+    monkeypatch.setattr(llama, "slice_logits_to_keep",
+                        lambda h, k: h[:, slice(-k, None) if isinstance(k, int) else k, :])
+    reqs = random_requests(3, model.config.vocab_size)
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert_same(want, ours._loglikelihood_tokens(reqs, disable_tqdm=True))
+    assert ours._split() is None and ours._keeps_mask() is False
+
+
 def test_loglikelihood_runs_without_the_cyclic_collector_and_gives_its_state_back(tiny, monkeypatch):
     """The collector walks the process's objects each time it runs: paused for a loglikelihood call, restored
     after, also when it was off before or the call raises."""
@@ -344,7 +361,8 @@ def test_peft_wrapped_model_equals_hflm(tiny):
     assert mask_layout(peft_model) is not None
     stock, ours = _pair(peft_model, tok)
     reqs = random_requests(2, base.config.vocab_size)
-    assert_same(stock._loglikelihood_tokens(reqs, disable_tqdm=True), ours._loglikelihood_tokens(reqs, disable_tqdm=True))
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert_same(want, ours._loglikelihood_tokens(reqs, disable_tqdm=True))
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -364,7 +382,8 @@ def test_gemma3_sliding_window_and_softcapping_equal_hflm(tiny, attn):
     assert impl == attn and windows == {"sliding_attention": 8, "full_attention": None}
     stock, ours = _pair(model, tok)
     reqs = random_requests(3, len(tok))
-    assert_same(stock._loglikelihood_tokens(reqs, disable_tqdm=True), ours._loglikelihood_tokens(reqs, disable_tqdm=True))
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert_same(want, ours._loglikelihood_tokens(reqs, disable_tqdm=True))
 
 
 def test_gpt2_equals_hflm():
@@ -372,7 +391,8 @@ def test_gpt2_equals_hflm():
     model, tok = load_model_and_tokenizer(cfg.model)
     stock, ours = _pair(model.eval(), tok)
     reqs = random_requests(4, model.config.vocab_size)
-    assert_same(stock._loglikelihood_tokens(reqs, disable_tqdm=True), ours._loglikelihood_tokens(reqs, disable_tqdm=True))
+    want = stock._loglikelihood_tokens(reqs, disable_tqdm=True)
+    assert_same(want, ours._loglikelihood_tokens(reqs, disable_tqdm=True))
 
 
 def test_build_lm_gives_the_engine_and_a_stock_one_on_request(tiny):

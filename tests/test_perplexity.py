@@ -6,6 +6,7 @@ definitions, and sliding-window scoring on the tiny Llama against a direct full-
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -253,6 +254,34 @@ def test_models_with_scaled_logits_use_their_own_forward(tiny):
     plain = score_token_lists(model, lists, prefix, tok.bos_token_id, 16, 16, 2)
     assert got[0][0] == pytest.approx(want[0][0], rel=1e-5)
     assert got[0][0] != pytest.approx(plain[0][0], rel=1e-3)
+
+
+def test_without_a_split_head_windows_keep_their_last_logits_on_every_release(tiny, monkeypatch):
+    """With no split head, perplexity asks the model's forward for the last positions only (an int logits_to_keep),
+    which transformers releases before 5.23 take as well: their slicing (patched in, it raises on a boolean mask)
+    keeps the trimmed path and the same scores."""
+    import transformers.models.llama.modeling_llama as llama
+
+    from harness.eval import perplexity
+
+    model, tok, cfg = tiny
+    lists = [tok("Older releases keep the last logits too. " * 3, add_special_tokens=False)["input_ids"]]
+    prefix = prefix_token_id(tok)
+    want = _reference_scores(model, lists, prefix, tok.bos_token_id, 16, 5, False)
+    monkeypatch.setattr(perplexity, "split_head", lambda m: None)
+    monkeypatch.setattr(llama, "slice_logits_to_keep",
+                        lambda h, k: h[:, slice(-k, None) if isinstance(k, int) else k, :])
+    seen, real = [], type(model).forward
+
+    @functools.wraps(real)  # keeps the signature the check reads
+    def spy(self, *a, **k):
+        seen.append(k.get("logits_to_keep"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    got = score_token_lists(model, lists, prefix, tok.bos_token_id, 16, 5, 2)
+    assert seen and all(isinstance(k, int) and k > 0 for k in seen)
+    assert got[0][1] == want[0][1] and got[0][0] == pytest.approx(want[0][0], rel=1e-5)
 
 
 def _corpus(tmp_path):

@@ -29,14 +29,14 @@ is lm-eval's (sum of log-probabilities, all tokens greedy), in request order,
 and lm-eval's cache hook gets it as HFLM gives it. What cannot be packed goes through HFLM's own method unchanged:
 requests that need left truncation or have an empty context or continuation, and models other than decoder-only
 ones with sdpa, eager or fast mode's blocked attention (harness/eval/attention.py) and a `logits_to_keep` argument
-(seq2seq, peft prompt learning, flash/flex).
+(seq2seq, peft prompt learning, flash/flex), and a model without a split head whose forward does not take a boolean
+`logits_to_keep` (transformers before 5.23).
 lm_eval is imported only here and in lm_eval.py.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -47,7 +47,7 @@ from lm_eval.models.utils import _add_special_kwargs, has_bos_prefix
 from tqdm import tqdm
 
 from harness.eval.attention import NAME as BLOCKED
-from harness.model.scoring import base_model, split_head
+from harness.model.scoring import base_model, split_head, supports_logits_to_keep, takes_logits_to_keep
 
 PACK_TOKENS = 1024  # the longest group row (a single request longer than this still gets its own row)
 ROW_TOKENS = 256  # groups are put together into rows of max(this, the longest group) tokens, at most PACK_TOKENS / 2
@@ -201,7 +201,7 @@ def mask_layout(model) -> tuple[str, dict[str, int | None]] | None:
     impl = getattr(config, "_attn_implementation", None)
     if impl not in ("sdpa", "eager", BLOCKED):
         return None  # flash / flex attention take no dense 4D mask (the blocked kernel takes sdpa's bool masks)
-    if "logits_to_keep" not in inspect.signature(inner.forward).parameters:
+    if not takes_logits_to_keep(model):
         return None
     window = getattr(config, "sliding_window", None)
     layer_types = getattr(config, "layer_types", None)
@@ -319,7 +319,7 @@ class PackedHFLM(HFLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         layout = mask_layout(self.model) if self.backend == "causal" else None
-        if layout is None:
+        if layout is None or (self._split() is None and not self._keeps_mask()):
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
         windows = [w for w in layout[1].values() if w is not None]
         packable, rest = [], []
@@ -358,6 +358,14 @@ class PackedHFLM(HFLM):
         if not hasattr(self, "_harness_split"):
             self._harness_split = split_head(self.model)
         return self._harness_split
+
+    def _keeps_mask(self) -> bool:
+        """Whether the model's own forward takes the boolean logits_to_keep that _score_batch passes when there is no
+        split head (harness/model/scoring.py supports_logits_to_keep, tried once per engine): transformers before
+        5.23 raises IndexError on it, and such a model is scored by HFLM's own path."""
+        if not hasattr(self, "_harness_keeps_mask"):
+            self._harness_keeps_mask = supports_logits_to_keep(self.model)
+        return self._harness_keeps_mask
 
     def _score_batch(self, batch: list[Row], layout) -> list[tuple[int, tuple[float, bool]]]:
         L = len(batch[0].tokens)

@@ -253,7 +253,7 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
     import torch
     import torch.nn.functional as F
 
-    from harness.model.scoring import plain_forward, supports_logits_to_keep
+    from harness.model.scoring import plain_forward, takes_logits_to_keep
 
     windows = plan_windows(token_lists, prefix_id, bos_id, max_length, stride, bos_every_window)
     out = [[0.0, 0] for _ in token_lists]
@@ -267,7 +267,7 @@ def score_token_lists(model, token_lists: Sequence[list[int]], prefix_id: int, b
             if parts is not None and chunk_rows is None:
                 chunk_rows = max(16, HEAD_CHUNK_ELEMENTS // max(1, int(parts[1].weight.shape[0])))
             forward = plain_forward(model)
-            trim = parts is None and supports_logits_to_keep(model)
+            trim = parts is None and takes_logits_to_keep(model)  # an int: every release with the argument takes it
             for batch in equal_length_batches([len(w.ids) for w in windows], batch_size):
                 ws = [windows[i] for i in batch]
                 n, keep = len(ws[0].ids), max(w.n_score for w in ws)

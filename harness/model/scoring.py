@@ -53,20 +53,26 @@ def base_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def takes_logits_to_keep(model) -> bool:
+    """Whether the (PEFT-unwrapped) model's forward takes logits_to_keep at all: as an int (the last n positions)
+    every transformers release that has the argument does."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(base_model(model).forward).parameters
+
+
 def supports_logits_to_keep(model) -> bool:
     """Whether the (PEFT-unwrapped) model's forward takes a boolean (batch, position) mask as logits_to_keep and
     returns the logits of the kept positions, flattened: transformers' decoder-only models do from 5.23 on
     (modeling_utils.slice_logits_to_keep); earlier releases take an int or a 1-D index only and raise IndexError
     on a mask. Tried once on a few tokens (eval mode, no gradients; the caller's mode is given back)."""
-    import inspect
-
     import torch
 
     from harness.model.load import model_device
 
-    base = base_model(model)
-    if "logits_to_keep" not in inspect.signature(base.forward).parameters:
+    if not takes_logits_to_keep(model):
         return False
+    base = base_model(model)
     vocab = max(2, int(getattr(getattr(base, "config", None), "vocab_size", None) or 8))
     ids = (torch.arange(2, 8, device=model_device(model)) % vocab).unsqueeze(0)
     keep = torch.tensor([[False, True, False, True, True, False]], device=ids.device)
