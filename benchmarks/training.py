@@ -408,6 +408,77 @@ def step_ab(method: str = "lora", batch: int = 2, length: int = 128, threads: in
             "all_ms": {k: [round(x * 1000, 1) for x in v] for k, v in times.items()}}
 
 
+def lora_inputs_ab(batch: int = 2, length: int = 128, threads: int = 2, reps: int = 10,
+                   model: str = "smollm2-135m") -> dict:
+    """In this process: a hand-written bf16 LoRA step on the trainer's set-up (frozen casts kept, block-causal
+    attention, FastDropout, freed memory kept; random tokens of batch x length) with the LoRA layers keeping bf16
+    inputs under autocast (harness/train/dropout.py, what the trainer does) and with peft's own fp32 input casts;
+    steps interleaved after a warm-up, each step seeded alike on both sides. Median ms per step, the speed-up, and
+    whether every step's loss and adapter gradients were bit-identical: what harness/train/dropout.py cites.
+
+        PYTHONPATH=. python -c "from benchmarks import training as t; print(t.lora_inputs_ab(2, 128, 2))"
+    """
+    import statistics
+
+    import torch
+    from peft import get_peft_model
+
+    from harness.model.attention import register
+    from harness.run.memory import keep_freed_memory
+    from harness.train import dropout
+    from harness.train.frozen_cast import keep_casts
+
+    torch.set_num_threads(threads)
+    keep_freed_memory()
+
+    def build(kept: bool):
+        torch.manual_seed(0)
+        _, net, lora = _load_plain(model, "lora", "bf16", "alpaca-demo")
+        net = get_peft_model(net, lora)
+        net.get_base_model().set_attn_implementation(register())
+        keep_casts(net)
+        dropout.replace_lora_dropout(net)
+        if not kept:
+            for m in net.modules():
+                if hasattr(m, dropout._OWN_CAST):
+                    del m._cast_input_dtype
+                    delattr(m, dropout._OWN_CAST)
+        params = [p for p in net.parameters() if p.requires_grad]
+        return net.train(), params, torch.optim.AdamW(params, lr=1e-4, fused=True)
+
+    ids = torch.randint(0, 49_000, (batch, length), generator=torch.Generator().manual_seed(0))
+
+    def step(net, params, opt, seed: int):
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = net(input_ids=ids, labels=ids).loss
+        loss.backward()
+        dt = time.perf_counter() - t0
+        grads = [p.grad.clone() for p in params]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return dt, loss.item(), grads
+
+    sides = {"bf16 inputs kept": build(True), "peft's fp32 input casts": build(False)}
+    for name in sides:
+        step(*sides[name], 10_000)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    identical = True
+    for rep in range(reps):
+        out = {name: step(*sides[name], rep) for name in sides}
+        (_, la, ga), (_, lb, gb) = out.values()
+        identical &= la == lb and all(torch.equal(a, b) for a, b in zip(ga, gb))
+        for name in sides:
+            times[name].append(out[name][0])
+    ms = {name: statistics.median(v) * 1000 for name, v in times.items()}
+    kept, own = ms.values()
+    return {"batch": batch, "length": length, "threads": threads, "reps": reps,
+            "median_forward_backward_ms": {k: round(v, 1) for k, v in ms.items()}, "speedup": round(own / kept, 3),
+            "losses_and_gradients_identical": identical}
+
+
 def child_plain(model: str, method: str, precision: str, data: str, data_path: str, max_length: int,
                 batch_size: int, warmup: int, steps: int, lr: float = 2e-4, seed: int = 0, device: str = "cpu") -> dict:
     """Child: a minimal PyTorch training loop on the same token rows the harness trains on."""

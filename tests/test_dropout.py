@@ -1,6 +1,7 @@
 """LoRA dropout on CPUs from 15-bit random integers (harness/train/dropout.py): the dropout probability asked for
-(to 1.5e-5), an unbiased output, reproducible from the seed, gradients through the same mask, and a LoRA run that
-records the swap and saves peft's own modules.
+(to 1.5e-5), an unbiased output, reproducible from the seed, gradients through the same mask, a bf16 input dropped
+to the very numbers of the fp32 path, LoRA layers that keep bf16 inputs under autocast with bit-identical gradients,
+and a LoRA run that records the swap and saves peft's own modules.
 
     python -m pytest -q tests/test_dropout.py
 """
@@ -75,6 +76,84 @@ def test_replace_and_restore_on_a_peft_model():
     assert sum(type(m) is torch.nn.Dropout for m in model.modules()) == 4
     none = get_peft_model(LlamaForCausalLM(base.config), LoraConfig(r=4, lora_dropout=0.0, target_modules=["q_proj"]))
     assert dropout.replace_lora_dropout(none)["layers"] == 0
+
+
+def test_a_bf16_input_is_dropped_to_the_numbers_of_the_fp32_path():
+    """fp32 dropout and then autocast's cast to bf16 (peft's order) == FastDropout on the bf16 input, forward and
+    backward, for every element (the scale is applied in fp32 and rounded once, not rounded to bf16 first)."""
+    drop = dropout.fast_dropout(0.05).train()
+    x = torch.randn(256, 1536).to(torch.bfloat16)
+    g = torch.randn(256, 1536).to(torch.bfloat16)
+    a = x.float().requires_grad_()
+    torch.manual_seed(7)
+    ya = drop(a).to(torch.bfloat16)
+    ya.backward(g)
+    b = x.clone().requires_grad_()
+    torch.manual_seed(7)
+    yb = drop(b)
+    yb.backward(g)
+    assert yb.dtype == torch.bfloat16 and torch.equal(ya, yb)
+    assert torch.equal(a.grad.to(torch.bfloat16), b.grad)
+    assert float((yb == 0).float().mean()) > 0.03  # something was dropped, and
+    assert not torch.equal(yb, (x * (yb != 0)).mul(torch.tensor(drop.scale, dtype=torch.bfloat16)))  # bf16 scale differs
+
+
+def _lora_model(seed: int = 0, **lora):
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                     **lora)
+    model = get_peft_model(base, cfg)
+    for name, p in model.named_parameters():  # B starts at zero: make the adapters do something
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    return model.train()
+
+
+def _grads(model, ids) -> tuple[float, list]:
+    torch.manual_seed(11)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+
+def test_lora_layers_keep_bf16_inputs_under_autocast_with_the_same_gradients():
+    ids = torch.randint(0, 96, (2, 24), generator=torch.Generator().manual_seed(0))
+    kept, own = _lora_model(), _lora_model()
+    rec = dropout.replace_lora_dropout(kept)
+    assert rec["inputs_kept_in_autocast_dtype"] == 8 and rec["layers"] == 8
+    dropout.replace_lora_dropout(own)
+    seen = []
+    for m in own.modules():  # the control: peft's own input casts, and a record of what arrives in bf16
+        if hasattr(m, dropout._OWN_CAST):
+            del m._cast_input_dtype
+            delattr(m, dropout._OWN_CAST)
+            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    loss_kept, g_kept = _grads(kept, ids)
+    loss_own, g_own = _grads(own, ids)
+    assert torch.bfloat16 in seen and torch.float32 in seen  # o_proj / down_proj inputs arrive in bf16
+    assert loss_kept == loss_own and all(torch.equal(a, b) for a, b in zip(g_kept, g_own))
+    # outside autocast the layer casts as peft does: a bf16 input meets the fp32 adapter in fp32
+    layer = next(m for m in kept.modules() if hasattr(m, dropout._OWN_CAST))
+    assert layer._cast_input_dtype(torch.ones(2, dtype=torch.bfloat16), torch.float32).dtype == torch.float32
+    assert dropout.restore_lora_dropout(kept) == 8
+    assert not any(hasattr(m, dropout._OWN_CAST) or "_cast_input_dtype" in vars(m) for m in kept.modules())
+
+
+def test_layers_with_a_variant_or_another_dropout_keep_peft_casts():
+    dora = _lora_model(use_dora=True)
+    assert dropout.replace_lora_dropout(dora)["inputs_kept_in_autocast_dtype"] == 0
+    plain = _lora_model()
+    for m in plain.modules():
+        drops = getattr(m, "lora_dropout", None)
+        if isinstance(drops, torch.nn.ModuleDict):
+            drops["default"] = torch.nn.AlphaDropout(0.1)  # not ours: its numbers in bf16 would differ
+    assert dropout.replace_lora_dropout(plain)["inputs_kept_in_autocast_dtype"] == 0
 
 
 def test_a_lora_run_records_the_swap_and_saves_peft_modules(tiny_overrides):

@@ -115,6 +115,20 @@ def test_what_is_not_switched(tmp_path, monkeypatch):
         ta.choose(_llama(), 2, 64)
 
 
+def test_own_kernel_puts_sdpa_in_for_scoring_and_the_blocked_kernel_back():
+    model = _llama()
+    model.set_attn_implementation(ta.register())
+    with ta.own_kernel(model):
+        assert model.config._attn_implementation == "sdpa"
+    assert model.config._attn_implementation == NAME
+    with pytest.raises(RuntimeError), ta.own_kernel(model):
+        raise RuntimeError("a failed evaluation")
+    assert model.config._attn_implementation == NAME  # back whatever happened
+    eager = _llama("eager")
+    with ta.own_kernel(eager):
+        assert eager.config._attn_implementation == "eager"
+
+
 # ---------------------------------------------------------------------------------- through the trainer
 def test_a_bf16_run_records_it_trains_through_it_and_evaluates_with_sdpa(tiny_overrides, monkeypatch):
     losses = {}
@@ -133,6 +147,19 @@ def test_a_bf16_run_records_it_trains_through_it_and_evaluates_with_sdpa(tiny_ov
     # the same attention, rounded differently in bf16: losses and gradient norms agree to bf16's precision
     for (loss_b, norm_b), (loss_s, norm_s) in zip(losses["blocked"], losses["sdpa"], strict=True):
         assert loss_b == pytest.approx(loss_s, rel=1e-3) and norm_b == pytest.approx(norm_s, rel=1e-2)
+
+
+def test_validation_during_training_is_the_val_suites_number_with_the_blocked_kernel(tiny_overrides, monkeypatch):
+    """Training's block-causal kernel and sdpa round differently in fp32 too: the validation loss the trainer logs
+    at the last step is scored with sdpa, as the `val` suite after training, so the two are one number."""
+    monkeypatch.setenv(ta.OVERRIDE_ENV, "blocked")
+    ov = tiny_overrides + ["method=lora", "train.precision=bf16", "train.eval_every=3", "train.eval_batches=2",
+                           "eval=quick", "eval.perplexity=[]", "eval.lm_eval.tasks=[]", "run_id=attnval"]
+    status, run_dir = train_run(config.compose(ov), ov)
+    assert status == "completed", read_summary(run_dir)
+    assert json.loads((run_dir / "manifest.json").read_text())["train_attention"]["implementation"] == NAME
+    val = json.loads((run_dir / "eval.json").read_text())["suites"]["val"]["metrics"]["loss"]
+    assert read_summary(run_dir)["final_val_loss"] == pytest.approx(val, rel=1e-12)
 
 
 def test_fp32_runs_keep_sdpa_unmeasured(tiny_overrides, monkeypatch):

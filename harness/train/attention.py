@@ -15,12 +15,14 @@ $HARNESS_CACHE/train-attention/. Not applied: models that do not run sdpa, atten
 dropout to sdpa anyway), and shapes where autograd would keep more than MAX_SAVED_BYTES of attention probabilities
 (batch x heads x positions² / 2 fp32 values per layer; sdpa keeps O(positions)). The decision, both timings and
 why go into manifest.json (`train_attention`); `restore` puts sdpa back after training, so evaluation (exact mode:
-lm-eval's numbers) runs the model's own kernel. HARNESS_TRAIN_ATTENTION=blocked forces it, =sdpa forbids it,
+lm-eval's numbers) runs the model's own kernel, and `own_kernel` does the same while the trainer scores the model
+(validation loss, benchmarks during training). HARNESS_TRAIN_ATTENTION=blocked forces it, =sdpa forbids it,
 =auto (default) measures.
 """
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -158,6 +160,22 @@ def choose(model, batch: int, positions: int) -> TrainAttention:
         except (ValueError, AttributeError, NotImplementedError) as exc:  # its architecture takes no registered kernel
             return TrainAttention(current, "not applicable", f"the model takes no registered attention: {exc}"[:300])
     return decision
+
+
+@contextlib.contextmanager
+def own_kernel(model):
+    """While the trainer scores the model (validation loss, benchmarks during training): the model's own sdpa, the
+    kernel of the evaluation after training, so the two give one number on the same rows; the block-causal kernel
+    is back afterwards. Nothing happens to a model that runs another kernel."""
+    inner, config, _ = _config(model)
+    switched = str(getattr(config, "_attn_implementation", None)) == NAME
+    if switched:
+        inner.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        if switched:
+            inner.set_attn_implementation(register())
 
 
 def restore(model, decision: TrainAttention) -> None:

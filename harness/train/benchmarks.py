@@ -11,6 +11,8 @@ Trainer is about to checkpoint (at_checkpoints), before that checkpoint is writt
     (the same keys go to the trackers). A resume cuts metrics.jsonl back to the checkpoint's step
     (harness/train/fit.py resume_point): a benchmark row of that step stays (the step is not trained again),
     later ones go and are measured again, so no step is recorded twice;
+  - it runs the model's own attention kernel (a bf16 run on a CPU trains with the block-causal one:
+    harness/train/attention.py own_kernel), as the evaluation after training does;
   - the model goes back to its mode and the Python, NumPy, torch (and CUDA) RNG state to what it was (lm-eval
     seeds them all): the training losses are the same with and without it (tests/test_during_training.py);
   - its wall time is kept in BenchClock, which the trainer's throughput figures leave out (metrics.jsonl
@@ -90,10 +92,12 @@ def run_isolated(benchmark, model, tokenizer) -> dict:
     the model's mode and every RNG state as they were, whatever happened."""
     import torch
 
+    from harness.train.attention import own_kernel
+
     was_training, state = model.training, rng_state()
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), own_kernel(model):  # the evaluation's kernel, not training's block-causal one
             return benchmark(model, tokenizer)
     finally:
         model.train(was_training)

@@ -343,7 +343,8 @@ def fit(cfg: RunConfig, run_dir: Path, summary: dict, outcome: Outcome, tracker,
         drop_casts(model)  # their memory back before evaluation
     if attn is not None:
         train_attention.restore(model, attn)  # evaluation runs the model's own sdpa (exact mode: lm-eval's kernel)
-    if manifest.get("lora_dropout", {}).get("layers"):
+    swapped = manifest.get("lora_dropout", {})
+    if swapped.get("layers") or swapped.get("inputs_kept_in_autocast_dtype"):
         from harness.train.dropout import restore_lora_dropout
 
         restore_lora_dropout(model)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from harness.model.scoring import pad_batch, supports_logits_to_keep, target_nll
+from harness.train.attention import own_kernel
 from harness.train.distributed import score_rows_all_ranks
 
 __all__ = ["make_trainer", "pad_batch", "target_only_loss"]
@@ -64,8 +65,9 @@ def make_trainer(label_smoothing: float, **kwargs):
             tok = self.processing_class
             pad_id = getattr(tok, "pad_token_id", None)
             # over several ranks: each scores a share of the rows, the sums are reduced (the same number on every rank)
-            res = score_rows_all_ranks(self.model, dataset.to_list() if hasattr(dataset, "to_list") else list(dataset),
-                                       batch_size=self.args.per_device_eval_batch_size, pad_id=pad_id or 0)
+            with own_kernel(self.model):  # the `val` suite's attention kernel, not training's block-causal one
+                res = score_rows_all_ranks(self.model, dataset.to_list() if hasattr(dataset, "to_list") else list(dataset),
+                                           batch_size=self.args.per_device_eval_batch_size, pad_id=pad_id or 0)
             runtime = time.time() - t0
             metrics = {f"{metric_key_prefix}_loss": res["loss"], f"{metric_key_prefix}_tokens": res["tokens"],
                        f"{metric_key_prefix}_runtime": round(runtime, 4)}
