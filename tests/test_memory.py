@@ -43,7 +43,7 @@ def _rounds(mode: str, env: dict | None = None) -> dict:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     kept, default = _rounds("keep"), _rounds("default")
-    assert kept["state"] == {"malloc": "keep", "mmap_max": 0, "trim_threshold": 2**31 - 1}
+    assert kept["state"] == {"malloc": "keep", "mmap_max": 0, "trim_threshold": -1}
     assert default["state"]["malloc"] == "default"
     # glibc's default maps and unmaps the block every round: 16,384 faults per round with 4 KiB pages (32 with 2 MiB
     # transparent huge pages); kept, the heap block is reused and nothing is faulted in again
@@ -88,6 +88,35 @@ def test_kept_memory_goes_back_to_the_kernel_when_asked():
     out = subprocess.run([sys.executable, "-c", _GIVE_BACK, "default"], capture_output=True, text=True, check=True,
                          timeout=120)
     assert json.loads(out.stdout)["gave"] is False
+
+
+# A child that keeps freed memory and frees 2.25 GiB of touched heap blocks at once: more than the largest positive
+# trim threshold mallopt takes (INT_MAX, 2 GiB), as a full fine-tune at 8 x 512 tokens frees at the end of a step.
+_BIG_FREE = textwrap.dedent("""
+    import ctypes, json, os
+    from harness.run import memory
+    memory.keep_freed_memory()
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    blocks = [libc.malloc(256 << 20) for _ in range(9)]
+    for b in blocks:
+        ctypes.memset(b, 1, 256 << 20)
+    touched = rss()
+    for b in reversed(blocks):
+        libc.free(b)
+    print(json.dumps({"touched_rss": touched, "freed_rss": rss(), "gave": memory.give_back_freed_memory()}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+def test_more_than_2_gib_freed_at_once_stays_for_reuse():
+    out = subprocess.run([sys.executable, "-c", _BIG_FREE], capture_output=True, text=True, check=True, timeout=300)
+    got = json.loads(out.stdout)
+    assert got["touched_rss"] >= 9 * (256 << 20)
+    # free() trimmed nothing (with a 2 GiB threshold it gave the 2.25 GiB back here), and malloc_trim still can
+    assert got["freed_rss"] >= got["touched_rss"] - (64 << 20) and got["gave"] is True
 
 
 def test_training_state_is_dropped_before_the_weights_are_written():

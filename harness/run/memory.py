@@ -8,13 +8,20 @@ its own and unmaps it on free, so the next block of that size takes a page fault
 training step frees and re-allocates about 1 GB of activations, logits and autocast's weight copies (SmolLM2-135M,
 full fine-tune, 2 x 128 tokens: 190-340 K faults per step), and on these virtual machines a fault costs 1-30 us of
 kernel time. keep_freed_memory() sets M_MMAP_MAX to 0 (every block comes from the heap) and M_TRIM_THRESHOLD to
-2 GiB (the heap is not shrunk after each step), so freed blocks are reused: on an AMX Xeon, that step's
+-1, which glibc takes as SIZE_MAX (the heap is never shrunk when a block is freed), so freed blocks are reused:
+on an AMX Xeon, that step's
 forward + backward went from 0.66-1.54 s to 0.56 s once the heap had grown (no faults left), and a `train=quick`
 full fine-tune trained in 22 s instead of 26 s (the same two settings through GLIBC_TUNABLES). The price: a
 process keeps its peak heap until it exits (these are one-run processes) and its peak RSS grew by 3-18% in the
 training runs measured (docs/benchmarks.md, "Page faults"), except where it hands the heap back on purpose:
 give_back_freed_memory() after training (harness/train/fit.py drop_training_state), so that writing the trained
 weights reuses the optimizer's pages instead of faulting 0.5 GB of page cache in.
+
+The threshold was 2 GiB (INT_MAX, the largest positive value mallopt takes) until 2026-12-04: at the default
+training shape (8 x 512 tokens) a full fine-tune of SmolLM2-135M frees more than that at the end of every step, so
+the heap was trimmed and the next step faulted it in again: 3.6-4.4 M faults and 14.3-19.6 s a step against
+2.4-2.7 M and 12.7-15.7 s (median 17.9 -> 14.2 s, 1.26x) with the heap kept whole, peak RSS 10.0-10.4 GB
+against 9.7-10.6 GB (Zen 4, 2 threads, bf16; docs/benchmarks.md, "Page faults").
 
 The setting is process state, so it is recorded with the run (manifest.json `malloc`) and a warm trial
 (harness/sweep/warm.py) applies it exactly as a cold one does.
@@ -28,7 +35,7 @@ import sys
 
 ENV = "HARNESS_MALLOC"  # keep (default) | default: glibc's own thresholds
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc <malloc.h>
-TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes an int: the heap gives memory back only above 2 GiB free at its top
+TRIM_THRESHOLD = -1  # mallopt takes an int; glibc stores it as a size_t, so -1 is SIZE_MAX: never trimmed on free
 
 _state: dict = {"malloc": "default", "reason": "not set up yet (keep_freed_memory was not called)"}
 
