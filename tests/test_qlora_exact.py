@@ -1,6 +1,7 @@
 """QLoRA models in exact mode evaluate in fp32 on every CPU kind (harness/eval/precision.py exact_4bit): on CPUs with
 AVX512-BF16 bitsandbytes' fused inference kernel casts activations to bf16, so without the hold the same QLoRA run
-scored different "fp32" numbers on AMX and on AVX2 machines.
+scored different "fp32" numbers on AMX and on AVX2 machines; and a model built for bf16 training (its layers'
+compute dtype bf16) multiplied in bf16, so a trial's own evaluation differed from a fresh load of the same run.
 
     python -m pytest -q tests/test_qlora_exact.py
 """
@@ -17,11 +18,12 @@ from harness.run.record import read_eval
 from tests.test_evaluate import FAST_PPL, _cfg
 
 
-def _qlora_model(cfg):
+def _qlora_model(cfg, compute_dtype=torch.float32):
+    """compute_dtype: bnb_4bit_compute_dtype, bf16 as a bf16 training run builds it (harness/train/fit.py)."""
     from harness.model.load import load_model_and_tokenizer
     from harness.model.methods import build_quant_config
 
-    return load_model_and_tokenizer(cfg.model, quantization_config=build_quant_config(cfg.method, torch.float32))
+    return load_model_and_tokenizer(cfg.model, quantization_config=build_quant_config(cfg.method, compute_dtype))
 
 
 def _dequantized_reference(model, ids):
@@ -79,3 +81,43 @@ def test_run_suites_records_the_kernel_of_a_qlora_model(tmp_path):
     entry = read_eval(tmp_path)["suites"]["wikitext2"]
     assert "wikitext2" in suites and entry["bnb_4bit"]["layers"] > 0 and "fp32" in entry["bnb_4bit"]["kernel"]
     assert held_4bit_layers(model) == []  # given back after the suites
+
+
+def _compute_dtypes(model) -> set:
+    import bitsandbytes as bnb
+
+    return {m.compute_dtype for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)}
+
+
+def test_a_model_built_for_bf16_training_is_scored_in_fp32_and_gets_its_compute_dtype_back():
+    cfg = _cfg("method=qlora")
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
+    reference = _dequantized_reference(_qlora_model(cfg)[0], ids)  # compute dtype fp32: a fresh load of the run
+    model, _ = _qlora_model(cfg, torch.bfloat16)
+    assert _compute_dtypes(model) == {torch.bfloat16}
+    with torch.no_grad():  # train mode: bitsandbytes does not repack (which would round the absmax)
+        assert not torch.equal(model.train()(input_ids=ids).logits, reference)  # bf16 products: the case guarded
+    model.eval()
+    held = precision.exact_4bit(model, "exact")
+    assert held.record["compute_dtype"] == "float32" and held.record["compute_dtype_was"]["dtype"] == "bfloat16"
+    assert held.record["compute_dtype_was"]["layers"] == held.record["layers"] > 0
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, reference)
+    precision.release_4bit(model, held)
+    assert _compute_dtypes(model) == {torch.bfloat16}  # training's own setting back
+    assert precision.exact_4bit(model, "fast") is None and _compute_dtypes(model) == {torch.bfloat16}
+
+
+def test_run_suites_of_a_bf16_built_model_match_a_fresh_fp32_load(tmp_path):
+    """With LoRA adapters on top, as a trained QLoRA run has them (peft wraps each layer in a class of the same name)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL)
+    scored = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        model, tok = _qlora_model(cfg, dtype)
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
+        run_suites(model, tok, cfg, tmp_path / name, progress=False)
+        scored[name] = read_eval(tmp_path / name)["suites"]["wikitext2"]
+    assert scored["bf16"]["metrics"] == scored["fp32"]["metrics"]
+    assert scored["bf16"]["bnb_4bit"]["compute_dtype_was"]["dtype"] == "bfloat16"

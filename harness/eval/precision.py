@@ -20,10 +20,19 @@ nf4, 4 x 256 random tokens: max |d logit| 1.85 against the dequantized fp32 mode
 matches exactly). `exact_4bit(model, mode)` holds the training layout (harness/model/methods.py) for the evaluation:
 dequantize + fp32 product on every CPU kind, and faster for scoring there (4 x 256 tokens: 1.14 s against the fused
 kernel's 1.91 s; one decoding token: 48 vs 26 ms). Fast mode keeps bitsandbytes' own choice.
+
+The layers' compute dtype too: a QLoRA trial that trained in bf16 (precision=auto on native-bf16 CPUs, GPUs) built
+its Linear4bit layers with bnb_4bit_compute_dtype=bf16, and a Linear4bit casts its input to that dtype before the
+product, whatever the model's other weights are. So the trial's own evaluation after training ran every 4-bit product
+in bf16 while eval.json said fp32, and a fresh load of the same run (compute dtype fp32) scored other numbers:
+the quickstart's QLoRA trial on a Zen 4 EPYC, WikiText-2 word perplexity 46.202 against 46.188, validation loss 1.8616
+against 1.8643 (and 9.7 s against 15.6 s). exact_4bit sets every 4-bit layer's compute dtype to fp32 for the
+evaluation, on every device, and release_4bit gives the training one back.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True)
@@ -55,32 +64,60 @@ def plan(mode: str, device: str, native_bf16: bool | None = None) -> EvalPrecisi
                                             "fp32) and int8 Linear layers deviate too far, so fp32")
 
 
-def exact_4bit(model, mode: str) -> tuple[list, dict] | None:
-    """In exact mode, hold every bitsandbytes 4-bit layer of a CPU model in its training layout (fp32 dequantize +
-    matmul; module docstring) -> (the layers held here, the record for eval.json), else None. Layers someone else
-    holds already (training, for a benchmark during training) are left to them."""
+class Exact4bit(NamedTuple):
+    """What exact_4bit changed, for release_4bit, and its record for eval.json (each suite's `bnb_4bit`)."""
+
+    layers: list  # the 4-bit layers whose training layout this call held (CPU)
+    record: dict
+    widened: list  # (layer, compute_dtype, compute_type_is_set) of the layers this call switched to fp32 products
+
+
+def exact_4bit(model, mode: str) -> Exact4bit | None:
+    """In exact mode, make every bitsandbytes 4-bit layer multiply in fp32 (module docstring): its compute dtype set
+    to fp32 on every device and, on a CPU, its training layout held (fp32 dequantize + matmul instead of the fused
+    bf16 kernel); None for other modes and models. Layers someone else holds already (training, for a benchmark
+    during training) are left to them."""
     if mode != "exact" or not (getattr(model, "is_loaded_in_4bit", False) or _has_4bit(model)):
         return None
+    import bitsandbytes as bnb
+    import torch
+
     from harness.model.load import model_device
     from harness.model.methods import held_4bit_layers, hold_4bit_training_layout
 
-    if str(model_device(model)) != "cpu":
-        return None
-    before = {id(m) for m in held_4bit_layers(model)}
-    if not hold_4bit_training_layout(model):
-        return None
-    mine = [m for m in held_4bit_layers(model) if id(m) not in before]
-    return mine, {"kernel": "dequantize + fp32 matmul (bitsandbytes' training layout held)",
-                  "layers": len(mine) + len(before),
-                  "why": "exact mode: bitsandbytes' fused CPU inference kernel computes in bf16 on AVX512-BF16 CPUs"}
+    layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]  # not peft's wrapper of the same name
+    widened = [(m, m.compute_dtype, m.compute_type_is_set) for m in layers
+               if getattr(m, "compute_dtype", None) != torch.float32]
+    for m, _, _ in widened:
+        m.compute_dtype, m.compute_type_is_set = torch.float32, True
+    record = {"kernel": "bitsandbytes' dequantize + fp32 matmul", "layers": len(layers), "compute_dtype": "float32"}
+    if widened:
+        was = sorted({str(d).replace("torch.", "") for _, d, _ in widened})
+        record["compute_dtype_was"] = {"dtype": ", ".join(was), "layers": len(widened),
+                                       "why": "the training compute dtype (bnb_4bit_compute_dtype) of a bf16 run"}
+    mine: list = []
+    if str(model_device(model)) == "cpu":
+        before = {id(m) for m in held_4bit_layers(model)}
+        if hold_4bit_training_layout(model):
+            mine = [m for m in held_4bit_layers(model) if id(m) not in before]
+            record.update(kernel="dequantize + fp32 matmul (bitsandbytes' training layout held)",
+                          why="exact mode: bitsandbytes' fused CPU inference kernel computes in bf16 on AVX512-BF16 "
+                              "CPUs")
+    if not mine and not widened and str(model_device(model)) != "cpu":
+        return None  # a GPU model already computing in fp32: nothing to change or record
+    return Exact4bit(mine, record, widened)
 
 
-def release_4bit(model, held: tuple[list, dict] | None) -> None:
-    """Undo exact_4bit for the layers it held."""
-    if held is not None and held[0]:
+def release_4bit(model, held: Exact4bit | None) -> None:
+    """Undo exact_4bit: the layers it held go back to bitsandbytes' choice, and their compute dtypes to what they were."""
+    if held is None:
+        return
+    for m, dtype, was_set in held.widened:
+        m.compute_dtype, m.compute_type_is_set = dtype, was_set
+    if held.layers:
         from harness.model.methods import release_4bit_training_layout
 
-        release_4bit_training_layout(model, only=held[0])
+        release_4bit_training_layout(model, only=held.layers)
 
 
 def _has_4bit(model) -> bool:

@@ -79,7 +79,7 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
             if field is not None:
                 entry["contamination"] = field
         if held is not None:
-            entry["bnb_4bit"] = held[1]
+            entry["bnb_4bit"] = held.record
         suites[name] = with_metric_meta(entry)
         update_eval(run_dir, {name: entry}, vers)
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in entry.get("metrics", {}).items()
@@ -95,7 +95,7 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
     ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin)
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode is given back at the end
-    held = precision.exact_4bit(model, cfg.eval.mode)  # QLoRA in exact mode: fp32 on every CPU kind
+    held = precision.exact_4bit(model, cfg.eval.mode)  # QLoRA in exact mode: fp32 products on every device
     try:
         for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
             kind.run(ctx)
