@@ -121,3 +121,22 @@ def test_run_suites_of_a_bf16_built_model_match_a_fresh_fp32_load(tmp_path):
         scored[name] = read_eval(tmp_path / name)["suites"]["wikitext2"]
     assert scored["bf16"]["metrics"] == scored["fp32"]["metrics"]
     assert scored["bf16"]["bnb_4bit"]["compute_dtype_was"]["dtype"] == "bfloat16"
+
+
+@pytest.mark.slow
+def test_a_bf16_trained_qlora_runs_own_numbers_are_a_fresh_loads(tiny_overrides):
+    """The whole path: the trial evaluates the model it trained (compute dtype bf16), `harness eval RUN_DIR` loads
+    the saved run (compute dtype fp32); exact mode must give the same numbers, bit for bit."""
+    from harness import config
+    from harness.pipeline import evaluate_run_dir, train_run
+
+    ov = [o for o in tiny_overrides if not o.startswith("eval=")] + [
+        "method=qlora", "train.precision=bf16", "train.max_steps=2", "eval=perplexity", FAST_PPL, "run_id=bf16qlora"]
+    status, run_dir = train_run(config.compose(ov), ov)
+    assert status == "completed"
+    own = read_eval(run_dir)["suites"]
+    assert own["wikitext2"]["bnb_4bit"]["compute_dtype_was"]["dtype"] == "bfloat16"
+    evaluate_run_dir(run_dir, [], progress=False)
+    fresh = read_eval(run_dir)["suites"]
+    assert {k: v["metrics"] for k, v in fresh.items()} == {k: v["metrics"] for k, v in own.items()}
+    assert "compute_dtype_was" not in fresh["wikitext2"]["bnb_4bit"]  # a fresh load computes in fp32 already
