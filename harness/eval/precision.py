@@ -94,7 +94,7 @@ def exact_4bit(model, mode: str) -> Exact4bit | None:
     if widened:
         was = sorted({str(d).replace("torch.", "") for _, d, _ in widened})
         record["compute_dtype_was"] = {"dtype": ", ".join(was), "layers": len(widened),
-                                       "why": "the training compute dtype (bnb_4bit_compute_dtype) of a bf16 run"}
+                                       "why": "the compute dtype the model was built with for training (bnb_4bit_compute_dtype)"}
     mine: list = []
     if str(model_device(model)) == "cpu":
         before = {id(m) for m in held_4bit_layers(model)}
