@@ -140,3 +140,26 @@ def test_a_bf16_trained_qlora_runs_own_numbers_are_a_fresh_loads(tiny_overrides)
     fresh = read_eval(run_dir)["suites"]
     assert {k: v["metrics"] for k, v in fresh.items()} == {k: v["metrics"] for k, v in own.items()}
     assert "compute_dtype_was" not in fresh["wikitext2"]["bnb_4bit"]  # a fresh load computes in fp32 already
+
+
+def test_fast_mode_calibrates_a_4bit_model_against_its_fp32_products(tmp_path, monkeypatch):
+    """model_for hands a 4-bit model back as it is in both modes: the calibrations scored it against itself and
+    recorded a deviation of exactly 0. Now the reference is a copy multiplying in fp32, taken before any forward."""
+    from harness.eval import perplexity
+    from harness.model import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # fast mode is bf16 on either CPU kind
+    cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL, "eval.mode=fast", "eval.lm_eval.tasks=[arc_easy]",
+               "eval.lm_eval.limit=4")
+    model, tok = _qlora_model(cfg, torch.bfloat16)
+    run_suites(model, tok, cfg, tmp_path, progress=False)
+    suites = read_eval(tmp_path)["suites"]
+    ppl, mc = suites["wikitext2"], suites["arc_easy"]
+    assert ppl["precision"]["dtype"] == "bfloat16" and ppl["calibration"]["rel_diff"] > 0
+    assert mc["calibration"]["max_abs_delta"] > 0
+    exact, _ = _qlora_model(cfg)  # a fresh fp32 load: its first window is the reference's
+    held = precision.exact_4bit(exact.eval(), "exact")
+    want = perplexity.calibration(exact, exact, tok, cfg.eval.perplexity[0], cfg.model, ppl["bos_every_window"])
+    precision.release_4bit(exact, held)
+    assert ppl["calibration"]["nll_exact"] == want["nll_exact"] != ppl["calibration"]["nll_fast"]
+    assert _compute_dtypes(model) == {torch.bfloat16}

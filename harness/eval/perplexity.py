@@ -381,16 +381,18 @@ def calibration(exact_model, fast_model, tokenizer, suite: PerplexitySuite, mode
 
 
 def run_suite_in_mode(model, tokenizer, suite: PerplexitySuite, precision: EvalPrecision,
-                      model_cfg: ModelConfig | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+                      model_cfg: ModelConfig | None = None, progress: bool = True,
+                      exact_model=None) -> tuple[dict, list[dict]]:
     """run_suite on model_for(model, precision), with `mode` and `precision` (harness/eval/precision.py) in the
-    entry; in a mode whose dtype is not fp32 also `calibration`: its deviation from fp32 on the first window."""
+    entry; in a mode whose dtype is not fp32 also `calibration`: its deviation from fp32 on the first window, against
+    exact_model when given (a 4-bit model's fp32 copy: precision.calibration_reference), else model_for(model, exact)."""
     evaluated = model_for(model, precision)
     entry, rows = run_suite(evaluated, tokenizer, suite, model_cfg, progress=progress)
     entry["mode"] = precision.mode
     entry["precision"] = precision.record()
     entry["attention"] = attention.describe(evaluated)
     if precision.dtype != "float32":
-        exact = model_for(model, plan("exact", str(model_device(model))))
+        exact = exact_model if exact_model is not None else model_for(model, plan("exact", str(model_device(model))))
         entry["calibration"] = calibration(exact, evaluated, tokenizer, suite, model_cfg, entry["bos_every_window"])
     return entry, rows
 
@@ -402,7 +404,7 @@ def run_perplexity(ctx: SuiteContext) -> None:
     for suite in ctx.cfg.eval.perplexity:
         ctx.begin(suite.name)
         entry, rows = run_suite_in_mode(ctx.model, ctx.tokenizer, suite, precision, ctx.cfg.model,
-                                        progress=ctx.progress)
+                                        progress=ctx.progress, exact_model=ctx.exact_model)
         hash_cfg = {**dataclasses.asdict(suite), "bos_every_window": entry["bos_every_window"],
                     "max_length": entry["max_length"], "stride": entry["stride"]}
         if precision.dtype != "float32":  # exact mode's hashes stay those of the records written before eval.mode

@@ -120,6 +120,24 @@ def release_4bit(model, held: Exact4bit | None) -> None:
         release_4bit_training_layout(model, only=held.layers)
 
 
+def calibration_reference(model, mode: str, device: str):
+    """Fast mode's exact reference for a 4-bit model: a copy whose 4-bit layers multiply in fp32 (exact_4bit, held
+    for the copy's life), or None (another mode, a fast mode that runs fp32 anyway, a model without 4-bit layers:
+    model_for gives their reference). model_for hands a 4-bit model back as it is in both modes, so without this
+    the calibrations scored the fast model against itself and recorded a deviation of exactly 0. Taken before
+    anything scores the model: bitsandbytes' repacking for its fused CPU kernel (fast mode's path, at the first
+    forward in eval mode) rounds the absmax to bf16, and unpacking does not undo that. Costs one more copy of the
+    4-bit weights while the suites run."""
+    import copy
+
+    if mode != "fast" or plan(mode, device).dtype == "float32" or not (
+            getattr(model, "is_loaded_in_4bit", False) or _has_4bit(model)):
+        return None
+    reference = copy.deepcopy(model).eval()
+    exact_4bit(reference, "exact")
+    return reference
+
+
 def _has_4bit(model) -> bool:
     return any(type(m).__name__ == "Linear4bit" for m in model.modules())
 

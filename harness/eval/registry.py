@@ -67,6 +67,9 @@ class SuiteContext:
     progress: bool
     record: Callable[[str, dict], None]
     begin: Callable[[str], None] = lambda name: None
+    # fast mode: what its calibrations score as exact when model_for cannot give it (a 4-bit model's fp32 copy,
+    # harness/eval/precision.py calibration_reference); None: model_for(model, exact)
+    exact_model: Any = None
 
 
 # (RunConfig, suite name, its eval.json entry) -> (item ids, item texts): what the suite scored, or None

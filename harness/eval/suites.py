@@ -26,6 +26,7 @@ from harness.eval import precision
 from harness.eval.contamination import RunCheck
 from harness.eval.metrics import describe_metric
 from harness.eval.registry import SUITE_KINDS, EvalError, SuiteContext, say, versions
+from harness.model.load import model_device
 from harness.run.progress import current as current_display
 from harness.run.metric_meta import UNKNOWN
 from harness.run.record import read_eval, read_samples, update_eval
@@ -92,9 +93,10 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
     if dupes:
         raise ConfigError([f"eval={cfg.eval.name}: suite names must be unique and not 'val'; repeated: {', '.join(dupes)}"])
 
-    ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin)
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode is given back at the end
+    reference = precision.calibration_reference(model, cfg.eval.mode, str(model_device(model)))  # before any forward
+    ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin, exact_model=reference)
     held = precision.exact_4bit(model, cfg.eval.mode)  # QLoRA in exact mode: fp32 products on every device
     try:
         for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
