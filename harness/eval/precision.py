@@ -25,7 +25,7 @@ The layers' compute dtype too: a QLoRA trial that trained in bf16 (precision=aut
 its Linear4bit layers with bnb_4bit_compute_dtype=bf16, and a Linear4bit casts its input to that dtype before the
 product, whatever the model's other weights are. So the trial's own evaluation after training ran every 4-bit product
 in bf16 while eval.json said fp32, and a fresh load of the same run (compute dtype fp32) scored other numbers:
-the quickstart's QLoRA trial on a Zen 4 EPYC, WikiText-2 word perplexity 46.202 against 46.188, validation loss 1.8616
+the quickstart's QLoRA trial on a Zen 5 EPYC, WikiText-2 word perplexity 46.202 against 46.188, validation loss 1.8616
 against 1.8643 (and 9.7 s against 15.6 s). exact_4bit sets every 4-bit layer's compute dtype to fp32 for the
 evaluation, on every device, and release_4bit gives the training one back.
 """
