@@ -108,14 +108,21 @@ def test_a_model_built_for_bf16_training_is_scored_in_fp32_and_gets_its_compute_
     assert precision.exact_4bit(model, "fast") is None and _compute_dtypes(model) == {torch.bfloat16}
 
 
-def test_run_suites_of_a_bf16_built_model_match_a_fresh_fp32_load(tmp_path):
-    """With LoRA adapters on top, as a trained QLoRA run has them (peft wraps each layer in a class of the same name)."""
+@pytest.mark.parametrize("mode", ["exact", "fast"])
+def test_run_suites_of_a_bf16_built_model_match_a_fresh_fp32_load(tmp_path, monkeypatch, mode):
+    """With LoRA adapters on top, as a trained QLoRA run has them (peft wraps each layer in a class of the same name).
+    fast: on a CPU without native bf16, where fast mode runs fp32 and so must score what exact mode scores."""
     from peft import LoraConfig, get_peft_model
 
+    from harness.model import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
     cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL)
     scored = {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         model, tok = _qlora_model(cfg, dtype)
+        if name == "bf16":
+            cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL, f"eval.mode={mode}")
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]))
         run_suites(model, tok, cfg, tmp_path / name, progress=False)
         scored[name] = read_eval(tmp_path / name)["suites"]["wikitext2"]
@@ -146,11 +153,12 @@ def test_fast_mode_calibrates_a_4bit_model_against_its_fp32_products(tmp_path, m
     """model_for hands a 4-bit model back as it is in both modes: the calibrations scored it against itself and
     recorded a deviation of exactly 0. Now the reference is a copy multiplying in fp32, taken before any forward."""
     from harness.eval import perplexity
+    from harness.eval.val import val_suite
     from harness.model import device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)  # fast mode is bf16 on either CPU kind
     cfg = _cfg("method=qlora", "eval=perplexity", FAST_PPL, "eval.mode=fast", "eval.lm_eval.tasks=[arc_easy]",
-               "eval.lm_eval.limit=4")
+               "eval.lm_eval.limit=4", "eval.val_loss=true", "train.eval_batches=1")
     model, tok = _qlora_model(cfg, torch.bfloat16)
     run_suites(model, tok, cfg, tmp_path, progress=False)
     suites = read_eval(tmp_path)["suites"]
@@ -160,6 +168,8 @@ def test_fast_mode_calibrates_a_4bit_model_against_its_fp32_products(tmp_path, m
     exact, _ = _qlora_model(cfg)  # a fresh fp32 load: its first window is the reference's
     held = precision.exact_4bit(exact.eval(), "exact")
     want = perplexity.calibration(exact, exact, tok, cfg.eval.perplexity[0], cfg.model, ppl["bos_every_window"])
+    want_val = val_suite(exact, tok, cfg, progress=False)["metrics"]
     precision.release_4bit(exact, held)
     assert ppl["calibration"]["nll_exact"] == want["nll_exact"] != ppl["calibration"]["nll_fast"]
+    assert suites["val"]["metrics"] == want_val and suites["val"]["precision"]["dtype"] == "float32"  # fp32 in any mode
     assert _compute_dtypes(model) == {torch.bfloat16}

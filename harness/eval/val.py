@@ -1,5 +1,9 @@
 """The `val` suite: loss and perplexity on the run's own validation split (harness.data.prepare), the number
 the trainer records as val_loss (one definition for both: harness/model/scoring.py).
+
+It scores in fp32 in both eval modes (a few rows: nothing to gain from bf16) and says so in its entry (`mode`,
+`precision`). Until 2026-12-04 it scored the model as it was, so in fast mode a 4-bit model ran bitsandbytes' bf16
+kernel there (QLoRA quickstart run, Zen 5: 1.8655 against 1.8643) while a full-precision one ran fp32, unrecorded.
 """
 
 from __future__ import annotations
@@ -69,7 +73,14 @@ def val_cost(cfg: RunConfig) -> dict[str, float]:
 def run_val(ctx: SuiteContext) -> None:
     if not ctx.cfg.eval.val_loss:  # eval.val_loss=false: the suite is off (names() already leaves it out)
         return
+    from harness.eval.precision import EvalPrecision, model_for
+
     ctx.begin("val")
-    entry = val_suite(ctx.model, ctx.tokenizer, ctx.cfg, ctx.progress)
+    fp32 = EvalPrecision("exact", "float32", "the val suite scores in fp32 in every eval.mode")
+    # fast mode on a 4-bit model: its copy multiplying in fp32 (precision.calibration_reference); otherwise the model
+    # in fp32 (run_suites holds a 4-bit model's layers in fp32 itself whenever the mode's dtype is fp32: exact_4bit)
+    model = ctx.exact_model if ctx.exact_model is not None else model_for(ctx.model, fp32)
+    entry = val_suite(model, ctx.tokenizer, ctx.cfg, ctx.progress)
     if entry is not None:
+        entry["mode"], entry["precision"] = fp32.mode, fp32.record()
         ctx.record("val", entry)
