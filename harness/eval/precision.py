@@ -77,7 +77,7 @@ def exact_4bit(model, mode: str) -> Exact4bit | None:
     to fp32 on every device and, on a CPU, its training layout held (fp32 dequantize + matmul instead of the fused
     bf16 kernel); None for other modes and models. Layers someone else holds already (training, for a benchmark
     during training) are left to them."""
-    if mode != "exact" or not (getattr(model, "is_loaded_in_4bit", False) or _has_4bit(model)):
+    if mode != "exact" or not _has_4bit(model):
         return None
     import bitsandbytes as bnb
     import torch
@@ -96,14 +96,15 @@ def exact_4bit(model, mode: str) -> Exact4bit | None:
         record["compute_dtype_was"] = {"dtype": ", ".join(was), "layers": len(widened),
                                        "why": "the compute dtype the model was built with for training (bnb_4bit_compute_dtype)"}
     mine: list = []
-    if str(model_device(model)) == "cpu":
+    on_cpu = str(model_device(model)) == "cpu"
+    if on_cpu:
         before = {id(m) for m in held_4bit_layers(model)}
         if hold_4bit_training_layout(model):
             mine = [m for m in held_4bit_layers(model) if id(m) not in before]
             record.update(kernel="dequantize + fp32 matmul (bitsandbytes' training layout held)",
                           why="exact mode: bitsandbytes' fused CPU inference kernel computes in bf16 on AVX512-BF16 "
                               "CPUs")
-    if not mine and not widened and str(model_device(model)) != "cpu":
+    if not mine and not widened and not on_cpu:
         return None  # a GPU model already computing in fp32: nothing to change or record
     return Exact4bit(mine, record, widened)
 
@@ -120,18 +121,17 @@ def release_4bit(model, held: Exact4bit | None) -> None:
         release_4bit_training_layout(model, only=held.layers)
 
 
-def calibration_reference(model, mode: str, device: str):
+def calibration_reference(model, precision: EvalPrecision):
     """Fast mode's exact reference for a 4-bit model: a copy whose 4-bit layers multiply in fp32 (exact_4bit, held
-    for the copy's life), or None (another mode, a fast mode that runs fp32 anyway, a model without 4-bit layers:
-    model_for gives their reference). model_for hands a 4-bit model back as it is in both modes, so without this
+    for the copy's life), or None (a precision that is fp32 already, exact mode's or fast mode's on a CPU without
+    native bf16, and a model without 4-bit layers: model_for gives their reference). model_for hands a 4-bit model back as it is in both modes, so without this
     the calibrations scored the fast model against itself and recorded a deviation of exactly 0. Taken before
     anything scores the model: bitsandbytes' repacking for its fused CPU kernel (fast mode's path, at the first
     forward in eval mode) rounds the absmax to bf16, and unpacking does not undo that. Costs one more copy of the
     4-bit weights while the suites run."""
     import copy
 
-    if mode != "fast" or plan(mode, device).dtype == "float32" or not (
-            getattr(model, "is_loaded_in_4bit", False) or _has_4bit(model)):
+    if precision.dtype == "float32" or not _has_4bit(model):
         return None
     reference = copy.deepcopy(model).eval()
     exact_4bit(reference, "exact")
@@ -139,7 +139,7 @@ def calibration_reference(model, mode: str, device: str):
 
 
 def _has_4bit(model) -> bool:
-    return any(type(m).__name__ == "Linear4bit" for m in model.modules())
+    return getattr(model, "is_loaded_in_4bit", False) or any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 def model_for(model, precision: EvalPrecision):

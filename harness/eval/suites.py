@@ -95,11 +95,11 @@ def run_suites(model, tokenizer, cfg: RunConfig, run_dir: str | Path, progress: 
 
     was_training = model.training
     model.eval()  # no dropout while scoring; the caller's mode is given back at the end
-    reference = precision.calibration_reference(model, cfg.eval.mode, str(model_device(model)))  # before any forward
+    planned = precision.plan(cfg.eval.mode, str(model_device(model)))
+    reference = precision.calibration_reference(model, planned)  # before any forward
     ctx = SuiteContext(model, tokenizer, cfg, run_dir, progress, record, begin, exact_model=reference)
     # QLoRA in exact mode, and in a fast mode that runs fp32 on this device (AVX2 CPUs): fp32 products everywhere
-    fp32 = precision.plan(cfg.eval.mode, str(model_device(model))).dtype == "float32"
-    held = precision.exact_4bit(model, "exact" if fp32 else cfg.eval.mode)
+    held = precision.exact_4bit(model, "exact" if planned.dtype == "float32" else cfg.eval.mode)
     try:
         for kind in sorted(SUITE_KINDS.values(), key=lambda k: k.order):
             kind.run(ctx)
