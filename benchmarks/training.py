@@ -439,10 +439,7 @@ def lora_inputs_ab(batch: int = 2, length: int = 128, threads: int = 2, reps: in
         keep_casts(net)
         dropout.replace_lora_dropout(net)
         if not kept:
-            for m in net.modules():
-                if hasattr(m, dropout._OWN_CAST):
-                    del m._cast_input_dtype
-                    delattr(m, dropout._OWN_CAST)
+            dropout.restore_input_casts(net)
         params = [p for p in net.parameters() if p.requires_grad]
         return net.train(), params, torch.optim.AdamW(params, lr=1e-4, fused=True)
 

@@ -129,11 +129,8 @@ def test_lora_layers_keep_bf16_inputs_under_autocast_with_the_same_gradients():
     assert rec["inputs_kept_in_autocast_dtype"] == 8 and rec["layers"] == 8
     dropout.replace_lora_dropout(own)
     seen = []
-    for m in own.modules():  # the control: peft's own input casts, and a record of what arrives in bf16
-        if hasattr(m, dropout._OWN_CAST):
-            del m._cast_input_dtype
-            delattr(m, dropout._OWN_CAST)
-            m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+    for m in dropout.restore_input_casts(own):  # the control: peft's own input casts, and what arrives in bf16
+        m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
     loss_kept, g_kept = _grads(kept, ids)
     loss_own, g_own = _grads(own, ids)
     assert torch.bfloat16 in seen and torch.float32 in seen  # o_proj / down_proj inputs arrive in bf16

@@ -57,15 +57,19 @@ def test_harness_malloc_default_leaves_glibc_alone():
     assert got["later_faults"] >= 4 * 32
 
 
-# A child that keeps freed memory, frees 256 MiB of touched heap blocks, and gives them back (or not) to the kernel.
-_GIVE_BACK = textwrap.dedent("""
+# The start of a child that allocates with glibc's malloc directly: keeps freed memory unless argv[1] is "default".
+_HEAP_CHILD = textwrap.dedent("""
     import ctypes, json, os, sys
     from harness.run import memory
-    memory.keep_freed_memory() if sys.argv[1] == "keep" else None
+    memory.keep_freed_memory() if sys.argv[1:2] != ["default"] else None
     libc = ctypes.CDLL("libc.so.6")
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
     rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+""")
+
+# A child that keeps freed memory, frees 256 MiB of touched heap blocks, and gives them back (or not) to the kernel.
+_GIVE_BACK = _HEAP_CHILD + textwrap.dedent("""
     blocks = [libc.malloc(64 << 20) for _ in range(4)]
     for b in blocks:
         ctypes.memset(b, 1, 64 << 20)
@@ -92,14 +96,7 @@ def test_kept_memory_goes_back_to_the_kernel_when_asked():
 
 # A child that keeps freed memory and frees 2.25 GiB of touched heap blocks at once: more than the largest positive
 # trim threshold mallopt takes (INT_MAX, 2 GiB), as a full fine-tune at 8 x 512 tokens frees at the end of a step.
-_BIG_FREE = textwrap.dedent("""
-    import ctypes, json, os
-    from harness.run import memory
-    memory.keep_freed_memory()
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-    libc.free.argtypes = [ctypes.c_void_p]
-    rss = lambda: int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+_BIG_FREE = _HEAP_CHILD + textwrap.dedent("""
     blocks = [libc.malloc(256 << 20) for _ in range(9)]
     for b in blocks:
         ctypes.memset(b, 1, 256 << 20)

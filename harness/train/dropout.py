@@ -147,16 +147,23 @@ def replace_lora_dropout(model) -> dict:
             "p": sorted(ps), "effective_p": sorted(effective_p(p) for p in ps), "inputs_kept_in_autocast_dtype": kept}
 
 
+def restore_input_casts(model) -> list:
+    """peft's own input cast back on every LoRA layer that had the autocast-aware one; returns those layers."""
+    restored = [m for m in model.modules() if hasattr(m, _OWN_CAST)]
+    for module in restored:
+        del module._cast_input_dtype  # the instance's; the class's method shows again
+        delattr(module, _OWN_CAST)
+    return restored
+
+
 def restore_lora_dropout(model) -> int:
     """nn.Dropout back in place of every FastDropout, and peft's own input casts (saved adapters and later use see
     peft's own modules). Returns how many dropouts were put back."""
     import torch
 
+    restore_input_casts(model)
     n = 0
     for module in model.modules():
-        if hasattr(module, _OWN_CAST):
-            del module._cast_input_dtype  # the instance's; the class's method shows again
-            delattr(module, _OWN_CAST)
         drops = getattr(module, "lora_dropout", None)
         if not isinstance(drops, torch.nn.ModuleDict):
             continue
