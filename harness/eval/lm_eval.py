@@ -478,7 +478,6 @@ def run_lm_eval(ctx: SuiteContext) -> None:
     device = getattr(model_device(ctx.model), "type", "cpu")
     precision = prec.plan(ev.mode, device)
     model = prec.model_for(ctx.model, precision)
-    exact = None if precision.dtype == "float32" else (
-        ctx.exact_model if ctx.exact_model is not None else prec.model_for(ctx.model, prec.plan("exact", device)))
+    exact = None if precision.dtype == "float32" else prec.exact_model_of(ctx.model, ctx.exact_model)
     run_tasks(model, ctx.tokenizer, ev.lm_eval, ctx.cfg.model, ctx.run_dir, on_result=on_result, on_start=ctx.begin,
               precision=precision, exact_model=exact)

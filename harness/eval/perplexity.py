@@ -34,7 +34,7 @@ from harness import atomic, paths
 from harness.config import ModelConfig, PerplexitySuite
 from harness.eval import attention
 from harness.eval.metrics import declare_metric
-from harness.eval.precision import EvalPrecision, model_for, plan
+from harness.eval.precision import EvalPrecision, exact_model_of, model_for, plan
 from harness.eval.registry import SuiteContext, config_hash, register_suite_kind
 from harness.model.load import model_device
 from harness.model.scoring import split_head
@@ -392,8 +392,7 @@ def run_suite_in_mode(model, tokenizer, suite: PerplexitySuite, precision: EvalP
     entry["precision"] = precision.record()
     entry["attention"] = attention.describe(evaluated)
     if precision.dtype != "float32":
-        exact = exact_model if exact_model is not None else model_for(model, plan("exact", str(model_device(model))))
-        entry["calibration"] = calibration(exact, evaluated, tokenizer, suite, model_cfg, entry["bos_every_window"])
+        entry["calibration"] = calibration(exact_model_of(model, exact_model), evaluated, tokenizer, suite, model_cfg, entry["bos_every_window"])
     return entry, rows
 
 

@@ -138,6 +138,14 @@ def calibration_reference(model, precision: EvalPrecision):
     return reference
 
 
+def exact_model_of(model, reference=None):
+    """The model exact mode scores for `model`: `reference` when run_suites took one (a 4-bit model in fast mode:
+    calibration_reference, SuiteContext.exact_model), else model_for(model, exact)."""
+    from harness.model.load import model_device
+
+    return reference if reference is not None else model_for(model, plan("exact", str(model_device(model))))
+
+
 def _has_4bit(model) -> bool:
     return getattr(model, "is_loaded_in_4bit", False) or any(type(m).__name__ == "Linear4bit" for m in model.modules())
 

@@ -73,14 +73,13 @@ def val_cost(cfg: RunConfig) -> dict[str, float]:
 def run_val(ctx: SuiteContext) -> None:
     if not ctx.cfg.eval.val_loss:  # eval.val_loss=false: the suite is off (names() already leaves it out)
         return
-    from harness.eval.precision import EvalPrecision, model_for
+    from harness.eval.precision import EvalPrecision, exact_model_of
 
     ctx.begin("val")
     fp32 = EvalPrecision("exact", "float32", "the val suite scores in fp32 in every eval.mode")
-    # fast mode on a 4-bit model: its copy multiplying in fp32 (precision.calibration_reference); otherwise the model
+    # a 4-bit model in fast mode: its copy multiplying in fp32 (precision.calibration_reference); otherwise the model
     # in fp32 (run_suites holds a 4-bit model's layers in fp32 itself whenever the mode's dtype is fp32: exact_4bit)
-    model = ctx.exact_model if ctx.exact_model is not None else model_for(ctx.model, fp32)
-    entry = val_suite(model, ctx.tokenizer, ctx.cfg, ctx.progress)
+    entry = val_suite(exact_model_of(ctx.model, ctx.exact_model), ctx.tokenizer, ctx.cfg, ctx.progress)
     if entry is not None:
         entry["mode"], entry["precision"] = fp32.mode, fp32.record()
         ctx.record("val", entry)
