@@ -504,7 +504,7 @@ def attention_kernels(model: str = "smollm2-135m", reps: int = 9) -> list[dict]:
     from harness.model.load import load_model_and_tokenizer
 
     net, _ = load_model_and_tokenizer(config.compose([f"model={model}", "tracker=none"]).model)
-    heads, kv, dim = attention._shape(net)
+    heads, kv, dim = attention.head_shape(net)
     del net
     rows = []
     for dtype in ("bfloat16", "float32"):

@@ -360,3 +360,15 @@ def test_budget_spent_reports_not_measured(tmp_path):
     sec = packing.run(opts)
     assert all("time budget" in r["error"] for r in sec["rows"])
     assert sec["goals"][0]["met"] is None
+
+
+@pytest.mark.slow  # the tiny model's load and 8 timings of 9 reps at up to 1,024 positions: ~5 s
+def test_attention_benchmark_times_both_kernels_at_the_models_head_shape():
+    """`python -m benchmarks.evaluation --attention` (it failed with AttributeError after attention's shape helper
+    was renamed, unnoticed: no test ran it)."""
+    from benchmarks.evaluation import ATTENTION_SHAPES, attention_kernels
+
+    rows = attention_kernels("tiny-llama", reps=1)
+    assert [(r["dtype"], r["rows"], r["positions"]) for r in rows] == [
+        (d, b, p) for d in ("bfloat16", "float32") for b, p in ATTENTION_SHAPES]
+    assert all(r["sdpa_ms"] > 0 and r["blocked_ms"] > 0 and len(r["heads"]) == 3 for r in rows)

@@ -118,3 +118,44 @@ def test_a_transformers_release_without_mask_logits_to_keep_gets_the_full_logits
     assert not scoring.supports_logits_to_keep(model)
     assert model.training  # the caller's mode is given back
     assert score_rows(model, rows, batch_size=4)["loss"] == pytest.approx(_reference(model, rows)[0], rel=1e-6)
+
+
+def test_score_rows_recalls_only_an_unchanged_model_on_the_same_rows():
+    """The `val` suite after training takes the trainer's last number (recall=True) only while nothing it depends
+    on has changed: an optimizer step, a write through `.data` (which bumps no version counter), other rows or
+    another batch size are scored again; the recalled number is the one a forward gives."""
+    model, rows = _tiny_lm(), _rows()
+    first = score_rows(model, rows, batch_size=4)
+    again = score_rows(model, rows, batch_size=4, recall=True)
+    assert again.pop("recalled") is True and again == first
+    assert "recalled" not in score_rows(model, rows, batch_size=4)  # recall is the caller's choice
+    assert "recalled" not in score_rows(model, rows, batch_size=3, recall=True)
+    assert "recalled" not in score_rows(model, rows[:-1], batch_size=3, recall=True)
+
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    model.train()
+    model(input_ids=torch.tensor([rows[1]["input_ids"]]), labels=torch.tensor([rows[1]["labels"]])).loss.backward()
+    opt.step()
+    stepped = score_rows(model, rows, batch_size=4, recall=True)
+    assert "recalled" not in stepped and stepped["loss"] != first["loss"]
+    assert stepped["loss"] == pytest.approx(_reference(model, rows)[0], rel=1e-6)
+
+    with torch.no_grad():
+        model.lm_head.weight.data[3, 0] += 0.25  # no version bump: caught by the parameter's sum
+    moved = score_rows(model, rows, batch_size=4, recall=True)
+    assert "recalled" not in moved and moved["loss"] == pytest.approx(_reference(model, rows)[0], rel=1e-6)
+    assert moved["loss"] != stepped["loss"]
+    assert score_rows(_tiny_lm(), rows, batch_size=4, recall=True).get("recalled") is None  # another object
+
+
+def test_score_rows_never_recalls_a_model_with_4bit_layers():
+    """What a 4-bit layer multiplies with lives outside its parameters (compute dtype, bitsandbytes' packing, exact
+    mode's held layout): such a model is always scored again."""
+    model, rows = _tiny_lm(), _rows()
+
+    class Linear4bit(torch.nn.Module):  # stands in for bitsandbytes' layer: only its name and attribute count
+        compute_dtype = torch.float32
+
+    model.model.layers[0].add_module("q4", Linear4bit())
+    score_rows(model, rows, batch_size=4)
+    assert "recalled" not in score_rows(model, rows, batch_size=4, recall=True)

@@ -555,10 +555,13 @@ def _val_run(overrides, outcome=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("eval_every", [0, 3])  # the final evaluation call, and the scheduled one at the last step
-def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides, eval_every):
+def test_final_val_loss_is_the_val_suites_number_on_the_same_rows(tiny_overrides, eval_every, monkeypatch):
     """The trainer's validation loss (metrics.jsonl, summary best/final_val_loss) and the `val` suite after
-    training are one number (harness/model/scoring.py) on one set of rows (the train.eval_batches cap)."""
+    training are one number (harness/model/scoring.py) on one set of rows (the train.eval_batches cap), the suite
+    scoring them again here instead of taking the trainer's number (val.RECALL_TRAINER_EVAL)."""
+    monkeypatch.setattr("harness.eval.val.RECALL_TRAINER_EVAL", False)
     summary, val, metrics, _ = _val_run(tiny_overrides + [f"train.eval_every={eval_every}", "train.eval_batches=2"])
+    assert "recalled" not in val
     assert val["n"] == 2 * 4  # eval_batches x batch_size, as the trainer takes them
     assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
     assert [r["val_loss"] for r in metrics if "val_loss" in r][-1] == summary["final_val_loss"]
@@ -587,7 +590,8 @@ def test_val_loss_under_bf16_training_is_the_fp32_number_of_the_saved_run(tiny_o
     summary, val, _, run_dir = _val_run(tiny_overrides + ["train.precision=bf16", "method=full", "train.lr=3e-3"])
     evaluate_run_dir(run_dir, [], progress=False)
     reloaded = read_eval(run_dir)["suites"]["val"]["metrics"]["loss"]
-    assert summary["final_val_loss"] == pytest.approx(val["metrics"]["loss"], rel=1e-9)
+    assert val["recalled"]  # the suite took the trainer's last number; a fresh load scores the same
+    assert summary["final_val_loss"] == val["metrics"]["loss"]
     assert summary["final_val_loss"] == pytest.approx(reloaded, rel=1e-6)
 
 
