@@ -159,3 +159,12 @@ def test_score_rows_never_recalls_a_model_with_4bit_layers():
     model.model.layers[0].add_module("q4", Linear4bit())
     score_rows(model, rows, batch_size=4)
     assert "recalled" not in score_rows(model, rows, batch_size=4, recall=True)
+
+
+def test_score_rows_scores_a_model_whose_parameters_cannot_be_summed():
+    """Offloaded (meta) parameters have no values to fingerprint: such a model is scored, never recalled."""
+    model, rows = _tiny_lm(), _rows()
+    model.model.layers[0].mlp.register_parameter("offloaded", torch.nn.Parameter(torch.empty(3, device="meta")))
+    first = score_rows(model, rows, batch_size=4)
+    assert "recalled" not in score_rows(model, rows, batch_size=4, recall=True)
+    assert first["loss"] == pytest.approx(_reference(model, rows)[0], rel=1e-6)

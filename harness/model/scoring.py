@@ -172,8 +172,12 @@ def _state_key(model, rows: Sequence[dict], batch_size: int, pad_id: int) -> tup
         for k in ("input_ids", "labels"):
             digest.update(np.asarray(r[k], dtype=np.int64).tobytes())
             digest.update(b"|")
-    with torch.no_grad():
-        params = tuple((p._version, p.data_ptr(), p.dtype, float(p.sum(dtype=torch.float64))) for p in model.parameters())
+    try:
+        with torch.no_grad():
+            params = tuple((p._version, p.data_ptr(), p.dtype, float(p.sum(dtype=torch.float64)))
+                           for p in model.parameters())
+    except (RuntimeError, NotImplementedError, TypeError):  # e.g. offloaded (meta) parameters: no sum to read
+        return None
     return (params,
             getattr(getattr(model, "config", None), "_attn_implementation", None),
             torch.is_autocast_enabled("cpu"), torch.is_autocast_enabled("cuda") if torch.cuda.is_available() else False,
