@@ -77,13 +77,14 @@ def exact_4bit(model, mode: str) -> Exact4bit | None:
     to fp32 on every device and, on a CPU, its training layout held (fp32 dequantize + matmul instead of the fused
     bf16 kernel); None for other modes and models. Layers someone else holds already (training, for a benchmark
     during training) are left to them."""
-    if mode != "exact" or not _has_4bit(model):
+    from harness.model.methods import has_4bit, held_4bit_layers, hold_4bit_training_layout
+
+    if mode != "exact" or not has_4bit(model):
         return None
     import bitsandbytes as bnb
     import torch
 
     from harness.model.load import model_device
-    from harness.model.methods import held_4bit_layers, hold_4bit_training_layout
 
     layers = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]  # not peft's wrapper of the same name
     widened = [(m, m.compute_dtype, m.compute_type_is_set) for m in layers
@@ -131,7 +132,9 @@ def calibration_reference(model, precision: EvalPrecision):
     4-bit weights while the suites run."""
     import copy
 
-    if precision.dtype == "float32" or not _has_4bit(model):
+    from harness.model.methods import has_4bit
+
+    if precision.dtype == "float32" or not has_4bit(model):
         return None
     reference = copy.deepcopy(model).eval()
     exact_4bit(reference, "exact")
@@ -144,10 +147,6 @@ def exact_model_of(model, reference=None):
     from harness.model.load import model_device
 
     return reference if reference is not None else model_for(model, plan("exact", str(model_device(model))))
-
-
-def _has_4bit(model) -> bool:
-    return getattr(model, "is_loaded_in_4bit", False) or any(type(m).__name__ == "Linear4bit" for m in model.modules())
 
 
 def model_for(model, precision: EvalPrecision):

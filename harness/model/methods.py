@@ -86,6 +86,12 @@ def hold_4bit_training_layout(model) -> int:
     return held
 
 
+def has_4bit(model) -> bool:
+    """Whether `model` has bitsandbytes 4-bit layers (QLoRA): loaded in 4 bit, or a layer of that class (peft's
+    LoRA wrapper of one carries the same name)."""
+    return getattr(model, "is_loaded_in_4bit", False) or any(type(m).__name__ == "Linear4bit" for m in model.modules())
+
+
 def held_4bit_layers(model) -> list:
     """The 4-bit layers hold_4bit_training_layout holds now."""
     return [m for m in model.modules() if hasattr(m, _HELD)]

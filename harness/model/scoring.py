@@ -165,7 +165,9 @@ def _state_key(model, rows: Sequence[dict], batch_size: int, pad_id: int) -> tup
     import numpy as np
     import torch
 
-    if any(hasattr(m, "compute_dtype") or type(m).__name__ == "Linear4bit" for m in model.modules()):
+    from harness.model.methods import has_4bit
+
+    if has_4bit(model) or any(hasattr(m, "compute_dtype") for m in model.modules()):
         return None
     digest = hashlib.sha1()
     for r in rows:
